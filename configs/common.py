@@ -1,0 +1,121 @@
+"""Shared pieces of every experiment config: the base config, the four method recipes, the data presets.
+
+An experiment file calls `common.experiment(method, arg)` where `arg` is the `:key=value,...` string after the
+config path, e.g. `--config=configs/dino.py:model=ViT-B/16,data=cifar10`. Every field can also be overridden with
+`--config.path.to.field=value`.
+"""
+
+import ml_collections
+
+from simdino_jax import data as data_lib
+from simdino_jax import models
+from simdino_jax import objectives
+
+METHODS = ("dino", "dinov2", "simdino", "simdinov2")
+DATASETS = ("imagenet2012", "cifar10", "digits")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`"a=1,b=x"` -> ConfigDict, typed by the defaults; unknown keys fail with the valid ones listed."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}.")
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = type(default)(value) if default is not None else value
+  return out
+
+
+def base() -> ml_collections.ConfigDict:
+  """Fields shared by every run. Durations are in epochs (real passes over the training split)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64              # Global batch over all devices and hosts.
+  c.total_epochs = 100.0
+  c.total_steps = 0              # > 0 overrides total_epochs.
+  c.fsdp = False                 # Shard large parameters and optimizer state over the data axis.
+  c.model = models.default_config()
+  c.objective = objectives.default_config()
+  data_sections = data_lib.default_config()
+  c.data, c.aug, c.masking = data_sections.data, data_sections.aug, data_sections.masking
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10.0, warmup_from_min_lr=False,
+      weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
+      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
+  c.teacher = ml_collections.ConfigDict(dict(
+      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30))
+  c.eval = ml_collections.ConfigDict(dict(
+      knn_k=(20,), knn_temperature=0.07, max_train_examples=0, batch_size=256))
+  c.log_every_steps = 50
+  c.eval_every_epochs = 10.0     # 0 disables the in-training kNN.
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.tensorboard = True
+  c.max_consecutive_skips = 10
+  c.allow_config_mismatch = False
+  return c
+
+
+def apply_method(c: ml_collections.ConfigDict, method: str) -> None:
+  """The official recipe of each method (SPEC §2, algorithms notes §4.4)."""
+  if method not in METHODS:
+    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
+  c.objective.name = method
+  if method in ("dino", "simdino"):
+    c.aug.n_local = 10           # The SimDINO paper's multi-crop, used for both sides of the comparison.
+    c.model.drop_path_rate, c.model.drop_path_schedule = 0.1, "linear"
+  if method == "dinov2":
+    c.aug.n_local = 8
+    c.aug.global_scale, c.aug.local_scale = (0.32, 1.0), (0.05, 0.32)
+    c.teacher.momentum = 0.992
+    c.optim.base_lr, c.optim.lr_scaling = 4e-3, "sqrt"
+    c.model.drop_path_rate, c.model.drop_path_schedule, c.model.layerscale = 0.3, "uniform", 1e-5
+    c.masking.enabled = True
+  if method == "simdinov2":
+    c.aug.n_local = 10
+    c.teacher.momentum = 0.9
+    c.optim.base_lr, c.optim.lr_scaling, c.optim.warmup_from_min_lr = 4e-3, "sqrt", True
+    c.model.drop_path_rate, c.model.drop_path_schedule, c.model.layerscale = 0.2, "uniform", 0.1
+    c.model.num_registers = 4
+    c.masking.enabled = True
+
+
+def apply_model(c: ml_collections.ConfigDict, model: str) -> None:
+  """`ViT-S/16`-style names fix the patch size; `vit_small` keeps config.model.patch_size."""
+  c.model.name = model
+  if "/" in model:
+    c.model.patch_size = int(model.split("/")[1])
+
+
+def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
+  """ImageNet at 224/96; 32-pixel data (CIFAR-10, the embedded digits) at 32/16 with patch 4 (SPEC §2)."""
+  if dataset not in DATASETS:
+    raise ValueError(f"Unknown dataset preset {dataset!r}; valid: {', '.join(DATASETS)}.")
+  c.data.name = dataset
+  if dataset == "imagenet2012":
+    c.data.image_size, c.aug.global_size, c.aug.local_size = 256, 224, 96
+    c.data.train_split, c.data.eval_split = "train", "validation"
+    c.eval.max_train_examples = 0
+  else:
+    c.data.image_size, c.aug.global_size, c.aug.local_size = 32, 32, 16
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.model.patch_size = 4
+    c.model.image_size = 32
+    c.model.head.out_dim = 4096  # Prototypes for 10-class, 50k-image data; ImageNet keeps 65536.
+    c.batch_size = 256
+    c.eval_every_epochs = 5.0
+
+
+def experiment(method: str, arg: str | None, **overrides) -> ml_collections.ConfigDict:
+  """The full config of `method`, with `model=` and `data=` from the command-line argument."""
+  args = parse_arg(arg, model="", data="imagenet2012", **overrides)
+  c = base()
+  apply_method(c, method)
+  apply_data(c, args.data)
+  apply_model(c, args.model or ("ViT-S/16" if args.data == "imagenet2012" else "ViT-T/4"))
+  return c

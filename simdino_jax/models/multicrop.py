@@ -1,0 +1,58 @@
+"""Multi-crop wrapper: the backbone once per resolution group, the head once over all tokens."""
+
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from simdino_jax.models.heads import DINOHead, SimDINOHead
+from simdino_jax.models.vit import VisionTransformer
+
+
+class MultiCropModel(nnx.Module):
+  """Backbone + head over multi-crop views (see docs/architecture.md, "Model outputs").
+
+  `model(crops, masks=None, *, key=None)` with `crops` a list of resolution groups `[n_views, B, H, W, 3]`
+  (globals first), `masks [n_global, B, N]` bool for the global group, `key` the drop-path PRNG key (None = eval).
+  Returns float32, view-major: `"cls" [V,B,D]`, `"head" [V,B,K|p]`, `"patch_head" [n_global,B,N,K|p]` (only with
+  masks), `"prototypes" [K,p]` (DINO head only).
+  """
+
+  def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead]):
+    self.backbone = backbone
+    self.head = head
+
+  def __call__(self, crops: Sequence[jax.Array], masks: Optional[jax.Array] = None, *,
+               key: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+    if not crops:
+      raise ValueError("crops must hold at least one resolution group (the global crops).")
+    cls_groups = []
+    global_patches = None
+    for index, group in enumerate(crops):
+      if group.ndim != 5:
+        raise ValueError(f"Each crop group must be [n_views, B, H, W, 3], got shape {group.shape}.")
+      n_views, batch = group.shape[:2]
+      group_masks = None
+      if index == 0 and masks is not None:
+        if masks.shape[:2] != (n_views, batch) or masks.ndim != 3:
+          raise ValueError(f"masks must be [{n_views}, {batch}, N] for the global group, got {masks.shape}.")
+        group_masks = masks.reshape(n_views * batch, masks.shape[-1])
+      group_key = None if key is None else jax.random.fold_in(key, index)
+      out = self.backbone(group.reshape(n_views * batch, *group.shape[2:]), group_masks, key=group_key)
+      cls_groups.append(out["cls"].reshape(n_views, batch, -1))
+      if group_masks is not None:
+        global_patches = out["patch"].reshape(n_views, batch, *out["patch"].shape[1:])
+    cls = jnp.concatenate(cls_groups, axis=0)
+    dim = cls.shape[-1]
+    tokens = cls.reshape(-1, dim)
+    if global_patches is not None:
+      tokens = jnp.concatenate([tokens, global_patches.reshape(-1, dim)], axis=0)
+    head_out = self.head(tokens)
+    num_cls = cls.shape[0] * cls.shape[1]
+    outputs = {"cls": cls, "head": head_out[:num_cls].reshape(*cls.shape[:2], -1)}
+    if global_patches is not None:
+      outputs["patch_head"] = head_out[num_cls:].reshape(*global_patches.shape[:3], -1)
+    if isinstance(self.head, DINOHead):
+      outputs["prototypes"] = self.head.prototypes()
+    return outputs

@@ -1,0 +1,260 @@
+"""Vision Transformer backbone (DINO / DINOv2 style) as a Flax NNX module.
+
+Parameters are float32; matmuls run in the compute `dtype` (bfloat16 by default) while the residual stream and
+every LayerNorm stay float32, as PyTorch autocast does in the reference code. Parameter paths (relative to the
+backbone): `patch_embed/{kernel,bias}` (a Linear on flattened `p x p x 3` patches, kernel `[p*p*3, D]`),
+`cls_token [1,1,D]`, `pos_embed [1,1+N0,D]` (N0 patches at `image_size`), `register_tokens [1,R,D]` (only when
+R > 0), `mask_token [1,1,D]`, `blocks/<i>/{norm1,attn/qkv,attn/proj,ls1/gamma,norm2,mlp/fc1,mlp/fc2,ls2/gamma}`
+and `norm/{scale,bias}`. Token order inside the blocks: `[CLS, registers, patches]`.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TRUNC_NORMAL = jax.nn.initializers.truncated_normal(stddev=0.02)
+# PyTorch's default Linear/Conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+TORCH_DEFAULT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+LAYERNORM_EPS = 1e-6
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+DROP_PATH_SCHEDULES = ("linear", "uniform")
+CUDNN_TOKEN_MULTIPLE = 64
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                          implementation: Optional[str] = None, token_multiple: int = 1) -> jax.Array:
+  """`jax.nn.dot_product_attention` on `[B, T, H, d]` inputs, optionally padding T up to `token_multiple`.
+
+  Padded positions are excluded through `query_seq_lengths` / `key_value_seq_lengths` (cuDNN's fused kernel needs
+  T to be a multiple of 64, e.g. 197 -> 256) and sliced off the output.
+  """
+  num_tokens = query.shape[1]
+  padded_tokens = -(-num_tokens // token_multiple) * token_multiple
+  if padded_tokens == num_tokens:
+    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+  padding = ((0, 0), (0, padded_tokens - num_tokens), (0, 0), (0, 0))
+  lengths = jnp.full((query.shape[0],), num_tokens, jnp.int32)
+  out = jax.nn.dot_product_attention(
+      jnp.pad(query, padding), jnp.pad(key, padding), jnp.pad(value, padding),
+      query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation=implementation)
+  return out[:, :num_tokens]
+
+
+def drop_path(x: jax.Array, rate: float, key: Optional[jax.Array]) -> jax.Array:
+  """Stochastic depth: zeroes whole samples of a residual branch with probability `rate`, rescales the rest."""
+  if key is None or rate == 0.0:
+    return x
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(key, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return x * (keep.astype(x.dtype) / jnp.asarray(keep_prob, x.dtype))
+
+
+def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """Resizes patch position embeddings `[1, h0*w0, D]` (square stored grid) to `[1, h*w, D]` bicubically.
+
+  Identity when the grid matches the stored one. No antialiasing, as PyTorch's `interpolate` in the references
+  (JAX's cubic kernel uses a=-0.5 where PyTorch uses a=-0.75).
+  """
+  stored_side = int(round(pos_embed.shape[1] ** 0.5))
+  if stored_side * stored_side != pos_embed.shape[1]:
+    raise ValueError(f"Stored position embeddings ({pos_embed.shape[1]} patches) are not a square grid.")
+  if tuple(grid) == (stored_side, stored_side):
+    return pos_embed
+  dim = pos_embed.shape[-1]
+  resized = jax.image.resize(pos_embed.reshape(stored_side, stored_side, dim), (*grid, dim), method="bicubic",
+                             antialias=False)
+  return resized.reshape(1, grid[0] * grid[1], dim)
+
+
+def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
+  """Per-block drop-path rates: "linear" from 0 to `rate` over depth (DINO) or "uniform" (DINOv2)."""
+  if schedule == "linear":
+    return [rate * index / (depth - 1) if depth > 1 else rate for index in range(depth)]
+  if schedule == "uniform":
+    return [rate] * depth
+  raise ValueError(f"Unknown drop_path_schedule {schedule!r}; valid: {', '.join(DROP_PATH_SCHEDULES)}.")
+
+
+def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32, kernel_init=TRUNC_NORMAL,
+                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=LAYERNORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+
+class LayerScale(nnx.Module):
+  """Per-channel scaling `x * gamma` of a residual branch (CaiT / DINOv2)."""
+
+  def __init__(self, dim: int, init_value: float):
+    self.gamma = nnx.Param(jnp.full((dim,), init_value, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x * self.gamma[...].astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused qkv projection (with bias)."""
+
+  def __init__(self, dim: int, num_heads: int, *, dtype, implementation: Optional[str], token_multiple: int,
+               rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"Width {dim} is not divisible by {num_heads} heads.")
+    self.num_heads = num_heads
+    self.implementation = implementation
+    self.token_multiple = token_multiple
+    self.qkv = _linear(dim, 3 * dim, dtype, rngs)
+    self.proj = _linear(dim, dim, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, tokens, dim = x.shape
+    qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+    out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=self.implementation,
+                                token_multiple=self.token_multiple)
+    return self.proj(out.reshape(batch, tokens, dim))
+
+
+class Mlp(nnx.Module):
+  """Two-layer MLP with exact GELU."""
+
+  def __init__(self, dim: int, hidden_dim: int, *, dtype, rngs: nnx.Rngs):
+    self.fc1 = _linear(dim, hidden_dim, dtype, rngs)
+    self.fc2 = _linear(hidden_dim, dim, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block with optional LayerScale and per-sample drop path on both branches."""
+
+  def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, drop_path_rate: float, layerscale: float,
+               dtype, attention_impl: Optional[str], token_multiple: int, rngs: nnx.Rngs):
+    self.drop_path_rate = drop_path_rate
+    self.norm1 = _layer_norm(dim, rngs)
+    self.attn = Attention(dim, num_heads, dtype=dtype, implementation=attention_impl,
+                          token_multiple=token_multiple, rngs=rngs)
+    self.ls1 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
+    self.norm2 = _layer_norm(dim, rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.ls2 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
+
+  def __call__(self, x: jax.Array, key: Optional[jax.Array] = None) -> jax.Array:
+    attn_key = mlp_key = None
+    if key is not None:
+      attn_key, mlp_key = jax.random.split(key)
+    branch = self.attn(self.norm1(x))
+    if self.ls1 is not None:
+      branch = self.ls1(branch)
+    x = x + drop_path(branch, self.drop_path_rate, attn_key)
+    branch = self.mlp(self.norm2(x))
+    if self.ls2 is not None:
+      branch = self.ls2(branch)
+    return x + drop_path(branch, self.drop_path_rate, mlp_key)
+
+
+class VisionTransformer(nnx.Module):
+  """ViT backbone: patch embedding, CLS (+ optional register) tokens, learned position embeddings, blocks.
+
+  Call: `backbone(images [B,H,W,3], masks=None, *, key=None, n_last=1)` -> dict of float32 arrays
+  `"cls" [B,D]`, `"patch" [B,N,D]` (registers excluded), `"last_cls" [n_last,B,D]` (CLS of the last `n_last`
+  blocks, each through the final norm). `masks [B,N]` bool replaces those patch embeddings by the mask token
+  before the CLS token and position embeddings are added; `key` drives drop path (None = deterministic).
+  """
+
+  def __init__(self, *, embed_dim: int, depth: int, num_heads: int, patch_size: int, image_size: int = 224,
+               mlp_ratio: float = 4.0, num_registers: int = 0, drop_path_rate: float = 0.0,
+               drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
+               attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
+               remat: bool = False, rngs: nnx.Rngs):
+    """Builds the backbone.
+
+    Args:
+      attention_impl: None / "xla" (XLA attention) or "cudnn" (fused kernel, tokens padded to a multiple of 64).
+      attention_token_multiple: pad the token axis of q/k/v to this multiple inside attention; defaults to 64
+        for "cudnn" and 1 (no padding) otherwise.
+      remat: rematerialize each block in the backward pass.
+    """
+    if patch_size <= 0 or image_size % patch_size:
+      raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_size}.")
+    if attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"Unknown attention_impl {attention_impl!r}; valid: {ATTENTION_IMPLS}.")
+    if attention_impl == "cudnn" and jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+      raise ValueError(f"attention_impl='cudnn' needs a bfloat16/float16 compute dtype, got {jnp.dtype(dtype)}.")
+    if not 0.0 <= drop_path_rate < 1.0:
+      raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}.")
+    if num_registers < 0 or layerscale < 0.0:
+      raise ValueError("num_registers and layerscale must be non-negative.")
+    if attention_token_multiple is None:
+      attention_token_multiple = CUDNN_TOKEN_MULTIPLE if attention_impl == "cudnn" else 1
+    self.embed_dim = embed_dim
+    self.patch_size = patch_size
+    self.num_registers = num_registers
+    self.dtype = dtype
+    self.remat = remat
+    grid = image_size // patch_size
+    self.patch_embed = nnx.Linear(patch_size * patch_size * 3, embed_dim, dtype=dtype, param_dtype=jnp.float32,
+                                  kernel_init=TORCH_DEFAULT, bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    self.cls_token = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, embed_dim), jnp.float32))
+    self.pos_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1 + grid * grid, embed_dim), jnp.float32))
+    self.register_tokens = (nnx.Param(TRUNC_NORMAL(rngs.params(), (1, num_registers, embed_dim), jnp.float32))
+                            if num_registers else None)
+    self.mask_token = nnx.Param(jnp.zeros((1, 1, embed_dim), jnp.float32))
+    rates = drop_path_rates(drop_path_rate, depth, drop_path_schedule)
+    self.blocks = nnx.List([
+        Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path_rate=rate, layerscale=layerscale, dtype=dtype,
+              attention_impl=attention_impl, token_multiple=attention_token_multiple, rngs=rngs)
+        for rate in rates])
+    self.norm = _layer_norm(embed_dim, rngs)
+
+  def grid_size(self, height: int, width: int) -> tuple[int, int]:
+    """The patch grid of a `height x width` image; raises if the size is not a multiple of the patch size."""
+    if height % self.patch_size or width % self.patch_size:
+      raise ValueError(f"Image size {height}x{width} is not divisible by patch size {self.patch_size}.")
+    return height // self.patch_size, width // self.patch_size
+
+  def _embed(self, images: jax.Array, masks: Optional[jax.Array]) -> jax.Array:
+    batch, height, width, channels = images.shape
+    grid = self.grid_size(height, width)
+    patch = self.patch_size
+    patches = images.reshape(batch, grid[0], patch, grid[1], patch, channels).transpose(0, 1, 3, 2, 4, 5)
+    x = self.patch_embed(patches.reshape(batch, grid[0] * grid[1], patch * patch * channels))
+    x = x.astype(jnp.float32)
+    if masks is not None:
+      if masks.shape != x.shape[:2]:
+        raise ValueError(f"masks must have shape {x.shape[:2]} (batch, patches), got {masks.shape}.")
+      x = jnp.where(masks[..., None], self.mask_token[...], x)
+    pos_embed = self.pos_embed[...]
+    x = x + interpolate_pos_embed(pos_embed[:, 1:], grid)
+    cls = jnp.broadcast_to(self.cls_token[...] + pos_embed[:, :1], (batch, 1, self.embed_dim))
+    tokens = [cls]
+    if self.register_tokens is not None:
+      tokens.append(jnp.broadcast_to(self.register_tokens[...], (batch, self.num_registers, self.embed_dim)))
+    return jnp.concatenate(tokens + [x], axis=1)
+
+  def __call__(self, images: jax.Array, masks: Optional[jax.Array] = None, *, key: Optional[jax.Array] = None,
+               n_last: int = 1) -> dict[str, jax.Array]:
+    if not 1 <= n_last <= len(self.blocks):
+      raise ValueError(f"n_last must be in [1, {len(self.blocks)}], got {n_last}.")
+    x = self._embed(images, masks)
+    apply_block = nnx.remat(_apply_block) if self.remat else _apply_block
+    last_outputs: list[jax.Array] = []
+    for index, block in enumerate(self.blocks):
+      block_key = None if key is None or block.drop_path_rate == 0.0 else jax.random.fold_in(key, index)
+      x = apply_block(block, x, block_key)
+      if index >= len(self.blocks) - n_last:
+        last_outputs.append(x[:, 0])
+    x = self.norm(x)
+    return {
+        "cls": x[:, 0],
+        "patch": x[:, 1 + self.num_registers:],
+        "last_cls": self.norm(jnp.stack(last_outputs)),
+    }
+
+
+def _apply_block(block: Block, x: jax.Array, key: Optional[jax.Array]) -> jax.Array:
+  return block(x, key)
+

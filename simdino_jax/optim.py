@@ -1,0 +1,195 @@
+"""Optimizer and schedules of the DINO recipes (SPEC §2).
+
+The optimizer is AdamW with decoupled, scheduled weight decay (`p ← p − lr·(m̂/(√v̂+ε) + wd·p)`, as PyTorch's AdamW),
+preceded by gradient clipping. Two details of the official DINO code are reproduced exactly:
+- clipping is per tensor, `g ← g·min(1, c/(‖g‖₂ + 1e-6))`, not by the global norm (option: global norm);
+- the prototype layer (`last_layer`) is frozen for the first epoch(s) as PyTorch does with `grad=None`: no moment
+  update, no weight decay, and its Adam step counter starts when it is unfrozen (each tensor keeps its own count).
+Learning rate and weight decay come from the global step through `extra_args`, so a frozen tensor sees the same
+schedule as the rest once it is released.
+"""
+
+import math
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schedules (functions of the step, jit-able).
+
+
+def cosine_schedule(step, *, base, final, total_steps, warmup_steps=0, warmup_start=0.0):
+  """DINO's per-iteration cosine: `linspace(warmup_start, base, W)`, then `final + ½(base−final)(1+cos(π·t/(T−W)))`."""
+  step = jnp.asarray(step, jnp.float32)
+  warmup = warmup_start + (base - warmup_start) * step / max(warmup_steps - 1, 1)
+  decay_steps = max(total_steps - warmup_steps, 1)
+  progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+  cosine = final + 0.5 * (base - final) * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(step < warmup_steps, warmup, cosine)
+
+
+def teacher_temp_schedule(step, *, steps_per_epoch, warmup_temp, temp, warmup_epochs):
+  """Per-epoch linear warm-up `linspace(warmup_temp, temp, warmup_epochs)[epoch]`, then `temp` (DINO indexes by epoch)."""
+  epoch = jnp.asarray(step, jnp.float32) // steps_per_epoch
+  if warmup_epochs <= 1:
+    return jnp.where(epoch < warmup_epochs, warmup_temp, temp).astype(jnp.float32)
+  ramp = warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
+  return jnp.where(epoch < warmup_epochs, ramp, temp).astype(jnp.float32)
+
+
+def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
+  """`linear`: base·B/256 (DINO, SimDINO); `sqrt`: base·√(B/1024) (DINOv2, SimDINOv2); `none`: base."""
+  rules = {"linear": base_lr * batch_size / 256.0,
+           "sqrt": base_lr * math.sqrt(batch_size / 1024.0),
+           "none": base_lr}
+  if rule not in rules:
+    raise ValueError(f"Unknown lr scaling rule {rule!r}; valid: {', '.join(rules)}.")
+  return rules[rule]
+
+
+class Schedules(NamedTuple):
+  """All scheduled values of the recipe, resolved to steps; `__call__(step)` gives the dict the step uses."""
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+  freeze_last_layer_steps: int
+  peak_lr: float
+  min_lr: float
+  warmup_lr: float
+  weight_decay: float
+  weight_decay_end: float
+  momentum: float
+  momentum_end: float
+  warmup_teacher_temp: float
+  teacher_temp: float
+  warmup_teacher_temp_epochs: int
+
+  def __call__(self, step) -> dict:
+    return {
+        "lr": cosine_schedule(step, base=self.peak_lr, final=self.min_lr, total_steps=self.total_steps,
+                              warmup_steps=self.warmup_steps, warmup_start=self.warmup_lr),
+        "wd": cosine_schedule(step, base=self.weight_decay, final=self.weight_decay_end,
+                              total_steps=self.total_steps),
+        "momentum": cosine_schedule(step, base=self.momentum, final=self.momentum_end,
+                                    total_steps=self.total_steps),
+        "teacher_temp": teacher_temp_schedule(
+            step, steps_per_epoch=self.steps_per_epoch, warmup_temp=self.warmup_teacher_temp,
+            temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs),
+        "train_last_layer": jnp.asarray(step) >= self.freeze_last_layer_steps,
+        "epoch": jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
+    }
+
+
+def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedules:
+  """Resolves `config.optim` / `config.teacher` (durations in epochs) against the dataset's real epoch length."""
+  o, t = config.optim, config.teacher
+  total_steps = config.total_steps if config.get("total_steps", 0) > 0 else round(
+      config.total_epochs * steps_per_epoch)
+  peak = peak_learning_rate(o.base_lr, batch_size, o.lr_scaling)
+  return Schedules(
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+      freeze_last_layer_steps=round(o.freeze_last_layer_epochs * steps_per_epoch),
+      peak_lr=peak, min_lr=o.min_lr, warmup_lr=o.min_lr if o.warmup_from_min_lr else 0.0,
+      weight_decay=o.weight_decay, weight_decay_end=o.weight_decay_end,
+      momentum=t.momentum, momentum_end=t.momentum_end,
+      warmup_teacher_temp=t.warmup_temp, teacher_temp=t.temp,
+      warmup_teacher_temp_epochs=int(t.warmup_temp_epochs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameter masks from paths (big_vision-style regex rules).
+
+
+def path_strings(tree: PyTree) -> PyTree:
+  """The tree with each leaf replaced by its '/'-joined path, e.g. 'head/last_layer/v'."""
+  def name(path, _):
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  return jax.tree_util.tree_map_with_path(name, tree)
+
+
+def weight_decay_mask(params: PyTree) -> PyTree:
+  """True where weight decay applies: not biases and not 1-D parameters (DINO's `get_params_groups`)."""
+  return jax.tree.map(lambda p, n: p.ndim > 1 and not n.endswith("bias"), params, path_strings(params))
+
+
+def frozen_mask(params: PyTree, pattern: str = r"(^|/)last_layer(/|$)") -> PyTree:
+  """True for the prototype layer, which is frozen during the first epoch(s)."""
+  return jax.tree.map(lambda n: re.search(pattern, n) is not None, path_strings(params))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformations.
+
+
+def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
+  """`g ← g·min(1, max_norm/(‖g‖₂ + 1e-6))` for each tensor separately (DINO's `clip_gradients`)."""
+  def update(updates, state, params=None):
+    del params
+    def clip(g):
+      norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+      return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
+    return jax.tree.map(clip, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+class AdamWState(NamedTuple):
+  count: PyTree  # int32 per tensor: PyTorch keeps one step counter per parameter.
+  mu: PyTree
+  nu: PyTree
+
+
+def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree
+                    ) -> optax.GradientTransformationExtraArgs:
+  """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args.
+
+  For tensors in `frozen` while `train_last_layer` is False, the update is zero and their moments and count are
+  left untouched (PyTorch skips parameters whose `grad` is None).
+  """
+  def init(params):
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+    count = jax.tree.map(lambda p: jnp.zeros([], jnp.int32), params)
+    return AdamWState(count=count, mu=zeros, nu=jax.tree.map(jnp.copy, zeros))
+
+  def update(grads, state, params, *, lr, wd, train_last_layer, **unused):
+    del unused
+    def leaf(g, count, mu, nu, p, decay, is_frozen):
+      active = jnp.logical_or(jnp.logical_not(is_frozen), train_last_layer)
+      g = g.astype(jnp.float32)
+      new_count = count + 1
+      new_mu = b1 * mu + (1 - b1) * g
+      new_nu = b2 * nu + (1 - b2) * jnp.square(g)
+      mu_hat = new_mu / (1 - b1 ** new_count.astype(jnp.float32))
+      nu_hat = new_nu / (1 - b2 ** new_count.astype(jnp.float32))
+      step = mu_hat / (jnp.sqrt(nu_hat) + eps)
+      if decay:
+        step = step + wd * p.astype(jnp.float32)
+      u = jnp.where(active, -lr * step, 0.0).astype(p.dtype)
+      keep = lambda new, old: jnp.where(active, new, old)
+      return u, keep(new_count, count), keep(new_mu, mu), keep(new_nu, nu)
+
+    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, decay_mask, frozen)
+    is_leaf_tuple = lambda x: isinstance(x, tuple) and len(x) == 4
+    pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=is_leaf_tuple)
+    return pick(0), AdamWState(count=pick(1), mu=pick(2), nu=pick(3))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(config, params: PyTree) -> optax.GradientTransformationExtraArgs:
+  """Clipping (`per_tensor` | `global` | `none`) followed by the scheduled AdamW, from `config.optim`."""
+  o = config.optim
+  clippers = {"per_tensor": lambda: clip_per_tensor(o.clip_grad),
+              "global": lambda: optax.clip_by_global_norm(o.clip_grad),
+              "none": optax.identity}
+  if o.clip_mode not in clippers:
+    raise ValueError(f"Unknown config.optim.clip_mode {o.clip_mode!r}; valid: {', '.join(clippers)}.")
+  adamw = scheduled_adamw(b1=o.b1, b2=o.b2, eps=o.eps, decay_mask=weight_decay_mask(params),
+                          frozen=frozen_mask(params))
+  return optax.chain(clippers[o.clip_mode](), adamw)

@@ -1,0 +1,65 @@
+"""Device mesh, parameter shardings and host-local → global batches.
+
+One mesh axis, "data": the batch is sharded over it; parameters are replicated, or FSDP-sharded along their
+largest divisible dimension on the same axis (`config.fsdp`). Batch-wide reductions in the objectives then run
+mesh-wide under jit's global-array semantics.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all (global) devices with an Auto axis named "data"."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(-1), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape, mesh_size: int, min_size: int) -> P:
+  """Shards the largest dimension divisible by the mesh size; small or indivisible tensors stay replicated."""
+  if int(np.prod(shape, dtype=np.int64)) < min_size or mesh_size == 1:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % mesh_size == 0:
+      return P(*([None] * dim + [DATA_AXIS]))
+  return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, fsdp_min_size: int = 2 ** 18) -> Any:
+  """NamedShardings for a pytree of ShapeDtypeStructs: replicated, or FSDP for large tensors."""
+  size = mesh.shape[DATA_AXIS]
+  def spec(x):
+    if fsdp and getattr(x, "ndim", 0) > 0:
+      return NamedSharding(mesh, fsdp_spec(x.shape, size, fsdp_min_size))
+    return NamedSharding(mesh, P())
+  return jax.tree.map(spec, abstract_state)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Assembles each process's numpy batch into global arrays sharded on the batch axis."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
+  """The batch must split evenly over devices and processes."""
+  devices, processes = mesh.devices.size, jax.process_count()
+  if global_batch_size % devices:
+    raise ValueError(
+        f"config.batch_size={global_batch_size} is not divisible by the {devices} devices of the mesh; "
+        f"use a multiple of {devices} (e.g. {devices * max(1, global_batch_size // devices)}).")
+  if global_batch_size % processes:
+    raise ValueError(f"config.batch_size={global_batch_size} is not divisible by {processes} processes.")

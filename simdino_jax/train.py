@@ -1,0 +1,269 @@
+"""The training loop. It never branches on which objective, model or dataset runs.
+
+Per step (one `jax.jit`, state donated): on-device multi-crop augmentation and iBOT masks → teacher forward on the
+global crops → student forward on all crops → the configured objective → gradients → clipping + AdamW → EMA teacher
+→ objective-state update. A non-finite loss or gradient skips the step inside jit (state kept, counter raised).
+"""
+
+import dataclasses
+import logging
+import signal
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from simdino_jax import checkpointing
+from simdino_jax import metrics as metrics_lib
+from simdino_jax import models
+from simdino_jax import objectives
+from simdino_jax import optim
+from simdino_jax import parallel
+from simdino_jax import train_state as train_state_lib
+from simdino_jax import validation
+from simdino_jax.data import augment
+from simdino_jax.data import masking
+
+PyTree = Any
+
+
+def tree_norm(tree: PyTree) -> jax.Array:
+  return optax.tree.norm(tree) if hasattr(optax, "tree") else optax.global_norm(tree)
+
+
+def head_kind_and_out_dim(config, objective) -> tuple[str, int]:
+  head = config.model.head
+  return objective.head, (head.out_dim if objective.head == "dino" else head.bottleneck_dim)
+
+
+def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
+  head_kind, _ = head_kind_and_out_dim(config, objective)
+  return lambda rngs: models.create_model(config.model, head_kind=head_kind, rngs=rngs)
+
+
+def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules):
+  """The pure step `(state, images uint8 [B,S,S,3]) -> (state, metrics)`."""
+  patch = config.model.patch_size
+  grid = (config.aug.global_size // patch, config.aug.global_size // patch)
+
+  def apply(params, crops, masks, key):
+    return nnx.merge(graphdef, params)(crops, masks, key=key)
+
+  def step_fn(state: train_state_lib.TrainState, images: jax.Array):
+    sched = schedules(state.step)
+    aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    crops = augment.multicrop(aug_key, images, config.aug)
+    groups = [crops["global"]] + ([crops["local"]] if config.aug.n_local > 0 else [])
+    masks = (masking.block_masks(mask_key, images.shape[0], grid, config.masking)
+             if objective.needs_masks else None)
+    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], None, None))
+    batch = {"masks": masks}
+
+    def loss_fn(params):
+      student_out = apply(params, groups, masks, drop_key)
+      loss, new_objective_state, aux = objective.loss(
+          student_out, teacher_out, state.objective_state, sched, batch)
+      return loss, (new_objective_state, aux)
+
+    (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
+    updates, opt_state = tx.update(grads, state.opt_state, state.student, lr=sched["lr"], wd=sched["wd"],
+                                   train_last_layer=sched["train_last_layer"])
+    student = optax.apply_updates(state.student, updates)
+    teacher = train_state_lib.ema(state.teacher, student, sched["momentum"])
+
+    finite = jnp.logical_and(jnp.isfinite(loss), train_state_lib.all_finite(grads))
+    stepped = state.replace(step=state.step + 1, student=student, teacher=teacher, opt_state=opt_state,
+                            objective_state=new_objective_state, consecutive_skipped=jnp.zeros_like(state.step))
+    skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1,
+                            consecutive_skipped=state.consecutive_skipped + 1)
+    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), stepped, skipped)
+
+    metrics = {"loss": loss, **aux,
+               "lr": sched["lr"], "wd": sched["wd"], "momentum": sched["momentum"],
+               "teacher_temp": sched["teacher_temp"], "grad_norm": tree_norm(grads),
+               "param_norm": tree_norm(student), "update_norm": tree_norm(updates),
+               "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  return step_fn
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything built from the config once: mesh, model, objective, optimizer, schedules, jitted step."""
+  config: Any
+  mesh: Any
+  objective: Any
+  graphdef: Any
+  state: train_state_lib.TrainState
+  state_shardings: Any
+  schedules: optim.Schedules
+  step_fn: Callable
+  steps_per_epoch: int
+
+
+def build(config, *, num_examples: int, mesh=None) -> Trainer:
+  """Builds the trainer for a dataset of `num_examples` training images (an epoch is a real pass over them)."""
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  parallel.check_batch_divisible(config.batch_size, mesh)
+  objective = objectives.get_objective(config.objective)
+  steps_per_epoch = max(num_examples // config.batch_size, 1)
+  schedules = optim.make_schedules(config, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size)
+  model_fn = model_factory(config, objective)
+  _, out_dim = head_kind_and_out_dim(config, objective)
+  abstract_params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))))
+  tx = optim.make_optimizer(config, abstract_params)
+  with jax.set_mesh(mesh):
+    state, graphdef, shardings = train_state_lib.create(
+        model_fn, tx, objective, config.seed, mesh, out_dim=out_dim, fsdp=config.fsdp)
+  step = make_train_step(config, graphdef, objective, tx, schedules)
+  images_sharding = parallel.batch_sharding(mesh)
+  metrics_sharding = parallel.replicated(mesh)
+  step_fn = jax.jit(step, in_shardings=(shardings, images_sharding),
+                    out_shardings=(shardings, metrics_sharding), donate_argnums=(0,))
+  return Trainer(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
+                 state_shardings=shardings, schedules=schedules, step_fn=step_fn,
+                 steps_per_epoch=steps_per_epoch)
+
+
+class MetricsWindow:
+  """Averages the step metrics between two log points (device arrays; fetched only when logging)."""
+
+  def __init__(self):
+    self._pending: list[dict] = []
+
+  def add(self, metrics: dict) -> None:
+    self._pending.append(metrics)
+
+  def flush(self) -> dict:
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    if not fetched:
+      return {}
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+class PreemptionFlag:
+  """Set by SIGTERM; the loop then saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda signum, frame: self.requested.set())
+
+
+def run(config, workdir: str) -> dict:
+  """Trains according to `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics."""
+  from simdino_jax import data as data_lib
+  from simdino_jax.evaluation import knn as knn_lib
+
+  validation.validate_config(config)
+  process_count, process_index = jax.process_count(), jax.process_index()
+  iterator = data_lib.create_train_iterator(
+      config.data, batch_size=config.batch_size // process_count, seed=config.seed,
+      process_index=process_index, process_count=process_count)
+  trainer = build(config, num_examples=iterator.num_examples)
+  total_steps = trainer.schedules.total_steps
+  checkpoints = checkpointing.Checkpoints(workdir, config)
+  state = trainer.state
+  restored = checkpoints.restore_latest(state, trainer.state_shardings)
+  if restored is not None:
+    state, data_state = restored
+    iterator.set_state(data_state)
+    logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
+    print(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.", flush=True)
+  start_step = int(state.step)
+
+  writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard)
+  progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
+  window = MetricsWindow()
+  preemption = PreemptionFlag()
+  evaluate = _make_knn_eval(config, trainer, data_lib, knn_lib)
+  eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
+  last = {}
+
+  with jax.set_mesh(trainer.mesh):
+    for step in range(start_step, total_steps):
+      batch = parallel.global_batch({"image": next(iterator)["image"]}, trainer.mesh)
+      state, step_metrics = trainer.step_fn(state, batch["image"])
+      window.add(step_metrics)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        last = window.flush()
+        last.update(skipped_total=int(state.skipped))
+        writer.write_scalars(done, last)
+        if process_index == 0:
+          print(progress.line(done, last), flush=True)
+        _stop_if_diverged(state, last, done, config.max_consecutive_skips)
+      if eval_every and (done % eval_every == 0 or done == total_steps):
+        last.update(evaluate(state))
+        writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
+      if preemption.requested.is_set():
+        checkpoints.save(done, state, iterator.get_state(), force=True)
+        checkpoints.wait()
+        print(f"SIGTERM received: saved the checkpoint of step {done} and stopped.", flush=True)
+        break
+      if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
+        checkpoints.save(done, state, iterator.get_state())
+    else:
+      checkpoints.save(total_steps, state, iterator.get_state())
+  checkpoints.wait()
+  checkpoints.close()
+  writer.close()
+  trainer.state = state
+  return last
+
+
+def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> None:
+  consecutive = int(state.consecutive_skipped)
+  if consecutive:
+    print(f"step {step}: {consecutive} consecutive step(s) skipped for a non-finite loss or gradient "
+          f"({int(state.skipped)} in total).", flush=True)
+  if consecutive >= max_consecutive:
+    components = {k: v for k, v in last.items() if k not in ("lr", "wd", "momentum", "teacher_temp")}
+    raise FloatingPointError(
+        f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss or gradient "
+        f"(limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
+        "No checkpoint with non-finite values was written; lower the learning rate or check the data.")
+
+
+def _make_knn_eval(config, trainer: Trainer, data_lib, knn_lib) -> Callable[[Any], dict]:
+  """kNN top-1 of the teacher's backbone CLS (SPEC §3) on the labelled splits of the dataset."""
+  if not config.eval_every_epochs:
+    return lambda state: {}
+  train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
+  test_images, test_labels = data_lib.load_split(config.data, config.data.eval_split)
+  if config.eval.max_train_examples:
+    train_images = train_images[:config.eval.max_train_examples]
+    train_labels = train_labels[:config.eval.max_train_examples]
+  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  feature_fn = make_feature_fn(config, trainer.graphdef)
+
+  def evaluate(state) -> dict:
+    fn = lambda images: feature_fn(state.teacher, images)
+    return knn_lib.knn_accuracy(
+        fn, (train_images, train_labels), (test_images, test_labels), num_classes=num_classes,
+        ks=tuple(config.eval.knn_k), temperature=config.eval.knn_temperature,
+        batch_size=config.eval.batch_size, mesh=trainer.mesh)
+
+  return evaluate
+
+
+def make_feature_fn(config, graphdef):
+  """`(params, uint8 images [b,S,S,3]) -> backbone CLS [b, D]` at the global-crop resolution, normalized input."""
+  mean = jnp.asarray(config.aug.mean, jnp.float32) * 255.0
+  std = jnp.asarray(config.aug.std, jnp.float32) * 255.0
+  size = config.aug.global_size
+
+  @jax.jit
+  def feature_fn(params, images):
+    x = (images.astype(jnp.float32) - mean) / std
+    if x.shape[1] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+    return nnx.merge(graphdef, params).backbone(x)["cls"]
+
+  return feature_fn
