@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdino_jax.objectives.common import HIGHEST, as_float32, check_positive, l2_normalize
+from simdino_jax.objectives.distributed import mean_over_data_shards
 
 NORMALIZE_EPS = 1e-8
 PAIRWISE_EPS = 1e-8  # added to the difference, as torch.nn.PairwiseDistance does
@@ -146,3 +147,21 @@ def unique_prototypes(prototypes: jax.Array, threshold: float = 0.025, chunk_siz
     labels = _roots(parent)
   group_sizes = np.bincount(labels, minlength=n_prototypes)
   return int(np.count_nonzero(group_sizes)), int(group_sizes.max())
+
+
+KOLEO_SCOPES = ("device", "global")
+
+
+def koleo_on_global_crops(student_cls: jax.Array, scope: str = "device") -> jax.Array:
+  """L(g1) + L(g2): KoLeo of the student backbone CLS [V, B, D] of each global crop separately (DINOv2).
+
+  scope "device": each device's local batch (DINOv2's choice; shard_map over the "data" mesh axis, mean over
+  devices); "global": the whole global batch.
+  """
+  if scope not in KOLEO_SCOPES:
+    raise ValueError(f"koleo_scope must be one of {KOLEO_SCOPES}, got {scope!r}.")
+  if student_cls.ndim != 3 or student_cls.shape[0] < 2:
+    raise ValueError(f"KoLeo expects the student CLS [V>=2, B, D], got shape {student_cls.shape}.")
+  if scope == "device":
+    return sum(mean_over_data_shards(koleo_loss, student_cls[view]) for view in range(2))
+  return sum(koleo_loss(student_cls[view]) for view in range(2))

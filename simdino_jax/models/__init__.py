@@ -1,0 +1,141 @@
+"""Models: ViT backbones, DINO / SimDINO heads and the multi-crop wrapper, chosen by name from `config.model`.
+
+Functional use (the train loop): build once, split, and merge inside `jax.jit`:
+
+  model = create_model(config.model, head_kind=objective.head, rngs=nnx.Rngs(seed))
+  graphdef, params = split_params(model)          # params: nnx.State of nnx.Param, a pytree
+  @jax.jit
+  def forward(params, crops, masks, key):
+    return merge_params(graphdef, params)(crops, masks, key=key)
+
+Parameter paths (keys of the nnx.State): `backbone/...` (see vit.py) and `head/mlp/layers/<i>/{kernel,bias}`,
+`head/last_layer/{v,g}` (DINO head). `backbone/mask_token` always exists (zero init; used only with masks) and is
+not part of the reference ViT parameter counts.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from simdino_jax.models.heads import HEAD_KINDS, DINOHead, SimDINOHead
+from simdino_jax.models.multicrop import MultiCropModel
+from simdino_jax.models.vit import ATTENTION_IMPLS, DROP_PATH_SCHEDULES, VisionTransformer
+from simdino_jax.registry import Registry
+
+__all__ = [
+    "DINOHead", "MODELS", "MultiCropModel", "SimDINOHead", "ViTArchitecture", "VisionTransformer",
+    "count_params", "create_backbone", "create_model", "default_config", "merge_params", "split_params",
+]
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTArchitecture:
+  """Width, depth and heads of a ViT; `patch_size` None means it comes from `config.model.patch_size`."""
+  embed_dim: int
+  depth: int
+  num_heads: int
+  patch_size: Optional[int] = None
+
+
+MODELS: Registry[ViTArchitecture] = Registry("model")
+_SIZES = {"tiny": ("T", 192, 12, 3), "small": ("S", 384, 12, 6), "base": ("B", 768, 12, 12),
+          "large": ("L", 1024, 24, 16)}
+for _size, (_letter, _dim, _depth, _heads) in _SIZES.items():
+  MODELS.add(f"vit_{_size}", ViTArchitecture(_dim, _depth, _heads))
+  for _patch in (4, 8, 14, 16):
+    MODELS.add(f"ViT-{_letter}/{_patch}", ViTArchitecture(_dim, _depth, _heads, _patch))
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults for `config.model`."""
+  return ml_collections.ConfigDict({
+      "name": "vit_small",          # vit_{tiny,small,base,large} or ViT-{T,S,B,L}/{4,8,14,16}
+      "patch_size": 16,             # must equal the patch size in a ViT-X/P name
+      "image_size": 224,            # resolution of the stored position embeddings
+      "num_registers": 0,
+      "drop_path_rate": 0.1,
+      "drop_path_schedule": "linear",  # "linear" over depth (DINO) or "uniform" (DINOv2)
+      "layerscale": 0.0,            # 0.0 = off; 1e-5 DINOv2, 0.1 SimDINOv2
+      "dtype": "bfloat16",          # compute dtype; parameters are always float32
+      "attention_impl": ml_collections.config_dict.placeholder(str),  # None/"xla" or "cudnn" (padded tokens)
+      "remat": False,
+      "head": {
+          "out_dim": 65536,         # K prototypes (DINO head only)
+          "hidden_dim": 2048,
+          "bottleneck_dim": 256,    # p
+          "n_layers": 3,
+          "norm_last_layer": True,
+      },
+  })
+
+
+def _patch_size(config: ml_collections.ConfigDict, architecture: ViTArchitecture) -> int:
+  if architecture.patch_size is not None and config.patch_size != architecture.patch_size:
+    raise ValueError(f"Model {config.name!r} has patch size {architecture.patch_size} but "
+                     f"config.model.patch_size is {config.patch_size}; set them equal.")
+  return config.patch_size
+
+
+def _dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"Unknown dtype {name!r}; valid: {', '.join(DTYPES)}.")
+  return DTYPES[name]
+
+
+def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VisionTransformer:
+  """The ViT backbone described by `config.model`."""
+  architecture = MODELS.get(config.name)
+  if config.drop_path_schedule not in DROP_PATH_SCHEDULES:
+    raise ValueError(f"Unknown drop_path_schedule {config.drop_path_schedule!r}; "
+                     f"valid: {', '.join(DROP_PATH_SCHEDULES)}.")
+  if config.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"Unknown attention_impl {config.attention_impl!r}; valid: {ATTENTION_IMPLS}.")
+  return VisionTransformer(
+      embed_dim=architecture.embed_dim, depth=architecture.depth, num_heads=architecture.num_heads,
+      patch_size=_patch_size(config, architecture), image_size=config.image_size,
+      num_registers=config.num_registers, drop_path_rate=config.drop_path_rate,
+      drop_path_schedule=config.drop_path_schedule, layerscale=config.layerscale, dtype=_dtype(config.dtype),
+      attention_impl=config.attention_impl, remat=config.remat, rngs=rngs)
+
+
+def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx.Rngs) -> MultiCropModel:
+  """Backbone + head ("dino": prototype logits, "simdino": normalized embeddings) from `config.model`."""
+  if head_kind not in HEAD_KINDS:
+    raise ValueError(f"Unknown head kind {head_kind!r}; valid: {', '.join(HEAD_KINDS)}.")
+  head_config = config.head
+  for field in ("out_dim", "hidden_dim", "bottleneck_dim", "n_layers"):
+    if head_config[field] < 1:
+      raise ValueError(f"config.model.head.{field} must be positive, got {head_config[field]}.")
+  backbone = create_backbone(config, rngs=rngs)
+  dtype = _dtype(config.dtype)
+  if head_kind == "dino":
+    head = DINOHead(backbone.embed_dim, out_dim=head_config.out_dim, hidden_dim=head_config.hidden_dim,
+                    bottleneck_dim=head_config.bottleneck_dim, n_layers=head_config.n_layers,
+                    norm_last_layer=head_config.norm_last_layer, dtype=dtype, rngs=rngs)
+  else:
+    head = SimDINOHead(backbone.embed_dim, hidden_dim=head_config.hidden_dim,
+                       bottleneck_dim=head_config.bottleneck_dim, n_layers=head_config.n_layers, dtype=dtype,
+                       rngs=rngs)
+  return MultiCropModel(backbone, head)
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
+  """(static graphdef, nnx.State of all nnx.Param); raises if the model holds any other state."""
+  return nnx.split(model, nnx.Param)
+
+
+def merge_params(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.Module:
+  """The inverse of `split_params`: a callable model; use inside `jax.jit` with traced params."""
+  return nnx.merge(graphdef, params)
+
+
+def count_params(tree) -> int:
+  """The number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s (e.g. an nnx.State)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))

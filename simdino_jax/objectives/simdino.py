@@ -1,0 +1,109 @@
+"""SimDINO (v1) and SimDINOv2: cosine alignment across views plus a coding-rate expansion term.
+
+comp = (1/(2V−2)) Σ_{i∈{0,1}} Σ_{v≠i} mean_b cos(z_t^i, z_s^v);  Z_i = (z_s^i + sg(z_t^i))/2 (expa_type 1) or
+z_s^i (expa_type 0);  expa = γ·½(R(Z_0) + R(Z_1)) with R(Z) = ½ logdet(I_p + p/(n·eps) ZᵀZ), n = B (global batch),
+γ = (p + n)/(p·n) ("default") or sqrt(eps·n)/p ("sqrt");  L = −coeff·comp − expa.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from simdino_jax.objectives.coding_rate import half_logdet_identity_plus_gram
+from simdino_jax.objectives.common import (as_float32, check_positive, check_views, cross_view_mean, l2_normalize,
+                                           masked_image_mean)
+from simdino_jax.objectives.distributed import mean_over_data_shards
+
+COSINE_EPS = 1e-8
+EXPA_TYPES = (0, 1)
+GAMMAS = ("default", "sqrt")
+COVARIANCES = ("global", "local")
+
+
+def check_options(*, eps, expa_type, gamma, covariance) -> None:
+  """Raises ValueError for an eps <= 0 or an unknown expa_type / gamma / covariance."""
+  check_positive("eps", eps)
+  if expa_type not in EXPA_TYPES:
+    raise ValueError(f"expa_type must be one of {EXPA_TYPES}, got {expa_type!r}.")
+  if gamma not in GAMMAS:
+    raise ValueError(f"gamma must be one of {GAMMAS}, got {gamma!r}.")
+  if covariance not in COVARIANCES:
+    raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
+
+
+def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """cos(a, b) = a·b / (max(||a||, 1e-8)·max(||b||, 1e-8)) along the last axis."""
+  return jnp.sum(l2_normalize(a, COSINE_EPS) * l2_normalize(b, COSINE_EPS), axis=-1)
+
+
+def mean_coding_rate(views: jax.Array, eps, covariance: str = "global") -> jax.Array:
+  """(1/V) Σ_i R_eps(Z_i) for views [V, n, p], α = p/(n·eps) with n the global batch.
+
+  covariance "global": ZᵀZ over the whole batch (mesh-wide under jit). "local": each device's ZᵀZ from its own
+  shard, still scaled with the global n, and R averaged over devices (the official SimDINO default, reduce_cov=0).
+  """
+  check_positive("eps", eps)
+  if covariance not in COVARIANCES:
+    raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
+  views = as_float32(views)
+  _, n, p = views.shape
+  alpha = p / (n * jnp.asarray(eps, jnp.float32))
+  if covariance == "global":
+    rates = [half_logdet_identity_plus_gram(view, alpha) for view in views]
+  else:
+    rates = [mean_over_data_shards(lambda shard: half_logdet_identity_plus_gram(shard, alpha), view)
+             for view in views]
+  return sum(rates) / len(rates)
+
+
+def expansion(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, expa_type: int = 1,
+              gamma: str = "default", covariance: str = "global") -> jax.Array:
+  """expa = γ·½(R(Z_0) + R(Z_1)) over the two global views (see the module docstring)."""
+  check_options(eps=eps, expa_type=expa_type, gamma=gamma, covariance=covariance)
+  global_student = as_float32(student_z)[:2]
+  if expa_type == 1:
+    codes = (global_student + jax.lax.stop_gradient(as_float32(teacher_z))) / 2.0
+  else:
+    codes = global_student
+  _, n, p = codes.shape
+  gamma_value = (p + n) / (p * n) if gamma == "default" else jnp.sqrt(eps * n) / p
+  return gamma_value * mean_coding_rate(codes, eps, covariance)
+
+
+def simdino_loss(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, coeff=1.0, expa_type: int = 1,
+                 gamma: str = "default", covariance: str = "global") -> tuple[jax.Array, dict]:
+  """SimDINO loss −coeff·comp − expa for student [V, B, p] and teacher [2, B, p] (l2-normalized embeddings).
+
+  Returns (loss, {"comp": comp, "expa": expa}).
+  """
+  check_views(student_z, teacher_z, "simdino_loss")
+  student_z = as_float32(student_z)
+  teacher_z = jax.lax.stop_gradient(as_float32(teacher_z))
+  pair_cosines = jnp.mean(cosine(teacher_z[:, None], student_z[None, :]), axis=-1)
+  comp = cross_view_mean(pair_cosines)
+  expa = expansion(student_z, teacher_z, eps=eps, expa_type=expa_type, gamma=gamma, covariance=covariance)
+  return -coeff * comp - expa, {"comp": comp, "expa": expa}
+
+
+def simdino_patch_loss(student_patch_z: jax.Array, teacher_patch_z: jax.Array, masks: jax.Array) -> jax.Array:
+  """SimDINOv2 patch term −(1/(2B)) Σ_i (1/M_i) Σ_{masked j} cos(z_t,ij, z_s,ij).
+
+  Embeddings [2, B, N, p] (or [2B, N, p]); masks [2, B, N] (or [2B, N]) bool; unmasked images count in 2B.
+  """
+  if student_patch_z.shape != teacher_patch_z.shape or student_patch_z.shape[:-1] != masks.shape:
+    raise ValueError(f"simdino_patch_loss: expected student and teacher [..., N, p] and masks [..., N], got "
+                     f"{student_patch_z.shape}, {teacher_patch_z.shape} and {masks.shape}.")
+  token_cosines = cosine(jax.lax.stop_gradient(as_float32(teacher_patch_z)), as_float32(student_patch_z))
+  return -masked_image_mean(token_cosines, masks)
+
+
+def simdinov2_loss(student_z: jax.Array, teacher_z: jax.Array, student_patch_z: jax.Array,
+                   teacher_patch_z: jax.Array, masks: jax.Array, *, eps=0.05, coeff=1.0, expa_type: int = 1,
+                   gamma: str = "default", covariance: str = "global") -> tuple[jax.Array, dict]:
+  """SimDINOv2: L = simdino_loss(CLS embeddings) + simdino_patch_loss(masked patch embeddings).
+
+  Returns (loss, {"comp", "expa", "patch"}) where "patch" is the patch term (a negative mean cosine).
+  """
+  cls_loss, metrics = simdino_loss(student_z, teacher_z, eps=eps, coeff=coeff, expa_type=expa_type, gamma=gamma,
+                                   covariance=covariance)
+  patch_loss = simdino_patch_loss(student_patch_z, teacher_patch_z, masks)
+  return cls_loss + patch_loss, {**metrics, "patch": patch_loss}

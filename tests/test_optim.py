@@ -1,0 +1,144 @@
+"""Optimizer semantics of SPEC §2, each checked directly against the PyTorch behaviour it reproduces."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from simdino_jax import optim
+
+
+def _config(**optim_overrides):
+  c = ml_collections.ConfigDict()
+  c.total_epochs, c.total_steps = 10.0, 0
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=2.0, warmup_from_min_lr=False,
+      weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
+      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
+  c.optim.update(optim_overrides)
+  c.teacher = ml_collections.ConfigDict(dict(
+      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=4))
+  return c
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {"backbone": {"dense": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+                                 "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32)},
+                       "norm": {"scale": jnp.ones((3,), jnp.float32)},
+                       "pos_embed": jnp.asarray(rng.normal(size=(1, 5, 3)), jnp.float32)},
+          "head": {"last_layer": {"v": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+                                  "g": jnp.ones((6,), jnp.float32)}}}
+
+
+def test_dino_cosine_scheduler_matches_reference():
+  """DINO's utils.cosine_scheduler: linspace warm-up, then a cosine over the remaining iterations."""
+  base, final, total, warmup = 1e-3, 1e-6, 50, 10
+  warm = np.linspace(0.0, base, warmup)
+  iters = np.arange(total - warmup)
+  reference = np.concatenate([warm, final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))])
+  ours = np.array([float(optim.cosine_schedule(s, base=base, final=final, total_steps=total,
+                                               warmup_steps=warmup)) for s in range(total)])
+  np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-9)
+
+
+def test_schedules_resolve_epochs_and_follow_the_recipe():
+  steps_per_epoch = 7
+  s = optim.make_schedules(_config(), steps_per_epoch=steps_per_epoch, batch_size=512)
+  assert s.total_steps == 70 and s.warmup_steps == 14 and s.freeze_last_layer_steps == 7
+  assert s.peak_lr == pytest.approx(5e-4 * 512 / 256)
+  assert float(s(13)["lr"]) == pytest.approx(s.peak_lr, rel=1e-6)
+  assert float(s(0)["wd"]) == pytest.approx(0.04) and float(s(70)["wd"]) == pytest.approx(0.4, rel=1e-6)
+  # Momentum: m_t = 1 − (1 − 0.996)(1 + cos(π t/T))/2.
+  for t in (0, 20, 69):
+    expected = 1 - (1 - 0.996) * (1 + math.cos(math.pi * t / 70)) / 2
+    assert float(s(t)["momentum"]) == pytest.approx(expected, abs=1e-7)
+  # Teacher temperature is indexed by epoch: linspace(0.04, 0.07, 4)[epoch], then 0.07.
+  temps = np.linspace(0.04, 0.07, 4)
+  for epoch in range(6):
+    for t in (epoch * steps_per_epoch, epoch * steps_per_epoch + steps_per_epoch - 1):
+      assert float(s(t)["teacher_temp"]) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
+  assert not bool(s(6)["train_last_layer"]) and bool(s(7)["train_last_layer"])
+
+
+def test_lr_scaling_rules():
+  assert optim.peak_learning_rate(5e-4, 1024, "linear") == pytest.approx(2e-3)
+  assert optim.peak_learning_rate(4e-3, 256, "sqrt") == pytest.approx(2e-3)
+  with pytest.raises(ValueError, match="linear, sqrt, none"):
+    optim.peak_learning_rate(1.0, 1, "cubic")
+
+
+def test_weight_decay_mask_excludes_biases_and_1d_parameters():
+  mask = optim.weight_decay_mask(_params())
+  assert mask["backbone"]["dense"]["kernel"] and mask["backbone"]["pos_embed"] and mask["head"]["last_layer"]["v"]
+  assert not mask["backbone"]["dense"]["bias"] and not mask["backbone"]["norm"]["scale"]
+  assert not mask["head"]["last_layer"]["g"]
+  frozen = optim.frozen_mask(_params())
+  assert frozen["head"]["last_layer"]["v"] and frozen["head"]["last_layer"]["g"]
+  assert not frozen["backbone"]["dense"]["kernel"]
+
+
+def test_per_tensor_clipping_differs_from_global():
+  grads = {"a": jnp.array([30.0, 40.0]), "b": jnp.array([0.3, 0.4])}
+  clipped, _ = optim.clip_per_tensor(3.0).update(grads, optax.EmptyState())
+  np.testing.assert_allclose(clipped["a"], np.array([30.0, 40.0]) * 3.0 / (50.0 + 1e-6), rtol=1e-6)
+  np.testing.assert_allclose(clipped["b"], grads["b"], rtol=1e-6)  # Norm 0.5 < 3: untouched.
+
+
+def _torch_adamw_reference(p, grads, lrs, wds, b1=0.9, b2=0.999, eps=1e-8, decay=True):
+  """PyTorch AdamW in float64: p ← p − lr·wd·p, then the Adam step with bias correction."""
+  p, m, v = p.astype(np.float64), np.zeros_like(p, np.float64), np.zeros_like(p, np.float64)
+  for t, (g, lr, wd) in enumerate(zip(grads, lrs, wds), start=1):
+    if decay:
+      p = p * (1 - lr * wd)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+  return p
+
+
+def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
+  params = _params()
+  tx = optim.make_optimizer(_config(clip_mode="none"), params)
+  state = tx.init(params)
+  rng = np.random.default_rng(1)
+  lrs, wds = [1e-2, 2e-2, 3e-2, 3e-2], [0.1, 0.2, 0.3, 0.3]
+  grads_seq = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+               for _ in lrs]
+  frozen_steps = 2
+  p = params
+  for i, (g, lr, wd) in enumerate(zip(grads_seq, lrs, wds)):
+    updates, state = tx.update(g, state, p, lr=lr, wd=wd, train_last_layer=i >= frozen_steps)
+    p = optax.apply_updates(p, updates)
+    if i == frozen_steps - 1:
+      adam_state = state[1]
+      # During the freeze the prototype layer's moments and step counter never move, nor does the layer.
+      np.testing.assert_array_equal(adam_state.mu["head"]["last_layer"]["v"], 0.0)
+      np.testing.assert_array_equal(adam_state.nu["head"]["last_layer"]["v"], 0.0)
+      assert int(adam_state.count["head"]["last_layer"]["v"]) == 0
+      assert int(adam_state.count["backbone"]["dense"]["kernel"]) == frozen_steps
+      np.testing.assert_array_equal(p["head"]["last_layer"]["v"], params["head"]["last_layer"]["v"])
+  # A trained kernel follows PyTorch's AdamW over all steps.
+  ref = _torch_adamw_reference(np.asarray(params["backbone"]["dense"]["kernel"]),
+                               [np.asarray(g["backbone"]["dense"]["kernel"], np.float64) for g in grads_seq],
+                               lrs, wds)
+  np.testing.assert_allclose(p["backbone"]["dense"]["kernel"], ref, rtol=2e-5, atol=1e-6)
+  # A bias gets no weight decay.
+  ref_bias = _torch_adamw_reference(np.asarray(params["backbone"]["dense"]["bias"]),
+                                    [np.asarray(g["backbone"]["dense"]["bias"], np.float64) for g in grads_seq],
+                                    lrs, wds, decay=False)
+  np.testing.assert_allclose(p["backbone"]["dense"]["bias"], ref_bias, rtol=2e-5, atol=1e-6)
+  # The frozen layer starts its own count after the freeze: it equals AdamW run on the last two steps only.
+  ref_v = _torch_adamw_reference(np.asarray(params["head"]["last_layer"]["v"]),
+                                 [np.asarray(g["head"]["last_layer"]["v"], np.float64) for g in grads_seq[2:]],
+                                 lrs[2:], wds[2:])
+  np.testing.assert_allclose(p["head"]["last_layer"]["v"], ref_v, rtol=2e-5, atol=1e-6)
+
+
+def test_unknown_clip_mode_lists_valid_ones():
+  with pytest.raises(ValueError, match="per_tensor, global, none"):
+    optim.make_optimizer(_config(clip_mode="bogus"), _params())
