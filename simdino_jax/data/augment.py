@@ -62,19 +62,18 @@ def _views(keys, x, config, size, scale, blur_p, solarize_p):
 
 def augment_image(key, image, config, *, size, scale, blur_p, solarize_p):
   """One view of one float image [H, W, 3] in [0, 1] -> normalized float32 [size, size, 3]."""
-  k_crop, k_flip, k_jit, k_gray, k_blur, k_sol = jax.random.split(key, 6)
+  k_crop, k_jitter, k_sigma, k_coins = jax.random.split(key, 4)
+  flip_u, jitter_u, gray_u, blur_u, solarize_u = jax.random.uniform(k_coins, (5,))
   height, width = image.shape[:2]
   box = sample_crop_box(k_crop, height, width, scale)
   x = resized_crop(image, box, size, config.interpolation)
-  k_flip_p, k_jit_p, k_gray_p, k_blur_p, k_sol_p = jax.random.uniform(k_flip, (5,))
-  x = jnp.where(k_flip_p < config.flip_p, x[:, ::-1], x)
-  jittered = color_jitter(k_jit, x, config.brightness, config.contrast, config.saturation, config.hue)
-  x = jnp.where(k_jit_p < config.color_jitter_p, jittered, x)
-  x = jnp.where(k_gray_p < config.grayscale_p, jnp.repeat(grayscale(x), 3, axis=-1), x)
-  sigma = jax.random.uniform(k_gray, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
-  x = jnp.where(k_blur_p < blur_p, gaussian_blur(x, sigma, blur_radius(config.blur_sigma[1], size)), x)
-  x = jnp.where(k_sol_p < solarize_p, solarize(x, config.solarize_threshold), x)
-  del k_blur, k_sol
+  x = jnp.where(flip_u < config.flip_p, x[:, ::-1], x)
+  jittered = color_jitter(k_jitter, x, config.brightness, config.contrast, config.saturation, config.hue)
+  x = jnp.where(jitter_u < config.color_jitter_p, jittered, x)
+  x = jnp.where(gray_u < config.grayscale_p, jnp.repeat(grayscale(x), 3, axis=-1), x)
+  sigma = jax.random.uniform(k_sigma, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+  x = jnp.where(blur_u < blur_p, gaussian_blur(x, sigma, blur_radius(config.blur_sigma[1], size)), x)
+  x = jnp.where(solarize_u < solarize_p, solarize(x, config.solarize_threshold), x)
   return normalize(x, config.mean, config.std)
 
 

@@ -1,0 +1,63 @@
+"""Data: host-side sources and iterators, on-device multi-crop augmentation and iBOT masks.
+
+`sources`, `augment` and `masking` import only numpy and jax (TFDS and grain are imported when a TFDS dataset
+is used); `prepare` needs tensorflow-datasets and TensorFlow; `default_config` needs ml_collections.
+"""
+
+from simdino_jax.data.augment import multicrop
+from simdino_jax.data.masking import block_masks
+from simdino_jax.data.sources import create_train_iterator, load_split
+
+__all__ = ["block_masks", "create_train_iterator", "default_config", "load_split", "multicrop"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_config():
+  """The `data`, `aug` and `masking` sections: the small-image recipe (digits/CIFAR, 32-pixel crops).
+
+  For ImageNet set data.image_size = 256 (or 224), aug.global_size = 224, aug.local_size = 96.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  config = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict(dict(
+      name="digits",        # "digits" | "npz" | "cifar10" | any TFDS dataset prepared in data_dir
+      data_dir=None,        # TFDS data_dir (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
+      path=None,            # npz: file with "image" uint8 [N,H,W,C] and "label"; "{split}" in it is replaced
+      image_size=32,        # S: host images are resized (shorter side) and center-cropped to S x S
+      train_split="train",
+      eval_split="test",
+      read_threads=8,       # TFDS: grain read/decode threads
+  ))
+  config.aug = ml_collections.ConfigDict(dict(
+      global_size=32,
+      local_size=16,
+      n_local=10,
+      global_scale=(0.4, 1.0),
+      local_scale=(0.05, 0.4),
+      interpolation="bicubic",   # jax.image method for the resized crop (antialiased)
+      flip_p=0.5,
+      color_jitter_p=0.8,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.2,
+      hue=0.1,
+      grayscale_p=0.2,
+      blur_p=(1.0, 0.1, 0.5),    # global 1, global 2, locals (the intended values, not DINOv2's inverted ones)
+      blur_sigma=(0.1, 2.0),
+      solarize_p=0.2,            # global 2 only
+      solarize_threshold=128,
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+  ))
+  config.masking = ml_collections.ConfigDict(dict(
+      enabled=True,
+      probability=0.5,     # fraction of the 2B global crops that are masked
+      ratio_min=0.1,
+      ratio_max=0.5,
+      min_block=4,         # minimum block area in patches
+      aspect_ratio=0.3,    # block aspect ratio log-uniform in [0.3, 1/0.3]
+  ))
+  return config

@@ -1,0 +1,291 @@
+"""Host-side data: sources, resumable train iterators and evaluation splits.
+
+Sources by `config.data.name`:
+- "digits": scikit-learn's handwritten digits (shipped with scikit-learn, no download), 8x8 grayscale 0..16 made
+  uint8 RGB and resized to S; a fixed split of 1,500 "train" / 297 "test" images.
+- "npz": `config.data.path`, a .npz with "image" uint8 [N, H, W, C] (C = 1 or 3) and optionally "label" (else -1);
+  a "{split}" in the path is replaced by the split name.
+- any other name: a TFDS dataset prepared in the array_record layout under `config.data.data_dir` (see
+  `simdino_jax.data.prepare`), read with `tfds.data_source` through grain, without TensorFlow.
+
+Train iterators shard by process (each process reads its own strided slice of equal size), reshuffle every epoch
+(deterministically from seed and epoch), repeat forever, and yield host-local batches
+{"image": uint8 [b, S, S, 3], "label": int32 [b]}; a batch may span an epoch boundary, and every epoch is a full
+pass over the process's slice. `get_state()` / `set_state()` resume exactly.
+
+numpy is the only import at module level: tensorflow_datasets and grain are imported for TFDS datasets only.
+"""
+
+import functools
+import os
+
+import numpy as np
+
+from simdino_jax.registry import Registry
+
+_SOURCES: Registry = Registry("dataset")
+_DIGITS_TRAIN = 1500
+
+
+def create_train_iterator(config, *, batch_size: int, seed: int, process_index: int, process_count: int):
+  """A resumable iterator of host-local training batches (`batch_size` is per process).
+
+  Args:
+    config: the `data` config section.
+    batch_size: examples per batch on this process.
+    seed: shuffle seed (the same on every process).
+    process_index: this process's index, jax.process_index().
+    process_count: jax.process_count().
+
+  Returns:
+    An iterator with `get_state()`, `set_state(state)` and `num_examples` (the whole training split).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  if config.name in _SOURCES:
+    images, labels = load_split(config, config.train_split)
+    return ArrayIterator(images, labels, batch_size=batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count)
+  return _tfds_train_iterator(config, batch_size=batch_size, seed=seed, process_index=process_index,
+                              process_count=process_count)
+
+
+def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split for evaluation: (images uint8 [n, S, S, 3], labels int32 [n]; -1 when unlabeled)."""
+  if config.name in _SOURCES:
+    return _SOURCES.get(config.name)(config, split)
+  return _tfds_load_split(config, split)
+
+
+def source_names() -> list[str]:
+  """The built-in (non-TFDS) dataset names."""
+  return _SOURCES.names()
+
+
+class ArrayIterator:
+  """Batches over in-memory arrays: a strided shard per process, a new permutation of it every epoch."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
+               process_index: int, process_count: int):
+    self.num_examples = len(images)
+    shard_size = self.num_examples // process_count
+    if shard_size < batch_size:
+      raise ValueError(f"Each of the {process_count} processes holds {shard_size} examples, fewer than "
+                       f"batch_size {batch_size}.")
+    shard = slice(process_index, shard_size * process_count, process_count)
+    self._images = images[shard]
+    self._labels = labels[shard].astype(np.int32)
+    self._batch_size = batch_size
+    self._seed = seed
+    self._position = 0  # examples consumed from the infinite shuffled stream
+    self._perm_epoch = -1
+    self._perm = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    positions = self._position + np.arange(self._batch_size)
+    shard_size = len(self._images)
+    index = np.empty(self._batch_size, np.int64)
+    for epoch in np.unique(positions // shard_size):
+      in_epoch = positions // shard_size == epoch
+      index[in_epoch] = self._permutation(int(epoch))[positions[in_epoch] % shard_size]
+    self._position += self._batch_size
+    return {"image": self._images[index], "label": self._labels[index]}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._images))
+      self._perm_epoch = epoch
+    return self._perm
+
+  def get_state(self) -> dict:
+    return {"position": int(self._position), "seed": self._seed, "shard_size": len(self._images)}
+
+  def set_state(self, state: dict) -> None:
+    _check_state(state, {"seed": self._seed, "shard_size": len(self._images)})
+    self._position = int(state["position"])
+
+
+def _check_state(state: dict, expected: dict) -> None:
+  for name, value in expected.items():
+    if state.get(name) != value:
+      raise ValueError(f"Iterator state has {name}={state.get(name)!r} but this iterator has {value!r}: the "
+                       "state comes from a different seed, dataset or process count.")
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, C] -> [size, size, 3]: gray to RGB, shorter side to `size` (bicubic), center crop."""
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  height, width = image.shape[:2]
+  if height == width == size:
+    return image
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  factor = size / min(height, width)
+  new_h, new_w = max(size, round(height * factor)), max(size, round(width * factor))
+  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+  if images.shape[1:] == (size, size, 3):
+    return images
+  return np.stack([resize_square(image, size) for image in images])
+
+
+@_SOURCES.register("digits")
+def _digits_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if split not in ("train", "test"):
+    raise ValueError(f"Unknown split {split!r} of dataset 'digits'. Valid splits: test, train.")
+  images, labels = _digits(config.image_size)
+  order = np.random.default_rng(0).permutation(len(images))
+  index = order[:_DIGITS_TRAIN] if split == "train" else order[_DIGITS_TRAIN:]
+  return images[index], labels[index]
+
+
+@functools.lru_cache(maxsize=4)
+def _digits(size: int) -> tuple[np.ndarray, np.ndarray]:
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
+  digits = load_digits()
+  gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  images = _resize_all(np.repeat(gray[..., None], 3, axis=-1), size)
+  images.setflags(write=False)
+  return images, digits.target.astype(np.int32)
+
+
+@_SOURCES.register("npz")
+def _npz_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if not config.path:
+    raise ValueError("Dataset 'npz' needs config.data.path: a .npz file with 'image' uint8 [N, H, W, C] and "
+                     "'label' int [N] ('{split}' in the path is replaced by the split name).")
+  path = config.path.replace("{split}", split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"npz file {path!r} (split {split!r}) does not exist.")
+  with np.load(path) as arrays:
+    if "image" not in arrays:
+      raise ValueError(f"{path}: expected an array 'image' (uint8 [N, H, W, C]); found {sorted(arrays)}.")
+    images = arrays["image"]
+    labels = arrays["label"] if "label" in arrays else np.full(len(images), -1)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"{path}: 'image' must be uint8 [N, H, W, C] with C in (1, 3); got {images.dtype} "
+                     f"{images.shape}.")
+  if labels.shape != (len(images),):
+    raise ValueError(f"{path}: 'label' must have shape ({len(images)},); got {labels.shape}.")
+  return _resize_all(images, config.image_size), labels.astype(np.int32)
+
+
+# TFDS datasets, read through grain.
+
+def _import_tfds_and_grain():
+  missing = []
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    missing.append("tensorflow-datasets")
+  try:
+    import grain  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    missing.append("grain")
+  if missing:
+    raise ImportError(
+        f"TFDS datasets are read with tensorflow-datasets and grain; missing: {', '.join(missing)} "
+        f"(pip install {' '.join(missing)} array-record). Datasets that need neither: "
+        f"{', '.join(source_names())}.")
+  return tfds, grain
+
+
+def _tfds_source(config, split: str):
+  """`tfds.data_source` of a prepared array_record dataset, with errors that say how to prepare it."""
+  tfds, _ = _import_tfds_and_grain()
+  try:
+    builder = tfds.builder(config.name, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), not a TFDS "
+        f"dataset and not prepared in data_dir {config.data_dir!r}.") from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
+        f"{builder.data_dir}). {_prepare_hint(config)}")
+  try:
+    return builder.as_data_source(split=split)
+  except NotImplementedError as e:
+    raise ValueError(
+        f"TFDS dataset {config.name!r} in {builder.data_dir} is not in the array_record format. Convert it: "
+        f"tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record") from e
+
+
+def _prepare_hint(config) -> str:
+  data_dir = config.data_dir or "DIR"
+  if config.name == "cifar10":
+    return ("Prepare it with: python -m simdino_jax.data.prepare cifar10 --source PATH/TO/cifar-10-batches-py "
+            f"--data_dir {data_dir}")
+  return (f"Prepare it with: python -m simdino_jax.data.prepare folder --source IMAGE_ROOT --name {config.name} "
+          f"--data_dir {data_dir}  (or: tfds build {config.name} --file_format=array_record "
+          f"--data_dir {data_dir})")
+
+
+class _Decode:
+  """Per-record transform: image resized to S x S RGB uint8, label int32 (-1 when the dataset has none)."""
+
+  def __init__(self, size: int):
+    self.size = size
+
+  def __call__(self, record: dict) -> dict[str, np.ndarray]:
+    return {"image": resize_square(np.asarray(record["image"]), self.size),
+            "label": np.int32(record.get("label", -1))}
+
+
+class TfdsIterator:
+  """A grain iterator of host batches with a JSON-serializable state."""
+
+  def __init__(self, iterator, num_examples: int, check: dict):
+    self._iterator = iterator
+    self._check = check
+    self.num_examples = num_examples
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    return {"grain": self._iterator.get_state(), **self._check}
+
+  def set_state(self, state: dict) -> None:
+    _check_state(state, self._check)
+    self._iterator.set_state(state["grain"])
+
+
+def _tfds_train_iterator(config, *, batch_size, seed, process_index, process_count):
+  _, grain = _import_tfds_and_grain()
+  source = _tfds_source(config, config.train_split)
+  num_examples = len(source)
+  shard_size = num_examples // process_count
+  if shard_size < batch_size:
+    raise ValueError(f"Each of the {process_count} processes holds {shard_size} examples, fewer than "
+                     f"batch_size {batch_size}.")
+  dataset = (grain.MapDataset.source(source)[process_index:shard_size * process_count:process_count]
+             .shuffle(seed=seed)  # before repeat: a new order every epoch
+             .repeat()
+             .map(_Decode(config.image_size))
+             .batch(batch_size, drop_remainder=True))
+  read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4 * batch_size)
+  iterator = iter(dataset.to_iter_dataset(read))
+  return TfdsIterator(iterator, num_examples, {"seed": seed, "shard_size": shard_size})
+
+
+def _tfds_load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  _, grain = _import_tfds_and_grain()
+  source = _tfds_source(config, split)
+  dataset = grain.MapDataset.source(source).map(_Decode(config.image_size)).batch(1024)
+  batches = list(dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads)))
+  return (np.concatenate([b["image"] for b in batches]), np.concatenate([b["label"] for b in batches]))

@@ -1,0 +1,42 @@
+"""One process of the 2-process × 2-device parity test: trains a few steps and writes losses and parameters.
+
+Run by tests/test_multihost.py as `python -m tests.multihost_worker PORT PROCESS_ID OUT.npz`.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # after XLA_FLAGS: the flag is read when the backend starts
+import numpy as np
+
+
+def main(port: str, process_id: str, out_path: str) -> None:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_disable_most_optimizations", True)
+  jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+  from simdino_jax import parallel, train
+  from tests import train_utils
+
+  config = train_utils.parity_config()
+  trainer = train.build(config, num_examples=64)
+  images = train_utils.random_images(config.batch_size, config.data.image_size)
+  local = np.split(images, jax.process_count())[jax.process_index()]
+  losses = []
+  with jax.set_mesh(trainer.mesh):
+    batch = parallel.global_batch({"image": local}, trainer.mesh)["image"]
+    state = trainer.state
+    for _ in range(train_utils.PARITY_STEPS):
+      state, metrics = trainer.step_fn(state, batch)
+      losses.append(float(np.asarray(metrics["loss"].addressable_data(0))))
+  leaves = jax.tree_util.tree_flatten_with_path(state.student)[0]
+  params = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in leaves}
+  if jax.process_index() == 0:
+    np.savez(out_path, losses=np.asarray(losses), **params)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,270 @@
+"""Tests of the evaluation and collapse-diagnostics modules against independent float64 NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simdino_jax.evaluation import (effective_rank, extract_features, feature_diagnostics, feature_std,
+                                    knn_accuracy, knn_classify, knn_predict, linear_probe_optimizer,
+                                    make_probe_feature_fn, mean_probability_entropy, mean_sample_entropy,
+                                    normalized_coding_rate, probe_features, prototype_diagnostics,
+                                    teacher_center_kl, teacher_probabilities, train_linear_probe)
+
+
+def _mesh():
+  return jax.sharding.Mesh(np.array(jax.devices()), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _numpy_knn_scores(train, train_labels, test, num_classes, k, temperature=0.07):
+  """float64 reference: (class scores [n_test, C], sorted similarities [n_test, n_train])."""
+  train = train / np.linalg.norm(train, axis=1, keepdims=True)
+  test = test / np.linalg.norm(test, axis=1, keepdims=True)
+  sims = test.astype(np.float64) @ train.astype(np.float64).T
+  order = np.argsort(-sims, axis=1, kind="stable")
+  k = min(k, train.shape[0])
+  scores = np.zeros((test.shape[0], num_classes))
+  for row in range(test.shape[0]):
+    np.add.at(scores[row], train_labels[order[row, :k]], np.exp(sims[row, order[row, :k]] / temperature))
+  return scores, np.take_along_axis(sims, order, axis=1)
+
+
+def _random_knn_data(seed, n_train, n_test, dim, num_classes):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n_train, dim)).astype(np.float32), rng.integers(0, num_classes, n_train),
+          rng.normal(size=(n_test, dim)).astype(np.float32), rng.integers(0, num_classes, n_test))
+
+
+def test_knn_matches_float64_numpy_for_several_k():
+  num_classes, ks = 10, (10, 20, 100, 300)
+  train, train_labels, test, test_labels = _random_knn_data(0, 240, 50, 16, num_classes)
+  with pytest.warns(UserWarning, match="k=300 exceeds the 240 train samples"):
+    predicted = knn_predict(train, train_labels, test, num_classes=num_classes, k=ks, test_chunk=16)
+  with pytest.warns(UserWarning, match="k=300"):
+    metrics = knn_classify(train, train_labels, test, test_labels, num_classes=num_classes, k=ks, test_chunk=16)
+  assert set(predicted) == set(ks)
+  for k in ks:
+    scores, sorted_sims = _numpy_knn_scores(train, train_labels, test, num_classes, k)
+    if k < 240:  # no near-tie at the k-th neighbour, so float32 picks the same neighbours
+      assert np.min(sorted_sims[:, k - 1] - sorted_sims[:, k]) > 1e-5
+    ranked_scores = -np.sort(-scores, axis=1)
+    reference = np.argsort(-scores, axis=1, kind="stable")
+    # Compare the ranking as far as the float64 scores are clearly distinct (relative gap > 1e-4, non-zero).
+    gaps = (ranked_scores[:, :5] - ranked_scores[:, 1:6]) > 1e-4 * ranked_scores[:, :1]
+    assert gaps[:, 0].all()
+    for row in range(test.shape[0]):
+      depth = 5 if gaps[row].all() else int(np.argmin(gaps[row])) + 1
+      np.testing.assert_array_equal(predicted[k][row, :depth], reference[row, :depth])
+    assert metrics[f"knn_top1_k{k}"] == pytest.approx(np.mean(reference[:, 0] == test_labels))
+    assert metrics[f"knn_top5_k{k}"] == pytest.approx(np.mean(np.any(reference[:, :5] == test_labels[:, None], 1)))
+  np.testing.assert_array_equal(predicted[300], knn_predict(train, train_labels, test, num_classes=num_classes,
+                                                            k=240, test_chunk=16)[240])
+
+
+def test_knn_sharded_equals_unsharded():
+  train, train_labels, test, _ = _random_knn_data(1, 203, 45, 12, 7)  # 203 train rows: 8 shards need padding
+  ks = (1, 10, 20, 100, 203)
+  unsharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, test_chunk=16)
+  with jax.set_mesh(_mesh()):
+    sharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, test_chunk=16)
+  for k in ks:
+    np.testing.assert_array_equal(sharded[k], unsharded[k])
+  assert not np.array_equal(unsharded[1][:, 0], unsharded[203][:, 0])  # the ks really differ
+
+
+def test_knn_separated_clusters_are_perfect():
+  rng = np.random.default_rng(2)
+  num_classes, dim = 6, 32
+  centers = np.eye(dim)[:num_classes] * 10.0
+  train_labels, test_labels = rng.integers(0, num_classes, 300), rng.integers(0, num_classes, 100)
+  train = (centers[train_labels] + rng.normal(size=(300, dim))).astype(np.float32)
+  test = (centers[test_labels] + rng.normal(size=(100, dim))).astype(np.float32)
+  metrics = knn_classify(train, train_labels, test, test_labels, num_classes=num_classes, k=(10, 20))
+  assert metrics == {"knn_top1_k10": 1.0, "knn_top5_k10": 1.0, "knn_top1_k20": 1.0, "knn_top5_k20": 1.0}
+
+
+def test_knn_random_labels_are_at_chance():
+  # Test labels are independent of the predictions, so #correct ~ Binomial(2000, 1/10): 0.1 ± 0.0067 (1 sd).
+  train, train_labels, test, test_labels = _random_knn_data(3, 400, 2000, 16, 10)
+  accuracy = knn_classify(train, train_labels, test, test_labels, num_classes=10, k=20)["knn_top1_k20"]
+  assert 0.1 - 5 * 0.0067 < accuracy < 0.1 + 5 * 0.0067
+
+
+@pytest.mark.parametrize("use_mesh", [False, True])
+def test_extract_features_drops_exactly_the_padding(use_mesh):
+  images = np.arange(21 * 2 * 2 * 3, dtype=np.uint8).reshape(21, 2, 2, 3)
+  traced_shapes = []
+
+  def feature_fn(batch):
+    traced_shapes.append(batch.shape)
+    return batch.reshape(batch.shape[0], -1)[:, :5].astype(jnp.float32) + 1.0  # pad rows would be all ones
+
+  features = extract_features(feature_fn, images, batch_size=8, mesh=_mesh() if use_mesh else None)
+  np.testing.assert_array_equal(features, images.reshape(21, -1)[:, :5].astype(np.float32) + 1.0)
+  assert features.dtype == np.float32 and set(traced_shapes) == {(8, 2, 2, 3)}
+
+
+def test_extract_features_rejects_batches_not_divisible_by_the_mesh():
+  with pytest.raises(ValueError, match="divisible"):
+    extract_features(lambda x: x, np.zeros((10, 3), np.float32), batch_size=12, mesh=_mesh())
+
+
+def test_knn_accuracy_composes_extraction_and_classification():
+  train, train_labels, test, test_labels = _random_knn_data(4, 64, 24, 6, 5)
+  feature_fn = lambda x: jnp.tanh(x)
+  metrics = knn_accuracy(feature_fn, train, train_labels, test, test_labels, num_classes=5, batch_size=16)
+  expected = knn_classify(np.tanh(train), train_labels, np.tanh(test), test_labels, num_classes=5)
+  assert metrics.keys() == {"knn_top1_k20", "knn_top5_k20"}
+  assert metrics == pytest.approx(expected)
+
+
+def test_probe_features_layout():
+  rng = np.random.default_rng(5)
+  out = {"cls": rng.normal(size=(3, 4)), "patch": rng.normal(size=(3, 9, 4)), "last_cls": rng.normal(size=(4, 3, 4))}
+  np.testing.assert_allclose(probe_features(out, n_last_blocks=4, avgpool=False),
+                             np.concatenate(list(out["last_cls"]), axis=1), rtol=1e-6)
+  np.testing.assert_allclose(probe_features(out, n_last_blocks=1, avgpool=True),
+                             np.concatenate([out["last_cls"][-1], out["patch"].mean(1)], axis=1), rtol=1e-6)
+  with pytest.raises(ValueError, match="n_last_blocks"):
+    probe_features(out, n_last_blocks=5, avgpool=False)
+  calls = []
+  feature_fn = make_probe_feature_fn(lambda images, n_last: calls.append(n_last) or out, n_last_blocks=2,
+                                     avgpool=True)
+  assert feature_fn(None).shape == (3, 12) and calls == [2]
+
+
+def test_linear_probe_optimizer_is_cosine_sgd_with_momentum():
+  total, lr = 10, 0.5
+  cosine = lambda t: lr * 0.5 * (1 + np.cos(np.pi * min(t, total) / total))
+  for momentum in (0.0, 0.9):
+    tx = linear_probe_optimizer(lr, total, momentum)
+    params, state, buffer = jnp.zeros(2), None, 0.0
+    state = tx.init(params)
+    for t in range(total + 2):
+      updates, state = tx.update(jnp.ones(2), state, params)
+      buffer = momentum * buffer + 1.0  # torch SGD: buf = m·buf + g; step = -lr_t · buf
+      np.testing.assert_allclose(updates, -cosine(t) * buffer * np.ones(2), rtol=1e-5, atol=1e-7)
+  assert cosine(total // 2) == pytest.approx(lr / 2) and cosine(total) == pytest.approx(0.0)
+
+
+def _numpy_accuracy(params, features, labels):
+  return np.mean(np.argmax(features @ params["kernel"] + params["bias"], axis=1) == labels)
+
+
+def test_linear_probe_separates_linearly_separable_features():
+  rng = np.random.default_rng(6)
+  num_classes, dim = 4, 8
+  centers = 4.0 * np.eye(dim)[:num_classes]
+  labels = rng.integers(0, num_classes, 640)
+  features = (centers[labels] + 0.3 * rng.normal(size=(640, dim))).astype(np.float32)
+  result = train_linear_probe(features[:512], labels[:512], features[512:], labels[512:], num_classes=num_classes,
+                              epochs=4, batch_size=64, learning_rates=(0.4, 4.0))
+  assert result.best_val_acc == 1.0
+  np.testing.assert_allclose(result.learning_rates, [0.1, 1.0])
+  assert _numpy_accuracy(result.best_params, features[512:], labels[512:]) == 1.0
+
+
+def test_linear_probe_best_validation_bookkeeping():
+  # Random validation labels: the accuracy fluctuates, so the best epoch is not the last one.
+  rng = np.random.default_rng(7)
+  train, val = rng.normal(size=(256, 6)).astype(np.float32), rng.normal(size=(300, 6)).astype(np.float32)
+  train_labels, val_labels = rng.integers(0, 3, 256), rng.integers(0, 3, 300)
+  result = train_linear_probe(train, train_labels, val, val_labels, num_classes=3, epochs=6, batch_size=32,
+                              learning_rates=(0.5, 5.0), eval_chunk=128)
+  history = result.val_acc
+  assert history.shape == (6, 2)
+  best_epoch, best_head = np.unravel_index(np.argmax(history), history.shape)
+  assert best_epoch < 5
+  assert (result.best_val_acc, result.best_epoch) == (history.max(), best_epoch)
+  assert result.best_lr == pytest.approx(result.learning_rates[best_head])
+  assert result.final_val_acc == history[-1].max()
+  assert _numpy_accuracy(result.best_params, val, val_labels) == pytest.approx(result.best_val_acc)
+  for head in range(2):
+    final = {name: value[head] for name, value in result.final_params.items()}
+    assert _numpy_accuracy(final, val, val_labels) == pytest.approx(history[-1, head])
+  assert result.metrics()["linear_top1_best"] == result.best_val_acc
+
+
+def _numpy_effective_rank(x):
+  s = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+  p = s / s.sum()
+  p = p[p > 0]
+  return np.exp(-np.sum(p * np.log(p)))
+
+
+def test_effective_rank():
+  rng = np.random.default_rng(8)
+  whitened = np.linalg.qr(rng.normal(size=(256, 32)))[0]
+  assert float(effective_rank(whitened)) == pytest.approx(32.0, rel=1e-4)
+  rank_one = rng.normal(size=(256, 1)) * rng.normal(size=(1, 32))
+  assert float(effective_rank(rank_one)) == pytest.approx(1.0, abs=1e-2)
+  rank_five = whitened[:, :5] @ np.linalg.qr(rng.normal(size=(32, 5)))[0].T
+  assert float(effective_rank(rank_five)) == pytest.approx(5.0, rel=1e-3)
+  anisotropic = rng.normal(size=(200, 16)) * np.linspace(0.1, 3.0, 16)
+  assert float(effective_rank(anisotropic)) == pytest.approx(_numpy_effective_rank(anisotropic), rel=1e-4)
+
+
+def test_teacher_entropies_and_center_kl():
+  num_classes = 16
+  uniform = teacher_probabilities(np.full((2, 8, num_classes), 3.0), None, 0.04)
+  assert float(mean_probability_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
+  assert float(mean_sample_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
+  collapsed = teacher_probabilities(np.tile(10.0 * np.eye(num_classes)[3], (32, 1)), np.zeros(num_classes), 0.04)
+  assert float(mean_probability_entropy(collapsed)) == pytest.approx(0.0, abs=1e-4)
+  spread = teacher_probabilities(10.0 * np.eye(num_classes)[np.arange(64) % num_classes], None, 0.04)
+  assert float(mean_probability_entropy(spread)) == pytest.approx(np.log(num_classes), rel=1e-4)
+  assert float(mean_sample_entropy(spread)) == pytest.approx(0.0, abs=1e-4)
+
+  rng = np.random.default_rng(9)
+  logits, center, tau = rng.normal(size=(40, num_classes)), rng.normal(size=num_classes), 0.5
+  p = np.exp((logits - center) / tau)
+  p /= p.sum(1, keepdims=True)
+  q = np.exp(center / tau) / np.exp(center / tau).sum()
+  mean = p.mean(0)
+  probabilities = teacher_probabilities(logits, center, tau)
+  np.testing.assert_allclose(probabilities, p, rtol=1e-5)
+  assert float(teacher_center_kl(probabilities, center, tau)) == pytest.approx(np.sum(mean * np.log(mean / q)),
+                                                                               rel=1e-4)
+  assert float(teacher_center_kl(uniform, np.zeros(num_classes), 0.04)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_std():
+  rng = np.random.default_rng(10)
+  isotropic = rng.normal(size=(4096, 64))
+  assert float(feature_std(isotropic)) == pytest.approx(1 / 8, rel=0.03)
+  collapsed = rng.normal(size=(1, 64)) + 1e-5 * rng.normal(size=(512, 64))
+  assert float(feature_std(collapsed)) < 1e-4
+
+
+@pytest.mark.parametrize("n,dim", [(64, 16), (16, 64)])
+def test_coding_rate_of_normalized_features_matches_numpy(n, dim):
+  features = np.random.default_rng(11).normal(size=(n, dim))
+  z = features / np.linalg.norm(features, axis=1, keepdims=True)
+  expected = 0.5 * np.linalg.slogdet(np.eye(dim) + dim / (n * 0.05) * z.T @ z)[1]
+  assert float(normalized_coding_rate(features.astype(np.float32), 0.05)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_feature_diagnostics_collects_the_scalars():
+  rng = np.random.default_rng(12)
+  features, logits, center = rng.normal(size=(2, 32, 8)), rng.normal(size=(2, 32, 10)), rng.normal(size=10)
+  values = feature_diagnostics(features, teacher_logits=logits, center=center, teacher_temp=0.1)
+  probabilities = teacher_probabilities(logits, center, 0.1)
+  expected = {"effective_rank": effective_rank(features), "coding_rate": normalized_coding_rate(features, 0.05),
+              "feature_std": feature_std(features),
+              "teacher_mean_entropy": mean_probability_entropy(probabilities),
+              "teacher_sample_entropy": mean_sample_entropy(probabilities),
+              "teacher_center_kl": teacher_center_kl(probabilities, center, 0.1)}
+  assert values.keys() == expected.keys()
+  for name, value in expected.items():
+    assert values[name] == pytest.approx(float(value), rel=1e-5), name
+  assert feature_diagnostics(features).keys() == {"effective_rank", "coding_rate", "feature_std"}
+  with pytest.raises(ValueError, match="teacher_temp"):
+    feature_diagnostics(features, teacher_logits=logits)
+
+
+def test_prototype_diagnostics_counts_groups():
+  rng = np.random.default_rng(13)
+  distinct = rng.normal(size=(7, 16))
+  prototypes = np.concatenate([distinct, distinct[0] + 1e-4 * rng.normal(size=(3, 16)),
+                               2.0 * distinct[1:2]])  # 3 near-copies of #0, a rescaled copy of #1
+  assert prototype_diagnostics(prototypes) == {"unique_prototypes": 7, "largest_group": 4}

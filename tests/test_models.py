@@ -1,0 +1,377 @@
+"""Tests for simdino_jax.models: parameter counts, output contract, masking, drop path, heads, attention padding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from simdino_jax import models
+from simdino_jax.models import heads, vit
+
+DIM, DEPTH, HEADS, PATCH, IMAGE = 32, 2, 2, 4, 16
+K, P = 64, 16
+B, N_LOCAL, LOCAL = 3, 2, 8
+N = (IMAGE // PATCH) ** 2
+
+
+def tiny_backbone(seed=0, **overrides):
+  kwargs = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, patch_size=PATCH, image_size=IMAGE,
+                dtype=jnp.float32)
+  kwargs.update(overrides)
+  return vit.VisionTransformer(**kwargs, rngs=nnx.Rngs(seed))
+
+
+def tiny_head(kind, seed=1, norm_last_layer=True, dtype=jnp.float32):
+  rngs = nnx.Rngs(seed)
+  if kind == "dino":
+    return heads.DINOHead(DIM, out_dim=K, hidden_dim=24, bottleneck_dim=P, n_layers=3,
+                          norm_last_layer=norm_last_layer, dtype=dtype, rngs=rngs)
+  return heads.SimDINOHead(DIM, hidden_dim=24, bottleneck_dim=P, n_layers=3, dtype=dtype, rngs=rngs)
+
+
+def tiny_model(kind="dino", norm_last_layer=True, **backbone_overrides):
+  dtype = backbone_overrides.get("dtype", jnp.float32)
+  return models.MultiCropModel(tiny_backbone(**backbone_overrides),
+                               tiny_head(kind, norm_last_layer=norm_last_layer, dtype=dtype))
+
+
+def make_crops(seed=0, n_local=N_LOCAL):
+  key_global, key_local = jax.random.split(jax.random.key(seed))
+  crops = [jax.random.normal(key_global, (2, B, IMAGE, IMAGE, 3))]
+  if n_local:
+    crops.append(jax.random.normal(key_local, (n_local, B, LOCAL, LOCAL, 3)))
+  return crops
+
+
+def make_masks(seed=0):
+  return jax.random.bernoulli(jax.random.key(seed + 100), 0.4, (2, B, N))
+
+
+def abstract_model(name, patch_size, head_kind="dino", **fields):
+  config = models.default_config()
+  config.name = name
+  config.patch_size = patch_size
+  for field, value in fields.items():
+    setattr(config, field, value)
+  return nnx.eval_shape(lambda: models.create_model(config, head_kind=head_kind, rngs=nnx.Rngs(0)))
+
+
+def param_paths(state):
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+
+
+# Parameter counts and paths (shapes only, nothing big is allocated).
+
+@pytest.mark.parametrize("name,patch_size,expected", [
+    ("ViT-S/16", 16, 21_665_664), ("vit_small", 16, 21_665_664), ("ViT-B/16", 16, 85_798_656)])
+def test_reference_backbone_param_counts(name, patch_size, expected):
+  model = abstract_model(name, patch_size)
+  params = nnx.state(model.backbone, nnx.Param)
+  dim = model.backbone.embed_dim
+  assert param_paths(params)["mask_token"].shape == (1, 1, dim)
+  assert models.count_params(params) - dim == expected
+
+
+def test_reference_dino_head_param_count():
+  model = abstract_model("ViT-S/16", 16)
+  params = nnx.state(model.head, nnx.Param)
+  assert models.count_params(params) == 22_352_128
+  assert param_paths(params)["last_layer/v"].shape == (65536, 256)
+  assert param_paths(params)["last_layer/g"].shape == (65536,)
+
+
+@pytest.mark.parametrize("name,dim,depth,num_heads", [
+    ("vit_tiny", 192, 12, 3), ("ViT-T/16", 192, 12, 3), ("vit_large", 1024, 24, 16), ("ViT-L/16", 1024, 24, 16)])
+def test_architecture_sizes(name, dim, depth, num_heads):
+  backbone = abstract_model(name, 16).backbone
+  assert backbone.embed_dim == dim
+  assert len(backbone.blocks) == depth
+  assert backbone.blocks[0].attn.num_heads == num_heads
+  assert param_paths(nnx.state(backbone, nnx.Param))["blocks/0/mlp/fc1/kernel"].shape == (dim, 4 * dim)
+
+
+def test_patch_size_and_registers_from_config():
+  paths = param_paths(nnx.state(abstract_model("vit_small", 14, num_registers=4).backbone, nnx.Param))
+  assert paths["pos_embed"].shape == (1, 1 + 16 * 16, 384)
+  assert paths["register_tokens"].shape == (1, 4, 384)
+
+
+def test_parameter_paths():
+  model = tiny_model("dino", layerscale=0.1)
+  paths = param_paths(nnx.state(model, nnx.Param))
+  assert paths["head/last_layer/v"].shape == (K, P)
+  assert paths["head/last_layer/g"].shape == (K,)
+  assert sorted(p for p in paths if "last_layer" in p) == ["head/last_layer/g", "head/last_layer/v"]
+  assert "head/mlp/layers/0/bias" in paths and "backbone/blocks/1/attn/qkv/bias" in paths
+  np.testing.assert_array_equal(paths["backbone/blocks/0/ls1/gamma"], np.full((DIM,), 0.1))
+  np.testing.assert_array_equal(paths["backbone/mask_token"], np.zeros((1, 1, DIM)))
+  assert all(np.all(leaf == 0) for path, leaf in paths.items() if path.endswith("/bias"))
+  assert all(leaf.dtype == jnp.float32 for leaf in paths.values())
+
+
+# Configuration and errors.
+
+def test_unknown_model_name_lists_valid_names():
+  config = models.default_config()
+  config.name = "vit_huge"
+  with pytest.raises(ValueError, match="vit_small.*|.*vit_small") as error:
+    models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0))
+  for valid in ("vit_tiny", "vit_base", "vit_large", "ViT-S/16", "ViT-B/8"):
+    assert valid in str(error.value)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"name": "ViT-S/8", "patch_size": 16}, "patch size 8"),
+    ({"image_size": 100}, "image_size 100"),
+    ({"drop_path_schedule": "cosine"}, "drop_path_schedule"),
+    ({"attention_impl": "flash"}, "attention_impl"),
+    ({"attention_impl": "cudnn", "dtype": "float32"}, "cudnn"),
+    ({"dtype": "int8"}, "dtype"),
+])
+def test_invalid_config_raises(fields, message):
+  config = models.default_config()
+  config.name = "vit_tiny"
+  config.update(fields)
+  with pytest.raises(ValueError, match=message):
+    nnx.eval_shape(lambda: models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0)))
+
+
+def test_invalid_head_kind_and_crop_size_raise():
+  with pytest.raises(ValueError, match="simdino"):
+    models.create_model(models.default_config(), head_kind="ibot", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="not divisible"):
+    tiny_backbone()(jnp.zeros((1, 10, 12, 3)))
+
+
+def test_cudnn_config_pads_to_64():
+  model = abstract_model("vit_tiny", 16, attention_impl="cudnn")
+  attention = model.backbone.blocks[0].attn
+  assert (attention.implementation, attention.token_multiple) == ("cudnn", 64)
+  assert abstract_model("vit_tiny", 16).backbone.blocks[0].attn.token_multiple == 1
+
+
+# Output contract.
+
+@pytest.mark.parametrize("kind", ["dino", "simdino"])
+@pytest.mark.parametrize("with_masks", [False, True])
+@pytest.mark.parametrize("n_local", [N_LOCAL, 0])
+def test_output_shapes_and_dtypes(kind, with_masks, n_local):
+  model = tiny_model(kind, dtype=jnp.bfloat16)
+  masks = make_masks() if with_masks else None
+  out = model(make_crops(n_local=n_local), masks)
+  views = 2 + n_local
+  out_dim = K if kind == "dino" else P
+  expected = {"cls": (views, B, DIM), "head": (views, B, out_dim)}
+  if with_masks:
+    expected["patch_head"] = (2, B, N, out_dim)
+  if kind == "dino":
+    expected["prototypes"] = (K, P)
+  assert {name: value.shape for name, value in out.items()} == expected
+  assert all(value.dtype == jnp.float32 for value in out.values())
+  assert all(bool(jnp.all(jnp.isfinite(value))) for value in out.values())
+
+
+def test_simdino_head_outputs_unit_norm():
+  out = tiny_model("simdino")(make_crops(), make_masks())
+  for name in ("head", "patch_head"):
+    np.testing.assert_allclose(jnp.linalg.norm(out[name], axis=-1), 1.0, atol=1e-5)
+
+
+def test_backbone_outputs_and_registers_excluded():
+  backbone = tiny_backbone(num_registers=3)
+  images = make_crops()[0][0]
+  out = backbone(images, n_last=2)
+  assert out["cls"].shape == (B, DIM) and out["patch"].shape == (B, N, DIM)
+  assert out["last_cls"].shape == (2, B, DIM)
+  np.testing.assert_allclose(out["last_cls"][-1], out["cls"], atol=1e-6)
+  assert not np.allclose(out["last_cls"][0], out["cls"], atol=1e-3)
+  model = models.MultiCropModel(backbone, tiny_head("dino"))
+  assert model(make_crops(), make_masks())["patch_head"].shape == (2, B, N, K)
+
+
+def test_multicrop_equals_per_view_backbone_calls():
+  model = tiny_model("dino")
+  crops, masks = make_crops(), make_masks()
+  out = model(crops, masks)
+  views = [crops[0][0], crops[0][1]] + [crops[1][i] for i in range(N_LOCAL)]
+  for index, images in enumerate(views):
+    view_masks = masks[index] if index < 2 else None
+    single = model.backbone(images, view_masks)
+    np.testing.assert_allclose(out["cls"][index], single["cls"], atol=1e-5)
+    np.testing.assert_allclose(out["head"][index], model.head(single["cls"]), atol=1e-5)
+    if index < 2:
+      np.testing.assert_allclose(out["patch_head"][index], model.head(single["patch"]), atol=1e-5)
+  np.testing.assert_array_equal(out["prototypes"], model.head.last_layer.v[...])
+
+
+# Mask token.
+
+def test_fully_masked_image_ignores_content():
+  backbone = tiny_backbone()
+  all_masked = jnp.ones((B, N), bool)
+  images_a, images_b = make_crops(seed=1)[0][0], make_crops(seed=2)[0][0]
+  out_a, out_b = backbone(images_a, all_masked), backbone(images_b, all_masked)
+  np.testing.assert_allclose(out_a["cls"], out_b["cls"], atol=1e-6)
+  np.testing.assert_allclose(out_a["patch"], out_b["patch"], atol=1e-6)
+  assert not np.allclose(backbone(images_a)["cls"], backbone(images_b)["cls"], atol=1e-3)
+
+
+def test_mask_token_replaces_patch_embedding_before_position_embedding():
+  backbone = tiny_backbone()
+  # A constant image: every patch has the same embedding e. Masking with mask_token = e must change nothing,
+  # which holds only if the token replaces the patch embedding before the (position-dependent) pos_embed.
+  images = jnp.full((B, IMAGE, IMAGE, 3), 0.7)
+  patch_embedding = backbone.patch_embed(jnp.full((PATCH * PATCH * 3,), 0.7))
+  backbone.mask_token[...] = patch_embedding.reshape(1, 1, DIM)
+  masks = make_masks()[0]
+  unmasked, masked = backbone(images), backbone(images, masks)
+  np.testing.assert_allclose(masked["patch"], unmasked["patch"], atol=1e-5)
+  np.testing.assert_allclose(masked["cls"], unmasked["cls"], atol=1e-5)
+  backbone.mask_token[...] = patch_embedding.reshape(1, 1, DIM) + 1.0
+  assert not np.allclose(backbone(images, masks)["cls"], unmasked["cls"], atol=1e-3)
+
+
+# Position embeddings.
+
+def test_pos_embed_interpolation():
+  pos_embed = jax.random.normal(jax.random.key(0), (1, 16, 5))
+  np.testing.assert_array_equal(vit.interpolate_pos_embed(pos_embed, (4, 4)), pos_embed)
+  for grid in [(2, 2), (6, 6), (3, 5)]:
+    resized = vit.interpolate_pos_embed(pos_embed, grid)
+    assert resized.shape == (1, grid[0] * grid[1], 5)
+  constant = jnp.broadcast_to(jnp.arange(5.0), (1, 16, 5))
+  np.testing.assert_allclose(vit.interpolate_pos_embed(constant, (7, 3)),
+                             jnp.broadcast_to(jnp.arange(5.0), (1, 21, 5)), atol=1e-5)
+  upsampled = vit.interpolate_pos_embed(pos_embed, (8, 8)).reshape(8, 8, 5)
+  assert not np.allclose(upsampled[0, 0], upsampled[7, 7])
+
+
+@pytest.mark.parametrize("size", [8, 16, 24])
+def test_backbone_runs_at_any_crop_size(size):
+  out = tiny_backbone()(jnp.ones((2, size, size, 3)))
+  assert out["patch"].shape == (2, (size // PATCH) ** 2, DIM)
+
+
+# Drop path.
+
+def test_drop_path_rates_schedules():
+  np.testing.assert_allclose(vit.drop_path_rates(0.3, 4, "linear"), [0.0, 0.1, 0.2, 0.3])
+  assert vit.drop_path_rates(0.3, 4, "uniform") == [0.3] * 4
+
+
+def test_drop_path_is_per_sample():
+  x = jnp.ones((64, 5, 3))
+  out = vit.drop_path(x, 0.5, jax.random.key(0))
+  per_sample = out[:, 0, 0]
+  assert set(np.unique(per_sample).tolist()) == {0.0, 2.0}
+  np.testing.assert_array_equal(out, per_sample[:, None, None] * x)
+  np.testing.assert_array_equal(vit.drop_path(x, 0.5, None), x)
+
+
+def test_drop_path_deterministic_without_key_and_stochastic_with_key():
+  backbone = tiny_backbone(drop_path_rate=0.5, drop_path_schedule="uniform")
+  images = make_crops()[0][0]
+  np.testing.assert_array_equal(backbone(images)["cls"], backbone(images)["cls"])
+  key_1, key_2 = jax.random.key(1), jax.random.key(2)
+  np.testing.assert_array_equal(backbone(images, key=key_1)["cls"], backbone(images, key=key_1)["cls"])
+  assert not np.allclose(backbone(images, key=key_1)["cls"], backbone(images, key=key_2)["cls"])
+  assert not np.allclose(backbone(images, key=key_1)["cls"], backbone(images)["cls"])
+
+
+def test_rate_zero_model_ignores_key():
+  backbone = tiny_backbone(drop_path_rate=0.0)
+  images = make_crops()[0][0]
+  np.testing.assert_array_equal(backbone(images, key=jax.random.key(3))["cls"], backbone(images)["cls"])
+
+
+# Heads.
+
+def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
+  for norm_last_layer in (True, False):
+    model = tiny_model("dino", norm_last_layer=norm_last_layer)
+    graphdef, params = models.split_params(model)
+    crops = make_crops(n_local=0)
+
+    def loss(params):
+      logits = models.merge_params(graphdef, params)(crops)["head"]
+      return jnp.sum(jax.nn.log_softmax(logits / 0.1)[..., 0])
+
+    grads = jax.grad(loss)(params)
+    gain_grad = grads["head"]["last_layer"]["g"][...]
+    direction_grad = grads["head"]["last_layer"]["v"][...]
+    assert float(jnp.abs(direction_grad).max()) > 0
+    if norm_last_layer:
+      np.testing.assert_array_equal(gain_grad, 0.0)
+    else:
+      assert float(jnp.abs(gain_grad).max()) > 0
+  head = tiny_head("dino")
+  features = jax.random.normal(jax.random.key(0), (7, DIM))
+  logits = head(features)
+  z = heads.l2_normalize(head.mlp(features))
+  v = head.last_layer.v[...]
+  cosines = z @ (v / jnp.linalg.norm(v, axis=-1, keepdims=True)).T
+  np.testing.assert_allclose(logits, cosines, atol=1e-5)
+  assert float(jnp.abs(logits).max()) <= 1.0 + 1e-6
+
+
+def test_l2_normalize_eps():
+  np.testing.assert_array_equal(heads.l2_normalize(jnp.zeros((2, 3))), 0.0)
+  np.testing.assert_allclose(heads.l2_normalize(jnp.array([[3.0, 4.0]])), [[0.6, 0.8]])
+
+
+# Attention padding (the cuDNN path, run here with the XLA implementation).
+
+@pytest.mark.parametrize("tokens", [17, 37, 197])
+def test_padded_attention_equals_unpadded(tokens):
+  keys = jax.random.split(jax.random.key(tokens), 3)
+  q, k, v = (jax.random.normal(key, (2, tokens, 2, 8)) for key in keys)
+
+  def attend(q, k, v, multiple):
+    return vit.dot_product_attention(q, k, v, implementation=None, token_multiple=multiple)
+
+  np.testing.assert_allclose(attend(q, k, v, 64), attend(q, k, v, 1), atol=1e-5)
+  grad_padded = jax.grad(lambda *a: jnp.sum(jnp.sin(attend(*a, 64))), argnums=(0, 1, 2))(q, k, v)
+  grad_plain = jax.grad(lambda *a: jnp.sum(jnp.sin(attend(*a, 1))), argnums=(0, 1, 2))(q, k, v)
+  for padded, plain in zip(grad_padded, grad_plain):
+    np.testing.assert_allclose(padded, plain, atol=1e-5)
+
+
+def test_padded_backbone_equals_unpadded():
+  plain, padded = tiny_backbone(), tiny_backbone(attention_token_multiple=64)
+  nnx.update(padded, nnx.state(plain, nnx.Param))
+  images = make_crops()[0][0]
+  np.testing.assert_allclose(padded(images)["cls"], plain(images)["cls"], atol=1e-5)
+  np.testing.assert_allclose(padded(images)["patch"], plain(images)["patch"], atol=1e-5)
+
+
+# Functional API and rematerialization.
+
+def test_split_merge_round_trip_under_jit():
+  model = tiny_model("dino", drop_path_rate=0.2)
+  graphdef, params = models.split_params(model)
+  crops, masks, key = make_crops(), make_masks(), jax.random.key(5)
+
+  @jax.jit
+  def forward(params, crops, masks, key):
+    return models.merge_params(graphdef, params)(crops, masks, key=key)
+
+  jitted = forward(params, crops, masks, key)
+  eager = model(crops, masks, key=key)
+  for name in eager:
+    np.testing.assert_allclose(jitted[name], eager[name], atol=1e-5)
+  _, params_again = models.split_params(models.merge_params(graphdef, params))
+  jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+
+def test_remat_matches_plain_forward_and_gradient():
+  plain, remat = tiny_backbone(drop_path_rate=0.3), tiny_backbone(drop_path_rate=0.3, remat=True)
+  images, key = make_crops()[0][0], jax.random.key(7)
+  results = []
+  for backbone in (plain, remat):
+    graphdef, params = models.split_params(backbone)
+    loss = lambda p: jnp.sum(models.merge_params(graphdef, p)(images, key=key)["cls"] ** 2)
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[0][1], results[1][1])

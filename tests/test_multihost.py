@@ -1,0 +1,40 @@
+"""2 processes × 2 CPU devices (jax.distributed with gloo on localhost) train exactly as one device does."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from simdino_jax import parallel
+from tests import train_utils
+from tests.test_train import _run_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_device(tmp_path):
+  port = _free_port()
+  out = tmp_path / "process0.npz"
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  workers = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+  logs = [w.communicate(timeout=600)[0] for w in workers]
+  for w, log in zip(workers, logs):
+    assert w.returncode == 0, log[-3000:]
+  multi = np.load(out)
+
+  _, _, single_state, single_metrics = _run_steps(
+      train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=parallel.create_mesh(jax.devices()[:1]))
+  np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
+  for path, value in jax.tree_util.tree_flatten_with_path(single_state.student)[0]:
+    np.testing.assert_allclose(multi[jax.tree_util.keystr(path)], value, rtol=1e-4, atol=1e-6)
