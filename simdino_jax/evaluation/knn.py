@@ -117,7 +117,7 @@ def _knn_chunk(test, train, labels, valid, *, ks, k_local, num_classes, temperat
   neighbour_labels = jnp.take_along_axis(neighbour_labels, position, axis=1)
   predictions = []
   for k in ks:
-    weights = jnp.exp(values[:, :k] / temperature)
+    weights = jnp.exp(values[:, :k])
     one_hot = jax.nn.one_hot(neighbour_labels[:, :k], num_classes, dtype=jnp.float32)
     scores = jnp.einsum("ck,ckn->cn", weights, one_hot, precision=HIGHEST)
     predictions.append(jax.lax.top_k(scores, min(5, num_classes))[1])

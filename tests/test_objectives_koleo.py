@@ -1,0 +1,144 @@
+"""KoLeo, KoLeo-proto and the unique-prototype count against float64 NumPy references and their properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from simdino_jax.objectives import koleo_loss, koleo_proto_loss, unique_prototypes
+from tests import numpy_reference as ref
+
+SETTINGS = settings(max_examples=8, deadline=None)
+
+
+def data_mesh():
+  return Mesh(np.array(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
+
+
+def random_rows(seed, n, d, scale=1.0):
+  return (scale * np.random.default_rng(seed).normal(size=(n, d))).astype(np.float32)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 24), d=st.integers(2, 12))
+def test_koleo_matches_reference(seed, n, d):
+  x = random_rows(seed, n, d)
+  ref.assert_close(jax.jit(koleo_loss)(x), ref.koleo(x))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(3, 12), d=st.integers(2, 6))
+def test_koleo_gradient_matches_finite_differences(seed, n, d):
+  x = random_rows(seed, n, d)
+  assume(ref.nearest_neighbour_gap(x) > 1e-3)
+  gradient = jax.jit(jax.grad(koleo_loss))(x)
+  ref.assert_close(gradient, ref.numerical_gradient(ref.koleo, x), rtol=1e-4)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), scale=st.floats(1e-3, 1e3))
+def test_koleo_invariant_to_row_permutation_and_scale(seed, scale):
+  x = random_rows(seed, 10, 5)
+  permutation = np.random.default_rng(seed + 1).permutation(10)
+  value = koleo_loss(x)
+  ref.assert_close(koleo_loss(x[permutation]), value, rtol=1e-6)
+  ref.assert_close(koleo_loss(np.float32(scale) * x), value, rtol=1e-5)
+
+
+def test_koleo_needs_two_rows():
+  with pytest.raises(ValueError, match="N >= 2"):
+    koleo_loss(jnp.ones((1, 4)))
+  with pytest.raises(ValueError, match="N >= 2"):
+    koleo_proto_loss(jnp.ones((1, 4)))
+
+
+def test_koleo_casts_bfloat16_to_float32():
+  x = random_rows(0, 8, 4)
+  value = koleo_loss(jnp.asarray(x, jnp.bfloat16))
+  assert value.dtype == jnp.float32
+  ref.assert_close(value, ref.koleo(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32)))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), k=st.integers(2, 40), d=st.integers(2, 8), chunk_size=st.integers(1, 17))
+def test_koleo_proto_equals_dense_koleo(seed, k, d, chunk_size):
+  prototypes = random_rows(seed, k, d, scale=3.0)
+  proto = jax.jit(koleo_proto_loss, static_argnames="chunk_size")(prototypes, chunk_size=chunk_size)
+  ref.assert_close(proto, koleo_loss(prototypes), rtol=1e-6)
+  ref.assert_close(proto, ref.koleo(prototypes))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 16, 64])
+def test_koleo_proto_gradient_equals_dense_gradient(chunk_size):
+  prototypes = random_rows(7, 16, 5, scale=2.0)
+  assert ref.nearest_neighbour_gap(prototypes) > 1e-3
+  proto_gradient = jax.grad(koleo_proto_loss)(prototypes, chunk_size)
+  ref.assert_close(proto_gradient, jax.grad(koleo_loss)(prototypes), rtol=1e-6)
+  ref.assert_close(proto_gradient, ref.numerical_gradient(ref.koleo, prototypes), rtol=1e-4)
+
+
+def test_koleo_sharded_equals_unsharded():
+  x = random_rows(3, 32, 6)
+  expected = koleo_loss(x)
+  with jax.set_mesh(data_mesh()) as mesh:
+    sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+    ref.assert_close(jax.jit(koleo_loss)(sharded), expected, rtol=1e-6)
+    ref.assert_close(jax.jit(koleo_proto_loss, static_argnums=1)(sharded, 5), expected, rtol=1e-6)
+    ref.assert_close(jax.jit(jax.grad(koleo_proto_loss), static_argnums=1)(sharded, 5), jax.grad(koleo_loss)(x),
+                     rtol=1e-6)
+    assert unique_prototypes(sharded, 0.5, chunk_size=6) == unique_prototypes(x, 0.5, chunk_size=6)
+
+
+def clustered_prototypes(seed, group_sizes, d, spread):
+  """Groups of prototypes around random unit centres, each member within `spread` of its centre."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for size in group_sizes:
+    centre = ref.normalize(rng.normal(size=d), 1e-8)
+    offsets = rng.normal(size=(size, d))
+    offsets *= spread * rng.uniform(0.0, 1.0, size=(size, 1)) / np.linalg.norm(offsets, axis=1, keepdims=True)
+    rows.append(ref.normalize(centre + offsets, 1e-8) * rng.uniform(0.5, 3.0, size=(size, 1)))
+  return np.concatenate(rows).astype(np.float32)[rng.permutation(sum(group_sizes))]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), group_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=12),
+       chunk_size=st.integers(1, 20))
+def test_unique_prototypes_counts_constructed_clusters(seed, group_sizes, chunk_size):
+  # Members lie within 0.004 of their centre (pairwise < 0.008 < 0.025); centres of random unit vectors in 32-d
+  # are far apart (checked by the reference's exact component count).
+  prototypes = clustered_prototypes(seed, group_sizes, 32, spread=0.004)
+  assert ref.unique_prototype_groups(prototypes, 0.025) == (len(group_sizes), max(group_sizes))
+  assert unique_prototypes(prototypes, 0.025, chunk_size=chunk_size) == (len(group_sizes), max(group_sizes))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])
+def test_unique_prototypes_merges_transitive_chains(chunk_size):
+  # A chain on a great circle with steps 0.02 (< 0.025) but end-to-end distance far above the threshold, in a
+  # shuffled order so that merges need several passes, plus three isolated prototypes.
+  angles = 0.02 * np.arange(40)
+  chain = np.stack([np.cos(angles), np.sin(angles), np.zeros(40), np.zeros(40)], axis=1)
+  isolated = np.eye(4)[2:] * np.array([[1.0], [-1.0]])
+  isolated = np.concatenate([isolated, [[-1.0, 0.0, 0.0, 0.0]]])
+  prototypes = np.concatenate([chain, isolated]).astype(np.float32)
+  prototypes = prototypes[np.random.default_rng(0).permutation(len(prototypes))]
+  assert ref.unique_prototype_groups(prototypes, 0.025) == (4, 40)
+  assert unique_prototypes(prototypes, 0.025, chunk_size=chunk_size) == (4, 40)
+  assert unique_prototypes(prototypes, 0.019, chunk_size=chunk_size) == (43, 1)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), k=st.integers(2, 30), threshold=st.floats(0.05, 1.5))
+def test_unique_prototypes_matches_reference_components(seed, k, threshold):
+  prototypes = random_rows(seed, k, 3)
+  distances = np.linalg.norm(ref.normalize(prototypes, 1e-8)[:, None] - ref.normalize(prototypes, 1e-8)[None],
+                             axis=-1)
+  assume(np.min(np.abs(distances - threshold)) > 1e-4)
+  assert unique_prototypes(prototypes, threshold, chunk_size=7) == ref.unique_prototype_groups(prototypes, threshold)
+
+
+def test_unique_prototypes_rejects_non_positive_threshold():
+  with pytest.raises(ValueError, match="threshold"):
+    unique_prototypes(np.eye(3, dtype=np.float32), 0.0)
