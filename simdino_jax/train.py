@@ -159,7 +159,6 @@ class PreemptionFlag:
 def run(config, workdir: str) -> dict:
   """Trains according to `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics."""
   from simdino_jax import data as data_lib
-  from simdino_jax.evaluation import knn as knn_lib
 
   validation.validate_config(config)
   process_count, process_index = jax.process_count(), jax.process_index()
@@ -182,7 +181,7 @@ def run(config, workdir: str) -> dict:
   progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
   window = MetricsWindow()
   preemption = PreemptionFlag()
-  evaluate = _make_knn_eval(config, trainer, data_lib, knn_lib)
+  evaluate = _make_eval(config, trainer, data_lib)
   eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
   last = {}
 
@@ -215,6 +214,7 @@ def run(config, workdir: str) -> dict:
   checkpoints.close()
   writer.close()
   trainer.state = state
+  last["steps_per_epoch"] = trainer.steps_per_epoch
   return last
 
 
@@ -231,8 +231,10 @@ def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> Non
         "No checkpoint with non-finite values was written; lower the learning rate or check the data.")
 
 
-def _make_knn_eval(config, trainer: Trainer, data_lib, knn_lib) -> Callable[[Any], dict]:
-  """kNN top-1 of the teacher's backbone CLS (SPEC §3) on the labelled splits of the dataset."""
+def _make_eval(config, trainer: Trainer, data_lib) -> Callable[[Any], dict]:
+  """kNN top-1 of the teacher's backbone CLS (SPEC §3) and collapse diagnostics, on the labelled splits."""
+  from simdino_jax.evaluation import diagnostics, knn
+
   if not config.eval_every_epochs:
     return lambda state: {}
   train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
@@ -242,15 +244,28 @@ def _make_knn_eval(config, trainer: Trainer, data_lib, knn_lib) -> Callable[[Any
     train_labels = train_labels[:config.eval.max_train_examples]
   num_classes = int(max(train_labels.max(), test_labels.max())) + 1
   feature_fn = make_feature_fn(config, trainer.graphdef)
+  batch_size = _eval_batch_size(config.eval.batch_size, trainer.mesh.devices.size)
 
   def evaluate(state) -> dict:
     fn = lambda images: feature_fn(state.teacher, images)
-    return knn_lib.knn_accuracy(
-        fn, (train_images, train_labels), (test_images, test_labels), num_classes=num_classes,
-        ks=tuple(config.eval.knn_k), temperature=config.eval.knn_temperature,
-        batch_size=config.eval.batch_size, mesh=trainer.mesh)
+    train_features = knn.extract_features(fn, train_images, batch_size=batch_size, mesh=trainer.mesh)
+    test_features = knn.extract_features(fn, test_images, batch_size=batch_size, mesh=trainer.mesh)
+    results = knn.knn_classify(train_features, train_labels, test_features, test_labels,
+                               num_classes=num_classes, k=tuple(config.eval.knn_k),
+                               temperature=config.eval.knn_temperature, mesh=trainer.mesh)
+    features = diagnostics.feature_diagnostics(test_features)
+    results.update({f"diag_{k}": v for k, v in features.items()})
+    prototypes = state.teacher["head"].get("last_layer", {}).get("v")
+    if prototypes is not None:
+      protos = diagnostics.prototype_diagnostics(jnp.asarray(prototypes), config.eval.prototype_threshold)
+      results.update({f"diag_{k}": v for k, v in protos.items()})
+    return results
 
   return evaluate
+
+
+def _eval_batch_size(requested: int, devices: int) -> int:
+  return max(devices, requested // devices * devices)
 
 
 def make_feature_fn(config, graphdef):

@@ -61,12 +61,13 @@ def test_knn_matches_float64_numpy_for_several_k():
                                                             k=240, test_chunk=16)[240])
 
 
-def test_knn_sharded_equals_unsharded():
+@pytest.mark.parametrize("temperature", [0.07, 1.0])  # at T = 1 stray pad rows would shift the class scores
+def test_knn_sharded_equals_unsharded(temperature):
   train, train_labels, test, _ = _random_knn_data(1, 203, 45, 12, 7)  # 203 train rows: 8 shards need padding
   ks = (1, 10, 20, 100, 203)
-  unsharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, test_chunk=16)
+  unsharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, temperature=temperature, test_chunk=16)
   with jax.set_mesh(_mesh()):
-    sharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, test_chunk=16)
+    sharded = knn_predict(train, train_labels, test, num_classes=7, k=ks, temperature=temperature, test_chunk=16)
   for k in ks:
     np.testing.assert_array_equal(sharded[k], unsharded[k])
   assert not np.array_equal(unsharded[1][:, 0], unsharded[203][:, 0])  # the ks really differ
@@ -102,6 +103,23 @@ def test_extract_features_drops_exactly_the_padding(use_mesh):
   features = extract_features(feature_fn, images, batch_size=8, mesh=_mesh() if use_mesh else None)
   np.testing.assert_array_equal(features, images.reshape(21, -1)[:, :5].astype(np.float32) + 1.0)
   assert features.dtype == np.float32 and set(traced_shapes) == {(8, 2, 2, 3)}
+
+
+_TRACES = []
+
+
+def _affine_features(params, images):
+  _TRACES.append(images.shape)
+  return images @ params["w"] + params["b"]
+
+
+def test_extract_features_with_params_compiles_once():
+  images = np.random.default_rng(14).normal(size=(20, 3)).astype(np.float32)
+  for scale in (1.0, 2.0):
+    params = {"w": scale * np.eye(3, 2, dtype=np.float32), "b": np.full(2, scale, np.float32)}
+    features = extract_features(_affine_features, images, batch_size=8, mesh=_mesh(), params=params)
+    np.testing.assert_allclose(features, scale * images[:, :2] + scale, rtol=1e-6)
+  assert _TRACES == [(8, 3)]
 
 
 def test_extract_features_rejects_batches_not_divisible_by_the_mesh():

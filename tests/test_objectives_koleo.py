@@ -82,7 +82,8 @@ def test_koleo_proto_gradient_equals_dense_gradient(chunk_size):
 def test_koleo_sharded_equals_unsharded():
   x = random_rows(3, 32, 6)
   expected = koleo_loss(x)
-  with jax.set_mesh(data_mesh()) as mesh:
+  mesh = data_mesh()
+  with jax.set_mesh(mesh):
     sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
     ref.assert_close(jax.jit(koleo_loss)(sharded), expected, rtol=1e-6)
     ref.assert_close(jax.jit(koleo_proto_loss, static_argnums=1)(sharded, 5), expected, rtol=1e-6)

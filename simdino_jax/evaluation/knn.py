@@ -3,7 +3,7 @@
 import contextlib
 import functools
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,18 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)]) if rows > x.shape[0] else x
 
 
-def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, *, batch_size: int,
-                     mesh: Mesh | None = None) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _jitted_feature_fn(feature_fn: Callable, with_params: bool, mesh: Mesh | None) -> Callable:
+  """jit of feature_fn with float32, replicated outputs; cached so repeated evaluations compile once."""
+  if with_params:
+    fn = lambda params, images: feature_fn(params, images).astype(jnp.float32)
+  else:
+    fn = lambda images: feature_fn(images).astype(jnp.float32)
+  return jax.jit(fn, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
+
+
+def extract_features(feature_fn: Callable[..., jax.Array], images: np.ndarray, *, batch_size: int,
+                     mesh: Mesh | None = None, params: Any = None) -> np.ndarray:
   """Runs the jitted `feature_fn(images [b, ...]) -> [b, D]` over `images` in fixed-size batches.
 
   The last batch is zero-padded to `batch_size` (every device and host runs the same shapes) and the pad rows are
@@ -55,10 +65,13 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
   axis with `P("data")`, so `batch_size` must be divisible by its size; the outputs come back replicated.
 
   Args:
-    feature_fn: a jit-able function of one batch of images (uint8 or float, as `images`).
+    feature_fn: a jit-able `feature_fn(images)`, or `feature_fn(params, images)` when `params` is given; images
+      come as stored (uint8 or float). Pass a long-lived function (not a fresh lambda) and the params separately
+      so that periodic evaluations reuse one compilation.
     images: [n, ...] host array, the same on every process.
     batch_size: rows per call.
     mesh: optional mesh with a "data" axis.
+    params: optional pytree passed as the first argument (keeps its own sharding, e.g. replicated or FSDP).
 
   Returns:
     float32 numpy array [n, D].
@@ -67,16 +80,16 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
   n = images.shape[0]
   if n == 0 or batch_size < 1:
     raise ValueError(f"Need images and batch_size >= 1, got {n} images and batch_size={batch_size}.")
-  to_f32 = lambda x: feature_fn(x).astype(jnp.float32)
   if mesh is None:
-    fn, put = jax.jit(to_f32), jnp.asarray
+    put = jnp.asarray
   else:
     data_size = mesh.shape[DATA_AXIS]
     if batch_size % data_size:
       raise ValueError(f"batch_size={batch_size} must be divisible by the mesh's data axis size {data_size}.")
-    in_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    fn = jax.jit(to_f32, in_shardings=in_sharding, out_shardings=NamedSharding(mesh, P()))
-    put = functools.partial(to_global, sharding=in_sharding)
+    put = functools.partial(to_global, sharding=NamedSharding(mesh, P(DATA_AXIS)))
+  fn = _jitted_feature_fn(feature_fn, params is not None, mesh)
+  if params is not None:
+    fn = functools.partial(fn, params)
 
   outputs, pending = [], None
   with _mesh_context(mesh):
@@ -117,7 +130,7 @@ def _knn_chunk(test, train, labels, valid, *, ks, k_local, num_classes, temperat
   neighbour_labels = jnp.take_along_axis(neighbour_labels, position, axis=1)
   predictions = []
   for k in ks:
-    weights = jnp.exp(values[:, :k])
+    weights = jnp.exp(values[:, :k] / temperature)
     one_hot = jax.nn.one_hot(neighbour_labels[:, :k], num_classes, dtype=jnp.float32)
     scores = jnp.einsum("ck,ckn->cn", weights, one_hot, precision=HIGHEST)
     predictions.append(jax.lax.top_k(scores, min(5, num_classes))[1])
@@ -214,12 +227,12 @@ def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, test_feat
   return metrics
 
 
-def knn_accuracy(feature_fn: Callable[[jax.Array], jax.Array], train_images: np.ndarray, train_labels: np.ndarray,
+def knn_accuracy(feature_fn: Callable[..., jax.Array], train_images: np.ndarray, train_labels: np.ndarray,
                  test_images: np.ndarray, test_labels: np.ndarray, *, num_classes: int, batch_size: int,
                  k: int | Sequence[int] = 20, temperature: float = 0.07, test_chunk: int = 512,
-                 mesh: Mesh | None = None) -> dict[str, float]:
-  """Extracts train and test features with `feature_fn` and returns `knn_classify`'s accuracies."""
-  train_features = extract_features(feature_fn, train_images, batch_size=batch_size, mesh=mesh)
-  test_features = extract_features(feature_fn, test_images, batch_size=batch_size, mesh=mesh)
+                 mesh: Mesh | None = None, params: Any = None) -> dict[str, float]:
+  """Extracts train and test features with `extract_features` and returns `knn_classify`'s accuracies."""
+  train_features = extract_features(feature_fn, train_images, batch_size=batch_size, mesh=mesh, params=params)
+  test_features = extract_features(feature_fn, test_images, batch_size=batch_size, mesh=mesh, params=params)
   return knn_classify(train_features, train_labels, test_features, test_labels, num_classes=num_classes, k=k,
                       temperature=temperature, test_chunk=test_chunk, mesh=mesh)

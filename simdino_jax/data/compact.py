@@ -1,0 +1,60 @@
+"""Converts the compact CIFAR-10 bundle (shared-header JPEG slices) into the npz source's arrays.
+
+    python -m simdino_jax.data.compact --source ../shared/data/cifar10_compact --out DIR
+
+writes DIR/cifar10_train.npz and DIR/cifar10_test.npz with "image" uint8 [N, 32, 32, 3] and "label" int32 [N],
+read with `config.data.name = "npz"`, `config.data.path = "DIR/cifar10_{split}.npz"`. Needs numpy and Pillow only
+(no TensorFlow), so it runs on a bare GPU machine.
+"""
+
+import argparse
+import io
+import os
+
+import numpy as np
+
+
+def decode_compact(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """All images of one compact .npz: header + scan slice + trailer is a complete JPEG per image."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  with np.load(path) as z:
+    scans, offsets = z["jpeg"].tobytes(), z["offsets"]
+    header, trailer = z["jpeg_header"].tobytes(), z["jpeg_trailer"].tobytes()
+    labels = z["label"].astype(np.int32)
+  images = np.empty((len(labels), 32, 32, 3), np.uint8)
+  for i in range(len(labels)):
+    jpeg = header + scans[offsets[i]:offsets[i + 1]] + trailer
+    images[i] = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+  return images, labels
+
+
+def convert(source: str, out: str) -> list[str]:
+  """Writes `out/cifar10_{train,test}.npz`; returns their paths. Writes to a temporary name, then renames."""
+  paths = []
+  for split in ("train", "test"):
+    src = os.path.join(source, f"{split}.npz")
+    if not os.path.exists(src):
+      raise FileNotFoundError(f"{src} not found: --source must be the cifar10_compact folder holding "
+                              "train.npz and test.npz (shared/data/cifar10_compact).")
+    images, labels = decode_compact(src)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"cifar10_{split}.npz")
+    tmp = path + ".incomplete.npz"
+    np.savez(tmp, image=images, label=labels)
+    os.replace(tmp, path)
+    paths.append(path)
+  return paths
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--source", required=True)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args()
+  for path in convert(args.source, args.out):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,191 @@
+"""One command for the SimDINO-vs-DINO curves: trains every method with the same backbone, crops, batch, epochs
+and seed, evaluates kNN every epoch, and writes a CSV and PNG plots.
+
+    python -m simdino_jax.reproduce --quick --workdir=/tmp/repro                    # 2 CPU cores, minutes (digits)
+    python -m simdino_jax.reproduce --workdir=runs/repro --dataset=cifar10 --data_dir=DIR     # one GPU, CIFAR-10
+    python -m simdino_jax.reproduce --workdir=runs/repro --dataset=npz --data_path=DIR/cifar10_{split}.npz
+
+Runs: dino, simdino, dinov2, simdinov2, and dino_koleo_proto (DINO + KoLeo-proto, for the unique-prototype
+curve). Every run shares the multi-crop setting (count, sizes and scales of DINO's recipe), batch, epochs and seed;
+the rest of each method's recipe (objective, teacher momentum, lr rule, LayerScale, registers) is its own.
+Outputs in the workdir: `<method>/` (checkpoints, metrics.jsonl), `curves.csv`, `knn.png`, `losses.png`,
+`prototypes.png`, `summary.json`.
+"""
+
+import csv
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+
+METHODS = ("dino", "simdino", "dinov2", "simdinov2", "dino_koleo_proto")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_QUICK = flags.DEFINE_bool("quick", False, "A CPU-sized run on the embedded digits (a few minutes).")
+_METHODS = flags.DEFINE_list("methods", list(METHODS), f"Subset of {', '.join(METHODS)}.")
+_DATASET = flags.DEFINE_string("dataset", None, "digits | cifar10 (TFDS, prepared) | npz (default: quick→digits, "
+                               "else cifar10).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared cifar10.")
+_DATA_PATH = flags.DEFINE_string("data_path", None, "npz path with '{split}' for --dataset=npz.")
+_MODEL = flags.DEFINE_string("model", None, "Backbone (default: quick→vit_micro/4, else ViT-T/4).")
+_EPOCHS = flags.DEFINE_float("epochs", None, "Epochs per run (default: quick→6, else 100).")
+_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: quick→64, else 256).")
+_EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", None, "kNN every this many epochs (default 1 quick, 5 full).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
+_KOLEO_PROTO_WEIGHT = flags.DEFINE_float("koleo_proto_weight", 0.1, "λ of the KoLeo-proto run.")
+
+
+def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs: float, batch: int,
+                  eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1):
+  """The config of one run of the comparison."""
+  from configs import common  # pylint: disable=import-outside-toplevel
+
+  if method not in METHODS:
+    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
+  base_method = "dino" if method == "dino_koleo_proto" else method
+  c = common.experiment(base_method, "data=digits" if dataset == "digits" else "data=cifar10")
+  common.apply_model(c, model)
+  if method == "dino_koleo_proto":
+    c.objective.koleo_proto_weight = koleo_proto_weight
+  c.data.name = dataset
+  if dataset == "npz":
+    if not data_path:
+      raise ValueError("--dataset=npz needs --data_path (e.g. DIR/cifar10_{split}.npz from "
+                       "`python -m simdino_jax.data.compact`).")
+    c.data.path = data_path
+  if data_dir:
+    c.data.data_dir = data_dir
+  # The same crops for every method: DINO's count, sizes and scales.
+  c.aug.global_scale, c.aug.local_scale = (0.4, 1.0), (0.05, 0.4)
+  c.aug.n_local = 2 if quick else 10
+  if quick:
+    c.data.image_size, c.aug.global_size, c.aug.local_size, c.model.image_size = 16, 16, 8, 16
+    c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 128, 32, 256
+    c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 1.0, 2
+    c.checkpoint_every_steps = 0
+    c.log_every_steps = 10
+    c.tensorboard = False
+  else:
+    c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 10.0, 30
+    c.checkpoint_every_steps = 2000
+  c.batch_size, c.total_epochs, c.eval_every_epochs, c.seed = batch, epochs, eval_every, seed
+  return c
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def collect(workdir: str, methods, steps_per_epoch: dict) -> list[dict]:
+  """One CSV row per logged step and method: epoch, kNN, loss components, diagnostics."""
+  rows = []
+  for method in methods:
+    for record in read_jsonl(os.path.join(workdir, method, "metrics.jsonl")):
+      rows.append({"method": method, "epoch": record["step"] / steps_per_epoch[method], **record})
+  return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  keys = ["method", "epoch", "step"] + sorted({k for r in rows for k in r} - {"method", "epoch", "step"})
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot(rows: list[dict], workdir: str, methods) -> list[str]:
+  """knn.png (kNN top-1 vs epoch per method), losses.png (each loss component), prototypes.png."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  def series(method, key):
+    points = [(r["epoch"], r[key]) for r in rows if r["method"] == method and key in r]
+    return [p[0] for p in points], [p[1] for p in points]
+
+  paths = []
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method in methods:
+    x, y = series(method, "knn_top1_k20")
+    ax.plot(x, [100 * v for v in y], marker="o", label=method)
+  ax.set(xlabel="epoch", ylabel="kNN top-1 (%), k=20", title="kNN accuracy of the teacher")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  paths.append(os.path.join(workdir, "knn.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  components = ("loss", "dino", "ibot", "koleo", "koleo_proto", "comp", "expa", "patch")
+  present = [c for c in components if any(c in r for r in rows)]
+  fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3), squeeze=False)
+  for ax, comp in zip(axes[0], present):
+    for method in methods:
+      x, y = series(method, comp)
+      if x:
+        ax.plot(x, y, label=method)
+    ax.set(title=comp, xlabel="epoch")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  paths.append(os.path.join(workdir, "losses.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method in [m for m in methods if m in ("dino", "dino_koleo_proto", "dinov2")]:
+    x, y = series(method, "diag_unique_prototypes")
+    ax.plot(x, y, marker="o", label=method)
+  ax.set(xlabel="epoch", ylabel="unique prototypes (ε = 0.025)", title="Partial prototype collapse")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  paths.append(os.path.join(workdir, "prototypes.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def run(workdir: str, *, quick: bool, methods=METHODS, dataset=None, model=None, epochs=None, batch=None,
+        eval_every=None, seed=0, data_dir=None, data_path=None, koleo_proto_weight=0.1) -> dict:
+  """Trains every method, then writes curves.csv, the plots and summary.json; returns the summary."""
+  from simdino_jax import train  # pylint: disable=import-outside-toplevel
+
+  dataset = dataset or ("digits" if quick else "cifar10")
+  model = model or ("vit_micro" if quick else "ViT-T/4")
+  epochs = epochs or (6.0 if quick else 100.0)
+  batch = batch or (64 if quick else 256)
+  eval_every = eval_every or (1.0 if quick else 5.0)
+  os.makedirs(workdir, exist_ok=True)
+  summary, steps_per_epoch = {}, {}
+  for method in methods:
+    config = method_config(method, quick=quick, dataset=dataset, model=model, epochs=epochs, batch=batch,
+                           eval_every=eval_every, seed=seed, data_dir=data_dir, data_path=data_path,
+                           koleo_proto_weight=koleo_proto_weight)
+    start = time.perf_counter()
+    last = train.run(config, os.path.join(workdir, method))
+    steps_per_epoch[method] = last["steps_per_epoch"]
+    summary[method] = {"knn_top1_k20": last.get("knn_top1_k20"), "wall_s": time.perf_counter() - start,
+                       "epochs": epochs, "unique_prototypes": last.get("diag_unique_prototypes")}
+    print(f"{method}: kNN top-1 {100 * summary[method]['knn_top1_k20']:.2f}%  "
+          f"({summary[method]['wall_s']:.0f} s)", flush=True)
+  rows = collect(workdir, methods, steps_per_epoch)
+  write_csv(rows, os.path.join(workdir, "curves.csv"))
+  plot(rows, workdir, methods)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({"dataset": dataset, "model": model, "batch": batch, "seed": seed, "runs": summary}, f, indent=2)
+  return summary
+
+
+def main(argv) -> None:
+  del argv
+  run(_WORKDIR.value, quick=_QUICK.value, methods=_METHODS.value, dataset=_DATASET.value, model=_MODEL.value,
+      epochs=_EPOCHS.value, batch=_BATCH.value, eval_every=_EVAL_EVERY.value, seed=_SEED.value,
+      data_dir=_DATA_DIR.value, data_path=_DATA_PATH.value, koleo_proto_weight=_KOLEO_PROTO_WEIGHT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
