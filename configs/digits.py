@@ -9,8 +9,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, method="simdino", model="ViT-T/4")
+  args = common.parse_arg(arg, method="simdino", model="vit_mini")
   c = common.experiment(args.method, f"model={args.model},data=digits")
+  c.model.patch_size = 4
   c.data.image_size, c.aug.global_size, c.aug.local_size = 16, 16, 8
   c.model.image_size = 16
   c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 256, 64, 512

@@ -51,11 +51,11 @@ class TensorBoardWriter:
 
 
 class MultiWriter:
-  """Writes to every backend: JSONL always, TensorBoard when `tensorboard` and TensorFlow are available."""
+  """Writes to every backend: JSONL always, TensorBoard when asked and TensorFlow + TensorBoard are installed."""
 
   def __init__(self, workdir: str, tensorboard: bool = True):
     self.writers = [JsonlWriter(workdir)]
-    if tensorboard and importlib.util.find_spec("tensorflow") is not None:
+    if tensorboard and all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
       self.writers.append(TensorBoardWriter(workdir))
 
   def write_scalars(self, step: int, scalars: dict) -> None:

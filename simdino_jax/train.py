@@ -60,7 +60,9 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
     groups = [crops["global"]] + ([crops["local"]] if config.aug.n_local > 0 else [])
     masks = (masking.block_masks(mask_key, images.shape[0], grid, config.masking)
              if objective.needs_masks else None)
-    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], None, None))
+    # With masks, the teacher sees the unmasked crops (all-False masks) and returns its patch outputs too.
+    teacher_masks = None if masks is None else jnp.zeros_like(masks)
+    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], teacher_masks, None))
     batch = {"masks": masks}
 
     def loss_fn(params):

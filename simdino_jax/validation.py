@@ -2,6 +2,9 @@
 
 import jax
 
+from simdino_jax import objectives
+from simdino_jax.objectives import composite
+
 
 def _require(condition: bool, message: str) -> None:
   if not condition:
@@ -30,8 +33,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for name, size in (("global_size", a.global_size), ("local_size", a.local_size)):
     _require(size % patch == 0 or (name == "local_size" and a.n_local == 0),
              f"config.aug.{name}={size} is not divisible by the patch size {patch}.")
-  koleo_on = obj.koleo_weight > 0 or (obj.koleo_weight < 0 and obj.name == "dinov2")
-  if koleo_on and obj.koleo_scope == "device":
+  objectives.validate_config(obj)
+  if composite.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices
     _require(per_device >= 2,
              f"KoLeo on each device's batch needs at least 2 images per device, got {per_device} "

@@ -193,7 +193,6 @@ class VisionTransformer(nnx.Module):
     self.embed_dim = embed_dim
     self.patch_size = patch_size
     self.num_registers = num_registers
-    self.dtype = dtype
     self.remat = remat
     grid = image_size // patch_size
     self.patch_embed = nnx.Linear(patch_size * patch_size * 3, embed_dim, dtype=dtype, param_dtype=jnp.float32,
