@@ -28,7 +28,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _require(config.total_epochs > 0 or config.get("total_steps", 0) > 0,
            "set config.total_epochs or config.total_steps to a positive value.")
   _require(a.local_size <= a.global_size or a.n_local == 0,
-           f"local crops ({a.local_size}px) must not be larger than global crops ({a.global_size}px).")
+           f"local crops (config.aug.local_size={a.local_size}) must not be larger than global crops "
+           f"(config.aug.global_size={a.global_size}); lower config.aug.local_size or set config.aug.n_local=0.")
   patch = config.model.patch_size
   for name, size in (("global_size", a.global_size), ("local_size", a.local_size)):
     _require(size % patch == 0 or (name == "local_size" and a.n_local == 0),

@@ -1,5 +1,7 @@
 """Tests for simdino_jax.models: parameter counts, output contract, masking, drop path, heads, attention padding."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,19 @@ def make_masks(seed=0):
   return jax.random.bernoulli(jax.random.key(seed + 100), 0.4, (2, B, N))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jitted_call(graphdef, state, args, static_kwargs, array_kwargs):
+  return nnx.merge(graphdef, state)(*args, **array_kwargs, **dict(static_kwargs))
+
+
+def call(module, *args, **kwargs):
+  """`module(*args, **kwargs)` compiled as one program, cached by structure (much faster than op-by-op)."""
+  graphdef, state = nnx.split(module)
+  array_kwargs = {name: value for name, value in kwargs.items() if isinstance(value, jax.Array)}
+  static_kwargs = tuple(sorted((name, value) for name, value in kwargs.items() if name not in array_kwargs))
+  return _jitted_call(graphdef, state, args, static_kwargs, array_kwargs)
+
+
 def abstract_model(name, patch_size, head_kind="dino", **fields):
   config = models.default_config()
   config.name = name
@@ -65,7 +80,7 @@ def param_paths(state):
 # Parameter counts and paths (shapes only, nothing big is allocated).
 
 @pytest.mark.parametrize("name,patch_size,expected", [
-    ("ViT-S/16", 16, 21_665_664), ("vit_small", 16, 21_665_664), ("ViT-B/16", 16, 85_798_656)])
+    ("ViT-S/16", 16, 21_665_664), ("vit_base", 16, 85_798_656)])
 def test_reference_backbone_param_counts(name, patch_size, expected):
   model = abstract_model(name, patch_size)
   params = nnx.state(model.backbone, nnx.Param)
@@ -83,13 +98,16 @@ def test_reference_dino_head_param_count():
 
 
 @pytest.mark.parametrize("name,dim,depth,num_heads", [
-    ("vit_tiny", 192, 12, 3), ("ViT-T/16", 192, 12, 3), ("vit_large", 1024, 24, 16), ("ViT-L/16", 1024, 24, 16)])
+    ("vit_tiny", 192, 12, 3), ("ViT-T/16", 192, 12, 3), ("vit_large", 1024, 24, 16), ("ViT-L/14", 1024, 24, 16)])
 def test_architecture_sizes(name, dim, depth, num_heads):
-  backbone = abstract_model(name, 16).backbone
-  assert backbone.embed_dim == dim
-  assert len(backbone.blocks) == depth
-  assert backbone.blocks[0].attn.num_heads == num_heads
-  assert param_paths(nnx.state(backbone, nnx.Param))["blocks/0/mlp/fc1/kernel"].shape == (dim, 4 * dim)
+  architecture = models.MODELS.get(name)
+  assert (architecture.embed_dim, architecture.depth, architecture.num_heads) == (dim, depth, num_heads)
+
+
+def test_created_backbone_follows_architecture():
+  backbone = abstract_model("ViT-T/16", 16).backbone
+  assert (backbone.embed_dim, len(backbone.blocks), backbone.blocks[0].attn.num_heads) == (192, 12, 3)
+  assert param_paths(nnx.state(backbone, nnx.Param))["blocks/0/mlp/fc1/kernel"].shape == (192, 4 * 192)
 
 
 def test_patch_size_and_registers_from_config():
@@ -105,7 +123,7 @@ def test_parameter_paths():
   assert paths["head/last_layer/g"].shape == (K,)
   assert sorted(p for p in paths if "last_layer" in p) == ["head/last_layer/g", "head/last_layer/v"]
   assert "head/mlp/layers/0/bias" in paths and "backbone/blocks/1/attn/qkv/bias" in paths
-  np.testing.assert_array_equal(paths["backbone/blocks/0/ls1/gamma"], np.full((DIM,), 0.1))
+  np.testing.assert_allclose(paths["backbone/blocks/0/ls1/gamma"], np.full((DIM,), 0.1))
   np.testing.assert_array_equal(paths["backbone/mask_token"], np.zeros((1, 1, DIM)))
   assert all(np.all(leaf == 0) for path, leaf in paths.items() if path.endswith("/bias"))
   assert all(leaf.dtype == jnp.float32 for leaf in paths.values())
@@ -145,22 +163,20 @@ def test_invalid_head_kind_and_crop_size_raise():
     tiny_backbone()(jnp.zeros((1, 10, 12, 3)))
 
 
-def test_cudnn_config_pads_to_64():
-  model = abstract_model("vit_tiny", 16, attention_impl="cudnn")
-  attention = model.backbone.blocks[0].attn
+def test_cudnn_attention_pads_to_64():
+  attention = tiny_backbone(attention_impl="cudnn", dtype=jnp.bfloat16).blocks[0].attn
   assert (attention.implementation, attention.token_multiple) == ("cudnn", 64)
-  assert abstract_model("vit_tiny", 16).backbone.blocks[0].attn.token_multiple == 1
+  assert tiny_backbone().blocks[0].attn.token_multiple == 1
 
 
 # Output contract.
 
-@pytest.mark.parametrize("kind", ["dino", "simdino"])
-@pytest.mark.parametrize("with_masks", [False, True])
-@pytest.mark.parametrize("n_local", [N_LOCAL, 0])
+@pytest.mark.parametrize("kind,with_masks,n_local", [
+    ("dino", True, N_LOCAL), ("dino", False, 0), ("simdino", True, 0), ("simdino", False, N_LOCAL)])
 def test_output_shapes_and_dtypes(kind, with_masks, n_local):
   model = tiny_model(kind, dtype=jnp.bfloat16)
   masks = make_masks() if with_masks else None
-  out = model(make_crops(n_local=n_local), masks)
+  out = call(model, make_crops(n_local=n_local), masks)
   views = 2 + n_local
   out_dim = K if kind == "dino" else P
   expected = {"cls": (views, B, DIM), "head": (views, B, out_dim)}
@@ -174,7 +190,7 @@ def test_output_shapes_and_dtypes(kind, with_masks, n_local):
 
 
 def test_simdino_head_outputs_unit_norm():
-  out = tiny_model("simdino")(make_crops(), make_masks())
+  out = call(tiny_model("simdino"), make_crops(), make_masks())
   for name in ("head", "patch_head"):
     np.testing.assert_allclose(jnp.linalg.norm(out[name], axis=-1), 1.0, atol=1e-5)
 
@@ -182,27 +198,27 @@ def test_simdino_head_outputs_unit_norm():
 def test_backbone_outputs_and_registers_excluded():
   backbone = tiny_backbone(num_registers=3)
   images = make_crops()[0][0]
-  out = backbone(images, n_last=2)
+  out = call(backbone, images, n_last=2)
   assert out["cls"].shape == (B, DIM) and out["patch"].shape == (B, N, DIM)
   assert out["last_cls"].shape == (2, B, DIM)
   np.testing.assert_allclose(out["last_cls"][-1], out["cls"], atol=1e-6)
   assert not np.allclose(out["last_cls"][0], out["cls"], atol=1e-3)
   model = models.MultiCropModel(backbone, tiny_head("dino"))
-  assert model(make_crops(), make_masks())["patch_head"].shape == (2, B, N, K)
+  assert call(model, make_crops(), make_masks())["patch_head"].shape == (2, B, N, K)
 
 
 def test_multicrop_equals_per_view_backbone_calls():
   model = tiny_model("dino")
   crops, masks = make_crops(), make_masks()
-  out = model(crops, masks)
+  out = call(model, crops, masks)
   views = [crops[0][0], crops[0][1]] + [crops[1][i] for i in range(N_LOCAL)]
   for index, images in enumerate(views):
     view_masks = masks[index] if index < 2 else None
-    single = model.backbone(images, view_masks)
+    single = call(model.backbone, images, view_masks)
     np.testing.assert_allclose(out["cls"][index], single["cls"], atol=1e-5)
-    np.testing.assert_allclose(out["head"][index], model.head(single["cls"]), atol=1e-5)
+    np.testing.assert_allclose(out["head"][index], call(model.head, single["cls"]), atol=1e-5)
     if index < 2:
-      np.testing.assert_allclose(out["patch_head"][index], model.head(single["patch"]), atol=1e-5)
+      np.testing.assert_allclose(out["patch_head"][index], call(model.head, single["patch"]), atol=1e-5)
   np.testing.assert_array_equal(out["prototypes"], model.head.last_layer.v[...])
 
 
@@ -212,10 +228,10 @@ def test_fully_masked_image_ignores_content():
   backbone = tiny_backbone()
   all_masked = jnp.ones((B, N), bool)
   images_a, images_b = make_crops(seed=1)[0][0], make_crops(seed=2)[0][0]
-  out_a, out_b = backbone(images_a, all_masked), backbone(images_b, all_masked)
+  out_a, out_b = call(backbone, images_a, all_masked), call(backbone, images_b, all_masked)
   np.testing.assert_allclose(out_a["cls"], out_b["cls"], atol=1e-6)
   np.testing.assert_allclose(out_a["patch"], out_b["patch"], atol=1e-6)
-  assert not np.allclose(backbone(images_a)["cls"], backbone(images_b)["cls"], atol=1e-3)
+  assert not np.allclose(call(backbone, images_a)["cls"], call(backbone, images_b)["cls"], atol=1e-3)
 
 
 def test_mask_token_replaces_patch_embedding_before_position_embedding():
@@ -226,11 +242,11 @@ def test_mask_token_replaces_patch_embedding_before_position_embedding():
   patch_embedding = backbone.patch_embed(jnp.full((PATCH * PATCH * 3,), 0.7))
   backbone.mask_token[...] = patch_embedding.reshape(1, 1, DIM)
   masks = make_masks()[0]
-  unmasked, masked = backbone(images), backbone(images, masks)
+  unmasked, masked = call(backbone, images), call(backbone, images, masks)
   np.testing.assert_allclose(masked["patch"], unmasked["patch"], atol=1e-5)
   np.testing.assert_allclose(masked["cls"], unmasked["cls"], atol=1e-5)
-  backbone.mask_token[...] = patch_embedding.reshape(1, 1, DIM) + 1.0
-  assert not np.allclose(backbone(images, masks)["cls"], unmasked["cls"], atol=1e-3)
+  backbone.mask_token[...] = jax.random.normal(jax.random.key(3), (1, 1, DIM))
+  assert not np.allclose(call(backbone, images, masks)["cls"], unmasked["cls"], atol=1e-3)
 
 
 # Position embeddings.
@@ -250,7 +266,7 @@ def test_pos_embed_interpolation():
 
 @pytest.mark.parametrize("size", [8, 16, 24])
 def test_backbone_runs_at_any_crop_size(size):
-  out = tiny_backbone()(jnp.ones((2, size, size, 3)))
+  out = call(tiny_backbone(), jnp.ones((2, size, size, 3)))
   assert out["patch"].shape == (2, (size // PATCH) ** 2, DIM)
 
 
@@ -273,17 +289,18 @@ def test_drop_path_is_per_sample():
 def test_drop_path_deterministic_without_key_and_stochastic_with_key():
   backbone = tiny_backbone(drop_path_rate=0.5, drop_path_schedule="uniform")
   images = make_crops()[0][0]
-  np.testing.assert_array_equal(backbone(images)["cls"], backbone(images)["cls"])
+  cls = lambda **kwargs: call(backbone, images, **kwargs)["cls"]
   key_1, key_2 = jax.random.key(1), jax.random.key(2)
-  np.testing.assert_array_equal(backbone(images, key=key_1)["cls"], backbone(images, key=key_1)["cls"])
-  assert not np.allclose(backbone(images, key=key_1)["cls"], backbone(images, key=key_2)["cls"])
-  assert not np.allclose(backbone(images, key=key_1)["cls"], backbone(images)["cls"])
+  np.testing.assert_array_equal(cls(), cls())
+  np.testing.assert_array_equal(cls(key=key_1), cls(key=key_1))
+  assert not np.allclose(cls(key=key_1), cls(key=key_2))
+  assert not np.allclose(cls(key=key_1), cls())
 
 
 def test_rate_zero_model_ignores_key():
   backbone = tiny_backbone(drop_path_rate=0.0)
   images = make_crops()[0][0]
-  np.testing.assert_array_equal(backbone(images, key=jax.random.key(3))["cls"], backbone(images)["cls"])
+  np.testing.assert_array_equal(call(backbone, images, key=jax.random.key(3))["cls"], call(backbone, images)["cls"])
 
 
 # Heads.
@@ -298,7 +315,7 @@ def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
       logits = models.merge_params(graphdef, params)(crops)["head"]
       return jnp.sum(jax.nn.log_softmax(logits / 0.1)[..., 0])
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     gain_grad = grads["head"]["last_layer"]["g"][...]
     direction_grad = grads["head"]["last_layer"]["v"][...]
     assert float(jnp.abs(direction_grad).max()) > 0
@@ -308,8 +325,8 @@ def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
       assert float(jnp.abs(gain_grad).max()) > 0
   head = tiny_head("dino")
   features = jax.random.normal(jax.random.key(0), (7, DIM))
-  logits = head(features)
-  z = heads.l2_normalize(head.mlp(features))
+  logits = call(head, features)
+  z = heads.l2_normalize(call(head.mlp, features))
   v = head.last_layer.v[...]
   cosines = z @ (v / jnp.linalg.norm(v, axis=-1, keepdims=True)).T
   np.testing.assert_allclose(logits, cosines, atol=1e-5)
@@ -328,22 +345,24 @@ def test_padded_attention_equals_unpadded(tokens):
   keys = jax.random.split(jax.random.key(tokens), 3)
   q, k, v = (jax.random.normal(key, (2, tokens, 2, 8)) for key in keys)
 
-  def attend(q, k, v, multiple):
-    return vit.dot_product_attention(q, k, v, implementation=None, token_multiple=multiple)
+  @jax.jit
+  def value_and_grads(q, k, v):
+    def attend(multiple):
+      loss = lambda *qkv: jnp.sum(jnp.sin(vit.dot_product_attention(*qkv, token_multiple=multiple)))
+      return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    return attend(64), attend(1)
 
-  np.testing.assert_allclose(attend(q, k, v, 64), attend(q, k, v, 1), atol=1e-5)
-  grad_padded = jax.grad(lambda *a: jnp.sum(jnp.sin(attend(*a, 64))), argnums=(0, 1, 2))(q, k, v)
-  grad_plain = jax.grad(lambda *a: jnp.sum(jnp.sin(attend(*a, 1))), argnums=(0, 1, 2))(q, k, v)
-  for padded, plain in zip(grad_padded, grad_plain):
-    np.testing.assert_allclose(padded, plain, atol=1e-5)
+  padded, plain = value_and_grads(q, k, v)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), padded, plain)
 
 
 def test_padded_backbone_equals_unpadded():
   plain, padded = tiny_backbone(), tiny_backbone(attention_token_multiple=64)
   nnx.update(padded, nnx.state(plain, nnx.Param))
   images = make_crops()[0][0]
-  np.testing.assert_allclose(padded(images)["cls"], plain(images)["cls"], atol=1e-5)
-  np.testing.assert_allclose(padded(images)["patch"], plain(images)["patch"], atol=1e-5)
+  out_padded, out_plain = call(padded, images), call(plain, images)
+  np.testing.assert_allclose(out_padded["cls"], out_plain["cls"], atol=1e-5)
+  np.testing.assert_allclose(out_padded["patch"], out_plain["patch"], atol=1e-5)
 
 
 # Functional API and rematerialization.
@@ -357,10 +376,11 @@ def test_split_merge_round_trip_under_jit():
   def forward(params, crops, masks, key):
     return models.merge_params(graphdef, params)(crops, masks, key=key)
 
-  jitted = forward(params, crops, masks, key)
-  eager = model(crops, masks, key=key)
-  for name in eager:
-    np.testing.assert_allclose(jitted[name], eager[name], atol=1e-5)
+  functional = forward(params, crops, masks, key)
+  direct = call(model, crops, masks, key=key)
+  assert set(functional) == set(direct)
+  for name in direct:
+    np.testing.assert_allclose(functional[name], direct[name], atol=1e-5)
   _, params_again = models.split_params(models.merge_params(graphdef, params))
   jax.tree.map(np.testing.assert_array_equal, params_again, params)
 

@@ -1,6 +1,6 @@
 """Multi-crop augmentation of the DINO family, run on the accelerator inside jit.
 
-Every example of every view draws its own parameters from its own PRNG key (vmap), and all shapes are static.
+Every example of every view draws its own parameters (its own vector of uniforms, vmap), and shapes are static.
 The recipe is SPEC §2: random resized crop → horizontal flip → colour jitter (random order) → grayscale →
 Gaussian blur → solarize (global 2 only) → normalization, with the per-view blur probabilities as intended
 (global 1, global 2, locals = 1.0, 0.1, 0.5), not DINOv2's inverted ones. Pixel values are floats in [0, 1]
@@ -25,8 +25,9 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
   """Two global and `n_local` local crops of a batch of images.
 
   Args:
-    key: PRNG key; every view of every example gets its own subkey.
-    images: uint8 [B, S, S, 3] (any square or rectangular size; crops are sampled in its pixels).
+    key: PRNG key. All random numbers come from one draw of shape [2 + L, B, 54]: each view of each example
+      has its own independent vector (one call site keeps the compile fast; threefry dominates it otherwise).
+    images: uint8 [B, H, W, 3]; crops are sampled in pixels of this image.
     config: the `aug` config section (attribute access).
 
   Returns:
@@ -34,66 +35,65 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
     "local" key is absent (no empty group is returned).
   """
   x = images.astype(jnp.float32) / 255.0
-  batch = x.shape[0]
-  key_global, key_local = jax.random.split(key)
+  n_local = config.n_local
+  u = jax.random.uniform(key, (2 + n_local, x.shape[0], _N_UNIFORM))
   blur_p = tuple(config.blur_p)
-  out = {
-      "global": _views(
-          jax.random.split(key_global, (2, batch)), x, config, config.global_size,
-          tuple(config.global_scale), jnp.asarray(blur_p[:2], jnp.float32),
-          jnp.asarray([0.0, config.solarize_p], jnp.float32))}
-  if config.n_local > 0:
-    n_local = config.n_local
-    out["local"] = _views(
-        jax.random.split(key_local, (n_local, batch)), x, config, config.local_size,
-        tuple(config.local_scale), jnp.full((n_local,), blur_p[2], jnp.float32),
-        jnp.zeros((n_local,), jnp.float32))
+  out = {"global": _views(u[:2], x, config, config.global_size, tuple(config.global_scale),
+                          jnp.asarray(blur_p[:2], jnp.float32),
+                          jnp.asarray([0.0, config.solarize_p], jnp.float32))}
+  if n_local > 0:
+    out["local"] = _views(u[2:], x, config, config.local_size, tuple(config.local_scale),
+                          jnp.full((n_local,), blur_p[2], jnp.float32), jnp.zeros((n_local,), jnp.float32))
   return out
 
 
-def _views(keys, x, config, size, scale, blur_p, solarize_p):
-  """Augments every image once per view: keys [V, B], per-view probabilities [V]."""
-  def one(key, image, view_blur_p, view_solarize_p):
-    return augment_image(key, image, config, size=size, scale=scale, blur_p=view_blur_p,
+def _views(u, x, config, size, scale, blur_p, solarize_p):
+  """Augments every image once per view: uniforms u [V, B, 54], per-view probabilities [V]."""
+  def one(u_example, image, view_blur_p, view_solarize_p):
+    return augment_image(u_example, image, config, size=size, scale=scale, blur_p=view_blur_p,
                          solarize_p=view_solarize_p)
   per_example = jax.vmap(one, in_axes=(0, 0, None, None))
-  return jax.vmap(per_example, in_axes=(0, None, 0, 0))(keys, x, blur_p, solarize_p)
+  return jax.vmap(per_example, in_axes=(0, None, 0, 0))(u, x, blur_p, solarize_p)
 
 
-def augment_image(key, image, config, *, size, scale, blur_p, solarize_p):
-  """One view of one float image [H, W, 3] in [0, 1] -> normalized float32 [size, size, 3]."""
-  k_crop, k_jitter, k_sigma, k_coins = jax.random.split(key, 4)
-  flip_u, jitter_u, gray_u, blur_u, solarize_u = jax.random.uniform(k_coins, (5,))
+# Uniform draws per example and view: crop tries (area, ratio, top, left), the coins (flip, jitter, grayscale,
+# blur, solarize), blur sigma, four jitter factors and four jitter sort keys.
+_N_UNIFORM = 4 * _CROP_TRIES + 5 + 1 + 4 + 4
+
+
+def augment_image(u, image, config, *, size, scale, blur_p, solarize_p):
+  """One view of one float image [H, W, 3] in [0, 1] from its uniforms u [54] -> normalized [size, size, 3]."""
+  crop_u, u = u[:4 * _CROP_TRIES].reshape(4, _CROP_TRIES), u[4 * _CROP_TRIES:]
+  flip_u, jitter_u, gray_u, blur_u, solarize_u, sigma_u = u[:6]
   height, width = image.shape[:2]
-  box = sample_crop_box(k_crop, height, width, scale)
+  box = crop_box(crop_u, height, width, scale)
   x = resized_crop(image, box, size, config.interpolation)
   x = jnp.where(flip_u < config.flip_p, x[:, ::-1], x)
-  jittered = color_jitter(k_jitter, x, config.brightness, config.contrast, config.saturation, config.hue)
+  jittered = color_jitter(u[6:14], x, config.brightness, config.contrast, config.saturation, config.hue)
   x = jnp.where(jitter_u < config.color_jitter_p, jittered, x)
   x = jnp.where(gray_u < config.grayscale_p, jnp.repeat(grayscale(x), 3, axis=-1), x)
-  sigma = jax.random.uniform(k_sigma, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
-  x = jnp.where(blur_u < blur_p, gaussian_blur(x, sigma, blur_radius(config.blur_sigma[1], size)), x)
+  sigma_min, sigma_max = config.blur_sigma
+  sigma = sigma_min + (sigma_max - sigma_min) * sigma_u
+  x = jnp.where(blur_u < blur_p, gaussian_blur(x, sigma, blur_radius(sigma_max, size)), x)
   x = jnp.where(solarize_u < solarize_p, solarize(x, config.solarize_threshold), x)
   return normalize(x, config.mean, config.std)
 
 
-def sample_crop_box(key, height: int, width: int, scale) -> jax.Array:
-  """torchvision RandomResizedCrop parameters (top, left, h, w) as int32 [4].
+def crop_box(u, height: int, width: int, scale) -> jax.Array:
+  """torchvision RandomResizedCrop parameters (top, left, h, w) as int32 [4], from uniforms u [4, 10].
 
   Area in pixels of the source image ~ U(scale)·H·W, aspect ratio log-uniform in (3/4, 4/3), integer sides by
-  rounding; the first of 10 tries that fits wins, else the center crop fallback of torchvision.
+  rounding; the first of 10 tries that fits wins, else torchvision's center-crop fallback.
   """
-  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
-  area = height * width * jax.random.uniform(k_area, (_CROP_TRIES,), minval=scale[0], maxval=scale[1])
-  log_ratio = jax.random.uniform(
-      k_ratio, (_CROP_TRIES,), minval=math.log(_CROP_RATIO[0]), maxval=math.log(_CROP_RATIO[1]))
-  ratio = jnp.exp(log_ratio)
+  area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
+  log_lo, log_hi = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
+  ratio = jnp.exp(log_lo + (log_hi - log_lo) * u[1])
   w = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)
   h = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
   fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-  # randint(0, H - h + 1): uniform over the valid top rows.
-  top = jnp.floor(jax.random.uniform(k_top, (_CROP_TRIES,)) * (height - h + 1)).astype(jnp.int32)
-  left = jnp.floor(jax.random.uniform(k_left, (_CROP_TRIES,)) * (width - w + 1)).astype(jnp.int32)
+  # randint(0, H - h + 1): uniform over the valid top rows (and left columns).
+  top = jnp.floor(u[2] * (height - h + 1)).astype(jnp.int32)
+  left = jnp.floor(u[3] * (width - w + 1)).astype(jnp.int32)
   first = jnp.argmax(fits)
   fallback = jnp.asarray(_center_crop_box(height, width), jnp.int32)
   sampled = jnp.stack([top[first], left[first], h[first], w[first]])
@@ -112,13 +112,44 @@ def _center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _cubic(t):
+  """Keys cubic kernel with a = -0.5 (PIL's bicubic)."""
+  t = jnp.abs(t)
+  near = (1.5 * t - 2.5) * t * t + 1.0
+  far = ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
+  return jnp.where(t <= 1.0, near, jnp.where(t < 2.0, far, 0.0))
+
+
+def _linear(t):
+  return jnp.maximum(0.0, 1.0 - jnp.abs(t))
+
+
+_KERNELS = {"bicubic": _cubic, "bilinear": _linear}
+
+
+def resize_weights(start, length, in_size: int, out_size: int, method: str) -> jax.Array:
+  """[out_size, in_size] resampling matrix of the pixels [start, start + length) to out_size pixels.
+
+  PIL's convention: pixel centers at +0.5, the kernel widened by the scale factor when downsampling
+  (antialiasing), weights restricted to the cropped pixels and normalized per output pixel.
+  """
+  length = length.astype(jnp.float32)
+  factor = length / out_size
+  support = jnp.maximum(factor, 1.0)
+  centers = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * factor
+  pixels = jnp.arange(in_size, dtype=jnp.float32) + 0.5
+  weights = _KERNELS[method]((pixels[None, :] - centers[:, None]) / support)
+  inside = (pixels >= start) & (pixels < start + length)
+  weights = jnp.where(inside[None, :], weights, 0.0)
+  return weights / jnp.sum(weights, axis=1, keepdims=True)
+
+
 def resized_crop(image, box, size: int, method: str) -> jax.Array:
-  """Resamples the crop `box` = (top, left, h, w) of `image` [H, W, C] to [size, size, C], antialiased."""
-  top, left, h, w = (box[i].astype(jnp.float32) for i in range(4))
-  scale = jnp.stack([size / h, size / w])
-  translation = -jnp.stack([top, left]) * scale
-  out = jax.image.scale_and_translate(
-      image, (size, size, image.shape[-1]), (0, 1), scale, translation, method=method, antialias=True)
+  """The crop `box` = (top, left, h, w) of `image` [H, W, C] resampled to [size, size, C] (separable)."""
+  top, left, h, w = box[0], box[1], box[2], box[3]
+  rows = resize_weights(top, h, image.shape[0], size, method)
+  cols = resize_weights(left, w, image.shape[1], size, method)
+  out = jnp.einsum("oh,hwc,pw->opc", rows, image, cols, precision=jax.lax.Precision.HIGHEST)
   return jnp.clip(out, 0.0, 1.0)
 
 
@@ -173,27 +204,25 @@ def _hsv_to_rgb(h, s, v):
   return jnp.stack([r, g, b], axis=-1)
 
 
-def color_jitter(key, x, brightness: float, contrast: float, saturation: float, hue: float):
-  """torchvision ColorJitter: factors U(max(0, 1-s), 1+s) (hue U(-h, h)), ops in a random order.
+def color_jitter(u, x, brightness: float, contrast: float, saturation: float, hue: float):
+  """torchvision ColorJitter from uniforms u [8] (4 factors, 4 sort keys for the random order).
 
-  Ops with strength 0 are left out (as torchvision does), so they cost nothing.
+  Factors are U(max(0, 1-s), 1+s), the hue shift U(-h, h); ops with strength 0 are left out, as torchvision does.
   """
-  k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
   ops = []
-  for strength, k, fn in ((brightness, k_b, adjust_brightness), (contrast, k_c, adjust_contrast),
-                          (saturation, k_s, adjust_saturation)):
+  for i, (strength, fn) in enumerate(((brightness, adjust_brightness), (contrast, adjust_contrast),
+                                      (saturation, adjust_saturation))):
     if strength > 0:
-      factor = jax.random.uniform(k, minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+      lo = max(0.0, 1.0 - strength)
+      factor = lo + (1.0 + strength - lo) * u[i]
       ops.append(lambda y, fn=fn, factor=factor: fn(y, factor))
   if hue > 0:
-    shift = jax.random.uniform(k_h, minval=-hue, maxval=hue)
+    shift = hue * (2.0 * u[3] - 1.0)
     ops.append(lambda y: adjust_hue(y, shift))
   if not ops:
     return x
-  order = jax.random.permutation(k_order, len(ops))
-  for step in range(len(ops)):
-    x = jax.lax.switch(order[step], ops, x)
-  return x
+  order = jnp.argsort(u[4:4 + len(ops)])  # a uniformly random permutation
+  return jax.lax.fori_loop(0, len(ops), lambda step, y: jax.lax.switch(order[step], ops, y), x)
 
 
 def blur_radius(sigma_max: float, size: int) -> int:

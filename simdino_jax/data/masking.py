@@ -37,49 +37,54 @@ def block_masks(key: jax.Array, batch_size: int, grid: tuple[int, int], config) 
   if not config.enabled:
     return jnp.zeros((2, batch_size, n_patches), bool)
   n_masked = int(n_images * config.probability)
-  k_perm, k_ratio, k_blocks = jax.random.split(key, 3)
-  bins = np.linspace(config.ratio_min, config.ratio_max, n_masked + 1, dtype=np.float32)
-  ratios = jax.random.uniform(k_ratio, (n_masked,), minval=bins[:-1], maxval=bins[1:])
-  targets = jnp.floor(n_patches * ratios).astype(jnp.int32)
-  targets = jnp.concatenate([targets, jnp.zeros((n_images - n_masked,), jnp.int32)])
-  targets = targets[jax.random.permutation(k_perm, n_images)]
   max_block = int(_MAX_BLOCK_FRACTION * n_patches)
-  fill = lambda k, t: _fill_mask(k, t, height, width, max_block, config)
-  masks = jax.vmap(fill)(jax.random.split(k_blocks, n_images), targets)
+  max_target = int(n_patches * config.ratio_max)  # every block adds >= 1 patch: at most this many blocks
+  # One uniform draw for everything (threefry call sites dominate the compile time): image order, ratios and
+  # 4 x 10 numbers per block try.
+  u = jax.random.uniform(key, (n_images * (1 + 4 * _BLOCK_TRIES * max_target) + n_masked,))
+  order_u, ratio_u, block_u = jnp.split(u, [n_images, n_images + n_masked])
+  bins = np.linspace(config.ratio_min, config.ratio_max, n_masked + 1, dtype=np.float32)
+  ratios = bins[:-1] + (bins[1:] - bins[:-1]) * ratio_u
+  targets = jnp.minimum(jnp.floor(n_patches * ratios).astype(jnp.int32), max_target)
+  targets = jnp.concatenate([targets, jnp.zeros((n_images - n_masked,), jnp.int32)])
+  targets = targets[jnp.argsort(order_u)]  # a random half (fraction) of the images gets the masks
+  block_u = block_u.reshape(n_images, max_target, 4, _BLOCK_TRIES)
+  fill = lambda u_image, t: _fill_mask(u_image, t, height, width, max_block, config)
+  masks = jax.vmap(fill)(block_u, targets)
   return masks.reshape(2, batch_size, n_patches)
 
 
-def _fill_mask(key, target, height: int, width: int, max_block: int, config):
-  """Adds blocks to an empty [height, width] mask until `target` patches are masked or none fits."""
+def _fill_mask(u, target, height: int, width: int, max_block: int, config):
+  """Adds blocks to an empty [height, width] mask until `target` patches are masked or none fits.
+
+  u: [max blocks, 4, 10] uniforms; block i uses u[i].
+  """
   def cond(state):
     _, count, _, stalled = state
     return (count < target) & ~stalled
 
   def body(state):
-    mask, count, key, _ = state
-    key, sub = jax.random.split(key)
+    mask, count, step, _ = state
     limit = jnp.minimum(target - count, max_block)
-    mask, added = _add_block(sub, mask, limit, config)
-    return mask, count + added, key, added == 0
+    mask, added = _add_block(u[step], mask, limit, config)
+    return mask, count + added, step + 1, added == 0
 
-  init = (jnp.zeros((height, width), bool), jnp.int32(0), key, jnp.bool_(False))
+  init = (jnp.zeros((height, width), bool), jnp.int32(0), jnp.int32(0), jnp.bool_(False))
   mask, _, _, _ = jax.lax.while_loop(cond, body, init)
   return mask.reshape(-1)
 
 
-def _add_block(key, mask, limit, config):
-  """BEiT's `_mask`: the first of 10 sampled rectangles that adds between 1 and `limit` new patches."""
+def _add_block(u, mask, limit, config):
+  """BEiT's `_mask` from uniforms u [4, 10]: the first of 10 sampled rectangles that adds 1..`limit` patches."""
   height, width = mask.shape
-  k_area, k_aspect, k_top, k_left = jax.random.split(key, 4)
-  area = jax.random.uniform(
-      k_area, (_BLOCK_TRIES,), minval=config.min_block, maxval=limit.astype(jnp.float32))
+  area = config.min_block + (limit.astype(jnp.float32) - config.min_block) * u[0]
   log_aspect = math.log(config.aspect_ratio)
-  aspect = jnp.exp(jax.random.uniform(k_aspect, (_BLOCK_TRIES,), minval=log_aspect, maxval=-log_aspect))
+  aspect = jnp.exp(log_aspect - 2.0 * log_aspect * u[1])
   h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
   w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
   # random.randint(0, height - h): inclusive of both ends.
-  top = jnp.floor(jax.random.uniform(k_top, (_BLOCK_TRIES,)) * (height - h + 1)).astype(jnp.int32)
-  left = jnp.floor(jax.random.uniform(k_left, (_BLOCK_TRIES,)) * (width - w + 1)).astype(jnp.int32)
+  top = jnp.floor(u[2] * (height - h + 1)).astype(jnp.int32)
+  left = jnp.floor(u[3] * (width - w + 1)).astype(jnp.int32)
   rows = jnp.arange(height)[None, :, None]
   cols = jnp.arange(width)[None, None, :]
   rect = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])

@@ -206,10 +206,10 @@ def _tfds_source(config, split: str):
   tfds, _ = _import_tfds_and_grain()
   try:
     builder = tfds.builder(config.name, data_dir=config.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
-        f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), not a TFDS "
-        f"dataset and not prepared in data_dir {config.data_dir!r}.") from e
+        f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), nor a TFDS "
+        f"dataset prepared in data_dir {config.data_dir!r}. {_prepare_hint(config)}") from e
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
@@ -284,8 +284,13 @@ def _tfds_train_iterator(config, *, batch_size, seed, process_index, process_cou
 
 
 def _tfds_load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  _, grain = _import_tfds_and_grain()
   source = _tfds_source(config, split)
-  dataset = grain.MapDataset.source(source).map(_Decode(config.image_size)).batch(1024)
-  batches = list(dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads)))
-  return (np.concatenate([b["image"] for b in batches]), np.concatenate([b["label"] for b in batches]))
+  decode = _Decode(config.image_size)
+  images = np.empty((len(source), config.image_size, config.image_size, 3), np.uint8)
+  labels = np.empty((len(source),), np.int32)
+  for start in range(0, len(source), 1024):
+    records = source.__getitems__(list(range(start, min(start + 1024, len(source)))))
+    for i, record in enumerate(records, start):
+      example = decode(record)
+      images[i], labels[i] = example["image"], example["label"]
+  return images, labels

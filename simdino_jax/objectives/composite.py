@@ -213,6 +213,7 @@ def _simdinov2(config) -> _Method:
 
 def get_objective(config: ml_collections.ConfigDict) -> Objective:
   """The Objective named config.name with the add-on regularizers of config (see default_config)."""
+  config = ml_collections.FrozenConfigDict(config)  # later edits of the caller's config do not leak in
   validate_config(config)
   method = OBJECTIVES.get(config.name)(config)
   koleo_weight = resolve_koleo_weight(config)

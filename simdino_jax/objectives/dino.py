@@ -41,10 +41,11 @@ def sinkhorn_knopp(teacher_logits: jax.Array, temperature, n_iterations: int = 3
   def safe_divide(numerator, denominator):
     return numerator / jnp.where(denominator > 0, denominator, 1.0)
 
-  q = safe_divide(q, jnp.sum(q))
-  for _ in range(n_iterations):
+  def iteration(_, q):
     q = safe_divide(q, jnp.sum(q, axis=0, keepdims=True)) / n_prototypes
-    q = safe_divide(q, jnp.sum(q, axis=1, keepdims=True)) / n_samples
+    return safe_divide(q, jnp.sum(q, axis=1, keepdims=True)) / n_samples
+
+  q = jax.lax.fori_loop(0, n_iterations, iteration, safe_divide(q, jnp.sum(q)))
   return q * n_samples
 
 

@@ -2,7 +2,8 @@
 
 L = −(1/n_images) Σ_i (1/M_i) Σ_{masked j in i} Σ_k t_ij[k] log_softmax(s_ij/τ_s)[k], n_images = 2B (images
 without masked tokens count in the denominator). Arrays are [2, B, N, K] (or flattened [2B, N, K]); masks have
-the same shape without K.
+the same shape without K. Teacher probabilities: dino.teacher_probs(patch logits, patch center, τ_t) with the
+center from update_patch_center, or ibot_sinkhorn_knopp.
 """
 
 import jax

@@ -1,0 +1,183 @@
+"""Preparation into the TFDS array_record layout, and the TFDS source read through grain without TensorFlow."""
+
+import hashlib
+import json
+import os
+import pickle
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simdino_jax.data import prepare, sources
+from tests.test_data_sources import run_python
+
+CIFAR = "/work/shared/data/cifar10"
+
+
+def data_config(data_dir, name="cifar10", **overrides):
+  base = dict(name=name, data_dir=str(data_dir), path=None, image_size=32, train_split="train",
+              eval_split="test", read_threads=2)
+  return types.SimpleNamespace(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  prepare.main(["cifar10", "--source", CIFAR, "--data_dir", str(data_dir)])
+  return data_dir
+
+
+def _pickle_arrays(name):
+  with open(os.path.join(CIFAR, name), "rb") as f:
+    batch = pickle.load(f, encoding="bytes")
+  return batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(batch[b"labels"])
+
+
+def test_cifar10_round_trip_through_tfds_data_source_without_tensorflow(cifar_dir):
+  # The original pixels and labels, in TFDS's id order (train_00000.., test_00000..).
+  train = [_pickle_arrays(f"data_batch_{i}") for i in range(1, 6)]
+  originals = {"train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
+               "test": _pickle_arrays("test_batch")}
+  expected = {split: {"n": len(y), "labels": hashlib.sha256(y.astype(np.int64).tobytes()).hexdigest(),
+                      "pixels": hashlib.sha256(x.tobytes()).hexdigest()} for split, (x, y) in originals.items()}
+  code = f"""
+import hashlib, json, numpy as np
+import tensorflow_datasets as tfds
+out = {{}}
+for split in ("train", "test"):
+  source = tfds.data_source("cifar10", data_dir={str(cifar_dir)!r}, split=split)
+  records = source.__getitems__(list(range(len(source))))
+  order = np.argsort([r["id"] for r in records])  # ids are split_00000.. in the original order
+  images = np.stack([records[i]["image"] for i in order])
+  labels = np.array([records[i]["label"] for i in order], np.int64)
+  assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+  out[split] = {{"n": len(source), "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+                "pixels": hashlib.sha256(images.tobytes()).hexdigest()}}
+builder = tfds.builder("cifar10", data_dir={str(cifar_dir)!r})
+features = builder.info.features
+out["features"] = [sorted(features.keys()), features["label"].num_classes, features["label"].names,
+                   list(features["image"].shape), builder.info.file_format.value]
+import sys
+assert "tensorflow" not in sys.modules
+print("RESULT" + json.dumps(out))
+"""
+  result = run_python(code, blocked=("tensorflow",))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.split("RESULT")[1])
+  assert out.pop("features") == [["id", "image", "label"], 10,
+                                 ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                  "truck"], [32, 32, 3], "array_record"]
+  assert out == expected
+  assert expected["train"]["n"] == 50000 and expected["test"]["n"] == 10000
+
+
+def test_tfds_train_iterator_resumes_shards_and_reshuffles(cifar_dir):
+  config = data_config(cifar_dir)
+  it = sources.create_train_iterator(config, batch_size=16, seed=1, process_index=0, process_count=1)
+  assert it.num_examples == 50000
+  next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = [next(it) for _ in range(3)]
+  fresh = sources.create_train_iterator(config, batch_size=16, seed=1, process_index=0, process_count=1)
+  fresh.set_state(state)
+  for want in expected:
+    got = next(fresh)
+    assert got["image"].shape == (16, 32, 32, 3) and got["image"].dtype == np.uint8
+    assert got["label"].dtype == np.int32
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  # Shards of two processes are disjoint strided slices of equal size.
+  firsts = [next(sources.create_train_iterator(config, batch_size=16, seed=1, process_index=i, process_count=2))
+            for i in range(2)]
+  assert not {x.tobytes() for x in firsts[0]["image"]} & {x.tobytes() for x in firsts[1]["image"]}
+
+
+def test_tfds_epochs_are_full_reshuffled_passes(tmp_path):
+  # A 30-image folder dataset: two epochs through grain are two different permutations of the same images.
+  root = tmp_path / "imgs"
+  root.mkdir()
+  for i in range(30):
+    Image.fromarray(np.full((6, 6, 3), i * 8, np.uint8)).save(root / f"{i:02d}.png")
+  prepare.prepare_folder(str(root), "flat30", str(tmp_path / "tfds"))
+  config = data_config(tmp_path / "tfds", name="flat30", image_size=6)
+  it = sources.create_train_iterator(config, batch_size=10, seed=0, process_index=0, process_count=1)
+  epochs = [np.concatenate([next(it)["image"][:, 0, 0, 0] for _ in range(3)]) for _ in range(2)]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(0, 240, 8))
+  assert (epochs[0] != epochs[1]).any()
+  images, labels = sources.load_split(config, "train")
+  assert images.shape == (30, 6, 6, 3) and (labels == -1).all()
+
+
+def test_load_split_of_prepared_cifar(cifar_dir):
+  images, labels = sources.load_split(data_config(cifar_dir, image_size=16), "test")
+  assert images.shape == (10000, 16, 16, 3) and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_folder_import_with_labels_and_test_split(tmp_path):
+  root = tmp_path / "pets"
+  rng = np.random.default_rng(0)
+  for label, ext in (("cat", "jpg"), ("dog", "png")):
+    (root / label).mkdir(parents=True)
+    for i in range(5):
+      image = Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8))
+      image.save(root / label / f"{i}.{ext}")
+  (root / "dog" / "notes.txt").write_text("not an image")
+  Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(root / "dog" / "gray.png")
+  prepare.main(["folder", "--source", str(root), "--name", "pets", "--data_dir", str(tmp_path / "tfds"),
+                "--test_fraction", "0.25"])
+  config = data_config(tmp_path / "tfds", name="pets", image_size=16)
+  train, train_labels = sources.load_split(config, "train")
+  test, test_labels = sources.load_split(config, "test")
+  assert len(train) + len(test) == 11 and len(test) == 3
+  assert train.shape[1:] == (16, 16, 3)
+  assert sorted(np.concatenate([train_labels, test_labels]).tolist()) == [0] * 5 + [1] * 6
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder("pets", data_dir=str(tmp_path / "tfds"))
+  assert builder.info.features["label"].names == ["cat", "dog"]
+
+
+def test_missing_and_malformed_sources(tmp_path):
+  with pytest.raises(prepare.SourceError, match="not a directory.*cifar-10-python"):
+    prepare.prepare_cifar10(str(tmp_path / "nope"), str(tmp_path / "tfds"))
+  bad = tmp_path / "cifar"
+  bad.mkdir()
+  for name in prepare.CIFAR10_TRAIN_FILES + (prepare.CIFAR10_TEST_FILE, prepare.CIFAR10_META_FILE):
+    (bad / name).write_bytes(b"garbage")
+  with pytest.raises(prepare.SourceError, match="batches.meta is not CIFAR-10 metadata"):
+    prepare.prepare_cifar10(str(bad), str(tmp_path / "tfds"))
+  (bad / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10}))
+  with pytest.raises(prepare.SourceError, match="data_batch_1 is not a CIFAR-10 python batch"):
+    prepare.prepare_cifar10(str(bad), str(tmp_path / "tfds"))
+  os.remove(bad / "test_batch")
+  with pytest.raises(prepare.SourceError, match="lacks test_batch"):
+    prepare.prepare_cifar10(str(bad), str(tmp_path / "tfds"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(prepare.SourceError, match="No images"):
+    prepare.prepare_folder(str(tmp_path / "empty"), "x", str(tmp_path / "tfds"))
+  with pytest.raises(SystemExit):  # the CLI exits with the message instead of a traceback
+    prepare.main(["folder", "--source", str(tmp_path / "nope"), "--name", "x", "--data_dir", str(tmp_path)])
+
+
+def test_interrupted_build_leaves_nothing_that_looks_prepared(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  for i in range(6):
+    Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / f"{i}.png")
+  (root / "3.png").write_bytes(b"truncated")  # the build fails in the middle of the split
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(prepare.SourceError, match="Cannot decode image"):
+    prepare.prepare_folder(str(root), "broken", str(data_dir))
+  assert not (data_dir / "broken" / "1.0.0").exists()
+  with pytest.raises(ValueError, match="nor a TFDS dataset prepared.*python -m simdino_jax.data.prepare folder"):
+    sources.load_split(data_config(data_dir, name="broken"), "train")
+  # Fixed source: the rebuild succeeds.
+  Image.fromarray(np.full((8, 8, 3), 3, np.uint8)).save(root / "3.png")
+  prepare.prepare_folder(str(root), "broken", str(data_dir))
+  assert len(sources.load_split(data_config(data_dir, name="broken", image_size=8), "train")[0]) == 6
+
+
+def test_unprepared_cifar10_error_says_how_to_prepare(tmp_path):
+  with pytest.raises(FileNotFoundError, match="python -m simdino_jax.data.prepare cifar10 --source"):
+    sources.create_train_iterator(data_config(tmp_path), batch_size=4, seed=0, process_index=0, process_count=1)
