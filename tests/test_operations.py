@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from configs import digits
 from simdino_jax import checkpointing
 from simdino_jax import collapse
+from simdino_jax import data as data_lib
 from simdino_jax import train
 from simdino_jax import train_state as train_state_lib
 from tests import train_utils
@@ -72,36 +74,20 @@ def _main_command(workdir, config, method: str) -> list[str]:
 # --- Exact resume ------------------------------------------------------------------------------------------------
 
 
-class _StopAfter:
-  """Stands in for `train.PreemptionFlag`: reports a stop request after `n` steps, as SIGTERM would."""
-
-  def __init__(self, n: int):
-    outer = self
-
-    class _Requested:
-      calls = 0
-
-      def is_set(self):
-        self.calls += 1
-        return self.calls >= outer.n
-
-    self.n = n
-    self.requested = _Requested()
-
-
-def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path, monkeypatch, capsys):
+def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, capsys):
   config = train_utils.tiny_config("dino", total_steps=4, checkpoint_every_steps=2, log_every_steps=1)
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   train.run(config, str(straight))
-  # The same config (so the same schedules over 4 steps), stopped after step 2 by the preemption path.
-  with monkeypatch.context() as m:
-    m.setattr(train, "PreemptionFlag", lambda: _StopAfter(2))
-    train.run(config, str(resumed))
-  assert _steps(resumed) == [2]
-  assert "saved the checkpoint of step 2 and stopped" in capsys.readouterr().out
+  assert _steps(straight) == [2, 4]
+  # The disk state of the same run (same config, so the same schedules over 4 steps) killed with SIGKILL after
+  # its checkpoint of step 2 and its metrics of step 3: the checkpoint of step 2 and the log up to step 3.
+  os.makedirs(resumed / "checkpoints")
+  shutil.copytree(straight / "checkpoints" / "2", resumed / "checkpoints" / "2")
+  with open(resumed / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(m) + "\n" for m in _metrics(straight) if m["step"] <= 3)
   train.run(config, str(resumed))
   assert "Resumed from the checkpoint of step 2" in capsys.readouterr().out
-  assert _steps(straight) == _steps(resumed) == [2, 4]
+  assert _steps(resumed) == [2, 4]
 
   template, shardings = _template(config)
   a = _restore_step(straight, config, 4, template, shardings)
@@ -112,11 +98,14 @@ def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path, 
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(a.student), jax.tree.leaves(template.student))) > 0
-  # The logged losses of every step (log_every_steps=1) are identical too.
+  # The resumed run re-logs step 3 (its metrics came after the last checkpoint) with the same values.
   straight_log, resumed_log = _metrics(straight), _metrics(resumed)
-  assert [m["step"] for m in straight_log] == [m["step"] for m in resumed_log] == [1, 2, 3, 4]
-  for s, r in zip(straight_log, resumed_log):
-    assert s["loss"] == r["loss"] and s["dino"] == r["dino"] and math.isfinite(s["loss"])
+  assert [m["step"] for m in straight_log] == [1, 2, 3, 4]
+  assert [m["step"] for m in resumed_log] == [1, 2, 3, 3, 4]
+  for s, r in zip(straight_log[2:], resumed_log[3:]):
+    assert s["loss"] == r["loss"] and s["dino"] == r["dino"] and s["grad_norm"] == r["grad_norm"]
+  assert resumed_log[2]["loss"] == resumed_log[3]["loss"]
+  assert all(math.isfinite(m["loss"]) for m in straight_log)
 
 
 # --- SIGTERM -----------------------------------------------------------------------------------------------------
@@ -272,13 +261,16 @@ def test_checkpoint_of_another_config_is_refused_unless_allowed(tmp_path, capsys
   config = train_utils.tiny_config("simdino")
   trainer = train.build(config, num_examples=64)
   ckpts = checkpointing.Checkpoints(str(tmp_path), config)
-  ckpts.save(config.total_steps, trainer.state, {"epoch": 0, "index": 0})
+  iterator = data_lib.create_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed,
+                                            process_index=0, process_count=1)
+  done = trainer.state.replace(step=trainer.state.step + config.total_steps)  # As if the run had finished.
+  ckpts.save(config.total_steps, done, iterator.get_state())
   ckpts.wait()
   ckpts.close()
-  other = train_utils.tiny_config("simdino", seed=1, **{"optim.base_lr": 1e-3})
+  other = train_utils.tiny_config("simdino", **{"optim.base_lr": 1e-3, "teacher.temp": 0.05})
   message = _assert_refused(other, tmp_path, ValueError, "belong to another config (2 field(s) differ",
-                            "seed: 0 -> 1", "optim.base_lr: 0.0005 -> 0.001", "Use another --workdir",
-                            "--config.allow_config_mismatch=True")
+                            "teacher.temp: 0.07 -> 0.05", "optim.base_lr: 0.0005 -> 0.001",
+                            "Use another --workdir", "--config.allow_config_mismatch=True")
   assert "Nothing in the workdir was changed" in message
   other.allow_config_mismatch = True
   train.run(other, str(tmp_path))  # Resumes at the last step: nothing left to train.

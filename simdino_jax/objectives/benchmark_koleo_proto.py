@@ -1,9 +1,9 @@
-"""Time and peak memory of koleo_proto_loss (value and gradient) and unique_prototypes at K × d.
+"""Time and peak memory of koleo_proto_loss (value and gradient) and unique_prototypes at K × d on this host.
 
   python -m simdino_jax.objectives.benchmark_koleo_proto [--k 65536] [--d 256] [--chunk_size 4096]
 
-Each measurement runs in a fresh process, so its peak resident memory (getrusage max RSS) is its own; the RSS of
-a process that has only imported JAX and built the prototypes is reported as the baseline.
+Each measurement runs in a fresh process, so its peak resident memory (getrusage max RSS) is its own; "baseline"
+is a process that has only imported JAX and built the Gaussian random prototypes.
 """
 
 import argparse
@@ -14,30 +14,41 @@ import resource
 import time
 
 
+def _koleo_proto_value_and_grad(prototypes, chunk_size: int) -> dict:
+  import jax
+  import numpy as np
+
+  from simdino_jax.objectives.koleo import koleo_proto_loss
+
+  loss = functools.partial(koleo_proto_loss, chunk_size=chunk_size)
+  start = time.perf_counter()
+  compiled = jax.jit(jax.value_and_grad(loss)).lower(prototypes).compile()
+  compile_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  value, gradient = jax.block_until_ready(compiled(prototypes))
+  return {"compile_seconds": round(compile_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
+          "loss": float(value), "grad_norm": float(np.linalg.norm(np.asarray(gradient)))}
+
+
+def _unique_prototypes(prototypes, chunk_size: int) -> dict:
+  from simdino_jax.objectives.koleo import unique_prototypes
+
+  start = time.perf_counter()
+  count, largest_group = unique_prototypes(prototypes, 0.025, chunk_size=chunk_size)
+  return {"seconds_incl_compile": round(time.perf_counter() - start, 2), "count": count,
+          "largest_group": largest_group}
+
+
+STAGES = {"baseline": lambda prototypes, chunk_size: {}, "koleo_proto_value_and_grad": _koleo_proto_value_and_grad,
+          "unique_prototypes": _unique_prototypes}
+
+
 def _measure(stage: str, k: int, d: int, chunk_size: int, seed: int) -> dict:
   import jax
   import numpy as np
 
-  from simdino_jax.objectives.koleo import koleo_proto_loss, unique_prototypes
-
   prototypes = jax.device_put(np.random.default_rng(seed).normal(size=(k, d)).astype(np.float32))
-  result = {"stage": stage}
-  if stage == "baseline":
-    pass
-  elif stage == "unique_prototypes":
-    start = time.perf_counter()
-    result["count, largest_group"] = unique_prototypes(prototypes, 0.025, chunk_size=chunk_size)
-    result["seconds (incl. compile)"] = round(time.perf_counter() - start, 2)
-  else:
-    loss = functools.partial(koleo_proto_loss, chunk_size=chunk_size)
-    start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(prototypes).compile()
-    result["compile_seconds"] = round(time.perf_counter() - start, 2)
-    start = time.perf_counter()
-    value, gradient = jax.block_until_ready(compiled(prototypes))
-    result["seconds"] = round(time.perf_counter() - start, 2)
-    result["loss"] = float(value)
-    result["grad_norm"] = float(np.linalg.norm(np.asarray(gradient)))
+  result = {"stage": stage, **STAGES[stage](prototypes, chunk_size)}
   result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
   return result
 
@@ -51,7 +62,7 @@ def main() -> None:
   args = parser.parse_args()
   print(json.dumps(vars(args)))
   context = multiprocessing.get_context("spawn")
-  for stage in ("baseline", "koleo_proto_value_and_grad", "unique_prototypes"):
+  for stage in STAGES:
     with context.Pool(1) as pool:
       print(json.dumps(pool.apply(_measure, (stage, args.k, args.d, args.chunk_size, args.seed))), flush=True)
 
