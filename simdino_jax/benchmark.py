@@ -18,12 +18,17 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.", lock_config=True)
-_BATCH = flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (the first compiles).")
-_PEAK = flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU (0: don't report MFU).")
-_PIPELINE = flags.DEFINE_bool("pipeline", True, "Also time the host input pipeline and the augmentation alone.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.", lock_config=True)
+  flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
+  flags.DEFINE_integer("steps", 20, "Timed steps.")
+  flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (the first compiles).")
+  flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU (0: don't report MFU).")
+  flags.DEFINE_bool("pipeline", True, "Also time the host input pipeline and the augmentation alone.")
 
 
 def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0) -> float:
@@ -153,11 +158,11 @@ def format_table(rows: list[tuple[str, object]]) -> str:
 
 def main(argv) -> None:
   del argv
-  config = _CONFIG.value
-  if _BATCH.value:
-    config.batch_size = _BATCH.value
+  config = FLAGS.config
+  if FLAGS.batch:
+    config.batch_size = FLAGS.batch
   device = jax.devices()[0]
-  step = benchmark_step(config, steps=_STEPS.value, warmup=_WARMUP.value, peak_tflops=_PEAK.value)
+  step = benchmark_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops)
   rows = [("device", f"{jax.device_count()} x {device.device_kind}"), ("model", config.model.name),
           ("objective", config.objective.name), ("batch", config.batch_size),
           ("crops", f"2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}"),
@@ -165,12 +170,12 @@ def main(argv) -> None:
           ("step ms (median)", step["step_ms"]), ("step ms p10-p90", f"{step['p10_ms']:.1f}-{step['p90_ms']:.1f}"),
           ("TFLOP/step (XLA)", step["xla_tflop"]), ("TFLOP/step (analytic)", step["analytic_tflop"]),
           ("TFLOP/s (XLA)", step["xla_tflops_per_s"]), ("TFLOP/s (analytic)", step["analytic_tflops_per_s"]),
-          (f"MFU (XLA, peak {_PEAK.value:g})", step["mfu_xla"]),
-          (f"MFU (analytic, peak {_PEAK.value:g})", step["mfu_analytic"]),
+          (f"MFU (XLA, peak {FLAGS.peak_tflops:g})", step["mfu_xla"]),
+          (f"MFU (analytic, peak {FLAGS.peak_tflops:g})", step["mfu_analytic"]),
           ("peak memory GB (compiled)", step["compiled_peak_gb"]),
           ("peak memory GB (runtime)", step["runtime_peak_gb"])]
-  if _PIPELINE.value:
-    pipe = benchmark_pipeline(config, steps=_STEPS.value, warmup=_WARMUP.value)
+  if FLAGS.pipeline:
+    pipe = benchmark_pipeline(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
     rows += [("host pipeline images/s", pipe["host_images_per_s"]),
              ("augmentation images/s", pipe["augment_images_per_s"]),
              ("augmentation / step", pipe["augment_images_per_s"] / step["images_per_s"])]
@@ -178,4 +183,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -22,19 +22,24 @@ from absl import flags
 
 METHODS = ("dino", "simdino", "dinov2", "simdinov2", "dino_koleo_proto")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_QUICK = flags.DEFINE_bool("quick", False, "A CPU-sized run on the embedded digits (a few minutes).")
-_METHODS = flags.DEFINE_list("methods", list(METHODS), f"Subset of {', '.join(METHODS)}.")
-_DATASET = flags.DEFINE_string("dataset", None, "digits | cifar10 (TFDS, prepared) | npz (default: quick→digits, "
-                               "else cifar10).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared cifar10.")
-_DATA_PATH = flags.DEFINE_string("data_path", None, "npz path with '{split}' for --dataset=npz.")
-_MODEL = flags.DEFINE_string("model", None, "Backbone (default: quick→vit_micro/4, else ViT-T/4).")
-_EPOCHS = flags.DEFINE_float("epochs", None, "Epochs per run (default: quick→6, else 100).")
-_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: quick→64, else 256).")
-_EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", None, "kNN every this many epochs (default 1 quick, 5 full).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
-_KOLEO_PROTO_WEIGHT = flags.DEFINE_float("koleo_proto_weight", 0.1, "λ of the KoLeo-proto run.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  flags.DEFINE_bool("quick", False, "A CPU-sized run on the embedded digits (a few minutes).")
+  flags.DEFINE_list("methods", list(METHODS), f"Subset of {', '.join(METHODS)}.")
+  flags.DEFINE_string("dataset", None, "digits | cifar10 (TFDS, prepared) | npz (default: quick→digits, "
+    "else cifar10).")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared cifar10.")
+  flags.DEFINE_string("data_path", None, "npz path with '{split}' for --dataset=npz.")
+  flags.DEFINE_string("model", None, "Backbone (default: quick→vit_micro/4, else ViT-T/4).")
+  flags.DEFINE_float("epochs", None, "Epochs per run (default: quick→6, else 100).")
+  flags.DEFINE_integer("batch", None, "Global batch (default: quick→64, else 256).")
+  flags.DEFINE_float("eval_every_epochs", None, "kNN every this many epochs (default 1 quick, 5 full).")
+  flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
+  flags.DEFINE_float("koleo_proto_weight", 0.1, "λ of the KoLeo-proto run.")
 
 
 def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs: float, batch: int,
@@ -182,10 +187,11 @@ def run(workdir: str, *, quick: bool, methods=METHODS, dataset=None, model=None,
 
 def main(argv) -> None:
   del argv
-  run(_WORKDIR.value, quick=_QUICK.value, methods=_METHODS.value, dataset=_DATASET.value, model=_MODEL.value,
-      epochs=_EPOCHS.value, batch=_BATCH.value, eval_every=_EVAL_EVERY.value, seed=_SEED.value,
-      data_dir=_DATA_DIR.value, data_path=_DATA_PATH.value, koleo_proto_weight=_KOLEO_PROTO_WEIGHT.value)
+  run(FLAGS.workdir, quick=FLAGS.quick, methods=FLAGS.methods, dataset=FLAGS.dataset, model=FLAGS.model,
+      epochs=FLAGS.epochs, batch=FLAGS.batch, eval_every=FLAGS.eval_every_epochs, seed=FLAGS.seed,
+      data_dir=FLAGS.data_dir, data_path=FLAGS.data_path, koleo_proto_weight=FLAGS.koleo_proto_weight)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
