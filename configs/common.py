@@ -58,6 +58,9 @@ def base() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.tensorboard = True
   c.max_consecutive_skips = 10
+  # Collapse warning: a signature (DINO loss within dino_rel_tol of log K, or teacher feature std below
+  # min_feature_std) held over `patience` consecutive log steps is reported in the log.
+  c.collapse = ml_collections.ConfigDict(dict(patience=10, dino_rel_tol=0.02, min_feature_std=1e-3))
   c.allow_config_mismatch = False
   return c
 

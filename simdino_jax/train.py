@@ -7,6 +7,7 @@ global crops → student forward on all crops → the configured objective → g
 
 import dataclasses
 import logging
+import math
 import signal
 import threading
 from typing import Any, Callable
@@ -18,6 +19,7 @@ import optax
 from flax import nnx
 
 from simdino_jax import checkpointing
+from simdino_jax import collapse
 from simdino_jax import metrics as metrics_lib
 from simdino_jax import models
 from simdino_jax import objectives
@@ -183,41 +185,54 @@ def run(config, workdir: str) -> dict:
   progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
   window = MetricsWindow()
   preemption = PreemptionFlag()
+  monitor = _collapse_monitor(config, trainer.objective)
   evaluate = _make_eval(config, trainer, data_lib)
   eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
   last = {}
 
-  with jax.set_mesh(trainer.mesh):
-    for step in range(start_step, total_steps):
-      batch = parallel.global_batch({"image": next(iterator)["image"]}, trainer.mesh)
-      state, step_metrics = trainer.step_fn(state, batch["image"])
-      window.add(step_metrics)
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == total_steps:
-        last = window.flush()
-        last.update(skipped_total=int(state.skipped))
-        writer.write_scalars(done, last)
-        if process_index == 0:
-          print(progress.line(done, last), flush=True)
-        _stop_if_diverged(state, last, done, config.max_consecutive_skips)
-      if eval_every and (done % eval_every == 0 or done == total_steps):
-        last.update(evaluate(state))
-        writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
-      if preemption.requested.is_set():
-        checkpoints.save(done, state, iterator.get_state(), force=True)
-        checkpoints.wait()
-        print(f"SIGTERM received: saved the checkpoint of step {done} and stopped.", flush=True)
-        break
-      if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-        checkpoints.save(done, state, iterator.get_state())
-    else:
-      checkpoints.save(total_steps, state, iterator.get_state())
-  checkpoints.wait()
-  checkpoints.close()
-  writer.close()
+  try:
+    with jax.set_mesh(trainer.mesh):
+      for step in range(start_step, total_steps):
+        batch = parallel.global_batch({"image": next(iterator)["image"]}, trainer.mesh)
+        state, step_metrics = trainer.step_fn(state, batch["image"])
+        window.add(step_metrics)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+          last = window.flush()
+          last.update(skipped_total=int(state.skipped))
+          writer.write_scalars(done, last)
+          _stop_if_diverged(state, last, done, config.max_consecutive_skips)
+          warning = monitor.update(done, last)
+          if process_index == 0:
+            print(progress.line(done, last), flush=True)
+            if warning:
+              logging.warning(warning)
+              print(f"WARNING: {warning}", flush=True)
+        if eval_every and (done % eval_every == 0 or done == total_steps):
+          last.update(evaluate(state))
+          writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
+        if preemption.requested.is_set():
+          checkpoints.save(done, state, iterator.get_state(), force=True)
+          checkpoints.wait()
+          print(f"SIGTERM received: saved the checkpoint of step {done} and stopped.", flush=True)
+          break
+        if (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0) or done == total_steps:
+          checkpoints.save(done, state, iterator.get_state(), force=done == total_steps)
+  finally:
+    # Whatever stopped the loop, let pending asynchronous saves land and flush the logs.
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
   trainer.state = state
   last["steps_per_epoch"] = trainer.steps_per_epoch
   return last
+
+
+def _collapse_monitor(config, objective) -> collapse.CollapseMonitor:
+  """Watches the logged metrics for collapse; log K applies to objectives with a DINO (prototype) head."""
+  log_k = math.log(config.model.head.out_dim) if objective.head == "dino" else None
+  return collapse.CollapseMonitor(log_k, config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
+                                  min_feature_std=config.collapse.min_feature_std)
 
 
 def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> None:

@@ -34,6 +34,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for name, size in (("global_size", a.global_size), ("local_size", a.local_size)):
     _require(size % patch == 0 or (name == "local_size" and a.n_local == 0),
              f"config.aug.{name}={size} is not divisible by the patch size {patch}.")
+  _require(config.collapse.patience >= 1,
+           f"config.collapse.patience={config.collapse.patience} must be >= 1 (log steps in a row).")
   objectives.validate_config(obj)
   if composite.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices

@@ -318,3 +318,11 @@ def test_collapse_monitor_warns_after_patience_on_each_signature():
   assert "DINO loss" in both and "teacher feature std" in both
   with pytest.raises(ValueError, match="patience"):
     collapse.CollapseMonitor(log_k, patience=0)
+
+
+def test_training_loop_reports_collapse_in_the_log(tmp_path, capsys):
+  # Thresholds so wide that any run counts as collapsed: the loop must surface the monitor's warning.
+  config = train_utils.tiny_config("simdino", **{"collapse.patience": 1, "collapse.min_feature_std": 10.0})
+  train.run(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "WARNING: Possible collapse at step 2: the teacher feature std" in out, out
