@@ -17,7 +17,7 @@ from simdino_jax import train_state as train_state_lib
 # Config fields that may change between a run and its resumption without making it another run.
 OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
                     "tensorboard", "allow_config_mismatch", "async_checkpointing", "max_consecutive_skips",
-                    "data.data_dir", "data.path", "eval")
+                    "data.data_dir", "data.path", "eval", "collapse")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict:
@@ -38,6 +38,25 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   a, b = _flatten(_normalize(saved)), _flatten(_normalize(current))
   keep = lambda k: not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)
   return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
+
+
+def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """(config dict, step) saved with checkpoint `step` (default: the latest) of `workdir`."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoints in {directory}: pass the --workdir of a training run "
+                            "(python -m simdino_jax.main --config=... --workdir=DIR).")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
+  try:
+    steps = list(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"{directory} holds no finished checkpoint yet.")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f"No checkpoint of step {step} in {directory}; available: {sorted(steps)}.")
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"], step
+  finally:
+    manager.close()
 
 
 class Checkpoints:
@@ -68,11 +87,15 @@ class Checkpoints:
           "Nothing in the workdir was changed.")
 
   def restore_latest(self, state_template, shardings):
-    """(state, data_state) from the latest checkpoint, restored directly with its shardings; None if none."""
+    """(state, data_state) from the latest checkpoint, after the config check; None if there is none."""
     step = self.manager.latest_step()
     if step is None:
       return None
     self.check_config(step)
+    return self.restore(step, state_template, shardings)
+
+  def restore(self, step: int, state_template, shardings):
+    """(state, data_state) of checkpoint `step`, restored directly into `shardings` (no config check)."""
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_template, shardings)
     restored = self.manager.restore(step, args=ocp.args.Composite(

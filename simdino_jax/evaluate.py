@@ -1,0 +1,150 @@
+"""Offline evaluation of a training run's checkpoint: weighted kNN and the linear probe (SPEC §3).
+
+    python -m simdino_jax.evaluate --workdir=/tmp/digits                         # kNN, k ∈ {10, 20, 100, 200}
+    python -m simdino_jax.evaluate --workdir=/tmp/digits --protocol=linear --linear_epochs=100
+    python -m simdino_jax.evaluate --workdir=runs/dino --protocol=both --backbone=student --step=10000
+
+The run's config is read from the checkpoint itself (the same model, data and crop size), so only the workdir is
+needed; `--config.x=y`-style changes go through the training config instead. Features are the backbone CLS at the
+global-crop resolution (kNN) or SPEC §3's probe features (`--n_last_blocks`, `--avgpool`), extracted in
+fixed-size padded batches sharded over every device. Results are printed and written to
+`<workdir>/eval_<step>.json`.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from flax import nnx
+
+from simdino_jax import checkpointing
+from simdino_jax import train
+from simdino_jax.data import augment
+from simdino_jax.evaluation import knn
+from simdino_jax.evaluation import linear_probe
+
+PROTOCOLS = ("knn", "linear", "both")
+BACKBONES = ("teacher", "student")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_string("workdir", None, "The training run's workdir (holds checkpoints/).", required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_enum("protocol", "knn", PROTOCOLS, "Which evaluation to run.")
+  flags.DEFINE_enum("backbone", "teacher", BACKBONES, "Which network's backbone to evaluate.")
+  flags.DEFINE_list("knn_k", ["10", "20", "100", "200"], "Neighbour counts of the weighted kNN.")
+  flags.DEFINE_float("knn_temperature", 0.07, "T of the kNN vote weights exp(cos / T).")
+  flags.DEFINE_integer("linear_epochs", 100, "Linear-probe epochs.")
+  flags.DEFINE_list("linear_lrs", ["1e-3"], "Linear-probe base learning rates (scaled by batch/256), trained "
+                    "together; DINO uses 1e-3, DINOv2 a grid.")
+  flags.DEFINE_integer("linear_batch", 1024, "Linear-probe batch size.")
+  flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks in the probe features (ViT-B: 1).")
+  flags.DEFINE_bool("avgpool", False, "Append the mean patch token to the probe features (ViT-B: True).")
+  flags.DEFINE_integer("batch_size", 256, "Images per feature-extraction call (rounded to the device count).")
+  flags.DEFINE_integer("max_train_examples", 0, "Use only the first n training images (0: all).")
+  flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir (e.g. data prepared elsewhere).")
+
+
+def read_run_config(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
+  """(config, step) stored with the checkpoint `step` (default: the latest) of `workdir`."""
+  config, step = checkpointing.read_config(workdir, step)
+  return ml_collections.ConfigDict(config), step
+
+
+def restore_params(config, workdir: str, step: int, backbone: str) -> tuple[train.Trainer, dict]:
+  """(trainer, teacher or student parameters) of checkpoint `step`, restored with the training shardings."""
+  if backbone not in BACKBONES:
+    raise ValueError(f"Unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}.")
+  trainer = train.build(config, num_examples=config.batch_size)
+  checkpoints = checkpointing.Checkpoints(workdir, config)
+  try:
+    state, _ = checkpoints.restore(step, trainer.state, trainer.state_shardings)
+  finally:
+    checkpoints.close()
+  return trainer, getattr(state, backbone)
+
+
+def _probe_feature_fn(config, graphdef, n_last_blocks: int, avgpool: bool):
+  """`(params, uint8 images) -> probe features` at the global-crop resolution (SPEC §3)."""
+  size = config.aug.global_size
+
+  def feature_fn(params, images):
+    x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
+    if x.shape[1] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+    out = nnx.merge(graphdef, params).backbone(x, n_last=n_last_blocks)
+    return linear_probe.probe_features(out, n_last_blocks=n_last_blocks, avgpool=avgpool)
+
+  return feature_fn
+
+
+def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str = "knn", backbone: str = "teacher",
+                        knn_k=(10, 20, 100, 200), knn_temperature: float = 0.07, linear_epochs: int = 100,
+                        linear_lrs=(1e-3,), linear_batch: int = 1024, n_last_blocks: int = 4,
+                        avgpool: bool = False, batch_size: int = 256, max_train_examples: int = 0,
+                        data_dir: str | None = None) -> dict:
+  """Evaluates one checkpoint of `workdir`; returns the metrics and writes `<workdir>/eval_<step>.json`."""
+  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
+  config, step = read_run_config(workdir, step)
+  if data_dir:
+    config.data.data_dir = data_dir
+  trainer, params = restore_params(config, workdir, step, backbone)
+  train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
+  test_images, test_labels = data_lib.load_split(config.data, config.data.eval_split)
+  if max_train_examples:
+    train_images, train_labels = train_images[:max_train_examples], train_labels[:max_train_examples]
+  if (train_labels < 0).any() or (test_labels < 0).any():
+    raise ValueError(f"Dataset {config.data.name!r} has unlabeled examples; kNN and the linear probe need labels.")
+  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  devices = trainer.mesh.devices.size
+  batch_size = max(devices, batch_size // devices * devices)
+  results = {"step": step, "backbone": backbone, "dataset": config.data.name, "model": config.model.name,
+             "objective": config.objective.name}
+
+  def extract(feature_fn, images):
+    return knn.extract_features(feature_fn, images, batch_size=batch_size, mesh=trainer.mesh, params=params)
+
+  if protocol in ("knn", "both"):
+    cls_fn = train.make_feature_fn(config, trainer.graphdef)
+    results.update(knn.knn_classify(extract(cls_fn, train_images), train_labels, extract(cls_fn, test_images),
+                                    test_labels, num_classes=num_classes, k=tuple(int(k) for k in knn_k),
+                                    temperature=knn_temperature, mesh=trainer.mesh))
+  if protocol in ("linear", "both"):
+    probe_fn = _probe_feature_fn(config, trainer.graphdef, n_last_blocks, avgpool)
+    probe = linear_probe.train_linear_probe(
+        extract(probe_fn, train_images), train_labels, extract(probe_fn, test_images), test_labels,
+        num_classes=num_classes, epochs=linear_epochs, batch_size=linear_batch,
+        learning_rates=tuple(float(lr) for lr in linear_lrs), seed=int(config.seed))
+    results.update(probe.metrics())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def main(argv) -> None:
+  del argv
+  results = evaluate_checkpoint(
+      FLAGS.workdir, step=FLAGS.step, protocol=FLAGS.protocol, backbone=FLAGS.backbone, knn_k=FLAGS.knn_k,
+      knn_temperature=FLAGS.knn_temperature, linear_epochs=FLAGS.linear_epochs, linear_lrs=FLAGS.linear_lrs,
+      linear_batch=FLAGS.linear_batch, n_last_blocks=FLAGS.n_last_blocks, avgpool=FLAGS.avgpool,
+      batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples, data_dir=FLAGS.data_dir)
+  if jax.process_index() == 0:
+    width = max(len(k) for k in results)
+    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                    for k, v in results.items()), flush=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

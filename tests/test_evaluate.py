@@ -1,0 +1,58 @@
+"""Offline evaluation of a checkpoint (kNN and linear probe), as a function and as a CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simdino_jax import evaluate
+from simdino_jax import train
+from tests import train_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A tiny simdino run whose last step also ran the in-training kNN (k = 20) on the teacher."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = train_utils.tiny_config("simdino", eval_every_epochs=100.0)
+  last = train.run(config, workdir)
+  return workdir, config, last
+
+
+def test_offline_knn_and_linear_probe_of_a_checkpoint(trained_workdir):
+  workdir, config, last = trained_workdir
+  results = evaluate.evaluate_checkpoint(workdir, protocol="both", knn_k=(10, 20), linear_epochs=3,
+                                         linear_lrs=(1e-3, 1e-2), n_last_blocks=2, avgpool=True)
+  assert results["step"] == config.total_steps and results["backbone"] == "teacher"
+  # The same teacher, features and kNN rule as the training loop's evaluation: the same accuracy.
+  assert results["knn_top1_k20"] == pytest.approx(last["knn_top1_k20"], abs=1e-9)
+  for key in ("knn_top1_k10", "knn_top1_k20", "linear_top1_best", "linear_top1_final"):
+    assert 0.0 <= results[key] <= 1.0, (key, results)
+  assert results["linear_top1_best"] >= results["linear_top1_final"]
+  assert results["linear_best_lr"] in (1e-3, 1e-2)
+  with open(os.path.join(workdir, f"eval_{config.total_steps}.json")) as f:
+    assert json.load(f)["knn_top1_k20"] == results["knn_top1_k20"]
+  student = evaluate.evaluate_checkpoint(workdir, backbone="student", knn_k=(20,))
+  assert student["backbone"] == "student" and 0.0 <= student["knn_top1_k20"] <= 1.0
+
+
+def test_evaluation_errors_name_the_fix(tmp_path, trained_workdir):
+  with pytest.raises(FileNotFoundError, match="pass the --workdir of a training run"):
+    evaluate.evaluate_checkpoint(str(tmp_path))
+  with pytest.raises(ValueError, match=r"No checkpoint of step 3 .* available: \[4\]"):
+    evaluate.evaluate_checkpoint(trained_workdir[0], step=3)
+  with pytest.raises(ValueError, match="Unknown protocol 'svm'; valid: knn, linear, both"):
+    evaluate.evaluate_checkpoint(trained_workdir[0], protocol="svm")
+
+
+def test_evaluate_cli_prints_the_table(trained_workdir):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+  result = subprocess.run([sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={trained_workdir[0]}",
+                           "--knn_k=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "knn_top1_k20" in result.stdout and "objective" in result.stdout, result.stdout
