@@ -115,7 +115,7 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
   fig, ax = plt.subplots(figsize=(6, 4))
   for method in methods:
     x, y = series(method, "knn_top1_k20")
-    ax.plot(x, [100 * v for v in y], marker="o", label=method)
+    ax.plot(x, [100 * v for v in y], marker="o", color=f"C{list(methods).index(method)}", label=method)
   ax.set(xlabel="epoch", ylabel="kNN top-1 (%), k=20", title="kNN accuracy of the teacher")
   ax.grid(alpha=0.3)
   ax.legend()
@@ -126,15 +126,20 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
 
   components = ("loss", "dino", "ibot", "koleo", "koleo_proto", "comp", "expa", "patch")
   present = [c for c in components if any(c in r for r in rows)]
-  fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3), squeeze=False)
-  for ax, comp in zip(axes[0], present):
+  columns = min(4, len(present))
+  grid_rows = -(-len(present) // columns)
+  fig, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns, 2.8 * grid_rows), squeeze=False)
+  colours = {method: f"C{i}" for i, method in enumerate(methods)}  # One colour per method in every panel.
+  for ax, comp in zip(axes.flat, present):
     for method in methods:
       x, y = series(method, comp)
       if x:
-        ax.plot(x, y, label=method)
+        ax.plot(x, y, color=colours[method], label=method)
     ax.set(title=comp, xlabel="epoch")
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7)
+  for ax in axes.flat[len(present):]:
+    ax.axis("off")
+  fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower right", fontsize=8)
   paths.append(os.path.join(workdir, "losses.png"))
   fig.tight_layout()
   fig.savefig(paths[-1], dpi=110)
@@ -143,7 +148,7 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
   fig, ax = plt.subplots(figsize=(6, 4))
   for method in [m for m in methods if m in ("dino", "dino_koleo_proto", "dinov2")]:
     x, y = series(method, "diag_unique_prototypes")
-    ax.plot(x, y, marker="o", label=method)
+    ax.plot(x, y, marker="o", color=f"C{list(methods).index(method)}", label=method)
   ax.set(xlabel="epoch", ylabel="unique prototypes (ε = 0.025)", title="Partial prototype collapse")
   ax.grid(alpha=0.3)
   ax.legend()

@@ -192,6 +192,8 @@ def run(config, workdir: str) -> dict:
 
   try:
     with jax.set_mesh(trainer.mesh):
+      if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
+        writer.write_scalars(0, evaluate(state))
       for step in range(start_step, total_steps):
         batch = parallel.global_batch({"image": next(iterator)["image"]}, trainer.mesh)
         state, step_metrics = trainer.step_fn(state, batch["image"])
