@@ -26,7 +26,9 @@ def test_quick_reproduction_writes_curves_and_learns(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())["runs"]
   assert summary.keys() == set(methods)
   for method in methods:
-    knn = [float(r["knn_top1_k20"]) for r in rows if r["method"] == method and r.get("knn_top1_k20")]
-    assert len(knn) == 3, f"{method}: one kNN evaluation per epoch expected, got {knn}"
+    knn = [(float(r["epoch"]), float(r["knn_top1_k20"])) for r in rows
+           if r["method"] == method and r.get("knn_top1_k20")]
+    # The untrained network first (epoch 0), then one kNN evaluation per epoch.
+    assert [epoch for epoch, _ in knn] == [0.0, 1.0, 2.0, 3.0], f"{method}: {knn}"
     # Chance is 10% on the 10 digit classes.
     assert summary[method]["knn_top1_k20"] > 0.3, summary
