@@ -15,16 +15,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app
 from absl import flags
 from flax import nnx
 
 from simdino_jax import checkpointing
 from simdino_jax import train
-from simdino_jax.data import augment
 from simdino_jax.evaluation import knn
 from simdino_jax.evaluation import linear_probe
 
@@ -72,14 +69,9 @@ def restore_params(config, workdir: str, step: int, backbone: str) -> tuple[trai
 
 
 def _probe_feature_fn(config, graphdef, n_last_blocks: int, avgpool: bool):
-  """`(params, uint8 images) -> probe features` at the global-crop resolution (SPEC §3)."""
-  size = config.aug.global_size
-
+  """`(params, uint8 images) -> probe features` (SPEC §3) of `train.evaluation_inputs`."""
   def feature_fn(params, images):
-    x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
-    out = nnx.merge(graphdef, params).backbone(x, n_last=n_last_blocks)
+    out = nnx.merge(graphdef, params).backbone(train.evaluation_inputs(config, images), n_last=n_last_blocks)
     return linear_probe.probe_features(out, n_last_blocks=n_last_blocks, avgpool=avgpool)
 
   return feature_fn
@@ -106,8 +98,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str 
   if (train_labels < 0).any() or (test_labels < 0).any():
     raise ValueError(f"Dataset {config.data.name!r} has unlabeled examples; kNN and the linear probe need labels.")
   num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-  devices = trainer.mesh.devices.size
-  batch_size = max(devices, batch_size // devices * devices)
+  batch_size = train.eval_batch_size(batch_size, trainer.mesh.devices.size)
   results = {"step": step, "backbone": backbone, "dataset": config.data.name, "model": config.model.name,
              "objective": config.objective.name}
 

@@ -263,7 +263,7 @@ def _make_eval(config, trainer: Trainer, data_lib) -> Callable[[Any], dict]:
     train_labels = train_labels[:config.eval.max_train_examples]
   num_classes = int(max(train_labels.max(), test_labels.max())) + 1
   feature_fn = make_feature_fn(config, trainer.graphdef)
-  batch_size = _eval_batch_size(config.eval.batch_size, trainer.mesh.devices.size)
+  batch_size = eval_batch_size(config.eval.batch_size, trainer.mesh.devices.size)
 
   def evaluate(state) -> dict:
     extract = lambda images: knn.extract_features(feature_fn, images, batch_size=batch_size, mesh=trainer.mesh,
@@ -283,18 +283,20 @@ def _make_eval(config, trainer: Trainer, data_lib) -> Callable[[Any], dict]:
   return evaluate
 
 
-def _eval_batch_size(requested: int, devices: int) -> int:
+def eval_batch_size(requested: int, devices: int) -> int:
+  """`requested` rounded down to a multiple of the device count (at least one image per device)."""
   return max(devices, requested // devices * devices)
 
 
-def make_feature_fn(config, graphdef):
-  """`(params, uint8 images [b,S,S,3]) -> backbone CLS [b, D]` at the global-crop resolution, normalized input."""
+def evaluation_inputs(config, images: jax.Array) -> jax.Array:
+  """uint8 images [b,S,S,3] -> normalized float32 at the global-crop resolution (no augmentation)."""
   size = config.aug.global_size
+  x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
+  if x.shape[1] != size:
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+  return x
 
-  def feature_fn(params, images):
-    x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
-    return nnx.merge(graphdef, params).backbone(x)["cls"]
 
-  return feature_fn
+def make_feature_fn(config, graphdef):
+  """`(params, uint8 images [b,S,S,3]) -> backbone CLS [b, D]` of `evaluation_inputs`."""
+  return lambda params, images: nnx.merge(graphdef, params).backbone(evaluation_inputs(config, images))["cls"]

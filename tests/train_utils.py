@@ -1,5 +1,7 @@
 """Tiny configs and helpers shared by the training-system tests."""
 
+import json
+
 import jax
 import numpy as np
 
@@ -77,3 +79,19 @@ def assert_same_parameters(actual: dict, expected_tree, *, lr: float, steps: int
       assert np.max(np.abs(value[key_bias] - expected[key_bias])) <= 2 * lr * steps, key
       value, expected = np.delete(value, np.r_[key_bias], -1), np.delete(expected, np.r_[key_bias], -1)
     np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def next_batches_after_resume(make_iterator, advance: int, count: int) -> tuple[dict, list, list]:
+  """(state, expected, resumed): the state after `advance` batches of one iterator, the `count` batches it yields
+  next, and those of a fresh iterator given that state.
+
+  `make_iterator()` builds a new iterator; the state goes through JSON, as a checkpoint stores it.
+  """
+  it = make_iterator()
+  for _ in range(advance):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = [next(it) for _ in range(count)]
+  fresh = make_iterator()
+  fresh.set_state(state)
+  return state, expected, [next(fresh) for _ in range(count)]
