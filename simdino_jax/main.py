@@ -21,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def maybe_initialize_distributed() -> None:
   """`jax.distributed.initialize` with explicit flags, or auto-detected on TPU pods and under SLURM."""
   import jax
+  # CPU processes exchange collectives through gloo (GPU and TPU use their own); harmless elsewhere.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:

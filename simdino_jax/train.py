@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from simdino_jax import checkpointing
 from simdino_jax import collapse
@@ -135,7 +137,11 @@ def build(config, *, num_examples: int, mesh=None) -> Trainer:
 
 
 class MetricsWindow:
-  """Averages the step metrics between two log points (device arrays; fetched only when logging)."""
+  """Averages the step metrics between two log points with `clu.metrics.Average`.
+
+  `add` only keeps the step's device arrays (no host sync, no extra device work in the loop); `flush` fetches them
+  once per log point and aggregates.
+  """
 
   def __init__(self):
     self._pending: list[dict] = []
@@ -148,16 +154,28 @@ class MetricsWindow:
     self._pending = []
     if not fetched:
       return {}
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    return {k: float(clu_metrics.Average.from_model_output(np.asarray([m[k] for m in fetched])).compute())
+            for k in fetched[0]}
 
 
 class PreemptionFlag:
-  """Set by SIGTERM; the loop then saves a checkpoint and exits cleanly."""
+  """Preemption requests: `reached(step)` says whether to save and stop after `step`.
+
+  One process: a SIGTERM handler sets a flag. Under jax.distributed: JAX's preemption notifier catches SIGTERM on
+  any process and `reached_preemption_sync_point` returns True on every process at the same step, so all of them
+  take part in the same final (collective) save.
+  """
 
   def __init__(self):
-    self.requested = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self.requested.set())
+    self._requested = threading.Event()
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda signum, frame: self._requested.set())
+
+  def reached(self, step: int) -> bool:
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested.is_set()
 
 
 def run(config, workdir: str) -> dict:
@@ -213,7 +231,7 @@ def run(config, workdir: str) -> dict:
         if eval_every and (done % eval_every == 0 or done == total_steps):
           last.update(evaluate(state))
           writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
-        if preemption.requested.is_set():
+        if preemption.reached(done):
           checkpoints.save(done, state, iterator.get_state(), force=True)
           checkpoints.wait()
           print(f"SIGTERM received: saved the checkpoint of step {done} and stopped.", flush=True)

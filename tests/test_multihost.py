@@ -1,7 +1,6 @@
 """2 processes × 2 CPU devices (jax.distributed with gloo on localhost) train exactly as one device does."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,14 +14,8 @@ from tests.test_train import _run_steps
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_device(tmp_path):
-  port = _free_port()
+  port = train_utils.free_port()
   out = tmp_path / "process0.npz"
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   workers = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],

@@ -326,3 +326,40 @@ def test_training_loop_reports_collapse_in_the_log(tmp_path, capsys):
   train.run(config, str(tmp_path))
   out = capsys.readouterr().out
   assert "WARNING: Possible collapse at step 2: the teacher feature std" in out, out
+
+
+def test_sigterm_under_jax_distributed_stops_every_process_at_the_same_saved_step(tmp_path):
+  # Two processes × 1 CPU device (gloo); SIGTERM reaches only process 1, as when one host is preempted first.
+  config = train_utils.tiny_config("simdino", total_steps=10_000, log_every_steps=1)
+  workdir = tmp_path / "work"
+  port = str(train_utils.free_port())
+  env = _subprocess_env()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  procs = [subprocess.Popen(_main_command(workdir, config, "simdino") + [
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [[], []]
+  progressed = threading.Event()
+
+  def read(i):
+    for line in procs[i].stdout:
+      logs[i].append(line)
+      if line.startswith("step 2/"):
+        progressed.set()
+  readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+  for r in readers:
+    r.start()
+  deadline = time.time() + 300
+  while not progressed.is_set() and all(p.poll() is None for p in procs) and time.time() < deadline:
+    time.sleep(0.2)
+  assert progressed.is_set(), "".join(logs[0])[-3000:] + "".join(logs[1])[-3000:]
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [p.wait(timeout=180) for p in procs]
+  for r in readers:
+    r.join(timeout=10)
+  outs = ["".join(lines) for lines in logs]
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  stops = [[int(line.split("step ")[1].split()[0]) for line in lines if line.startswith("SIGTERM received")]
+           for lines in logs]
+  assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+  assert _steps(workdir) == stops[0]

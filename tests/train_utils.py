@@ -1,6 +1,7 @@
 """Tiny configs and helpers shared by the training-system tests."""
 
 import json
+import socket
 
 import jax
 import numpy as np
@@ -95,3 +96,10 @@ def next_batches_after_resume(make_iterator, advance: int, count: int) -> tuple[
   fresh = make_iterator()
   fresh.set_state(state)
   return state, expected, [next(fresh) for _ in range(count)]
+
+
+def free_port() -> int:
+  """A free localhost TCP port for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
