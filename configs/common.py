@@ -36,7 +36,8 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 64              # Global batch over all devices and hosts.
   c.total_epochs = 100.0
-  c.total_steps = 0              # > 0 overrides total_epochs.
+  c.total_examples = 0           # > 0 overrides total_epochs (images seen, all crops of one image count once).
+  c.total_steps = 0              # > 0 overrides total_examples and total_epochs.
   c.fsdp = False                 # Shard large parameters and optimizer state over the data axis.
   c.model = models.default_config()
   c.objective = objectives.default_config()

@@ -86,11 +86,20 @@ class Schedules(NamedTuple):
     }
 
 
+def resolve_total_steps(config, *, steps_per_epoch: int, batch_size: int) -> int:
+  """The run's length in steps: `total_steps` if > 0, else ⌈total_examples / batch⌉ if > 0, else
+  round(total_epochs · steps_per_epoch)."""
+  if config.get("total_steps", 0) > 0:
+    return int(config.total_steps)
+  if config.get("total_examples", 0) > 0:
+    return -(-int(config.total_examples) // batch_size)
+  return round(config.total_epochs * steps_per_epoch)
+
+
 def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedules:
   """Resolves `config.optim` / `config.teacher` (durations in epochs) against the dataset's real epoch length."""
   o, t = config.optim, config.teacher
-  total_steps = config.total_steps if config.get("total_steps", 0) > 0 else round(
-      config.total_epochs * steps_per_epoch)
+  total_steps = resolve_total_steps(config, steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   peak = peak_learning_rate(o.base_lr, batch_size, o.lr_scaling)
   return Schedules(
       steps_per_epoch=steps_per_epoch, total_steps=total_steps,

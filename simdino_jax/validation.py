@@ -25,8 +25,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for name, value in (("teacher.momentum", t.momentum), ("teacher.momentum_end", t.momentum_end)):
     _require(0.0 <= value <= 1.0, f"config.{name}={value} must lie in [0, 1].")
   _require(o.base_lr > 0, f"config.optim.base_lr={o.base_lr} must be positive.")
-  _require(config.total_epochs > 0 or config.get("total_steps", 0) > 0,
-           "set config.total_epochs or config.total_steps to a positive value.")
+  _require(config.total_epochs > 0 or config.get("total_steps", 0) > 0 or config.get("total_examples", 0) > 0,
+           "set config.total_epochs, config.total_examples or config.total_steps to a positive value.")
   _require(a.local_size <= a.global_size or a.n_local == 0,
            f"local crops (config.aug.local_size={a.local_size}) must not be larger than global crops "
            f"(config.aug.global_size={a.global_size}); lower config.aug.local_size or set config.aug.n_local=0.")

@@ -142,3 +142,13 @@ def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
 def test_unknown_clip_mode_lists_valid_ones():
   with pytest.raises(ValueError, match="per_tensor, global, none"):
     optim.make_optimizer(_config(clip_mode="bogus"), _params())
+
+
+def test_run_length_in_steps_examples_or_epochs():
+  resolve = lambda **fields: optim.resolve_total_steps(
+      ml_collections.ConfigDict(dict(dict(total_epochs=2.5, total_examples=0, total_steps=0), **fields)),
+      steps_per_epoch=40, batch_size=64)
+  assert resolve() == 100                                   # 2.5 epochs of 40 steps
+  assert resolve(total_examples=6400) == 100                # 6400 images / 64 per step
+  assert resolve(total_examples=6401) == 101                # a partial last batch is one more step
+  assert resolve(total_examples=6400, total_steps=7) == 7   # steps win over examples and epochs
