@@ -54,6 +54,11 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds whole -> a global array replicated on every device."""
+  return jax.make_array_from_callback(array.shape, replicated(mesh), lambda index: array[index])
+
+
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
   """The batch must split evenly over devices and processes."""
   devices, processes = mesh.devices.size, jax.process_count()

@@ -108,7 +108,8 @@ class Trainer:
   state: train_state_lib.TrainState
   state_shardings: Any
   schedules: optim.Schedules
-  step_fn: Callable
+  step_fn: Callable          # (state, images uint8 [B,S,S,3] batch-sharded) -> (state, metrics)
+  indexed_step_fn: Callable  # (state, dataset uint8 [N,S,S,3] replicated, rows int32 [B]) -> (state, metrics)
   steps_per_epoch: int
 
 
@@ -127,13 +128,43 @@ def build(config, *, num_examples: int, mesh=None) -> Trainer:
     state, graphdef, shardings = train_state_lib.create(
         model_fn, tx, objective, config.seed, mesh, out_dim=out_dim, fsdp=config.fsdp)
   step = make_train_step(config, graphdef, objective, tx, schedules)
-  images_sharding = parallel.batch_sharding(mesh)
-  metrics_sharding = parallel.replicated(mesh)
-  step_fn = jax.jit(step, in_shardings=(shardings, images_sharding),
-                    out_shardings=(shardings, metrics_sharding), donate_argnums=(0,))
+  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
+                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+  # The dataset held on device: each device gathers its own rows of the replicated split, no communication.
+  indexed_step_fn = jax.jit(lambda state, dataset, rows: step(state, jnp.take(dataset, rows, axis=0)),
+                            in_shardings=(shardings, replicated, batch_sharding),
+                            out_shardings=(shardings, replicated), donate_argnums=(0,))
   return Trainer(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
                  state_shardings=shardings, schedules=schedules, step_fn=step_fn,
-                 steps_per_epoch=steps_per_epoch)
+                 indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
+
+
+def make_feeder(trainer: Trainer, resident_images: np.ndarray | None) -> Callable:
+  """The loop's `(state, host batch) -> (state, metrics)`.
+
+  Host batches carry images ({"image"}), or, when the whole split is held on the accelerators
+  (`resident_images`, config.data.on_device), only the rows to train on ({"index"}).
+  """
+  mesh = trainer.mesh
+  if resident_images is None:
+    return lambda state, host: trainer.step_fn(
+        state, parallel.global_batch({"image": host["image"]}, mesh)["image"])
+  _check_fits_on_device(resident_images.nbytes)
+  dataset = parallel.replicate(resident_images, mesh)
+  return lambda state, host: trainer.indexed_step_fn(
+      state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"])
+
+
+def _check_fits_on_device(nbytes: int, max_fraction: float = 0.5) -> None:
+  """The resident split may take at most `max_fraction` of a device's memory (when the backend reports it)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  if limit and nbytes > max_fraction * limit:
+    raise ValueError(
+        f"config.data.on_device: the training split takes {nbytes / 2**30:.2f} GiB, more than "
+        f"{max_fraction:.0%} of the {limit / 2**30:.1f} GiB of a device. Set config.data.on_device=False (the "
+        "host then streams batches) or lower config.data.image_size.")
 
 
 class MetricsWindow:
@@ -188,6 +219,7 @@ def run(config, workdir: str) -> dict:
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
       process_index=process_index, process_count=process_count)
   trainer = build(config, num_examples=iterator.num_examples)
+  train_step = make_feeder(trainer, iterator.resident_images)
   total_steps = trainer.schedules.total_steps
   checkpoints = checkpointing.Checkpoints(workdir, config)
   state = trainer.state
@@ -213,8 +245,7 @@ def run(config, workdir: str) -> dict:
       if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
         writer.write_scalars(0, evaluate(state))
       for step in range(start_step, total_steps):
-        batch = parallel.global_batch({"image": next(iterator)["image"]}, trainer.mesh)
-        state, step_metrics = trainer.step_fn(state, batch["image"])
+        state, step_metrics = train_step(state, next(iterator))
         window.add(step_metrics)
         done = step + 1
         if done % config.log_every_steps == 0 or done == total_steps:

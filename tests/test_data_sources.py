@@ -94,6 +94,27 @@ def test_process_shards_are_disjoint_and_cover_the_split(tmp_path):
   assert shards[0] | shards[1] == set(range(1000))
 
 
+def test_on_device_iterator_yields_the_rows_the_host_iterator_reads(tmp_path):
+  images = np.random.default_rng(0).integers(0, 256, (1000, 8, 8, 3), dtype=np.uint8)
+  np.savez(tmp_path / "d.npz", image=images, label=np.arange(1000))
+  host_config = data_config(name="npz", path=str(tmp_path / "d.npz"), image_size=8)
+  device_config = data_config(name="npz", path=str(tmp_path / "d.npz"), image_size=8, on_device=True)
+  for index in range(2):
+    make = lambda config, index=index: sources.create_train_iterator(
+        config, batch_size=50, seed=0, process_index=index, process_count=2)
+    host, on_device = make(host_config), make(device_config)
+    assert host.resident_images is None
+    np.testing.assert_array_equal(on_device.resident_images, images)  # Every process holds the whole split.
+    for _ in range(25):  # 2.5 epochs of the 500-example shard.
+      rows, batch = next(on_device), next(host)
+      assert set(rows) == {"index"} and rows["index"].dtype == np.int32
+      np.testing.assert_array_equal(images[rows["index"]], batch["image"])
+      np.testing.assert_array_equal(rows["index"], batch["label"])
+    _, expected, resumed = train_utils.next_batches_after_resume(lambda: make(device_config), advance=12, count=3)
+    for want, got in zip(expected, resumed):
+      np.testing.assert_array_equal(got["index"], want["index"])
+
+
 def test_npz_source(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (40, 20, 24, 1), dtype=np.uint8)
   np.savez(tmp_path / "d_train.npz", image=images, label=np.arange(40))

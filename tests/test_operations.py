@@ -108,6 +108,25 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   assert all(math.isfinite(m["loss"]) for m in straight_log)
 
 
+def test_dataset_held_on_device_trains_like_host_batches(tmp_path):
+  """config.data.on_device sends only row indices; the run sees the same images and takes the same steps."""
+  config = train_utils.tiny_config("dino", total_steps=3, checkpoint_every_steps=3, log_every_steps=1)
+  on_device = train_utils.tiny_config("dino", total_steps=3, checkpoint_every_steps=3, log_every_steps=1,
+                                      **{"data.on_device": True})
+  train.run(config, str(tmp_path / "host"))
+  train.run(on_device, str(tmp_path / "device"))
+  host_log, device_log = _metrics(tmp_path / "host"), _metrics(tmp_path / "device")
+  assert [m["step"] for m in device_log] == [1, 2, 3]
+  for h, d in zip(host_log, device_log):
+    for key in ("loss", "dino", "grad_norm", "update_norm"):
+      np.testing.assert_allclose(d[key], h[key], rtol=1e-5, err_msg=key)
+  template, shardings = _template(config)
+  a = _restore_step(tmp_path / "host", config, 3, template, shardings)
+  b = _restore_step(tmp_path / "device", on_device, 3, template, shardings)
+  for x, y in zip(jax.tree.leaves(a.teacher), jax.tree.leaves(b.teacher)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+
+
 # --- SIGTERM -----------------------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ def default_config():
       train_split="train",
       eval_split="test",
       read_threads=8,       # TFDS: grain read/decode threads
+      on_device=False,      # Hold the whole training split on every accelerator; the host sends only indices.
   ))
   config.aug = ml_collections.ConfigDict(dict(
       global_size=32,

@@ -13,6 +13,10 @@ Train iterators shard by process (each process reads its own strided slice of eq
 {"image": uint8 [b, S, S, 3], "label": int32 [b]}; a batch may span an epoch boundary, and every epoch is a full
 pass over the process's slice. `get_state()` / `set_state()` resume exactly.
 
+With `config.on_device`, the whole training split is loaded once (any source) and exposed as `resident_images`
+for the trainer to hold on the accelerators; the iterator then yields only {"index": int32 [b]}, rows of that
+split, drawn exactly as the in-memory sources draw their images.
+
 numpy is the only import at module level: tensorflow_datasets and grain are imported for TFDS datasets only.
 """
 
@@ -38,14 +42,16 @@ def create_train_iterator(config, *, batch_size: int, seed: int, process_index: 
     process_count: jax.process_count().
 
   Returns:
-    An iterator with `get_state()`, `set_state(state)` and `num_examples` (the whole training split).
+    An iterator with `get_state()`, `set_state(state)`, `num_examples` (the whole training split) and
+    `resident_images` (the whole split when `config.on_device`, else None).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-  if config.name in _SOURCES:
+  on_device = bool(getattr(config, "on_device", False))
+  if config.name in _SOURCES or on_device:
     images, labels = load_split(config, config.train_split)
     return ArrayIterator(images, labels, batch_size=batch_size, seed=seed, process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, indices_only=on_device)
   return _tfds_train_iterator(config, batch_size=batch_size, seed=seed, process_index=process_index,
                               process_count=process_count)
 
@@ -63,17 +69,24 @@ def source_names() -> list[str]:
 
 
 class ArrayIterator:
-  """Batches over in-memory arrays: a strided shard per process, a new permutation of it every epoch."""
+  """Batches over in-memory arrays: a strided shard per process, a new permutation of it every epoch.
+
+  With `indices_only`, batches are {"index": int32 [b]}, rows of the whole split (`resident_images`) instead of
+  the images themselves: the same examples in the same order.
+  """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int, indices_only: bool = False):
     self.num_examples = len(images)
     shard_size = self.num_examples // process_count
     if shard_size < batch_size:
       raise ValueError(f"Each of the {process_count} processes holds {shard_size} examples, fewer than "
                        f"batch_size {batch_size}.")
+    # Row i of this process's shard is row process_index + i * process_count of the split.
+    self._rows = np.arange(process_index, shard_size * process_count, process_count, dtype=np.int32)
+    self.resident_images = images if indices_only else None
     shard = slice(process_index, shard_size * process_count, process_count)
-    self._images = images[shard]
+    self._images = None if indices_only else images[shard]
     self._labels = labels[shard].astype(np.int32)
     self._batch_size = batch_size
     self._seed = seed
@@ -86,25 +99,27 @@ class ArrayIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     positions = self._position + np.arange(self._batch_size)
-    shard_size = len(self._images)
+    shard_size = len(self._rows)
     index = np.empty(self._batch_size, np.int64)
     for epoch in np.unique(positions // shard_size):
       in_epoch = positions // shard_size == epoch
       index[in_epoch] = self._permutation(int(epoch))[positions[in_epoch] % shard_size]
     self._position += self._batch_size
+    if self._images is None:
+      return {"index": self._rows[index]}
     return {"image": self._images[index], "label": self._labels[index]}
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._images))
+      self._perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._rows))
       self._perm_epoch = epoch
     return self._perm
 
   def get_state(self) -> dict:
-    return {"position": int(self._position), "seed": self._seed, "shard_size": len(self._images)}
+    return {"position": int(self._position), "seed": self._seed, "shard_size": len(self._rows)}
 
   def set_state(self, state: dict) -> None:
-    _check_state(state, {"seed": self._seed, "shard_size": len(self._images)})
+    _check_state(state, {"seed": self._seed, "shard_size": len(self._rows)})
     self._position = int(state["position"])
 
 
@@ -245,6 +260,8 @@ class _Decode:
 
 class TfdsIterator:
   """A grain iterator of host batches with a JSON-serializable state."""
+
+  resident_images = None
 
   def __init__(self, iterator, num_examples: int, check: dict):
     self._iterator = iterator
