@@ -3,6 +3,7 @@
 import math
 
 from simdino_jax import benchmark
+from simdino_jax.data import benchmark as data_benchmark
 from tests import train_utils
 
 
@@ -21,3 +22,12 @@ def test_analytic_flops_match_the_reference_formula():
   assert abs(benchmark.vit_forward_flops(224, width=384, depth=12, patch=16) / 1e9 - 9.197) < 1e-3
   assert abs(benchmark.vit_forward_flops(96, width=384, depth=12, patch=16) / 1e9 - 1.618) < 1e-3
   assert abs(benchmark.vit_forward_flops(224, width=768, depth=12, patch=16) / 1e9 - 35.126) < 1e-3
+
+
+def test_data_benchmark_prints_host_and_device_throughput(capsys):
+  data_benchmark.main(["--batch=16", "--host_batches=2", "--repeats=1", "--image_size=16", "--global_size=16",
+                       "--local_size=8"])
+  out = capsys.readouterr().out
+  for line in ("host pipeline", "host with the split on device", "device gather + multicrop"):
+    [figure] = [l for l in out.splitlines() if l.startswith(line)]
+    assert float(figure.split(": ")[1].split()[0].replace(",", "")) > 0, figure

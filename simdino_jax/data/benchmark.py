@@ -1,4 +1,5 @@
-"""Throughput of the data pipeline: host (read + decode + resize + batch) and device (multicrop + masks).
+"""Throughput of the data pipeline: host (read + decode + resize + batch), host with the split held on device
+(`data.on_device`: row indices only), and device (gather + multicrop + masks).
 
   python -m simdino_jax.data.benchmark [--dataset digits|cifar10|NAME] [--data_dir DIR] [--batch 64]
 
@@ -15,7 +16,7 @@ from simdino_jax import data
 
 
 def host_images_per_second(config, batch: int, n_batches: int) -> float:
-  iterator = data.create_train_iterator(config.data, batch_size=batch, seed=0, process_index=0, process_count=1)
+  iterator = data.create_train_iterator(config, batch_size=batch, seed=0, process_index=0, process_count=1)
   next(iterator)  # opening and the first read
   start = time.perf_counter()
   for _ in range(n_batches):
@@ -23,24 +24,26 @@ def host_images_per_second(config, batch: int, n_batches: int) -> float:
   return n_batches * batch / (time.perf_counter() - start)
 
 
-def device_images_per_second(config, images: np.ndarray, patch_size: int, repeats: int) -> tuple[float, float]:
-  """(images/s, compile seconds) of jitted multicrop + block masks on a batch of source images."""
-  batch = images.shape[0]
+def device_images_per_second(config, split: np.ndarray, rows: np.ndarray, patch_size: int,
+                             repeats: int) -> tuple[float, float]:
+  """(images/s, compile seconds) of jitted gather of `rows` from the device-held split + multicrop + masks."""
+  batch = rows.shape[0]
   grid = (config.aug.global_size // patch_size,) * 2
 
   @jax.jit
-  def step(key, x):
+  def step(key, dataset, index):
     k_crop, k_mask = jax.random.split(key)
+    x = dataset[index]
     return data.multicrop(k_crop, x, config.aug), data.block_masks(k_mask, batch, grid, config.masking)
 
-  x = jax.device_put(images)
+  dataset, index = jax.device_put(split), jax.device_put(rows)
   start = time.perf_counter()
-  jax.block_until_ready(step(jax.random.key(0), x))
+  jax.block_until_ready(step(jax.random.key(0), dataset, index))
   compile_s = time.perf_counter() - start
   times = []
   for i in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(step(jax.random.key(i + 1), x))
+    jax.block_until_ready(step(jax.random.key(i + 1), dataset, index))
     times.append(time.perf_counter() - start)
   return batch / float(np.median(times)), compile_s
 
@@ -65,15 +68,19 @@ def main(argv=None) -> None:
                                 (config.aug, "local_size", args.local_size)):
     if value:
       section[field] = value
-  host = host_images_per_second(config, args.batch, args.host_batches)
-  images = next(data.create_train_iterator(config.data, batch_size=args.batch, seed=0, process_index=0,
-                                           process_count=1))["image"]
-  device, compile_s = device_images_per_second(config, images, args.patch_size, args.repeats)
+  host = host_images_per_second(config.data, args.batch, args.host_batches)
+  config.data.on_device = True
+  host_rows = host_images_per_second(config.data, args.batch, args.host_batches)
+  iterator = data.create_train_iterator(config.data, batch_size=args.batch, seed=0, process_index=0,
+                                        process_count=1)
+  device, compile_s = device_images_per_second(config, iterator.resident_images, next(iterator)["index"],
+                                               args.patch_size, args.repeats)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
   print(f"dataset {args.dataset}, batch {args.batch}, S={config.data.image_size}, "
         f"crops 2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}")
   print(f"host pipeline (read+decode+resize+batch): {host:,.0f} images/s")
-  print(f"device multicrop + block masks (jit): {device:,.0f} images/s (compile {compile_s:.1f} s)")
+  print(f"host with the split on device (row indices only): {host_rows:,.0f} images/s")
+  print(f"device gather + multicrop + block masks (jit): {device:,.0f} images/s (compile {compile_s:.1f} s)")
 
 
 if __name__ == "__main__":
