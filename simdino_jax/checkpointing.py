@@ -18,6 +18,9 @@ from simdino_jax import train_state as train_state_lib
 OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
                     "tensorboard", "allow_config_mismatch", "async_checkpointing", "max_consecutive_skips",
                     "data.data_dir", "data.path", "eval", "collapse")
+# Fields added after the first release, with the value that reproduces the runs that predate them: a checkpoint
+# whose config lacks such a field resumes as long as the current config keeps that value.
+ADDED_FIELDS = {"total_examples": 0, "data.on_device": False}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict:
@@ -34,8 +37,9 @@ def _normalize(value):
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """Fields (dotted paths) whose values differ, ignoring the operational ones."""
+  """Fields (dotted paths) whose values differ, ignoring the operational ones and added fields at their old value."""
   a, b = _flatten(_normalize(saved)), _flatten(_normalize(current))
+  a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   keep = lambda k: not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)
   return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
 

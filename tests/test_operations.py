@@ -108,25 +108,6 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   assert all(math.isfinite(m["loss"]) for m in straight_log)
 
 
-def test_dataset_held_on_device_trains_like_host_batches(tmp_path):
-  """config.data.on_device sends only row indices; the run sees the same images and takes the same steps."""
-  config = train_utils.tiny_config("dino", total_steps=3, checkpoint_every_steps=3, log_every_steps=1)
-  on_device = train_utils.tiny_config("dino", total_steps=3, checkpoint_every_steps=3, log_every_steps=1,
-                                      **{"data.on_device": True})
-  train.run(config, str(tmp_path / "host"))
-  train.run(on_device, str(tmp_path / "device"))
-  host_log, device_log = _metrics(tmp_path / "host"), _metrics(tmp_path / "device")
-  assert [m["step"] for m in device_log] == [1, 2, 3]
-  for h, d in zip(host_log, device_log):
-    for key in ("loss", "dino", "grad_norm", "update_norm"):
-      np.testing.assert_allclose(d[key], h[key], rtol=1e-5, err_msg=key)
-  template, shardings = _template(config)
-  a = _restore_step(tmp_path / "host", config, 3, template, shardings)
-  b = _restore_step(tmp_path / "device", on_device, 3, template, shardings)
-  for x, y in zip(jax.tree.leaves(a.teacher), jax.tree.leaves(b.teacher)):
-    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
-
-
 # --- SIGTERM -----------------------------------------------------------------------------------------------------
 
 
@@ -295,6 +276,15 @@ def test_checkpoint_of_another_config_is_refused_unless_allowed(tmp_path, capsys
   train.run(other, str(tmp_path))  # Resumes at the last step: nothing left to train.
   assert f"Resumed from the checkpoint of step {config.total_steps}" in capsys.readouterr().out
   assert _steps(tmp_path) == [config.total_steps]
+
+
+def test_checkpoints_from_before_an_added_field_resume_while_it_keeps_its_old_value():
+  current = train_utils.tiny_config("dino").to_dict()
+  saved = json.loads(json.dumps(current))
+  del saved["total_examples"], saved["data"]["on_device"]  # A config written before these fields existed.
+  assert checkpointing.config_differences(saved, current) == []
+  current["data"]["on_device"], current["total_examples"] = True, 1000
+  assert checkpointing.config_differences(saved, current) == ["data.on_device", "total_examples"]
 
 
 def test_typo_in_a_command_line_override_fails_clearly(tmp_path):

@@ -74,3 +74,30 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
   assert float(metrics["finite"]) == 0.0
   assert int(after.skipped) == 1 and int(after.consecutive_skipped) == 1 and int(after.step) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), after.student, before.student)
+
+
+def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
+  """config.data.on_device: the host sends row indices and each device gathers its rows inside the step."""
+  config = train_utils.tiny_config("dino")
+  trainer = train.build(config, num_examples=64)
+  split = train_utils.random_images(64, config.data.image_size)
+  rows = [np.arange(16, dtype=np.int32) * 4 + k for k in range(2)]  # Two batches of rows of the split.
+  start = jax.device_get(trainer.state)
+
+  def run(resident, batches):
+    train_step = train.make_feeder(trainer, resident)
+    state, metrics = jax.device_put(start, trainer.state_shardings), []
+    for batch in batches:
+      state, step_metrics = train_step(state, batch)
+      metrics.append(jax.device_get(step_metrics))
+    return jax.device_get(state), metrics
+
+  with jax.set_mesh(trainer.mesh):
+    host_state, host_metrics = run(None, [{"image": split[r], "label": r} for r in rows])
+    device_state, device_metrics = run(split, [{"index": r} for r in rows])
+  for h, d in zip(host_metrics, device_metrics):
+    for key in ("loss", "dino", "grad_norm", "update_norm"):
+      np.testing.assert_allclose(d[key], h[key], rtol=1e-5, err_msg=key)
+  assert int(device_state.step) == 2 and float(host_metrics[1]["update_norm"]) > 0
+  for x, y in zip(jax.tree.leaves(host_state.teacher), jax.tree.leaves(device_state.teacher)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
