@@ -236,7 +236,7 @@ def run(config, workdir: str) -> dict:
   window = MetricsWindow()
   preemption = PreemptionFlag()
   monitor = _collapse_monitor(config, trainer.objective)
-  evaluate = _make_eval(config, trainer, data_lib)
+  evaluate = _make_eval(config, trainer, data_lib, iterator.resident_images, iterator.resident_labels)
   eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
   last = {}
 
@@ -299,13 +299,14 @@ def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> Non
         "No checkpoint with non-finite values was written; lower the learning rate or check the data.")
 
 
-def _make_eval(config, trainer: Trainer, data_lib) -> Callable[[Any], dict]:
+def _make_eval(config, trainer: Trainer, data_lib, train_images=None, train_labels=None) -> Callable[[Any], dict]:
   """kNN top-1 of the teacher's backbone CLS (SPEC §3) and collapse diagnostics, on the labelled splits."""
   from simdino_jax.evaluation import diagnostics, knn
 
   if not config.eval_every_epochs:
     return lambda state: {}
-  train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
+  if train_images is None:  # Not already loaded for config.data.on_device.
+    train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
   test_images, test_labels = data_lib.load_split(config.data, config.data.eval_split)
   if config.eval.max_train_examples:
     train_images = train_images[:config.eval.max_train_examples]

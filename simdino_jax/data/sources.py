@@ -43,7 +43,7 @@ def create_train_iterator(config, *, batch_size: int, seed: int, process_index: 
 
   Returns:
     An iterator with `get_state()`, `set_state(state)`, `num_examples` (the whole training split) and
-    `resident_images` (the whole split when `config.on_device`, else None).
+    `resident_images` / `resident_labels` (the whole split when `config.on_device`, else None).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
@@ -85,6 +85,7 @@ class ArrayIterator:
     # Row i of this process's shard is row process_index + i * process_count of the split.
     self._rows = np.arange(process_index, shard_size * process_count, process_count, dtype=np.int32)
     self.resident_images = images if indices_only else None
+    self.resident_labels = labels if indices_only else None
     shard = slice(process_index, shard_size * process_count, process_count)
     self._images = None if indices_only else images[shard]
     self._labels = labels[shard].astype(np.int32)
@@ -261,7 +262,7 @@ class _Decode:
 class TfdsIterator:
   """A grain iterator of host batches with a JSON-serializable state."""
 
-  resident_images = None
+  resident_images = resident_labels = None
 
   def __init__(self, iterator, num_examples: int, check: dict):
     self._iterator = iterator
