@@ -35,6 +35,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 64              # Global batch over all devices and hosts.
+  c.grad_accum_steps = 1         # > 1: the batch runs as this many micro-batches, one optimizer step.
   c.total_epochs = 100.0
   c.total_examples = 0           # > 0 overrides total_epochs (images seen, all crops of one image count once).
   c.total_steps = 0              # > 0 overrides total_examples and total_epochs.

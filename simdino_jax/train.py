@@ -50,20 +50,24 @@ def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
 
 
 def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules):
-  """The pure step `(state, images uint8 [B,S,S,3]) -> (state, metrics)`."""
+  """The pure step `(state, images uint8 [B,S,S,3]) -> (state, metrics)`.
+
+  With `config.grad_accum_steps` = A > 1 the batch is processed as A micro-batches of B/A images (`lax.scan`):
+  gradients, losses and the objective's new state (e.g. DINO's center, linear in the batch mean) are averaged over
+  them, then the optimizer, the teacher EMA and the objective state are updated once. Batch-wide statistics inside
+  the loss (Sinkhorn-Knopp, KoLeo neighbours, a 'global' covariance) span one micro-batch; SimDINO's α and γ still
+  use the global batch B.
+  """
   patch = config.model.patch_size
   grid = (config.aug.global_size // patch, config.aug.global_size // patch)
+  accum_steps = config.get("grad_accum_steps", 1)
 
   def apply(params, crops, masks, key):
     return nnx.merge(graphdef, params)(crops, masks, key=key)
 
-  def step_fn(state: train_state_lib.TrainState, images: jax.Array):
-    sched = schedules(state.step)
-    aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    crops = augment.multicrop(aug_key, images, config.aug)
+  def micro_step(state, sched, crops, masks, drop_key):
+    """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and masks [2, b, N]."""
     groups = [crops["global"]] + ([crops["local"]] if config.aug.n_local > 0 else [])
-    masks = (masking.block_masks(mask_key, images.shape[0], grid, config.masking)
-             if objective.needs_masks else None)
     # With masks, the teacher sees the unmasked crops (all-False masks) and returns its patch outputs too.
     teacher_masks = None if masks is None else jnp.zeros_like(masks)
     teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], teacher_masks, None))
@@ -76,6 +80,34 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
       return loss, (new_objective_state, aux)
 
     (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
+    return loss, new_objective_state, aux, grads
+
+  def accumulated(state, sched, crops, masks, drop_key):
+    """micro_step over A interleaved micro-batches (rows k, k+A, ...: each stays spread over every device)."""
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], -1, accum_steps, *x.shape[2:]), 2, 0)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.student)
+
+    def body(grad_sum, inputs):
+      micro_crops, micro_masks, key = inputs
+      loss, new_objective_state, aux, grads = micro_step(state, sched, micro_crops, micro_masks, key)
+      grad_sum = jax.tree.map(lambda total, g: total + g.astype(jnp.float32), grad_sum, grads)
+      return grad_sum, (loss, new_objective_state, aux)
+
+    inputs = (jax.tree.map(split, crops), None if masks is None else split(masks),
+              jax.random.split(drop_key, accum_steps))
+    grad_sum, per_micro = jax.lax.scan(body, zeros, inputs)
+    loss, new_objective_state, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), per_micro)
+    grads = jax.tree.map(lambda g, p: (g / accum_steps).astype(p.dtype), grad_sum, state.student)
+    return loss, new_objective_state, aux, grads
+
+  def step_fn(state: train_state_lib.TrainState, images: jax.Array):
+    sched = {**schedules(state.step), "global_batch_size": images.shape[0]}
+    aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    crops = augment.multicrop(aug_key, images, config.aug)
+    masks = (masking.block_masks(mask_key, images.shape[0], grid, config.masking)
+             if objective.needs_masks else None)
+    compute = micro_step if accum_steps == 1 else accumulated
+    loss, new_objective_state, aux, grads = compute(state, sched, crops, masks, drop_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.student, lr=sched["lr"], wd=sched["wd"],
                                    train_last_layer=sched["train_last_layer"])
     student = optax.apply_updates(state.student, updates)
@@ -116,6 +148,7 @@ class Trainer:
 def build(config, *, num_examples: int, mesh=None) -> Trainer:
   """Builds the trainer for a dataset of `num_examples` training images (an epoch is a real pass over them)."""
   mesh = parallel.create_mesh() if mesh is None else mesh
+  check_accumulation(config.batch_size, config.get("grad_accum_steps", 1), mesh.devices.size)
   parallel.check_batch_divisible(config.batch_size, mesh)
   objective = objectives.get_objective(config.objective)
   steps_per_epoch = max(num_examples // config.batch_size, 1)
@@ -138,6 +171,19 @@ def build(config, *, num_examples: int, mesh=None) -> Trainer:
   return Trainer(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
                  state_shardings=shardings, schedules=schedules, step_fn=step_fn,
                  indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
+
+
+def check_accumulation(batch_size: int, accum_steps: int, devices: int) -> None:
+  """Each of the `accum_steps` micro-batches must split evenly over the devices: B = A·D·k."""
+  if not (isinstance(accum_steps, int) and accum_steps >= 1):
+    raise ValueError(f"config.grad_accum_steps={accum_steps!r} must be an integer >= 1 (1 = no accumulation).")
+  unit = accum_steps * devices
+  if batch_size % unit:
+    lower, upper = batch_size // unit * unit, (batch_size // unit + 1) * unit
+    raise ValueError(
+        f"config.batch_size={batch_size} does not split into config.grad_accum_steps={accum_steps} micro-batches "
+        f"over {devices} devices: use a multiple of {unit} ({', '.join(map(str, filter(None, (lower, upper))))}, "
+        "...), or change grad_accum_steps.")
 
 
 def make_feeder(trainer: Trainer, resident_images: np.ndarray | None) -> Callable:

@@ -144,10 +144,12 @@ def cosine(a, b):
   return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def simdino(student_z, teacher_z, eps=0.05, coeff=1.0, expa_type=1, gamma="default", n_devices=1):
-  """(loss, comp, expa) of SPEC §1.6; n_devices > 1: per-device covariance with the global n, mean of R."""
+def simdino(student_z, teacher_z, eps=0.05, coeff=1.0, expa_type=1, gamma="default", n_devices=1, n=None):
+  """(loss, comp, expa) of SPEC §1.6; n_devices > 1: per-device covariance with the global n, mean of R;
+  n: the global batch of α and γ (default: the rows given)."""
   student_z, teacher_z = np.asarray(student_z, np.float64), np.asarray(teacher_z, np.float64)
-  n_views, n, p = student_z.shape
+  n_views, rows, p = student_z.shape
+  n = n or rows
   comp = np.mean([np.mean(cosine(teacher_z[i], student_z[v])) for i in range(2) for v in range(n_views) if v != i])
   rates = []
   for i in range(2):

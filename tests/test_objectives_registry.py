@@ -194,11 +194,12 @@ def test_default_config_fields_and_koleo_default():
   config = default_config()
   assert set(config.keys()) == {
       "name", "koleo_weight", "koleo_proto_weight", "coding_rate_weight", "centering", "student_temp",
-      "center_momentum", "eps", "coeff", "expa_type", "gamma", "covariance", "koleo_scope", "proto_chunk_size"}
+      "center_momentum", "eps", "coeff", "expa_type", "gamma", "covariance", "covariance_group_size", "koleo_scope",
+      "proto_chunk_size"}
   assert (config.name, config.koleo_weight, config.centering, config.student_temp, config.center_momentum,
           config.eps, config.coeff, config.expa_type, config.gamma, config.covariance, config.koleo_scope,
-          config.proto_chunk_size) == ("dino", -1.0, "center", 0.1, 0.9, 0.05, 1.0, 1, "default", "global", "device",
-                                       4096)
+          config.proto_chunk_size, config.covariance_group_size) == (
+              "dino", -1.0, "center", 0.1, 0.9, 0.05, 1.0, 1, "default", "global", "device", 4096, 0)
   student, teacher, batch = model_outputs(4, "dino")
   for name, has_koleo in [("dino", False), ("dinov2", True)]:
     _, (_, _, metrics) = run_objective(make_config(name=name), student, teacher, batch)

@@ -154,3 +154,30 @@ def test_simdino_casts_bfloat16_to_float32():
   student, teacher = embeddings(0, (3, 4, 5)), embeddings(1, (2, 4, 5))
   loss, _ = simdino_jit(jnp.asarray(student, jnp.bfloat16), jnp.asarray(teacher, jnp.bfloat16))
   assert loss.dtype == jnp.float32
+
+
+def test_simdino_covariance_groups_equal_the_per_device_computation_on_any_mesh():
+  """Groups of 2 rows of a 16-row batch: the 8-device 'local' computation, on 8 devices or on one."""
+  student, teacher = embeddings(12, (3, 16, 6)), embeddings(13, (2, 16, 6))
+  grouped = jax.jit(simdino_loss, static_argnames=("group_size", "n"))
+  grouped_grad = jax.jit(jax.grad(lambda s, t: simdino_loss(s, t, eps=0.3, group_size=2)[0]))
+  expected = ref.simdino(student, teacher, n_devices=8)
+  one_device = grouped(student, teacher, group_size=2)
+  ref.assert_close(one_device[0], expected[0])
+  ref.assert_close(one_device[1]["expa"], expected[2])
+  mesh = data_mesh()
+  with jax.set_mesh(mesh):
+    on_batch = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data")))
+    sharded = grouped(on_batch(student), on_batch(teacher), group_size=2)
+    per_device = simdino_jit(on_batch(student), on_batch(teacher), covariance="local")
+    sharded_gradient = grouped_grad(on_batch(student), on_batch(teacher))
+  ref.assert_close(sharded[0], per_device[0], rtol=2e-6)
+  ref.assert_close(sharded[1]["expa"], one_device[1]["expa"], rtol=2e-6)
+  numerical = ref.numerical_gradient(lambda s: ref.simdino(s, teacher, 0.3, n_devices=8)[0], student)
+  ref.assert_close(sharded_gradient, numerical, rtol=1e-4)
+  ref.assert_close(grouped_grad(student, teacher), numerical, rtol=1e-4)
+  # α and γ refer to the global n passed in: half the rows with n = 16 give the expansion of their 4 groups.
+  half = grouped(student[:, :8], teacher[:, :8], group_size=2, n=16)[1]["expa"]
+  ref.assert_close(half, ref.simdino(student[:, :8], teacher[:, :8], n_devices=4, n=16)[2])
+  with pytest.raises(ValueError, match="must divide the batch of 16 rows"):
+    grouped(student, teacher, group_size=3)

@@ -101,3 +101,20 @@ def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
   assert int(device_state.step) == 2 and float(host_metrics[1]["update_norm"]) > 0
   for x, y in zip(jax.tree.leaves(host_state.teacher), jax.tree.leaves(device_state.teacher)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+
+
+def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
+  """grad_accum_steps=2: the same gradients, loss, center and teacher as one step on the whole batch."""
+  single = parallel.create_mesh(jax.devices()[:1])
+  runs = {}
+  for accum in (1, 2):
+    config = train_utils.tiny_config("dino", grad_accum_steps=accum, **{"model.drop_path_rate": 0.0})
+    runs[accum] = _run_steps(config, 1, mesh=single)
+  (_, _, full, [full_metrics]), (_, _, accumulated, [accumulated_metrics]) = runs[1], runs[2]
+  for key in ("loss", "dino", "grad_norm", "update_norm", "teacher_entropy"):
+    np.testing.assert_allclose(accumulated_metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)
+  for part in ("objective_state", "student", "teacher"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 getattr(accumulated, part), getattr(full, part))
+  with pytest.raises(ValueError, match=r"use a multiple of 24 \(24, 48"):
+    train.check_accumulation(40, 3, 8)

@@ -70,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
       expa_type=1,                # 1: Z = (z_s + sg z_t)/2; 0: Z = z_s
       gamma="default",            # default: (p + n)/(p·n); sqrt: sqrt(eps·n)/p
       covariance="global",        # global: mesh-wide ZᵀZ; local: per-device ZᵀZ with the global n
+      covariance_group_size=0,    # > 0: ZᵀZ per group of this many rows, global n (published SimDINO: 64)
       koleo_scope="device",       # device: per-device batch (DINOv2); global: whole batch
       proto_chunk_size=4096,      # rows per block in KoLeo-proto's nearest-neighbour search
   ))
@@ -87,7 +88,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice("koleo_scope", config.koleo_scope, KOLEO_SCOPES)
   check_positive("objective.student_temp", config.student_temp)
   check_positive("objective.proto_chunk_size", config.proto_chunk_size)
-  check_options(eps=config.eps, expa_type=config.expa_type, gamma=config.gamma, covariance=config.covariance)
+  check_options(eps=config.eps, expa_type=config.expa_type, gamma=config.gamma, covariance=config.covariance,
+                group_size=config.covariance_group_size)
   if not 0.0 <= config.center_momentum <= 1.0:
     raise ValueError(f"objective.center_momentum must be in [0, 1], got {config.center_momentum}.")
   if not math.isfinite(config.coeff):
@@ -174,9 +176,11 @@ def _dinov2(config) -> _Method:
   return _Method("dino", True, True, _center_state(keys), loss)
 
 
-def _simdino_options(config) -> dict:
+def _simdino_options(config, sched) -> dict:
+  """The loss options; α and γ refer to the step's global batch (sched["global_batch_size"], when given)."""
   return dict(eps=config.eps, coeff=config.coeff, expa_type=config.expa_type, gamma=config.gamma,
-              covariance=config.covariance)
+              covariance=config.covariance, group_size=config.covariance_group_size,
+              n=sched.get("global_batch_size"))
 
 
 def _embedding_diagnostics(teacher_z, metrics) -> dict:
@@ -187,10 +191,10 @@ def _embedding_diagnostics(teacher_z, metrics) -> dict:
 @OBJECTIVES.register("simdino")
 def _simdino(config) -> _Method:
   def loss(student_out, teacher_out, state, sched, batch):
-    del sched, batch
+    del batch
     teacher_z = _required(teacher_out, "head", "teacher output")
     total, metrics = simdino_loss(_required(student_out, "head", "student output"), teacher_z,
-                                  **_simdino_options(config))
+                                  **_simdino_options(config, sched))
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
   return _Method("simdino", False, False, _center_state(()), loss)
@@ -199,13 +203,12 @@ def _simdino(config) -> _Method:
 @OBJECTIVES.register("simdinov2")
 def _simdinov2(config) -> _Method:
   def loss(student_out, teacher_out, state, sched, batch):
-    del sched
     teacher_z = _required(teacher_out, "head", "teacher output")
     total, metrics = simdinov2_loss(
         _required(student_out, "head", "student output"), teacher_z,
         _required(student_out, "patch_head", "student output"),
         _required(teacher_out, "patch_head", "teacher output"), _required(batch, "masks", "batch"),
-        **_simdino_options(config))
+        **_simdino_options(config, sched))
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
   return _Method("simdino", True, False, _center_state(()), loss)
@@ -234,7 +237,8 @@ def get_objective(config: ml_collections.ConfigDict) -> Objective:
       total = total + config.koleo_proto_weight * metrics["koleo_proto"]
     if config.coding_rate_weight > 0:
       head = _required(student_out, "head", "student output")
-      metrics["coding_rate"] = mean_coding_rate(head[:2], config.eps, config.covariance)
+      metrics["coding_rate"] = mean_coding_rate(head[:2], config.eps, config.covariance,
+                                                config.covariance_group_size)
       total = total - config.coding_rate_weight * metrics["coding_rate"]
     metrics["loss"] = total
     return total, new_state, metrics
