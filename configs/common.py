@@ -39,6 +39,7 @@ def base() -> ml_collections.ConfigDict:
   c.total_epochs = 100.0
   c.total_examples = 0           # > 0 overrides total_epochs (images seen, all crops of one image count once).
   c.total_steps = 0              # > 0 overrides total_examples and total_epochs.
+  c.epoch_length_steps = 0       # > 0: an "epoch" of the schedules is this many steps (DINOv2: 1250), not a pass.
   c.fsdp = False                 # Shard large parameters and optimizer state over the data axis.
   c.model = models.default_config()
   c.objective = objectives.default_config()
@@ -47,6 +48,7 @@ def base() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10.0, warmup_from_min_lr=False,
       weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
+      layer_decay=1.0, patch_embed_lr_mult=1.0,  # DINOv2-style lr multipliers; 1.0 = off.
       freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
   c.teacher = ml_collections.ConfigDict(dict(
       momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30))

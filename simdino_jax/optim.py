@@ -1,8 +1,12 @@
-"""Optimizer and schedules of the DINO recipes (SPEC §2).
+"""Optimizer and schedules of the DINO recipes (docs/recipes.md).
 
-The optimizer is AdamW with decoupled, scheduled weight decay (`p ← p − lr·(m̂/(√v̂+ε) + wd·p)`, as PyTorch's AdamW),
-preceded by gradient clipping. Two details of the official DINO code are reproduced exactly:
-- clipping is per tensor, `g ← g·min(1, c/(‖g‖₂ + 1e-6))`, not by the global norm (option: global norm);
+The optimizer is AdamW with decoupled, scheduled weight decay (`p ← p − lr·s·(m̂/(√v̂+ε) + wd·p)`, as PyTorch's
+AdamW with a per-parameter lr multiplier s), preceded by gradient clipping. Details of the official code reproduced:
+- clipping `g ← g·min(1, c/‖g‖₂)` per tensor (DINO, with ‖g‖ + 1e-6), per top-level module over the module's
+  global norm (DINOv2: backbone and head separately), or over all gradients (`config.optim.clip_mode`);
+- DINOv2's lr multipliers: layer-wise decay `s = d^(L+1−layer)` (layer 0: patch embedding, position embedding, CLS
+  and mask tokens; block i: layer i+1; the rest of the backbone and the heads: L+1) and ×`patch_embed_lr_mult` on
+  the patch embedding;
 - the prototype layer (`last_layer`) is frozen for the first epoch(s) as PyTorch does with `grad=None`: no moment
   update, no weight decay, and its Adam step counter starts when it is unfrozen (each tensor keeps its own count).
 Learning rate and weight decay come from the global step through `extra_args`, so a frozen tensor sees the same
@@ -96,8 +100,16 @@ def resolve_total_steps(config, *, steps_per_epoch: int, batch_size: int) -> int
   return round(config.total_epochs * steps_per_epoch)
 
 
+def epoch_length(config, *, num_examples: int, batch_size: int) -> int:
+  """Steps per epoch: `config.epoch_length_steps` if > 0 (DINOv2's fixed 1,250-iteration "epoch"), else one pass
+  over the `num_examples` training images."""
+  if config.get("epoch_length_steps", 0) > 0:
+    return int(config.epoch_length_steps)
+  return max(num_examples // batch_size, 1)
+
+
 def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedules:
-  """Resolves `config.optim` / `config.teacher` (durations in epochs) against the dataset's real epoch length."""
+  """Resolves `config.optim` / `config.teacher` (durations in epochs) against the run's epoch length."""
   o, t = config.optim, config.teacher
   total_steps = resolve_total_steps(config, steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   peak = peak_learning_rate(o.base_lr, batch_size, o.lr_scaling)
@@ -133,6 +145,32 @@ def frozen_mask(params: PyTree, pattern: str = r"(^|/)last_layer(/|$)") -> PyTre
   return jax.tree.map(lambda n: re.search(pattern, n) is not None, path_strings(params))
 
 
+EMBEDDING_LAYER = r"^backbone/(patch_embed|pos_embed|cls_token|mask_token)(/|$)"
+
+
+def lr_multipliers(params: PyTree, *, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> PyTree:
+  """Per-parameter lr multiplier s = layer_decay^(L+1−layer) × (patch_embed_lr_mult on the patch embedding).
+
+  layer = 0 for the embeddings (EMBEDDING_LAYER), i+1 for `backbone/blocks/i`, L+1 for everything else (the final
+  norm, register tokens, heads), with L the number of blocks: DINOv2's `get_params_groups_with_decay`.
+  """
+  names = path_strings(params)
+  blocks = [int(m.group(1)) for n in jax.tree.leaves(names) if (m := re.match(r"^backbone/blocks/(\d+)/", n))]
+  num_layers = max(blocks) + 1 if blocks else 0
+
+  def multiplier(name):
+    block = re.match(r"^backbone/blocks/(\d+)/", name)
+    layer = 0 if re.match(EMBEDDING_LAYER, name) else int(block.group(1)) + 1 if block else num_layers + 1
+    scale = layer_decay ** (num_layers + 1 - layer)
+    return scale * patch_embed_lr_mult if re.match(r"^backbone/patch_embed/", name) else scale
+  return jax.tree.map(multiplier, names)
+
+
+def module_labels(params: PyTree) -> PyTree:
+  """Each parameter's top-level module ('backbone', 'head', ...): the groups of per-module clipping."""
+  return jax.tree.map(lambda n: n.split("/")[0], path_strings(params))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Transformations.
 
@@ -154,9 +192,17 @@ class AdamWState(NamedTuple):
   nu: PyTree
 
 
-def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree
+def clip_per_module(max_norm: float, labels: PyTree) -> optax.GradientTransformation:
+  """`g ← g·min(1, max_norm/‖g_M‖₂)` with ‖g_M‖ the global norm of g's module M (DINOv2 clips the backbone and
+  each head separately); `labels` names each parameter's module (see module_labels)."""
+  modules = sorted(set(jax.tree.leaves(labels)))
+  return optax.multi_transform({module: optax.clip_by_global_norm(max_norm) for module in modules}, labels)
+
+
+def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree, lr_scale: PyTree = None
                     ) -> optax.GradientTransformationExtraArgs:
-  """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args.
+  """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args; `lr_scale` (a float per
+  parameter, default 1) multiplies each parameter's lr, weight decay included (PyTorch's per-group lr).
 
   For tensors in `frozen` while `train_last_layer` is False, the update is zero and their moments and count are
   left untouched (PyTorch skips parameters whose `grad` is None).
@@ -166,9 +212,11 @@ def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: P
     count = jax.tree.map(lambda p: jnp.zeros([], jnp.int32), params)
     return AdamWState(count=count, mu=zeros, nu=jax.tree.map(jnp.copy, zeros))
 
+  scales = jax.tree.map(lambda _: 1.0, decay_mask) if lr_scale is None else lr_scale
+
   def update(grads, state, params, *, lr, wd, train_last_layer, **unused):
     del unused
-    def leaf(g, count, mu, nu, p, decay, is_frozen):
+    def leaf(g, count, mu, nu, p, decay, is_frozen, scale):
       active = jnp.logical_or(jnp.logical_not(is_frozen), train_last_layer)
       g = g.astype(jnp.float32)
       new_count = count + 1
@@ -179,11 +227,11 @@ def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: P
       step = mu_hat / (jnp.sqrt(nu_hat) + eps)
       if decay:
         step = step + wd * p.astype(jnp.float32)
-      u = jnp.where(active, -lr * step, 0.0).astype(p.dtype)
+      u = jnp.where(active, -lr * scale * step, 0.0).astype(p.dtype)
       keep = lambda new, old: jnp.where(active, new, old)
       return u, keep(new_count, count), keep(new_mu, mu), keep(new_nu, nu)
 
-    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, decay_mask, frozen)
+    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, decay_mask, frozen, scales)
     is_leaf_tuple = lambda x: isinstance(x, tuple) and len(x) == 4
     pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=is_leaf_tuple)
     return pick(0), AdamWState(count=pick(1), mu=pick(2), nu=pick(3))
@@ -192,13 +240,17 @@ def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: P
 
 
 def make_optimizer(config, params: PyTree) -> optax.GradientTransformationExtraArgs:
-  """Clipping (`per_tensor` | `global` | `none`) followed by the scheduled AdamW, from `config.optim`."""
+  """Clipping (`per_tensor` | `per_module` | `global` | `none`) followed by the scheduled AdamW with the lr
+  multipliers of `config.optim.layer_decay` and `config.optim.patch_embed_lr_mult` (1.0 = off)."""
   o = config.optim
   clippers = {"per_tensor": lambda: clip_per_tensor(o.clip_grad),
+              "per_module": lambda: clip_per_module(o.clip_grad, module_labels(params)),
               "global": lambda: optax.clip_by_global_norm(o.clip_grad),
               "none": optax.identity}
   if o.clip_mode not in clippers:
     raise ValueError(f"Unknown config.optim.clip_mode {o.clip_mode!r}; valid: {', '.join(clippers)}.")
+  scales = lr_multipliers(params, layer_decay=o.get("layer_decay", 1.0),
+                          patch_embed_lr_mult=o.get("patch_embed_lr_mult", 1.0))
   adamw = scheduled_adamw(b1=o.b1, b2=o.b2, eps=o.eps, decay_mask=weight_decay_mask(params),
-                          frozen=frozen_mask(params))
+                          frozen=frozen_mask(params), lr_scale=scales)
   return optax.chain(clippers[o.clip_mode](), adamw)

@@ -151,7 +151,7 @@ def build(config, *, num_examples: int, mesh=None) -> Trainer:
   check_accumulation(config.batch_size, config.get("grad_accum_steps", 1), mesh.devices.size)
   parallel.check_batch_divisible(config.batch_size, mesh)
   objective = objectives.get_objective(config.objective)
-  steps_per_epoch = max(num_examples // config.batch_size, 1)
+  steps_per_epoch = optim.epoch_length(config, num_examples=num_examples, batch_size=config.batch_size)
   schedules = optim.make_schedules(config, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size)
   model_fn = model_factory(config, objective)
   _, out_dim = head_kind_and_out_dim(config, objective)

@@ -140,7 +140,7 @@ def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
 
 
 def test_unknown_clip_mode_lists_valid_ones():
-  with pytest.raises(ValueError, match="per_tensor, global, none"):
+  with pytest.raises(ValueError, match="per_tensor, per_module, global, none"):
     optim.make_optimizer(_config(clip_mode="bogus"), _params())
 
 
@@ -152,3 +152,66 @@ def test_run_length_in_steps_examples_or_epochs():
   assert resolve(total_examples=6400) == 100                # 6400 images / 64 per step
   assert resolve(total_examples=6401) == 101                # a partial last batch is one more step
   assert resolve(total_examples=6400, total_steps=7) == 7   # steps win over examples and epochs
+
+
+def _vit_params():
+  """A 2-block ViT-shaped tree: embeddings, blocks, final norm, registers and a head."""
+  rng = np.random.default_rng(2)
+  leaf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  block = lambda: {"attn": {"qkv": {"kernel": leaf(4, 12), "bias": leaf(12)}}, "norm1": {"scale": leaf(4)}}
+  return {"backbone": {"patch_embed": {"kernel": leaf(12, 4), "bias": leaf(4)}, "pos_embed": leaf(1, 5, 4),
+                       "cls_token": leaf(1, 1, 4), "mask_token": leaf(1, 1, 4), "register_tokens": leaf(1, 2, 4),
+                       "blocks": {"0": block(), "1": block()}, "norm": {"scale": leaf(4)}},
+          "head": {"mlp": {"layers": {"0": {"kernel": leaf(4, 3)}}}, "last_layer": {"v": leaf(5, 3)}}}
+
+
+def test_layer_decay_and_patch_embed_multipliers_follow_dinov2():
+  """s = 0.9^(L+1−layer) with L = 2: embeddings layer 0, block i layer i+1, the rest L+1; patch embedding ×0.2."""
+  scales = optim.lr_multipliers(_vit_params(), layer_decay=0.9, patch_embed_lr_mult=0.2)
+  by_hand = {"backbone/patch_embed/kernel": 0.9 ** 3 * 0.2, "backbone/patch_embed/bias": 0.9 ** 3 * 0.2,
+             "backbone/pos_embed": 0.9 ** 3, "backbone/cls_token": 0.9 ** 3, "backbone/mask_token": 0.9 ** 3,
+             "backbone/blocks/0/attn/qkv/kernel": 0.9 ** 2, "backbone/blocks/0/norm1/scale": 0.9 ** 2,
+             "backbone/blocks/1/attn/qkv/bias": 0.9, "backbone/norm/scale": 1.0, "backbone/register_tokens": 1.0,
+             "head/mlp/layers/0/kernel": 1.0, "head/last_layer/v": 1.0}
+  names = jax.tree.leaves(optim.path_strings(_vit_params()))
+  flat = dict(zip(names, jax.tree.leaves(scales)))
+  for name, expected in by_hand.items():
+    assert flat[name] == pytest.approx(expected), name
+  assert set(jax.tree.leaves(optim.lr_multipliers(_vit_params()))) == {1.0}  # The defaults change nothing.
+
+
+def test_lr_multipliers_scale_each_parameters_adamw_step():
+  params = _vit_params()
+  config = _config(clip_mode="none", layer_decay=0.9, patch_embed_lr_mult=0.2)
+  tx = optim.make_optimizer(config, params)
+  rng = np.random.default_rng(3)
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(2)]
+  state, p = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, p, lr=1e-2, wd=0.1, train_last_layer=True)
+    p = optax.apply_updates(p, updates)
+  for path, scale in (("patch_embed", 0.9 ** 3 * 0.2), ("pos_embed", 0.9 ** 3)):
+    get = lambda tree: tree["backbone"][path]["kernel"] if path == "patch_embed" else tree["backbone"][path]
+    expected = _torch_adamw_reference(np.asarray(get(params)), [np.asarray(get(g), np.float64) for g in grads],
+                                      [1e-2 * scale] * 2, [0.1, 0.1])
+    np.testing.assert_allclose(get(p), expected, rtol=2e-5, atol=1e-6)
+
+
+def test_per_module_clipping_uses_each_modules_global_norm():
+  """DINOv2 clips the backbone and the head separately by their own global norms (c = 3)."""
+  grads = {"backbone": {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 12.0])},  # ‖g‖ = 13 > 3: scaled
+           "head": {"c": jnp.array([0.6, 0.8])}}                                    # ‖g‖ = 1 < 3: untouched
+  tx = optim.clip_per_module(3.0, optim.module_labels(grads))
+  clipped, _ = tx.update(grads, tx.init(grads))
+  np.testing.assert_allclose(clipped["backbone"]["a"], np.array([3.0, 4.0]) * 3.0 / 13.0, rtol=1e-6)
+  np.testing.assert_allclose(clipped["backbone"]["b"], np.array([0.0, 12.0]) * 3.0 / 13.0, rtol=1e-6)
+  np.testing.assert_allclose(clipped["head"]["c"], grads["head"]["c"], rtol=1e-6)
+  full = optim.make_optimizer(_config(clip_mode="per_module"), _vit_params())
+  assert len(full.init(_vit_params())) == 2  # clipping, then AdamW
+
+
+def test_fixed_epoch_length_overrides_passes_over_the_data():
+  config = ml_collections.ConfigDict(dict(epoch_length_steps=0))
+  assert optim.epoch_length(config, num_examples=1000, batch_size=64) == 15
+  config.epoch_length_steps = 1250  # DINOv2's OFFICIAL_EPOCH_LENGTH
+  assert optim.epoch_length(config, num_examples=1000, batch_size=64) == 1250
