@@ -53,7 +53,7 @@ def base() -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict(dict(
       momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30))
   c.eval = ml_collections.ConfigDict(dict(
-      knn_k=(20,), knn_temperature=0.07, max_train_examples=0, batch_size=256,
+      knn_k=(20,), knn_temperature=0.07, max_train_examples=0, max_test_examples=0, batch_size=256,
       prototype_threshold=0.025))
   c.log_every_steps = 50
   c.eval_every_epochs = 10.0     # 0 disables the in-training kNN.

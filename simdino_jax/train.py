@@ -31,6 +31,7 @@ from simdino_jax import train_state as train_state_lib
 from simdino_jax import validation
 from simdino_jax.data import augment
 from simdino_jax.data import masking
+from simdino_jax.evaluation import periodic
 
 PyTree = Any
 
@@ -282,14 +283,15 @@ def run(config, workdir: str) -> dict:
   window = MetricsWindow()
   preemption = PreemptionFlag()
   monitor = _collapse_monitor(config, trainer.objective)
-  evaluate = _make_eval(config, trainer, data_lib, iterator.resident_images, iterator.resident_labels)
+  resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
+  evaluate = periodic.make_periodic_eval(config, trainer.mesh, resident)
   eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
   last = {}
 
   try:
     with jax.set_mesh(trainer.mesh):
       if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
-        writer.write_scalars(0, evaluate(state))
+        writer.write_scalars(0, evaluate(state.teacher))
       for step in range(start_step, total_steps):
         state, step_metrics = train_step(state, next(iterator))
         window.add(step_metrics)
@@ -306,7 +308,7 @@ def run(config, workdir: str) -> dict:
               logging.warning(warning)
               print(f"WARNING: {warning}", flush=True)
         if eval_every and (done % eval_every == 0 or done == total_steps):
-          last.update(evaluate(state))
+          last.update(evaluate(state.teacher))
           writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
         if preemption.reached(done):
           checkpoints.save(done, state, iterator.get_state(), force=True)
@@ -343,56 +345,3 @@ def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> Non
         f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss or gradient "
         f"(limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
         "No checkpoint with non-finite values was written; lower the learning rate or check the data.")
-
-
-def _make_eval(config, trainer: Trainer, data_lib, train_images=None, train_labels=None) -> Callable[[Any], dict]:
-  """kNN top-1 of the teacher's backbone CLS (SPEC §3) and collapse diagnostics, on the labelled splits."""
-  from simdino_jax.evaluation import diagnostics, knn
-
-  if not config.eval_every_epochs:
-    return lambda state: {}
-  if train_images is None:  # Not already loaded for config.data.on_device.
-    train_images, train_labels = data_lib.load_split(config.data, config.data.train_split)
-  test_images, test_labels = data_lib.load_split(config.data, config.data.eval_split)
-  if config.eval.max_train_examples:
-    train_images = train_images[:config.eval.max_train_examples]
-    train_labels = train_labels[:config.eval.max_train_examples]
-  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-  feature_fn = make_feature_fn(config, trainer.graphdef)
-  batch_size = eval_batch_size(config.eval.batch_size, trainer.mesh.devices.size)
-
-  def evaluate(state) -> dict:
-    extract = lambda images: knn.extract_features(feature_fn, images, batch_size=batch_size, mesh=trainer.mesh,
-                                                  params=state.teacher)
-    train_features, test_features = extract(train_images), extract(test_images)
-    results = knn.knn_classify(train_features, train_labels, test_features, test_labels,
-                               num_classes=num_classes, k=tuple(config.eval.knn_k),
-                               temperature=config.eval.knn_temperature, mesh=trainer.mesh)
-    features = diagnostics.feature_diagnostics(test_features[:10_000])  # A full SVD: bounded cost.
-    results.update({f"diag_{k}": v for k, v in features.items()})
-    prototypes = state.teacher["head"].get("last_layer", {}).get("v")
-    if prototypes is not None:
-      protos = diagnostics.prototype_diagnostics(jnp.asarray(prototypes), config.eval.prototype_threshold)
-      results.update({f"diag_{k}": v for k, v in protos.items()})
-    return results
-
-  return evaluate
-
-
-def eval_batch_size(requested: int, devices: int) -> int:
-  """`requested` rounded down to a multiple of the device count (at least one image per device)."""
-  return max(devices, requested // devices * devices)
-
-
-def evaluation_inputs(config, images: jax.Array) -> jax.Array:
-  """uint8 images [b,S,S,3] -> normalized float32 at the global-crop resolution (no augmentation)."""
-  size = config.aug.global_size
-  x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
-  if x.shape[1] != size:
-    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
-  return x
-
-
-def make_feature_fn(config, graphdef):
-  """`(params, uint8 images [b,S,S,3]) -> backbone CLS [b, D]` of `evaluation_inputs`."""
-  return lambda params, images: nnx.merge(graphdef, params).backbone(evaluation_inputs(config, images))["cls"]

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
+from simdino_jax import data
 from simdino_jax import evaluate
 from simdino_jax import train
+from simdino_jax.evaluation import periodic
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,3 +60,16 @@ def test_evaluate_cli_prints_the_table(trained_workdir):
                            "--knn_k=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "knn_top1_k20" in result.stdout and "objective" in result.stdout, result.stdout
+
+
+def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source():
+  """config.data.on_device: the loop's kNN reads the split it already holds, with the same result."""
+  config = train_utils.tiny_config("dino", eval_every_epochs=1.0, **{"eval.max_train_examples": 300,
+                                                                     "eval.max_test_examples": 100})
+  trainer = train.build(config, num_examples=config.batch_size)
+  resident = data.load_split(config.data, config.data.train_split)
+  with jax.set_mesh(trainer.mesh):
+    streamed = periodic.make_periodic_eval(config, trainer.mesh)(trainer.state.teacher)
+    held = periodic.make_periodic_eval(config, trainer.mesh, resident)(trainer.state.teacher)
+  assert streamed == pytest.approx(held, abs=1e-6)
+  assert 0.0 < streamed["knn_top1_k20"] <= 1.0 and streamed["diag_unique_prototypes"] > 1

@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from simdino_jax.data import eval_batches
+from simdino_jax.data.sources import ArraySplit
 from simdino_jax.evaluation import (effective_rank, extract_features, feature_diagnostics, feature_std,
-                                    knn_accuracy, knn_classify, knn_predict, linear_probe_optimizer,
-                                    make_probe_feature_fn, mean_probability_entropy, mean_sample_entropy,
-                                    normalized_coding_rate, probe_features, prototype_diagnostics,
-                                    teacher_center_kl, teacher_probabilities, train_linear_probe)
+                                    knn_classify, knn_predict, linear_probe_optimizer, mean_probability_entropy,
+                                    mean_sample_entropy, normalized_coding_rate, probe_features,
+                                    prototype_diagnostics, split_features, teacher_center_kl,
+                                    teacher_probabilities, train_linear_probe)
 
 
 def _mesh():
@@ -91,18 +93,22 @@ def test_knn_random_labels_are_at_chance():
   assert 0.1 - 5 * 0.0067 < accuracy < 0.1 + 5 * 0.0067
 
 
-@pytest.mark.parametrize("use_mesh", [False, True])
-def test_extract_features_drops_exactly_the_padding(use_mesh):
-  images = np.arange(21 * 2 * 2 * 3, dtype=np.uint8).reshape(21, 2, 2, 3)
-  traced_shapes = []
-
-  def feature_fn(batch):
-    traced_shapes.append(batch.shape)
-    return batch.reshape(batch.shape[0], -1)[:, :5].astype(jnp.float32) + 1.0  # pad rows would be all ones
-
-  features = extract_features(feature_fn, images, batch_size=8, mesh=_mesh() if use_mesh else None)
-  np.testing.assert_array_equal(features, images.reshape(21, -1)[:, :5].astype(np.float32) + 1.0)
-  assert features.dtype == np.float32 and set(traced_shapes) == {(8, 2, 2, 3)}
+def test_eval_batches_cap_before_reading_and_give_each_process_its_rows():
+  images = np.arange(23, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+  source = ArraySplit(images, np.arange(23) % 4)
+  read = []
+  source.read = lambda rows, read_rows=source.read: read.append(rows.copy()) or read_rows(rows)
+  per_process = [list(eval_batches(source, batch_size=4, process_index=p, process_count=3, max_examples=20))
+                 for p in range(3)]
+  # 20 rows over 3 processes: 7 per process (the last process pads), two batches of 4 each, nothing past row 19.
+  assert [len(batches) for batches in per_process] == [2, 2, 2]
+  assert np.concatenate(read).max() == 19 and sorted(np.concatenate(read)) == list(range(20))
+  for p, batches in enumerate(per_process):
+    valid = np.concatenate([b["valid"] for b in batches])
+    image_rows = np.concatenate([b["image"][:, 0, 0, 0] for b in batches])[valid]
+    np.testing.assert_array_equal(image_rows, np.arange(p, 20, 3))
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[valid], np.arange(p, 20, 3) % 4)
+    assert not np.concatenate([b["image"] for b in batches])[~valid].any()
 
 
 _TRACES = []
@@ -110,30 +116,57 @@ _TRACES = []
 
 def _affine_features(params, images):
   _TRACES.append(images.shape)
-  return images @ params["w"] + params["b"]
+  return images.reshape(images.shape[0], -1)[:, :2].astype(jnp.float32) * params["w"] + params["b"]
 
 
-def test_extract_features_with_params_compiles_once():
-  images = np.random.default_rng(14).normal(size=(20, 3)).astype(np.float32)
+def test_extract_features_drops_the_padding_and_compiles_once():
+  images = np.random.default_rng(14).integers(0, 255, size=(21, 2, 2, 3), dtype=np.uint8)
+  source = ArraySplit(images, np.arange(21))
   for scale in (1.0, 2.0):
-    params = {"w": scale * np.eye(3, 2, dtype=np.float32), "b": np.full(2, scale, np.float32)}
-    features = extract_features(_affine_features, images, batch_size=8, mesh=_mesh(), params=params)
-    np.testing.assert_allclose(features, scale * images[:, :2] + scale, rtol=1e-6)
-  assert _TRACES == [(8, 3)]
+    params = {"w": np.full(2, scale, np.float32), "b": np.full(2, 1.0, np.float32)}  # pad rows would be all ones
+    features, labels = split_features(_affine_features, params, source, batch_size=8, mesh=_mesh())
+    order = np.argsort(labels)
+    np.testing.assert_array_equal(labels[order], np.arange(21))
+    np.testing.assert_allclose(features[order], scale * images.reshape(21, -1)[:, :2] + 1.0, rtol=1e-6)
+    assert features.dtype == np.float32
+  assert _TRACES == [(8, 2, 2, 3)]
 
 
-def test_extract_features_rejects_batches_not_divisible_by_the_mesh():
-  with pytest.raises(ValueError, match="divisible"):
-    extract_features(lambda x: x, np.zeros((10, 3), np.float32), batch_size=12, mesh=_mesh())
+class _SyntheticSplit:
+  """A split of n 32 x 32 images made on demand from their row index, never held whole."""
+
+  image_shape = (32, 32, 3)
+
+  def __init__(self, n: int):
+    self.n = n
+
+  def __len__(self) -> int:
+    return self.n
+
+  def read(self, rows):
+    images = np.broadcast_to((rows % 251).astype(np.uint8)[:, None, None, None], (len(rows), 32, 32, 3))
+    return images, (rows % 10).astype(np.int32)
 
 
-def test_knn_accuracy_composes_extraction_and_classification():
-  train, train_labels, test, test_labels = _random_knn_data(4, 64, 24, 6, 5)
-  feature_fn = lambda x: jnp.tanh(x)
-  metrics = knn_accuracy(feature_fn, train, train_labels, test, test_labels, num_classes=5, batch_size=16)
-  expected = knn_classify(np.tanh(train), train_labels, np.tanh(test), test_labels, num_classes=5)
-  assert metrics.keys() == {"knn_top1_k20", "knn_top5_k20"}
-  assert metrics == pytest.approx(expected)
+def test_streaming_features_of_200k_images_keep_host_memory_at_a_batch():
+  import resource
+  import tracemalloc
+
+  source = _SyntheticSplit(200_000)  # 614 MB of images if materialized.
+  feature_fn = lambda params, images: jnp.mean(images.astype(jnp.float32), axis=(1, 2)) * params
+  tracemalloc.start()
+  try:
+    features, labels = split_features(feature_fn, jnp.float32(2.0), source, batch_size=2048, mesh=_mesh())
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  print(f"200,000 images of 32x32x3 (614 MB): traced host peak {peak / 2**20:.1f} MiB (features "
+        f"{features.nbytes / 2**20:.1f} MiB), process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+  assert features.shape == (200_000, 3) and labels.shape == (200_000,)
+  np.testing.assert_allclose(np.sort(features[:, 0]), 2.0 * np.sort(np.arange(200_000) % 251), rtol=1e-6)
+  np.testing.assert_array_equal(np.bincount(labels), np.full(10, 20_000))
+  # Features (2.3 MB) and their per-batch pieces, a few batches of images (6 MB each): far below the split.
+  assert peak < 64 * 2**20, peak
 
 
 def test_probe_features_layout():
@@ -145,10 +178,6 @@ def test_probe_features_layout():
                              np.concatenate([out["last_cls"][-1], out["patch"].mean(1)], axis=1), rtol=1e-6)
   with pytest.raises(ValueError, match="n_last_blocks"):
     probe_features(out, n_last_blocks=5, avgpool=False)
-  calls = []
-  feature_fn = make_probe_feature_fn(lambda images, n_last: calls.append(n_last) or out, n_last_blocks=2,
-                                     avgpool=True)
-  assert feature_fn(None).shape == (3, 12) and calls == [2]
 
 
 def test_linear_probe_optimizer_is_cosine_sgd_with_momentum():

@@ -6,9 +6,10 @@ is used); `prepare` needs tensorflow-datasets and TensorFlow; `default_config` n
 
 from simdino_jax.data.augment import multicrop
 from simdino_jax.data.masking import block_masks
-from simdino_jax.data.sources import create_train_iterator, load_split
+from simdino_jax.data.sources import create_train_iterator, eval_batches, load_split, open_split
 
-__all__ = ["block_masks", "create_train_iterator", "default_config", "load_split", "multicrop"]
+__all__ = ["block_masks", "create_train_iterator", "default_config", "eval_batches", "load_split", "multicrop",
+           "open_split"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -13,6 +13,10 @@ Train iterators shard by process (each process reads its own strided slice of eq
 {"image": uint8 [b, S, S, 3], "label": int32 [b]}; a batch may span an epoch boundary, and every epoch is a full
 pass over the process's slice. `get_state()` / `set_state()` resume exactly.
 
+Evaluation streams: `open_split` gives random access to a split without decoding anything, and `eval_batches`
+yields fixed-size host batches of one process's rows of it (a cap applies before any image is read), so host memory
+stays O(batch) whatever the split's size.
+
 With `config.on_device`, the whole training split is loaded once (any source) and exposed as `resident_images`
 for the trainer to hold on the accelerators; the iterator then yields only {"index": int32 [b]}, rows of that
 split, drawn exactly as the in-memory sources draw their images.
@@ -57,10 +61,60 @@ def create_train_iterator(config, *, batch_size: int, seed: int, process_index: 
 
 
 def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """A whole split for evaluation: (images uint8 [n, S, S, 3], labels int32 [n]; -1 when unlabeled)."""
+  """A whole split in host memory: (images uint8 [n, S, S, 3], labels int32 [n]; -1 when unlabeled).
+
+  Only for data held whole anyway (`config.on_device`, the in-memory sources); evaluation streams `eval_batches`.
+  """
+  source = open_split(config, split)
+  if isinstance(source, ArraySplit):
+    return source.images, source.labels
+  parts = [source.read(np.arange(start, min(start + 1024, len(source))))
+           for start in range(0, len(source), 1024)]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def open_split(config, split: str):
+  """Random access to a split, decoding nothing yet: `len(source)`, `source.image_shape` (S, S, 3) and
+  `source.read(rows) -> (images uint8 [r, S, S, 3], labels int32 [r])`."""
   if config.name in _SOURCES:
-    return _SOURCES.get(config.name)(config, split)
-  return _tfds_load_split(config, split)
+    return ArraySplit(*_SOURCES.get(config.name)(config, split))
+  return _TfdsSplit(_tfds_source(config, split), config.image_size)
+
+
+class ArraySplit:
+  """A split held in host arrays, read by rows like a lazily decoded one."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, np.asarray(labels, np.int32)
+    self.image_shape = images.shape[1:]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[rows], self.labels[rows]
+
+
+def eval_batches(source, *, batch_size: int, process_index: int = 0, process_count: int = 1,
+                 max_examples: int = 0):
+  """Host batches {"image" uint8 [b,S,S,3], "label" int32 [b], "valid" bool [b]} of this process's rows.
+
+  `source` is a split of `open_split` (any object with `len`, `image_shape` and `read(rows)`). Only its first
+  `max_examples` rows (0: all) are read; process p takes rows p, p + P, ... of them, and every process yields the
+  same number of batches, the last ones padded with zero images marked `valid=False`. `batch_size` is per
+  process; one batch is decoded at a time.
+  """
+  total = min(len(source), max_examples) if max_examples else len(source)
+  if total == 0 or batch_size < 1:
+    raise ValueError(f"Need a non-empty split and batch_size >= 1; got {total} examples, batch_size {batch_size}.")
+  rows = np.arange(process_index, total, process_count)
+  for start in range(0, -(-total // process_count), batch_size):
+    chunk = rows[start:start + batch_size]
+    batch = {"image": np.zeros((batch_size, *source.image_shape), np.uint8),
+             "label": np.full((batch_size,), -1, np.int32), "valid": np.arange(batch_size) < len(chunk)}
+    if len(chunk):
+      batch["image"][:len(chunk)], batch["label"][:len(chunk)] = source.read(chunk)
+    yield batch
 
 
 def source_names() -> list[str]:
@@ -301,14 +355,17 @@ def _tfds_train_iterator(config, *, batch_size, seed, process_index, process_cou
   return TfdsIterator(iterator, num_examples, {"seed": seed, "shard_size": shard_size})
 
 
-def _tfds_load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  source = _tfds_source(config, split)
-  decode = _Decode(config.image_size)
-  images = np.empty((len(source), config.image_size, config.image_size, 3), np.uint8)
-  labels = np.empty((len(source),), np.int32)
-  for start in range(0, len(source), 1024):
-    records = source.__getitems__(list(range(start, min(start + 1024, len(source)))))
-    for i, record in enumerate(records, start):
-      example = decode(record)
-      images[i], labels[i] = example["image"], example["label"]
-  return images, labels
+class _TfdsSplit:
+  """A TFDS data source read by rows, each record decoded by `_Decode` when read."""
+
+  def __init__(self, source, size: int):
+    self._source, self._decode = source, _Decode(size)
+    self.image_shape = (size, size, 3)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    examples = [self._decode(record) for record in self._source.__getitems__([int(r) for r in rows])]
+    return (np.stack([e["image"] for e in examples]).reshape(len(examples), *self.image_shape),
+            np.asarray([e["label"] for e in examples], np.int32))

@@ -1,9 +1,9 @@
-"""Feature extraction and the weighted k-nearest-neighbour classifier of SPEC §3 (DINO `eval_knn.py`)."""
+"""The weighted k-nearest-neighbour classifier of DINO's `eval_knn.py` on precomputed features."""
 
 import contextlib
 import functools
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,67 +44,6 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   """Appends zero rows so that x has `rows` rows."""
   return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)]) if rows > x.shape[0] else x
-
-
-def _jit_features(fn: Callable, mesh: Mesh | None) -> Callable:
-  """jit of fn with float32 outputs, replicated over the mesh."""
-  return jax.jit(lambda *args: fn(*args).astype(jnp.float32),
-                 out_shardings=None if mesh is None else NamedSharding(mesh, P()))
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_jit_features(feature_fn: Callable, mesh: Mesh | None) -> Callable:
-  """`_jit_features` cached per (feature_fn, mesh): the params path compiles once across evaluations."""
-  return _jit_features(feature_fn, mesh)
-
-
-def extract_features(feature_fn: Callable[..., jax.Array], images: np.ndarray, *, batch_size: int,
-                     mesh: Mesh | None = None, params: Any = None) -> np.ndarray:
-  """Runs the jitted `feature_fn(images [b, ...]) -> [b, D]` over `images` in fixed-size batches.
-
-  The last batch is zero-padded to `batch_size` (every device and host runs the same shapes) and the pad rows are
-  dropped from the result. With a mesh (argument or `jax.set_mesh` context) each batch is sharded over the "data"
-  axis with `P("data")`, so `batch_size` must be divisible by its size; the outputs come back replicated.
-
-  Args:
-    feature_fn: a jit-able `feature_fn(images)`, or `feature_fn(params, images)` when `params` is given; images
-      come as stored (uint8 or float). With `params`, the jitted function is cached per (feature_fn, mesh), so a
-      long-lived feature_fn compiles once across periodic evaluations (a closure over params would recompile and
-      is therefore not cached).
-    images: [n, ...] host array, the same on every process.
-    batch_size: rows per call.
-    mesh: optional mesh with a "data" axis.
-    params: optional pytree passed as the first argument (keeps its own sharding, e.g. replicated or FSDP).
-
-  Returns:
-    float32 numpy array [n, D].
-  """
-  mesh = resolve_mesh(mesh)
-  n = images.shape[0]
-  if n == 0 or batch_size < 1:
-    raise ValueError(f"Need images and batch_size >= 1, got {n} images and batch_size={batch_size}.")
-  if mesh is None:
-    put = jnp.asarray
-  else:
-    data_size = mesh.shape[DATA_AXIS]
-    if batch_size % data_size:
-      raise ValueError(f"batch_size={batch_size} must be divisible by the mesh's data axis size {data_size}.")
-    put = functools.partial(to_global, sharding=NamedSharding(mesh, P(DATA_AXIS)))
-  if params is None:
-    fn = _jit_features(feature_fn, mesh)
-  else:
-    fn = functools.partial(_cached_jit_features(feature_fn, mesh), params)
-
-  outputs, pending = [], None
-  with _mesh_context(mesh):
-    for start in range(0, n, batch_size):
-      batch = np.asarray(images[start:start + batch_size])
-      result = (fn(put(_pad_rows(batch, batch_size))), batch.shape[0])
-      if pending is not None:  # fetch the previous batch while this one runs
-        outputs.append(np.asarray(pending[0])[:pending[1]])
-      pending = result
-    outputs.append(np.asarray(pending[0])[:pending[1]])
-  return np.concatenate(outputs)
 
 
 def _local_topk(test: jax.Array, train: jax.Array, labels: jax.Array, valid: jax.Array, k: int):
@@ -229,14 +168,3 @@ def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     if num_classes >= 5:
       metrics[f"knn_top5_k{value}"] = float(np.mean(np.any(ranked[:, :5] == test_labels[:, None], axis=1)))
   return metrics
-
-
-def knn_accuracy(feature_fn: Callable[..., jax.Array], train_images: np.ndarray, train_labels: np.ndarray,
-                 test_images: np.ndarray, test_labels: np.ndarray, *, num_classes: int, batch_size: int,
-                 k: int | Sequence[int] = 20, temperature: float = 0.07, test_chunk: int = 512,
-                 mesh: Mesh | None = None, params: Any = None) -> dict[str, float]:
-  """Extracts train and test features with `extract_features` and returns `knn_classify`'s accuracies."""
-  train_features = extract_features(feature_fn, train_images, batch_size=batch_size, mesh=mesh, params=params)
-  test_features = extract_features(feature_fn, test_images, batch_size=batch_size, mesh=mesh, params=params)
-  return knn_classify(train_features, train_labels, test_features, test_labels, num_classes=num_classes, k=k,
-                      temperature=temperature, test_chunk=test_chunk, mesh=mesh)

@@ -1,8 +1,8 @@
-"""Linear probe on frozen, precomputed features (SPEC §3; DINO `eval_linear.py`, DINOv2 `eval/linear.py`)."""
+"""Linear probe on frozen, precomputed features (DINO `eval_linear.py`, DINOv2 `eval/linear.py`)."""
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -10,14 +10,12 @@ import numpy as np
 import optax
 
 HIGHEST = jax.lax.Precision.HIGHEST
-# DINOv2's grid of base learning rates (each scaled by batch_size / 256).
-DINOV2_LR_GRID = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 
 
 def probe_features(backbone_out: dict, *, n_last_blocks: int, avgpool: bool) -> jax.Array:
   """Probe input: concat(CLS of the last n blocks, oldest first[, mean patch token of the last block]).
 
-  SPEC §3 uses n_last_blocks=4, avgpool=False for ViT-S and n_last_blocks=1, avgpool=True for ViT-B. DINO interleaves
+  DINO uses n_last_blocks=4, avgpool=False for ViT-S and n_last_blocks=1, avgpool=True for ViT-B. DINO interleaves
   the CLS and pooled features; plain concatenation (DINOv2) is a fixed permutation of the same inputs, which a linear
   classifier with i.i.d. initialization treats identically.
 
@@ -36,14 +34,6 @@ def probe_features(backbone_out: dict, *, n_last_blocks: int, avgpool: bool) -> 
   if avgpool:
     parts.append(jnp.mean(backbone_out["patch"], axis=1))
   return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
-
-
-def make_probe_feature_fn(backbone_fn: Callable[..., dict], *, n_last_blocks: int,
-                          avgpool: bool) -> Callable[[jax.Array], jax.Array]:
-  """images -> probe_features(backbone_fn(images, n_last=n_last_blocks)), for `extract_features`."""
-  def feature_fn(images: jax.Array) -> jax.Array:
-    return probe_features(backbone_fn(images, n_last=n_last_blocks), n_last_blocks=n_last_blocks, avgpool=avgpool)
-  return feature_fn
 
 
 def linear_probe_optimizer(learning_rate: float | jax.Array, total_steps: int,
@@ -130,12 +120,12 @@ def train_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, val
   once (vmap) on the same batches, as DINOv2 does; DINO's protocol is the single lr 1e-3.
 
   Args:
-    train_features, val_features: [n, F] host arrays (e.g. `extract_features` of `make_probe_feature_fn`).
+    train_features, val_features: [n, F] host arrays (e.g. `evaluation.features.split_features`).
     train_labels, val_labels: [n] int labels in [0, num_classes).
     num_classes: C.
     epochs: training epochs.
     batch_size: B (clamped to the number of train samples).
-    learning_rates: base lrs, each scaled by B / 256 (e.g. `DINOV2_LR_GRID`).
+    learning_rates: base lrs, each scaled by B / 256 (DINOv2 trains a grid of 13, 1e-5 to 0.1).
     momentum: SGD momentum.
     seed: initialization and shuffling seed.
     eval_chunk: validation rows per chunk.

@@ -1,0 +1,24 @@
+"""Paths of everything a run reads or writes, through `etils.epath`: local folders and `gs://` alike.
+
+`path("gs://bucket/run")` keeps its scheme (epath reads and writes it through its cloud backend); a local path
+becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only (`write_text`).
+"""
+
+import os
+
+import jax
+from etils import epath
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+  """An `epath.Path` of `location`: remote paths (`scheme://...`) unchanged, local ones made absolute."""
+  p = epath.Path(location)
+  return p if "://" in os.fspath(location) else p.expanduser().resolve()
+
+
+def write_text(location: str | os.PathLike, text: str) -> None:
+  """Writes a shared file from process 0 only (every process holds the same content)."""
+  if jax.process_index() == 0:
+    target = path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
