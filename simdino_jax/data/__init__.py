@@ -21,12 +21,14 @@ def default_config():
   For ImageNet set data.image_size = 256 (or 224), aug.global_size = 224, aug.local_size = 96.
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
 
   config = ml_collections.ConfigDict()
   config.data = ml_collections.ConfigDict(dict(
       name="digits",        # "digits" | "npz" | "cifar10" | any TFDS dataset prepared in data_dir
-      data_dir=None,        # TFDS data_dir (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
-      path=None,            # npz: file with "image" uint8 [N,H,W,C] and "label"; "{split}" in it is replaced
+      # Path fields are typed placeholders: None by default, a string from the command line (local or gs://).
+      data_dir=config_dict.placeholder(str),  # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+      path=config_dict.placeholder(str),      # npz: "image" uint8 [N,H,W,C] and "label"; "{split}" is replaced
       image_size=32,        # S: host images are resized (shorter side) and center-cropped to S x S
       train_split="train",
       eval_split="test",

@@ -235,10 +235,12 @@ def _npz_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   if not config.path:
     raise ValueError("Dataset 'npz' needs config.data.path: a .npz file with 'image' uint8 [N, H, W, C] and "
                      "'label' int [N] ('{split}' in the path is replaced by the split name).")
-  path = config.path.replace("{split}", split)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"npz file {path!r} (split {split!r}) does not exist.")
-  with np.load(path) as arrays:
+  from simdino_jax import storage  # pylint: disable=import-outside-toplevel
+
+  path = storage.path(config.path.replace("{split}", split))
+  if not path.exists():
+    raise FileNotFoundError(f"npz file {os.fspath(path)!r} (split {split!r}) does not exist.")
+  with path.open("rb") as f, np.load(f) as arrays:
     if "image" not in arrays:
       raise ValueError(f"{path}: expected an array 'image' (uint8 [N, H, W, C]); found {sorted(arrays)}.")
     images = arrays["image"]
@@ -273,9 +275,12 @@ def _import_tfds_and_grain():
 
 def _tfds_source(config, split: str):
   """`tfds.data_source` of a prepared array_record dataset, with errors that say how to prepare it."""
+  from simdino_jax import storage  # pylint: disable=import-outside-toplevel
+
   tfds, _ = _import_tfds_and_grain()
   try:
-    builder = tfds.builder(config.name, data_dir=config.data_dir)
+    data_dir = None if config.data_dir is None else os.fspath(storage.path(config.data_dir))
+    builder = tfds.builder(config.name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
         f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), nor a TFDS "
