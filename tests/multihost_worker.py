@@ -33,8 +33,10 @@ def main(port: str, process_id: str, out_path: str) -> None:
       losses.append(float(np.asarray(metrics["loss"].addressable_data(0))))
   leaves = jax.tree_util.tree_flatten_with_path(state.student)[0]
   params = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in leaves}
+  # Streamed evaluation features: each process reads its own rows of a 37-image split.
+  features, labels = train_utils.eval_features_of_a_small_split(trainer.mesh)
   if jax.process_index() == 0:
-    np.savez(out_path, losses=np.asarray(losses), **params)
+    np.savez(out_path, losses=np.asarray(losses), eval_features=features, eval_labels=labels, **params)
   jax.distributed.shutdown()
 
 

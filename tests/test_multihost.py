@@ -31,3 +31,7 @@ def test_two_processes_match_one_device(tmp_path):
   np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
   train_utils.assert_same_parameters(multi, single_state.student, lr=max(m["lr"] for m in single_metrics),
                                      steps=train_utils.PARITY_STEPS)
+  # Evaluation features streamed by two processes (each its own rows) are those of one process.
+  features, labels = train_utils.eval_features_of_a_small_split(parallel.create_mesh(jax.devices()[:2]))
+  np.testing.assert_array_equal(multi["eval_labels"], np.arange(37))
+  np.testing.assert_allclose(multi["eval_features"], features, rtol=1e-6)

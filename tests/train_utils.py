@@ -103,3 +103,15 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+def eval_features_of_a_small_split(mesh) -> tuple[np.ndarray, np.ndarray]:
+  """(features, labels) streamed from a 37-image split, 8 images per global batch, sorted by label."""
+  from simdino_jax.data.sources import ArraySplit  # pylint: disable=import-outside-toplevel
+  from simdino_jax.evaluation import features as features_lib  # pylint: disable=import-outside-toplevel
+
+  split = ArraySplit(random_images(37, 8, seed=3), np.arange(37))
+  feature_fn = lambda params, images: images.astype(jax.numpy.float32).mean(axis=(1, 2)) * params
+  features, labels = features_lib.split_features(feature_fn, np.float32(0.5), split, batch_size=8, mesh=mesh)
+  order = np.argsort(labels)
+  return features[order], labels[order]
