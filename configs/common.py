@@ -66,6 +66,7 @@ def base() -> ml_collections.ConfigDict:
   # min_feature_std) held over `patience` consecutive log steps is reported in the log.
   c.collapse = ml_collections.ConfigDict(dict(patience=10, dino_rel_tol=0.02, min_feature_std=1e-3))
   c.allow_config_mismatch = False
+  c.init_from = ""               # A workdir (e.g. a converted official checkpoint) whose networks start the run.
   return c
 
 

@@ -20,7 +20,7 @@ OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_st
                     "data.data_dir", "data.path", "eval", "collapse")
 # Fields added after the first release, with the value that reproduces the runs that predate them: a checkpoint
 # whose config lacks such a field resumes as long as the current config keeps that value.
-ADDED_FIELDS = {"total_examples": 0, "data.on_device": False}
+ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": ""}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict:

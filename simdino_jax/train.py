@@ -29,6 +29,7 @@ from simdino_jax import optim
 from simdino_jax import parallel
 from simdino_jax import train_state as train_state_lib
 from simdino_jax import validation
+from simdino_jax.convert import init_from
 from simdino_jax.data import augment
 from simdino_jax.data import masking
 from simdino_jax.evaluation import periodic
@@ -276,6 +277,8 @@ def run(config, workdir: str) -> dict:
     iterator.set_state(data_state)
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
     print(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.", flush=True)
+  elif config.get("init_from"):
+    state = init_from.initialize_from(config.init_from, state, trainer.state_shardings)
   start_step = int(state.step)
 
   writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard)

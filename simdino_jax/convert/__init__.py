@@ -1,0 +1,9 @@
+"""Checkpoint conversion between the official PyTorch DINO / DINOv2 / SimDINO code and this codebase.
+
+    python -m simdino_jax.convert from-torch --checkpoint=FILE --config=CONFIG --workdir=DIR
+    python -m simdino_jax.convert to-torch --workdir=DIR --out=FILE [--format=pth|safetensors] [--head]
+
+`torch_layout` maps the official tensor names and shapes to ours, `torch_checkpoints` reads and writes the files
+(PyTorch is imported only there), `init_from` starts a training run from a converted or trained workdir
+(`config.init_from`).
+"""
