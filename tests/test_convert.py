@@ -6,8 +6,6 @@ pre-norm blocks with optional LayerScale, weight-normalized prototypes) and is w
 """
 
 import argparse
-import functools
-import json
 import math
 import os
 import subprocess
@@ -15,7 +13,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -23,12 +20,15 @@ from flax import nnx
 from torch import nn
 
 from configs import digits
+from simdino_jax import data as data_lib
 from simdino_jax import evaluate
 from simdino_jax import models
+from simdino_jax import parallel
 from simdino_jax import train
 from simdino_jax.convert import init_from as init_from_lib
 from simdino_jax.convert import torch_checkpoints
 from simdino_jax.convert import torch_layout
+from simdino_jax.evaluation import features as features_lib
 from simdino_jax.evaluation import knn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,16 +190,10 @@ def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(
 
 
 def our_template(config) -> dict:
-  """Our freshly initialized parameters (a pure dict) of `config`, built once per config."""
-  return _template(config.to_json())
-
-
-@functools.lru_cache(maxsize=None)
-def _template(config_json: str) -> dict:
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(models.create_model(config, head_kind="dino",
-                                                                          rngs=nnx.Rngs(0)))))
-  return jax.device_get(init())
+  """Our parameters of `config` as zeros (a pure dict): the shapes an import checks against."""
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0)))))
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
 
 
 def our_model(config, params):
@@ -334,7 +328,7 @@ def digits_config():
   config = digits.get_config("method=dino,model=vit_micro")
   config.model.dtype, config.model.drop_path_rate = "float32", 0.0
   config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim = 32, 16, 64
-  config.total_steps, config.batch_size, config.aug.n_local = 2, 16, 2
+  config.total_steps, config.batch_size, config.aug.n_local = 1, 16, 2
   config.eval_every_epochs, config.tensorboard, config.async_checkpointing = 0.0, False, False
   config.checkpoint_every_steps = 0
   return config
@@ -361,62 +355,62 @@ def test_convert_then_knn_on_digits_equals_pytorch(converted_digits):
   assert summary["imported"] == ["student/backbone", "student/head", "teacher/backbone", "teacher/head"]
   config = digits_config()
   results = evaluate.evaluate_checkpoint(workdir, knn_k=(10, 20))
-  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  trainer, params = evaluate.restore_params(config, workdir, 0, "teacher")
-  feature_fn = train.make_feature_fn(config, trainer.graphdef)
-  splits = [data_lib.load_split(config.data, split) for split in (config.data.train_split, config.data.eval_split)]
-  ours, theirs = [], []
-  for images, _ in splits:
-    ours.append(knn.extract_features(feature_fn, images, batch_size=256, mesh=trainer.mesh, params=params))
-    inputs = np.asarray(train.evaluation_inputs(config, jnp.asarray(images))).transpose(0, 3, 1, 2)
+  mesh = parallel.create_mesh()
+  params = evaluate.restore_backbone(config, workdir, 0, "teacher", mesh)
+  feature_fn = features_lib.make_feature_fn(config)
+  ours, theirs, labels = [], [], []
+  for split in (config.data.train_split, config.data.eval_split):
+    features, split_labels = features_lib.split_features(feature_fn, params, data_lib.open_split(config.data, split),
+                                                         batch_size=256, mesh=mesh)
+    images, image_labels = data_lib.load_split(config.data, split)
+    np.testing.assert_array_equal(split_labels, image_labels)
+    inputs = np.array(features_lib.evaluation_inputs(config, jnp.asarray(images))).transpose(0, 3, 1, 2)
     with torch.no_grad():
       theirs.append(backbone.forward_features(torch.from_numpy(inputs))[0].numpy())
-    np.testing.assert_allclose(ours[-1], theirs[-1], atol=TOL, rtol=TOL)
-  reference = knn.knn_classify(theirs[0], splits[0][1], theirs[1], splits[1][1], num_classes=10, k=(10, 20),
+    np.testing.assert_allclose(features, theirs[-1], atol=TOL, rtol=TOL)
+    ours.append(features)
+    labels.append(split_labels)
+  reference = knn.knn_classify(theirs[0], labels[0], theirs[1], labels[1], num_classes=10, k=(10, 20),
                                temperature=0.07)
   assert results["knn_top1_k20"] == pytest.approx(reference["knn_top1_k20"], abs=1e-9)
   assert results["knn_top1_k10"] == pytest.approx(reference["knn_top1_k10"], abs=1e-9)
   assert results["knn_top1_k20"] > 0.2  # Random features of digits beat chance (10 %).
 
 
-def test_init_from_a_converted_checkpoint_trains_from_its_networks(converted_digits, tmp_path):
+def test_init_from_a_converted_checkpoint(converted_digits, tmp_path, capsys):
   _, _, _, converted, _ = converted_digits
+  # A SimDINO config keeps the converted backbones and starts its own (differently shaped) head fresh.
   config = digits_config()
-  config.init_from = converted
+  config.objective.name = "simdino"
   trainer = train.build(config, num_examples=config.batch_size)
   state = init_from_lib.initialize_from(converted, trainer.state, trainer.state_shardings)
-  _, teacher = evaluate.restore_params(config, converted, 0, "teacher")
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.teacher), jax.device_get(teacher))
-  assert int(state.step) == 0
-  # A SimDINO config keeps the backbones and starts its own head fresh.
-  simdino = digits_config()
-  simdino.objective.name = "simdino"
-  simdino_trainer = train.build(simdino, num_examples=simdino.batch_size)
-  fresh = simdino_trainer.state
-  state = init_from_lib.initialize_from(converted, fresh, simdino_trainer.state_shardings)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.student["backbone"]),
-               jax.device_get(teacher["backbone"]))
+  _, teacher = torch_checkpoints.restore_network(converted, 0, "teacher")
+  _, student = torch_checkpoints.restore_network(converted, 0, "student")
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.teacher["backbone"]), teacher["backbone"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.student["backbone"]), student["backbone"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.student["head"]),
-               jax.device_get(fresh.student["head"]))
-  # The whole loop: resumes nothing, starts from the converted networks, trains 2 steps.
+               jax.device_get(trainer.state.student["head"]))
+  assert "the student head starts fresh (its shapes differ)" in capsys.readouterr().out
+  # The loop with config.init_from and the converted run's own (DINO) config: every part taken, then trained.
+  config = digits_config()
+  config.init_from, config.total_steps = converted, 1
   last = train.run(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"])
+  assert ("init_from: student/backbone, student/head, teacher/backbone, teacher/head from step 0"
+          in capsys.readouterr().out)
 
 
-def test_cli_from_torch_and_to_torch(converted_digits, tmp_path):
+def test_cli_from_torch_then_export_as_safetensors(converted_digits, tmp_path):
   backbone, _, path, _, _ = converted_digits
   workdir, out = str(tmp_path / "cli"), str(tmp_path / "teacher.safetensors")
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  convert = [sys.executable, "-m", "simdino_jax.convert"]
-  done = subprocess.run(convert + ["from-torch", "--checkpoint", path, "--config=configs/digits.py:model=vit_micro,"
-                                   "method=dino", "--config.model.head.out_dim=64",
-                                   "--config.model.head.hidden_dim=32", "--config.model.head.bottleneck_dim=16",
-                                   f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True)
+  done = subprocess.run(
+      [sys.executable, "-m", "simdino_jax.convert", "from-torch", "--checkpoint", path,
+       "--config=configs/digits.py:model=vit_micro,method=dino", "--config.model.head.out_dim=64",
+       "--config.model.head.hidden_dim=32", "--config.model.head.bottleneck_dim=16", f"--workdir={workdir}"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "Imported student/backbone, student/head, teacher/backbone, teacher/head" in done.stdout
-  done = subprocess.run(convert + ["to-torch", f"--workdir={workdir}", f"--out={out}", "--format=safetensors"],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr[-3000:]
+  torch_checkpoints.to_torch(workdir, out, file_format="safetensors")
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
   reloaded = TorchViT(dim=32, depth=2, num_heads=2, patch=4, img_size=16)
   reloaded.load_state_dict(load_file(out), strict=True)

@@ -6,11 +6,11 @@ conversion records which parts it imported) and their shapes match, else they st
 The optimizer, the objective state, the step and the data position always start fresh.
 """
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
+
+from simdino_jax import storage
 
 NETWORKS = ("student", "teacher")
 PARTS = ("backbone", "head")
@@ -30,8 +30,8 @@ def _differences(saved: dict, current: dict) -> list[str]:
 
 def initialize_from(workdir: str, state, shardings):
   """`state` with the student / teacher parts of `workdir`'s latest checkpoint, restored into `shardings`."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
+  directory = storage.path(workdir) / "checkpoints"
+  if not directory.exists():
     raise FileNotFoundError(f"config.init_from={workdir!r} holds no checkpoints/: give the --workdir of a "
                             "conversion (python -m simdino_jax.convert from-torch) or of a training run.")
   manager = ocp.CheckpointManager(directory, item_handlers={

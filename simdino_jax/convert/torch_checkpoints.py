@@ -1,13 +1,19 @@
 """Official PyTorch checkpoints -> a step-0 checkpoint of our train state, and our networks -> official files."""
 
 import functools
-import os
 from typing import Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
 
 from simdino_jax import checkpointing
+from simdino_jax import models
+from simdino_jax import objectives
+from simdino_jax import parallel
+from simdino_jax import storage
 from simdino_jax import train
 from simdino_jax import validation
 from simdino_jax.convert import torch_layout
@@ -61,8 +67,8 @@ def from_torch(checkpoint: str, config, workdir: str, *, ignore_keys: Sequence[s
   error; `ignore_keys` (prefixes, e.g. "ibot_head.") leaves keys out on purpose.
   """
   validation.validate_config(config)
-  directory = os.path.join(workdir, "checkpoints")
-  if os.path.isdir(directory) and os.listdir(directory):
+  directory = storage.path(workdir) / "checkpoints"
+  if directory.exists() and any(directory.iterdir()):
     raise FileExistsError(f"{directory} already holds checkpoints; convert into an empty --workdir.")
   nets = torch_layout.networks(torch_layout.load(checkpoint))
   trainer = train.build(config, num_examples=config.batch_size)
@@ -119,24 +125,42 @@ def export_state_dict(params: dict, config, *, head: bool = False, layout: Optio
   return out
 
 
+def restore_network(workdir: str, step: Optional[int], network: str):
+  """(run config, `network`'s params `{"backbone", "head"}` as numpy) of checkpoint `step` (default: latest)."""
+  if network not in torch_layout.NETWORKS:
+    raise ValueError(f"Unknown network {network!r}; valid: {', '.join(torch_layout.NETWORKS)}.")
+  config, step = checkpointing.read_config(workdir, step)
+  config = ml_collections.ConfigDict(config)
+  head_kind = objectives.get_objective(config.objective).head
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: models.create_model(config.model, head_kind=head_kind, rngs=nnx.Rngs(0)))))
+  replicated = parallel.replicated(parallel.create_mesh())
+  target = {network: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}
+  manager = ocp.CheckpointManager(storage.path(workdir) / "checkpoints", item_names=("state", "data", "config"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+  finally:
+    manager.close()
+  return config, jax.device_get(restored["state"][network])
+
+
 def to_torch(workdir: str, out: str, *, step: Optional[int] = None, network: str = "teacher", head: bool = False,
              layout: Optional[str] = None, file_format: str = "pth") -> list[str]:
   """Writes `network` of checkpoint `step` of `workdir` as an official state dict; returns its keys."""
   import torch  # pylint: disable=import-outside-toplevel
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  from simdino_jax import evaluate  # pylint: disable=import-outside-toplevel
 
   if file_format not in FORMATS:
     raise ValueError(f"Unknown format {file_format!r}; valid: {', '.join(FORMATS)}.")
-  config, step = evaluate.read_run_config(workdir, step)
-  _, params = evaluate.restore_params(config, workdir, step, network)
+  config, params = restore_network(workdir, step, network)
   state_dict = export_state_dict(params, config, head=head, layout=layout)
   if jax.process_index() == 0:
-    tensors = {key: torch.from_numpy(value) for key, value in state_dict.items()}
+    tensors = {key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}
+    target = storage.path(out)
     if file_format == "safetensors":
       from safetensors.torch import save as save_safetensors  # pylint: disable=import-outside-toplevel
-      epath.Path(out).write_bytes(save_safetensors(tensors))
+      target.write_bytes(save_safetensors(tensors))
     else:
-      with epath.Path(out).open("wb") as f:
+      with target.open("wb") as f:
         torch.save(tensors, f)
   return list(state_dict)

@@ -139,9 +139,9 @@ def load(path: str) -> dict:
   `args`) `argparse.Namespace` only; a file that needs more code to unpickle is refused.
   """
   import torch  # pylint: disable=import-outside-toplevel
-  from etils import epath  # pylint: disable=import-outside-toplevel
+  from simdino_jax import storage  # pylint: disable=import-outside-toplevel
 
-  file = epath.Path(path)
+  file = storage.path(path)
   if not file.exists():
     raise FileNotFoundError(f"No checkpoint at {path}.")
   if file.name.endswith(".safetensors"):
@@ -252,7 +252,7 @@ def import_part(state_dict: dict[str, np.ndarray], template: dict, layout: dict[
   flat_template = traverse_util.flatten_dict(template)
   out, used = {}, set()
   for path, tensor in layout.items():
-    expected = np.shape(flat_template[path])
+    expected = tuple(flat_template[path].shape)
     name = next((n for n in tensor.names if n in state_dict), None)
     if name is None:
       if path in optional:
