@@ -100,7 +100,7 @@ def test_train_two_steps_on_eight_devices_evaluate_and_resume(imagenet_dir, tmp_
   results = evaluate.evaluate_checkpoint(workdir, knn_k=(3,), batch_size=8)
   assert results["step"] == 2 and results["dataset"] == "imagenet2012"
   assert results["knn_top1_k3"] == pytest.approx(first["knn_top1_k3"], abs=1e-9)
-  resumed = train.run(train_utils.tiny_config("dino", **{**overrides, "total_steps": 4,
+  resumed = train.run(train_utils.tiny_config("dino", **{**overrides, "total_steps": 3, "eval_every_epochs": 0.0,
                                                          "allow_config_mismatch": True}), workdir)
   assert "Resumed from the checkpoint of step 2" in capsys.readouterr().out
-  assert np.isfinite(resumed["loss"]) and sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+  assert np.isfinite(resumed["loss"]) and "3" in os.listdir(os.path.join(workdir, "checkpoints"))
