@@ -1,26 +1,3 @@
-"""The embedded default: scikit-learn's handwritten digits (shipped inside scikit-learn, no download).
+"""Thin copy of simdino_jax/configs/digits.py, so `--config=configs/digits.py` works from the repository root."""
 
-Trains end to end on 2 CPU cores in a few minutes. `method=` picks the objective (dino, dinov2, simdino, simdinov2):
-  python -m simdino_jax.main --config=configs/digits.py --workdir=/tmp/digits
-  python -m simdino_jax.main --config=configs/digits.py:method=dino --workdir=/tmp/digits_dino
-"""
-
-from configs import common
-
-
-def get_config(arg=None):
-  args = common.parse_arg(arg, method="simdino", model="vit_mini")
-  c = common.experiment(args.method, f"model={args.model},data=digits")
-  c.model.patch_size = 4
-  c.data.image_size, c.aug.global_size, c.aug.local_size = 16, 16, 8
-  c.model.image_size = 16
-  c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 256, 64, 512
-  c.aug.n_local = 4
-  c.batch_size = 64
-  c.total_epochs = 20.0
-  c.optim.warmup_epochs, c.optim.freeze_last_layer_epochs = 2.0, 1.0
-  c.teacher.warmup_temp_epochs = 5
-  c.eval_every_epochs = 5.0
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
-  return c
+from simdino_jax.configs.digits import get_config  # noqa: F401  pylint: disable=unused-import

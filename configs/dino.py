@@ -1,11 +1,3 @@
-"""dino (SPEC §2 recipe). Examples:
-  --config=configs/dino.py                             ViT-S/16 on TFDS imagenet2012
-  --config=configs/dino.py:model=ViT-B/16              ViT-B/16 (also ViT-L/16)
-  --config=configs/dino.py:model=ViT-T/4,data=cifar10  CIFAR-10 prepared offline (32/16-pixel crops)
-"""
+"""Thin copy of simdino_jax/configs/dino.py, so `--config=configs/dino.py` works from the repository root."""
 
-from configs import common
-
-
-def get_config(arg=None):
-  return common.experiment("dino", arg)
+from simdino_jax.configs.dino import get_config  # noqa: F401  pylint: disable=unused-import

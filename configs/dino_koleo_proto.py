@@ -1,15 +1,3 @@
-"""DINO + KoLeo-proto: KoLeo on the normalized prototypes against partial prototype collapse (SPEC 1.4).
+"""Thin copy of simdino_jax/configs/dino_koleo_proto.py, so `--config=configs/dino_koleo_proto.py` works from the repository root."""
 
-The paper's weight could not be verified; λ = 0.1 (by analogy with DINOv2's KoLeo) is our default. Examples:
-  --config=configs/dino_koleo_proto.py                         ViT-S/16, imagenet2012
-  --config=configs/dino_koleo_proto.py:model=ViT-T/4,data=cifar10,weight=0.05
-"""
-
-from configs import common
-
-
-def get_config(arg=None):
-  args = common.parse_arg(arg, model="", data="imagenet2012", weight=0.1)
-  c = common.experiment("dino", f"model={args.model},data={args.data}" if args.model else f"data={args.data}")
-  c.objective.koleo_proto_weight = args.weight
-  return c
+from simdino_jax.configs.dino_koleo_proto import get_config  # noqa: F401  pylint: disable=unused-import

@@ -1,15 +1,15 @@
-"""One command for the SimDINO-vs-DINO curves: trains every method with the same backbone, crops, batch, epochs
-and seed, evaluates kNN every epoch, and writes a CSV and PNG plots.
+"""One command for the SimDINO-vs-DINO curves: trains each pair of methods, evaluates kNN every epoch, and writes a
+CSV and PNG plots.
 
     python -m simdino_jax.reproduce --quick --workdir=/tmp/repro                    # 2 CPU cores, minutes (digits)
     python -m simdino_jax.reproduce --workdir=runs/repro --dataset=cifar10 --data_dir=DIR     # one GPU, CIFAR-10
     python -m simdino_jax.reproduce --workdir=runs/repro --dataset=npz --data_path=DIR/cifar10_{split}.npz
 
-Runs: dino, simdino, dinov2, simdinov2, and dino_koleo_proto (DINO + KoLeo-proto, for the unique-prototype
-curve). Every run shares the multi-crop setting (count, sizes and scales of DINO's recipe), batch, epochs and seed;
-the rest of each method's recipe (objective, teacher momentum, lr rule, LayerScale, registers) is its own.
-Outputs in the workdir: `<method>/` (checkpoints, metrics.jsonl), `curves.csv`, `knn.png`, `losses.png`,
-`prototypes.png`, `summary.json`.
+Runs: the registered objectives with their recipe files (simdino_jax/configs/<method>.py): dino vs simdino and
+dinov2 vs simdinov2, each pair differing only in the objective and the settings the SimDINO paper changes with it
+(docs/recipes.md), and dino_koleo_proto (DINO + KoLeo-proto, for the unique-prototype curve). The backbone, image
+and crop sizes, batch, epochs and seed are the same for every run. Outputs in the workdir: `<method>/`
+(checkpoints, metrics.jsonl), `curves.csv`, `knn.png`, `losses.png`, `prototypes.png`, `summary.json`.
 """
 
 import csv
@@ -20,7 +20,10 @@ import time
 from absl import app
 from absl import flags
 
-METHODS = ("dino", "simdino", "dinov2", "simdinov2", "dino_koleo_proto")
+from simdino_jax import configs
+from simdino_jax import objectives
+
+METHODS = (*objectives.OBJECTIVES.names(), "dino_koleo_proto")
 
 FLAGS = flags.FLAGS
 
@@ -44,14 +47,10 @@ def _define_flags() -> None:
 
 def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs: float, batch: int,
                   eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1):
-  """The config of one run of the comparison."""
-  from configs import common  # pylint: disable=import-outside-toplevel
-
+  """The config of one run of the comparison: the method's recipe file at the comparison's shared sizes."""
   if method not in METHODS:
     raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
-  base_method = "dino" if method == "dino_koleo_proto" else method
-  c = common.experiment(base_method, "data=digits" if dataset == "digits" else "data=cifar10")
-  common.apply_model(c, model)
+  c = configs.load(method, f"model={model},data={'digits' if dataset == 'digits' else 'cifar10'}")
   if method == "dino_koleo_proto":
     c.objective.koleo_proto_weight = koleo_proto_weight
   c.data.name = dataset
@@ -63,10 +62,8 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
   if data_dir:
     c.data.data_dir = data_dir
   c.data.on_device = True  # 32-pixel data sets fit on the accelerator: no host pipeline in the step's way.
-  # The same crops for every method: DINO's count, sizes and scales.
-  c.aug.global_scale, c.aug.local_scale = (0.4, 1.0), (0.05, 0.4)
-  c.aug.n_local = 2 if quick else 10
   if quick:
+    c.aug.n_local = 2
     c.data.image_size, c.aug.global_size, c.aug.local_size, c.model.image_size = 16, 16, 8, 16
     c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 128, 32, 256
     c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 1.0, 2
@@ -76,6 +73,9 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
   else:
     c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 10.0, 30
     c.checkpoint_every_steps = 2000
+  # SimDINO's covariance groups of 64 images need a batch that 64 divides; smaller batches are one group.
+  if c.objective.covariance_group_size and batch % c.objective.covariance_group_size:
+    c.objective.covariance_group_size = 0
   c.batch_size, c.total_epochs, c.eval_every_epochs, c.seed = batch, epochs, eval_every, seed
   return c
 

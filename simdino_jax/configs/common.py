@@ -1,8 +1,8 @@
-"""Shared pieces of every experiment config: the base config, the four method recipes, the data presets.
+"""Defaults shared by every recipe (run length, logging, checkpoints, evaluation) and the data presets.
 
-An experiment file calls `common.experiment(method, arg)` where `arg` is the `:key=value,...` string after the
-config path, e.g. `--config=configs/dino.py:model=ViT-B/16,data=cifar10`. Every field can also be overridden with
-`--config.path.to.field=value`.
+The recipe files set the method's numbers themselves (docs/recipes.md lists each with its official source). The
+`:key=value,...` argument after a config path picks the backbone and the data, e.g.
+`--config=configs/simdino.py:model=ViT-S/16,data=cifar10`; any field is also overridable with `--config.a.b=value`.
 """
 
 import ml_collections
@@ -11,7 +11,6 @@ from simdino_jax import data as data_lib
 from simdino_jax import models
 from simdino_jax import objectives
 
-METHODS = ("dino", "dinov2", "simdino", "simdinov2")
 DATASETS = ("imagenet2012", "cifar10", "digits")
 
 
@@ -31,10 +30,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base() -> ml_collections.ConfigDict:
-  """Fields shared by every run. Durations are in epochs (real passes over the training split)."""
+  """Fields every run has. Durations are in epochs: passes over the training split, or `epoch_length_steps`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.batch_size = 64              # Global batch over all devices and hosts.
+  c.batch_size = 64              # Global batch over all devices and hosts (one optimizer step).
   c.grad_accum_steps = 1         # > 1: the batch runs as this many micro-batches, one optimizer step.
   c.total_epochs = 100.0
   c.total_examples = 0           # > 0 overrides total_epochs (images seen, all crops of one image count once).
@@ -70,30 +69,6 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_method(c: ml_collections.ConfigDict, method: str) -> None:
-  """The official recipe of each method (SPEC §2, algorithms notes §4.4)."""
-  if method not in METHODS:
-    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
-  c.objective.name = method
-  if method in ("dino", "simdino"):
-    c.aug.n_local = 10           # The SimDINO paper's multi-crop, used for both sides of the comparison.
-    c.model.drop_path_rate, c.model.drop_path_schedule = 0.1, "linear"
-  if method == "dinov2":
-    c.aug.n_local = 8
-    c.aug.global_scale, c.aug.local_scale = (0.32, 1.0), (0.05, 0.32)
-    c.teacher.momentum = 0.992
-    c.optim.base_lr, c.optim.lr_scaling = 4e-3, "sqrt"
-    c.model.drop_path_rate, c.model.drop_path_schedule, c.model.layerscale = 0.3, "uniform", 1e-5
-    c.masking.enabled = True
-  if method == "simdinov2":
-    c.aug.n_local = 10
-    c.teacher.momentum = 0.9
-    c.optim.base_lr, c.optim.lr_scaling, c.optim.warmup_from_min_lr = 4e-3, "sqrt", True
-    c.model.drop_path_rate, c.model.drop_path_schedule, c.model.layerscale = 0.2, "uniform", 0.1
-    c.model.num_registers = 4
-    c.masking.enabled = True
-
-
 def apply_model(c: ml_collections.ConfigDict, model: str) -> None:
   """`ViT-S/16`-style names fix the patch size; `vit_small` keeps config.model.patch_size."""
   c.model.name = model
@@ -102,7 +77,8 @@ def apply_model(c: ml_collections.ConfigDict, model: str) -> None:
 
 
 def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
-  """ImageNet at 224/96; 32-pixel data (CIFAR-10, the embedded digits) at 32/16 with patch 4 (SPEC §2)."""
+  """ImageNet at 224/96 keeps the recipe's batch; 32-pixel data (CIFAR-10, the embedded digits) at 32/16 with
+  patch 4, 4,096 prototypes and a batch of 256 for one accelerator."""
   if dataset not in DATASETS:
     raise ValueError(f"Unknown dataset preset {dataset!r}; valid: {', '.join(DATASETS)}.")
   c.data.name = dataset
@@ -117,14 +93,14 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.model.image_size = 32
     c.model.head.out_dim = 4096  # Prototypes for 10-class, 50k-image data; ImageNet keeps 65536.
     c.batch_size = 256
+    c.epoch_length_steps = 0     # Epochs are passes over the small split.
     c.eval_every_epochs = 5.0
 
 
-def experiment(method: str, arg: str | None, **overrides) -> ml_collections.ConfigDict:
-  """The full config of `method`, with `model=` and `data=` from the command-line argument."""
-  args = parse_arg(arg, model="", data="imagenet2012", **overrides)
-  c = base()
-  apply_method(c, method)
+def finish(c: ml_collections.ConfigDict, arg: str | None, *, model: str) -> ml_collections.ConfigDict:
+  """Applies `model=` (default: the recipe's published backbone on ImageNet, ViT-T/4 on 32-pixel data) and
+  `data=` (default imagenet2012) from the command-line argument."""
+  args = parse_arg(arg, model="", data="imagenet2012")
   apply_data(c, args.data)
-  apply_model(c, args.model or ("ViT-S/16" if args.data == "imagenet2012" else "ViT-T/4"))
+  apply_model(c, args.model or (model if args.data == "imagenet2012" else "ViT-T/4"))
   return c
