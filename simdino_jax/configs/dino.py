@@ -1,5 +1,6 @@
-"""DINO as the SimDINO paper trains it against SimDINO (configs/simdino.py): ViT-B/16, 100 epochs, 8 GPUs × 64,
-10 local crops; the two recipes differ only in the objective and its head.
+"""DINO as the SimDINO paper trains it against SimDINO (configs/simdino.py): the SimDINO script's DINO branch
+(`--use_simdino false`) with the SimDINO command: ViT-B/16, 100 epochs, 8 GPUs × 64, 10 local crops, the
+script's teacher temperature 0.04; the two recipes differ only in the objective and its head.
 
 Published (RobinWu218/SimDINO README, "DINO" row they trained): ViT-B/16 72.9% k-NN, 76.3% linear.
 Sources of every value: docs/recipes.md. Examples:
@@ -25,6 +26,6 @@ def get_config(arg=None):
   c.optim.clip_grad, c.optim.clip_mode = 3.0, "per_tensor"
   c.optim.freeze_last_layer_epochs = 1.0
   c.teacher.momentum, c.teacher.momentum_end = 0.996, 1.0
-  c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.07, 30
+  c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.04, 0
   c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 10, (0.4, 1.0), (0.05, 0.4)
   return common.finish(c, arg, model="ViT-B/16")
