@@ -52,7 +52,7 @@ def test_published_batches_and_schedules():
       "dino_vanilla": ("ViT-S/16", 512, "linear", 100, 0, 8, (0.04, 0.04, 0), 0),
       "dino_boosted": ("ViT-S/16", 1024, "linear", 300, 0, 8, (0.04, 0.07, 30), 0),
       "dino": ("ViT-B/16", 512, "linear", 100, 0, 10, (0.04, 0.04, 0), 0),
-      "simdino": ("ViT-B/16", 512, "linear", 100, 0, 10, (0.04, 0.07, 30), 64),
+      "simdino": ("ViT-B/16", 512, "linear", 100, 0, 10, (0.04, 0.04, 0), 64),
       "dinov2_meta": ("ViT-L/16", 2048, "sqrt", 100, 1250, 8, (0.04, 0.07, 30), 0),
       "dinov2": ("ViT-L/16", 512, "sqrt", 100, 1250, 10, (0.04, 0.07, 30), 0),
       "simdinov2": ("ViT-L/16", 512, "sqrt", 100, 1250, 10, (0.04, 0.07, 30), 64)}

@@ -25,5 +25,6 @@ def get_config(arg=None):
   c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
   c.optim.clip_grad, c.optim.clip_mode = 3.0, "per_tensor"
   c.teacher.momentum, c.teacher.momentum_end = 0.996, 1.0
+  c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.04, 0  # Unused by SimDINO.
   c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 10, (0.4, 1.0), (0.05, 0.4)
   return common.finish(c, arg, model="ViT-B/16")
