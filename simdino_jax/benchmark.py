@@ -44,14 +44,14 @@ def head_forward_flops(width: int, head) -> float:
   return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def analytic_step_flops(config, width: int, depth: int, dino_head: bool) -> float:
+def analytic_step_flops(config, width: int, depth: int, num_prototypes: int) -> float:
   """`B·[3·(2F(G) + n_l F(l) + V·H) + (2F(G) + 2H)]`: student forward+backward (3×), teacher forward."""
   a, m = config.aug, config.model
   f_global = vit_forward_flops(a.global_size, width=width, depth=depth, patch=m.patch_size,
                                registers=m.num_registers)
   f_local = vit_forward_flops(a.local_size, width=width, depth=depth, patch=m.patch_size,
                               registers=m.num_registers) if a.n_local else 0.0
-  h = head_forward_flops(width, m.head) + (2 * m.head.bottleneck_dim * m.head.out_dim if dino_head else 0)
+  h = head_forward_flops(width, m.head) + 2 * m.head.bottleneck_dim * num_prototypes
   views = 2 + a.n_local
   per_image = 3 * (2 * f_global + a.n_local * f_local + views * h) + (2 * f_global + 2 * h)
   return config.batch_size * per_image
@@ -69,8 +69,11 @@ def _median_time(fn, steps: int) -> tuple[float, float, float]:
 
 def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> dict:
   """Compiles and times the train step on synthetic images; returns the figures."""
-  from simdino_jax import parallel, train
+  from flax import nnx
 
+  from simdino_jax import parallel, train, validation
+
+  validation.validate_config(config)
   trainer = train.build(config, num_examples=max(config.batch_size * 1000, 1))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (config.batch_size, config.data.image_size, config.data.image_size, 3), np.uint8)
@@ -100,7 +103,8 @@ def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> di
   params = jax.tree.leaves(state.student)
   width = _backbone_width(state.student)
   depth = _backbone_depth(state.student)
-  analytic = analytic_step_flops(config, width, depth, trainer.objective.head == "dino")
+  num_prototypes = nnx.merge(trainer.graphdef, state.student).head.num_prototypes
+  analytic = analytic_step_flops(config, width, depth, num_prototypes)
   return {
       "images_per_s": config.batch_size / median, "step_ms": 1e3 * median, "p10_ms": 1e3 * p10,
       "p90_ms": 1e3 * p90, "xla_tflop": xla_flops / 1e12, "analytic_tflop": analytic / 1e12,

@@ -57,14 +57,3 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
   """A host array that every process holds whole -> a global array replicated on every device."""
   return jax.make_array_from_callback(array.shape, replicated(mesh), lambda index: array[index])
-
-
-def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
-  """The batch must split evenly over devices and processes."""
-  devices, processes = mesh.devices.size, jax.process_count()
-  if global_batch_size % devices:
-    raise ValueError(
-        f"config.batch_size={global_batch_size} is not divisible by the {devices} devices of the mesh; "
-        f"use a multiple of {devices} (e.g. {devices * max(1, global_batch_size // devices)}).")
-  if global_batch_size % processes:
-    raise ValueError(f"config.batch_size={global_batch_size} is not divisible by {processes} processes.")

@@ -7,7 +7,6 @@ global crops → student forward on all crops → the configured objective → g
 
 import dataclasses
 import logging
-import math
 import signal
 import threading
 from typing import Any, Callable
@@ -41,14 +40,8 @@ def tree_norm(tree: PyTree) -> jax.Array:
   return optax.tree.norm(tree) if hasattr(optax, "tree") else optax.global_norm(tree)
 
 
-def head_kind_and_out_dim(config, objective) -> tuple[str, int]:
-  head = config.model.head
-  return objective.head, (head.out_dim if objective.head == "dino" else head.bottleneck_dim)
-
-
 def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
-  head_kind, _ = head_kind_and_out_dim(config, objective)
-  return lambda rngs: models.create_model(config.model, head_kind=head_kind, rngs=rngs)
+  return lambda rngs: models.create_model(config.model, head_kind=objective.head_kind, rngs=rngs)
 
 
 def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules):
@@ -73,12 +66,11 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
     # With masks, the teacher sees the unmasked crops (all-False masks) and returns its patch outputs too.
     teacher_masks = None if masks is None else jnp.zeros_like(masks)
     teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], teacher_masks, None))
-    batch = {"masks": masks}
 
     def loss_fn(params):
       student_out = apply(params, groups, masks, drop_key)
       loss, new_objective_state, aux = objective.loss(
-          student_out, teacher_out, state.objective_state, sched, batch)
+          student_out, teacher_out, state.objective_state, sched, masks)
       return loss, (new_objective_state, aux)
 
     (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
@@ -133,8 +125,8 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
 
 
 @dataclasses.dataclass
-class Trainer:
-  """Everything built from the config once: mesh, model, objective, optimizer, schedules, jitted step."""
+class TrainSetup:
+  """The parts built from the config once: mesh, objective, model graph, state, schedules, jitted steps."""
   config: Any
   mesh: Any
   objective: Any
@@ -147,21 +139,21 @@ class Trainer:
   steps_per_epoch: int
 
 
-def build(config, *, num_examples: int, mesh=None) -> Trainer:
-  """Builds the trainer for a dataset of `num_examples` training images (an epoch is a real pass over them)."""
+def build(config, *, num_examples: int, mesh=None) -> TrainSetup:
+  """Builds the parts for a dataset of `num_examples` training images (an epoch is a real pass over them).
+
+  The config is assumed valid (validation.validate_config).
+  """
   mesh = parallel.create_mesh() if mesh is None else mesh
-  check_accumulation(config.batch_size, config.get("grad_accum_steps", 1), mesh.devices.size)
-  parallel.check_batch_divisible(config.batch_size, mesh)
   objective = objectives.get_objective(config.objective)
   steps_per_epoch = optim.epoch_length(config, num_examples=num_examples, batch_size=config.batch_size)
   schedules = optim.make_schedules(config, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size)
   model_fn = model_factory(config, objective)
-  _, out_dim = head_kind_and_out_dim(config, objective)
   abstract_params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))))
   tx = optim.make_optimizer(config, abstract_params)
   with jax.set_mesh(mesh):
     state, graphdef, shardings = train_state_lib.create(
-        model_fn, tx, objective, config.seed, mesh, out_dim=out_dim, fsdp=config.fsdp)
+        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp)
   step = make_train_step(config, graphdef, objective, tx, schedules)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
@@ -170,37 +162,24 @@ def build(config, *, num_examples: int, mesh=None) -> Trainer:
   indexed_step_fn = jax.jit(lambda state, dataset, rows: step(state, jnp.take(dataset, rows, axis=0)),
                             in_shardings=(shardings, replicated, batch_sharding),
                             out_shardings=(shardings, replicated), donate_argnums=(0,))
-  return Trainer(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
-                 state_shardings=shardings, schedules=schedules, step_fn=step_fn,
-                 indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
+  return TrainSetup(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
+                    state_shardings=shardings, schedules=schedules, step_fn=step_fn,
+                    indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
 
 
-def check_accumulation(batch_size: int, accum_steps: int, devices: int) -> None:
-  """Each of the `accum_steps` micro-batches must split evenly over the devices: B = A·D·k."""
-  if not (isinstance(accum_steps, int) and accum_steps >= 1):
-    raise ValueError(f"config.grad_accum_steps={accum_steps!r} must be an integer >= 1 (1 = no accumulation).")
-  unit = accum_steps * devices
-  if batch_size % unit:
-    lower, upper = batch_size // unit * unit, (batch_size // unit + 1) * unit
-    raise ValueError(
-        f"config.batch_size={batch_size} does not split into config.grad_accum_steps={accum_steps} micro-batches "
-        f"over {devices} devices: use a multiple of {unit} ({', '.join(map(str, filter(None, (lower, upper))))}, "
-        "...), or change grad_accum_steps.")
-
-
-def make_feeder(trainer: Trainer, resident_images: np.ndarray | None) -> Callable:
-  """The loop's `(state, host batch) -> (state, metrics)`.
+def make_host_step(setup: TrainSetup, resident_images: np.ndarray | None) -> Callable:
+  """The loop's step on host batches: `(state, host batch) -> (state, metrics)`.
 
   Host batches carry images ({"image"}), or, when the whole split is held on the accelerators
   (`resident_images`, config.data.on_device), only the rows to train on ({"index"}).
   """
-  mesh = trainer.mesh
+  mesh = setup.mesh
   if resident_images is None:
-    return lambda state, host: trainer.step_fn(
+    return lambda state, host: setup.step_fn(
         state, parallel.global_batch({"image": host["image"]}, mesh)["image"])
   _check_fits_on_device(resident_images.nbytes)
   dataset = parallel.replicate(resident_images, mesh)
-  return lambda state, host: trainer.indexed_step_fn(
+  return lambda state, host: setup.indexed_step_fn(
       state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"])
 
 
@@ -266,12 +245,12 @@ def run(config, workdir: str) -> dict:
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
       process_index=process_index, process_count=process_count)
-  trainer = build(config, num_examples=iterator.num_examples)
-  train_step = make_feeder(trainer, iterator.resident_images)
-  total_steps = trainer.schedules.total_steps
+  setup = build(config, num_examples=iterator.num_examples)
+  train_step = make_host_step(setup, iterator.resident_images)
+  total_steps = setup.schedules.total_steps
   checkpoints = checkpointing.Checkpoints(workdir, config)
-  state = trainer.state
-  restored = checkpoints.restore_latest(state, trainer.state_shardings)
+  state = setup.state
+  restored = checkpoints.restore_latest(state, setup.state_shardings)
   if restored is not None:
     state, data_state = restored
     iterator.set_state(data_state)
@@ -285,14 +264,15 @@ def run(config, workdir: str) -> dict:
   progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
   window = MetricsWindow()
   preemption = PreemptionFlag()
-  monitor = _collapse_monitor(config, trainer.objective)
+  monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
+                                     min_feature_std=config.collapse.min_feature_std)
   resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
-  evaluate = periodic.make_periodic_eval(config, trainer.mesh, resident)
-  eval_every = max(round(config.eval_every_epochs * trainer.steps_per_epoch), 1) if config.eval_every_epochs else 0
+  evaluate = periodic.make_periodic_eval(config, setup.mesh, setup.graphdef, resident)
+  eval_every = max(round(config.eval_every_epochs * setup.steps_per_epoch), 1) if config.eval_every_epochs else 0
   last = {}
 
   try:
-    with jax.set_mesh(trainer.mesh):
+    with jax.set_mesh(setup.mesh):
       if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
         writer.write_scalars(0, evaluate(state.teacher))
       for step in range(start_step, total_steps):
@@ -325,16 +305,9 @@ def run(config, workdir: str) -> dict:
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-  trainer.state = state
-  last["steps_per_epoch"] = trainer.steps_per_epoch
+  setup.state = state
+  last["steps_per_epoch"] = setup.steps_per_epoch
   return last
-
-
-def _collapse_monitor(config, objective) -> collapse.CollapseMonitor:
-  """Watches the logged metrics for collapse; log K applies to objectives with a DINO (prototype) head."""
-  log_k = math.log(config.model.head.out_dim) if objective.head == "dino" else None
-  return collapse.CollapseMonitor(log_k, config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
-                                  min_feature_std=config.collapse.min_feature_std)
 
 
 def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> None:

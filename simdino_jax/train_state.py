@@ -36,19 +36,20 @@ def all_finite(tree: PyTree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int, mesh, *, out_dim: int,
+def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int, mesh, *,
            fsdp: bool) -> tuple[TrainState, Any, PyTree]:
   """Builds the state directly with its shardings: `eval_shape`, then a jitted init with `out_shardings`.
 
-  Returns (state, graphdef, state_shardings). The teacher starts as an exact copy of the student.
+  The objective state is sized by the model's head (`model.head.out_dim`). Returns (state, graphdef,
+  state_shardings). The teacher starts as an exact copy of the student.
   """
   def init(rng):
     model_rng, state_rng = jax.random.split(rng)
-    graphdef, params = nnx.split(model_fn(nnx.Rngs(params=model_rng)))
-    params = nnx.to_pure_dict(params)
+    model = model_fn(nnx.Rngs(params=model_rng))
+    params = nnx.to_pure_dict(nnx.state(model))
     return TrainState(
         step=jnp.zeros([], jnp.int32), student=params, teacher=jax.tree.map(jnp.copy, params),
-        opt_state=tx.init(params), objective_state=objective.init_state(out_dim), rng=state_rng,
+        opt_state=tx.init(params), objective_state=objective.init_state(model.head.out_dim), rng=state_rng,
         skipped=jnp.zeros([], jnp.int32), consecutive_skipped=jnp.zeros([], jnp.int32))
 
   rng = jax.random.PRNGKey(seed)  # raw uint32 key: checkpoints as a plain array

@@ -1,9 +1,12 @@
-"""Config validation: every out-of-range value fails before anything is built or written, naming the fix."""
+"""Config validation, once, where the config is read: every out-of-range value fails before anything is built or
+written, naming the field and the fix. The functions that use the values do not check them again."""
+
+import math
 
 import jax
 
 from simdino_jax import objectives
-from simdino_jax.objectives import composite
+from simdino_jax.objectives import koleo, registry, simdino
 
 
 def _require(condition: bool, message: str) -> None:
@@ -11,16 +14,61 @@ def _require(condition: bool, message: str) -> None:
     raise ValueError(f"Invalid config: {message}")
 
 
+def _require_choice(field: str, value, choices) -> None:
+  _require(value in choices, f"config.{field}={value!r} must be one of {choices}.")
+
+
+def validate_objective(obj) -> None:
+  """Checks `config.objective`: the name (the registry lists the valid ones), each option and weight."""
+  objective = objectives.get_objective(obj)
+  _require_choice("objective.centering", obj.centering, registry.CENTERINGS)
+  _require_choice("objective.koleo_scope", obj.koleo_scope, koleo.KOLEO_SCOPES)
+  _require_choice("objective.expa_type", obj.expa_type, simdino.EXPA_TYPES)
+  _require_choice("objective.gamma", obj.gamma, simdino.GAMMAS)
+  _require_choice("objective.covariance", obj.covariance, simdino.COVARIANCES)
+  for field in ("student_temp", "eps", "proto_chunk_size"):
+    _require(obj[field] > 0, f"config.objective.{field}={obj[field]} must be > 0.")
+  _require(0.0 <= obj.center_momentum <= 1.0,
+           f"config.objective.center_momentum={obj.center_momentum} must lie in [0, 1].")
+  _require(math.isfinite(obj.coeff), f"config.objective.coeff={obj.coeff} must be finite.")
+  _require(obj.koleo_weight == registry.METHOD_DEFAULT or obj.koleo_weight >= 0,
+           f"config.objective.koleo_weight={obj.koleo_weight} must be >= 0, or -1 for the method's default.")
+  group_size = obj.covariance_group_size
+  _require(isinstance(group_size, int) and group_size >= 0,
+           f"config.objective.covariance_group_size={group_size!r} must be an integer >= 0 (0 = no groups).")
+  _require(group_size == 0 or obj.covariance == "global",
+           f"config.objective.covariance_group_size={group_size} replaces covariance={obj.covariance!r}; set "
+           "covariance='global' with groups, or covariance_group_size=0.")
+  for field in ("koleo_proto_weight", "coding_rate_weight"):
+    _require(obj[field] >= 0, f"config.objective.{field}={obj[field]} must be >= 0 (0 = off).")
+  _require(obj.koleo_proto_weight == 0 or objective.head_kind == "dino",
+           f"config.objective.koleo_proto_weight > 0 needs a prototype layer (a 'dino' head); objective "
+           f"{obj.name!r} uses a {objective.head_kind!r} head. Set koleo_proto_weight = 0.")
+
+
+def check_batch_split(batch_size: int, accum_steps: int, devices: int) -> None:
+  """The batch splits into `accum_steps` micro-batches (config.grad_accum_steps), each even over the devices:
+  B = A·D·k. (Every process holds as many devices, so each process's share is even too.)"""
+  _require(isinstance(accum_steps, int) and accum_steps >= 1,
+           f"config.grad_accum_steps={accum_steps!r} must be an integer >= 1 (1 = no accumulation).")
+  unit = accum_steps * devices
+  multiples = ", ".join(str(m) for m in (batch_size // unit * unit, (batch_size // unit + 1) * unit) if m)
+  if accum_steps == 1:
+    problem, alternative = f"is not divisible by the {devices} devices", ""
+  else:
+    problem = f"does not split into config.grad_accum_steps={accum_steps} micro-batches over {devices} devices"
+    alternative = ", or change grad_accum_steps"
+  _require(batch_size % unit == 0,
+           f"config.batch_size={batch_size} {problem}: use a multiple of {unit} ({multiples}, ...){alternative}.")
+
+
 def validate_config(config, num_devices: int | None = None) -> None:
-  """Checks the values no registry lookup catches (names are checked by their registries)."""
+  """Checks the whole config (model and dataset names are checked by their registries when built)."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   t, o, a, obj = config.teacher, config.optim, config.aug, config.objective
   _require(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
-  _require(config.batch_size % num_devices == 0,
-           f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices; "
-           f"use a multiple of {num_devices}.")
-  for name, value in (("teacher.temp", t.temp), ("teacher.warmup_temp", t.warmup_temp),
-                      ("objective.student_temp", obj.student_temp)):
+  check_batch_split(config.batch_size, config.get("grad_accum_steps", 1), num_devices)
+  for name, value in (("teacher.temp", t.temp), ("teacher.warmup_temp", t.warmup_temp)):
     _require(value > 0, f"config.{name}={value} must be a positive temperature.")
   for name, value in (("teacher.momentum", t.momentum), ("teacher.momentum_end", t.momentum_end)):
     _require(0.0 <= value <= 1.0, f"config.{name}={value} must lie in [0, 1].")
@@ -36,8 +84,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
              f"config.aug.{name}={size} is not divisible by the patch size {patch}.")
   _require(config.collapse.patience >= 1,
            f"config.collapse.patience={config.collapse.patience} must be >= 1 (log steps in a row).")
-  objectives.validate_config(obj)
-  if composite.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
+  validate_objective(obj)
+  if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices
     _require(per_device >= 2,
              f"KoLeo on each device's batch needs at least 2 images per device, got {per_device} "

@@ -69,7 +69,7 @@ def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source()
   trainer = train.build(config, num_examples=config.batch_size)
   resident = data.load_split(config.data, config.data.train_split)
   with jax.set_mesh(trainer.mesh):
-    streamed = periodic.make_periodic_eval(config, trainer.mesh)(trainer.state.teacher)
-    held = periodic.make_periodic_eval(config, trainer.mesh, resident)(trainer.state.teacher)
+    streamed = periodic.make_periodic_eval(config, trainer.mesh, trainer.graphdef)(trainer.state.teacher)
+    held = periodic.make_periodic_eval(config, trainer.mesh, trainer.graphdef, resident)(trainer.state.teacher)
   assert streamed == pytest.approx(held, abs=1e-6)
   assert 0.0 < streamed["knn_top1_k20"] <= 1.0 and streamed["diag_unique_prototypes"] > 1

@@ -10,6 +10,7 @@ from flax import nnx
 
 from simdino_jax import models
 from simdino_jax.models import heads, vit
+from simdino_jax.numerics import l2_normalize
 
 DIM, DEPTH, HEADS, PATCH, IMAGE = 32, 2, 2, 4, 16
 K, P = 64, 16
@@ -72,6 +73,10 @@ def abstract_model(name, patch_size, head_kind="dino", **fields):
   return nnx.eval_shape(lambda: models.create_model(config, head_kind=head_kind, rngs=nnx.Rngs(0)))
 
 
+def count_params(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
 def param_paths(state):
   return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
@@ -86,13 +91,13 @@ def test_reference_backbone_param_counts(name, patch_size, expected):
   params = nnx.state(model.backbone, nnx.Param)
   dim = model.backbone.embed_dim
   assert param_paths(params)["mask_token"].shape == (1, 1, dim)
-  assert models.count_params(params) - dim == expected
+  assert count_params(params) - dim == expected
 
 
 def test_reference_dino_head_param_count():
   model = abstract_model("ViT-S/16", 16)
   params = nnx.state(model.head, nnx.Param)
-  assert models.count_params(params) == 22_352_128
+  assert count_params(params) == 22_352_128
   assert param_paths(params)["last_layer/v"].shape == (65536, 256)
   assert param_paths(params)["last_layer/g"].shape == (65536,)
 
@@ -308,11 +313,11 @@ def test_rate_zero_model_ignores_key():
 def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
   for norm_last_layer in (True, False):
     model = tiny_model("dino", norm_last_layer=norm_last_layer)
-    graphdef, params = models.split_params(model)
+    graphdef, params = nnx.split(model)
     crops = make_crops(n_local=0)
 
     def loss(params):
-      logits = models.merge_params(graphdef, params)(crops)["head"]
+      logits = nnx.merge(graphdef, params)(crops)["head"]
       return jnp.sum(jax.nn.log_softmax(logits / 0.1)[..., 0])
 
     grads = jax.jit(jax.grad(loss))(params)
@@ -326,16 +331,28 @@ def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
   head = tiny_head("dino")
   features = jax.random.normal(jax.random.key(0), (7, DIM))
   logits = call(head, features)
-  z = heads.l2_normalize(call(head.mlp, features))
+  z = l2_normalize(call(head.mlp, features))
   v = head.last_layer.v[...]
   cosines = z @ (v / jnp.linalg.norm(v, axis=-1, keepdims=True)).T
   np.testing.assert_allclose(logits, cosines, atol=1e-5)
   assert float(jnp.abs(logits).max()) <= 1.0 + 1e-6
 
 
+def test_heads_say_what_they_are():
+  dino, simdino = tiny_model("dino"), tiny_model("simdino")
+  assert (dino.head.out_dim, dino.head.num_prototypes) == (K, K)
+  assert (simdino.head.out_dim, simdino.head.num_prototypes) == (P, 0)
+  np.testing.assert_array_equal(dino.head.prototypes(), dino.head.last_layer.v[...])
+  assert simdino.head.prototypes() is None
+  for model, expected in ((dino, dino.head.last_layer.v[...]), (simdino, None)):
+    graphdef, params = nnx.split(model)
+    found = models.prototypes(graphdef, nnx.to_pure_dict(params))
+    assert found is None if expected is None else np.array_equal(found, expected)
+
+
 def test_l2_normalize_eps():
-  np.testing.assert_array_equal(heads.l2_normalize(jnp.zeros((2, 3))), 0.0)
-  np.testing.assert_allclose(heads.l2_normalize(jnp.array([[3.0, 4.0]])), [[0.6, 0.8]])
+  np.testing.assert_array_equal(l2_normalize(jnp.zeros((2, 3))), 0.0)
+  np.testing.assert_allclose(l2_normalize(jnp.array([[3.0, 4.0]])), [[0.6, 0.8]])
 
 
 # Attention padding (the cuDNN path, run here with the XLA implementation).
@@ -369,19 +386,19 @@ def test_padded_backbone_equals_unpadded():
 
 def test_split_merge_round_trip_under_jit():
   model = tiny_model("dino", drop_path_rate=0.2)
-  graphdef, params = models.split_params(model)
+  graphdef, params = nnx.split(model)
   crops, masks, key = make_crops(), make_masks(), jax.random.key(5)
 
   @jax.jit
   def forward(params, crops, masks, key):
-    return models.merge_params(graphdef, params)(crops, masks, key=key)
+    return nnx.merge(graphdef, params)(crops, masks, key=key)
 
   functional = forward(params, crops, masks, key)
   direct = call(model, crops, masks, key=key)
   assert set(functional) == set(direct)
   for name in direct:
     np.testing.assert_allclose(functional[name], direct[name], atol=1e-5)
-  _, params_again = models.split_params(models.merge_params(graphdef, params))
+  _, params_again = nnx.split(nnx.merge(graphdef, params))
   jax.tree.map(np.testing.assert_array_equal, params_again, params)
 
 
@@ -390,8 +407,8 @@ def test_remat_matches_plain_forward_and_gradient():
   images, key = make_crops()[0][0], jax.random.key(7)
   results = []
   for backbone in (plain, remat):
-    graphdef, params = models.split_params(backbone)
-    loss = lambda p: jnp.sum(models.merge_params(graphdef, p)(images, key=key)["cls"] ** 2)
+    graphdef, params = nnx.split(backbone)
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(images, key=key)["cls"] ** 2)
     results.append(jax.jit(jax.value_and_grad(loss))(params))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[0][1], results[1][1])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from simdino_jax import validation
 from simdino_jax.objectives import OBJECTIVES, default_config, get_objective
 from tests import numpy_reference as ref
 
@@ -25,7 +26,7 @@ def make_config(**overrides):
 
 
 def model_outputs(seed, head):
-  """Random student / teacher output dicts as docs/architecture.md defines them, and a batch with masks."""
+  """Random student / teacher output dicts as docs/architecture.md defines them, and masks [2, B, N]."""
   rng = np.random.default_rng(seed)
   width = PROTOTYPES if head == "dino" else EMBED
   def head_output(*shape):
@@ -39,16 +40,16 @@ def model_outputs(seed, head):
     student["prototypes"] = rng.normal(size=(PROTOTYPES, EMBED)).astype(np.float32)
   masks = rng.uniform(size=(2, BATCH, PATCHES)) < 0.4
   masks[:, ::2] = False
-  return student, teacher, {"masks": masks}
+  return student, teacher, masks
 
 
 def per_device_koleo(cls, n_devices):
   return sum(np.mean([ref.koleo(shard) for shard in np.split(cls[view], n_devices)]) for view in range(2))
 
 
-def expected_loss(config, state, student, teacher, batch, n_devices=1):
-  """(total loss, new state) from the float64 references, following SPEC §1."""
-  temp, masks = SCHED["teacher_temp"], batch["masks"]
+def expected_loss(config, state, student, teacher, masks, n_devices=1):
+  """(total loss, new state) from the float64 references, following docs/objectives.md."""
+  temp = SCHED["teacher_temp"]
   new_state = {}
   koleo_weight = {"dinov2": 0.1}.get(config.name, 0.0) if config.koleo_weight == -1 else config.koleo_weight
   if config.name in ("dino", "dinov2"):
@@ -93,22 +94,22 @@ CASES = [
 ]
 
 
-def run_objective(config, student, teacher, batch, state=None):
+def run_objective(config, student, teacher, masks, state=None):
   objective = get_objective(config)
   out_dim = student["head"].shape[-1]
   state = objective.init_state(out_dim) if state is None else state
-  return objective, jax.jit(objective.loss)(student, teacher, state, SCHED, batch)
+  return objective, jax.jit(objective.loss)(student, teacher, state, SCHED, masks)
 
 
 @pytest.mark.parametrize("overrides", CASES, ids=lambda case: "-".join(f"{k}={v}" for k, v in case.items()))
 def test_objective_matches_reference(overrides):
   config = make_config(**overrides)
   objective = get_objective(config)
-  student, teacher, batch = model_outputs(0, objective.head)
+  student, teacher, masks = model_outputs(0, objective.head_kind)
   state = jax.tree.map(lambda x: x + 0.1 * np.arange(x.shape[0], dtype=np.float32) / x.shape[0],
                        objective.init_state(student["head"].shape[-1]))
-  _, (loss, new_state, metrics) = run_objective(config, student, teacher, batch, state)
-  expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, batch)
+  _, (loss, new_state, metrics) = run_objective(config, student, teacher, masks, state)
+  expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, masks)
   ref.assert_close(loss, expected)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   for key, value in expected_state.items():
@@ -122,16 +123,18 @@ def test_objective_matches_reference(overrides):
                                                  ("coding_rate", config.coding_rate_weight)] if weight > 0}
   assert expected_metrics <= set(metrics)
   assert objective.needs_masks == (config.name in ("dinov2", "simdinov2"))
-  assert objective.head == ("dino" if config.name in ("dino", "dinov2") else "simdino")
+  if config.name in ("dino", "dinov2"):
+    ref.assert_close(metrics["dino_over_log_k"], metrics["dino"] / np.log(PROTOTYPES), rtol=1e-6)
+  assert objective.head_kind == ("dino" if config.name in ("dino", "dinov2") else "simdino")
 
 
 @pytest.mark.parametrize("name", ["dino", "dinov2", "simdino", "simdinov2"])
 def test_objective_gradients_reach_the_student_only(name):
   config = make_config(name=name, coding_rate_weight=0.01, koleo_weight=0.1)
   objective = get_objective(config)
-  student, teacher, batch = model_outputs(1, objective.head)
+  student, teacher, masks = model_outputs(1, objective.head_kind)
   state = objective.init_state(student["head"].shape[-1])
-  loss_of = lambda s, t: objective.loss(s, t, state, SCHED, batch)[0]
+  loss_of = lambda s, t: objective.loss(s, t, state, SCHED, masks)[0]
   student_grads, teacher_grads = jax.jit(jax.grad(loss_of, argnums=(0, 1)))(student, teacher)
   for key in ("cls", "head") + (("patch_head",) if objective.needs_masks else ()):
     assert np.all(np.isfinite(student_grads[key])) and np.any(student_grads[key] != 0), key
@@ -144,17 +147,17 @@ def test_objective_sharded_matches_reference(overrides):
   # Under an 8-device mesh: mesh-wide sums for the global terms, per-device KoLeo / covariance where configured.
   config = make_config(**overrides)
   objective = get_objective(config)
-  student, teacher, batch = model_outputs(2, objective.head)
+  student, teacher, masks = model_outputs(2, objective.head_kind)
   state = objective.init_state(student["head"].shape[-1])
   mesh = data_mesh()
   with jax.set_mesh(mesh):
     def on_batch(path, x):
-      if path[-1].key == "prototypes":
+      if path and path[-1].key == "prototypes":
         return jax.device_put(x, NamedSharding(mesh, P()))
       return jax.device_put(x, NamedSharding(mesh, P(None, "data") if x.ndim > 1 else P()))
-    sharded = [jax.tree.map_with_path(on_batch, tree) for tree in (student, teacher, batch)]
+    sharded = [jax.tree.map_with_path(on_batch, tree) for tree in (student, teacher, masks)]
     loss, new_state, _ = jax.jit(objective.loss)(sharded[0], sharded[1], state, SCHED, sharded[2])
-  expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, batch,
+  expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, masks,
                                            n_devices=8)
   ref.assert_close(loss, expected)
   for key, value in expected_state.items():
@@ -173,21 +176,23 @@ def test_unknown_objective_lists_valid_names():
     (dict(covariance="x"), "covariance"), (dict(koleo_scope="x"), "koleo_scope"),
     (dict(proto_chunk_size=0), "proto_chunk_size"), (dict(koleo_weight=-0.5), "koleo_weight"),
     (dict(koleo_proto_weight=-1.0), "koleo_proto_weight"), (dict(coding_rate_weight=-1.0), "coding_rate_weight"),
-    (dict(name="simdino", koleo_proto_weight=0.1), "dino"),
+    (dict(name="simdino", koleo_proto_weight=0.1), "dino"), (dict(covariance_group_size=-1), "covariance_group_size"),
+    (dict(covariance="local", covariance_group_size=64), "covariance_group_size"),
 ])
 def test_invalid_config_is_rejected(overrides, message):
-  with pytest.raises(ValueError, match=message):
-    get_objective(make_config(**overrides))
+  with pytest.raises(ValueError, match=f"config.objective.*{message}"):
+    validation.validate_objective(make_config(**overrides))
+  validation.validate_objective(make_config())
 
 
 def test_missing_inputs_raise_clear_errors():
   objective = get_objective(make_config(name="dinov2"))
   student, teacher, _ = model_outputs(3, "dino")
-  with pytest.raises(KeyError, match="masks"):
-    objective.loss(student, teacher, objective.init_state(PROTOTYPES), SCHED, {})
+  with pytest.raises(ValueError, match="masks"):
+    objective.loss(student, teacher, objective.init_state(PROTOTYPES), SCHED, None)
   objective = get_objective(make_config(name="dino"))
   with pytest.raises(KeyError, match="teacher_temp"):
-    objective.loss(student, teacher, objective.init_state(PROTOTYPES), {}, {})
+    objective.loss(student, teacher, objective.init_state(PROTOTYPES), {}, None)
 
 
 def test_default_config_fields_and_koleo_default():
@@ -200,9 +205,9 @@ def test_default_config_fields_and_koleo_default():
           config.eps, config.coeff, config.expa_type, config.gamma, config.covariance, config.koleo_scope,
           config.proto_chunk_size, config.covariance_group_size) == (
               "dino", -1.0, "center", 0.1, 0.9, 0.05, 1.0, 1, "default", "global", "device", 4096, 0)
-  student, teacher, batch = model_outputs(4, "dino")
+  student, teacher, masks = model_outputs(4, "dino")
   for name, has_koleo in [("dino", False), ("dinov2", True)]:
-    _, (_, _, metrics) = run_objective(make_config(name=name), student, teacher, batch)
+    _, (_, _, metrics) = run_objective(make_config(name=name), student, teacher, masks)
     assert ("koleo" in metrics) == has_koleo
   objective = get_objective(make_config(name="dinov2"))
   assert set(objective.init_state(7)) == {"center", "patch_center"}

@@ -75,12 +75,9 @@ def test_simdino_comp_is_minus_one_for_opposite_views_and_expansion_favours_spre
   assert spread_metrics["expa"] > collapsed_metrics["expa"] > 0
 
 
-def test_simdino_rejects_bad_options():
-  student, teacher = embeddings(0, (3, 4, 5)), embeddings(1, (2, 4, 5))
-  for options, message in [({"eps": 0.0}, "eps"), ({"expa_type": 2}, "expa_type"), ({"gamma": "x"}, "gamma"),
-                           ({"covariance": "x"}, "covariance")]:
-    with pytest.raises(ValueError, match=message):
-      simdino_loss(student, teacher, **options)
+def test_simdino_rejects_bad_shapes():
+  # Options (eps, expa_type, gamma, covariance) are config values, checked once in validation.py.
+  student = embeddings(0, (3, 4, 5))
   with pytest.raises(ValueError, match="teacher"):
     simdino_loss(student, student)
 

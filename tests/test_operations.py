@@ -303,30 +303,30 @@ def test_typo_in_a_command_line_override_fails_clearly(tmp_path):
 
 
 def test_collapse_monitor_warns_after_patience_on_each_signature():
-  log_k = math.log(64)
-  monitor = collapse.CollapseMonitor(log_k, patience=3)
-  assert monitor.update(1, {"dino": 1.01 * log_k}) is None
-  assert monitor.update(2, {"dino": 0.99 * log_k}) is None
-  warning = monitor.update(3, {"dino": log_k})
-  assert warning is not None and "step 3" in warning and "log K = 4.1589" in warning
-  assert monitor.update(4, {"dino": log_k}) is not None
+  # The objectives log the DINO loss already divided by log K ("dino_over_log_k"; 1 = a uniform teacher).
+  monitor = collapse.CollapseMonitor(patience=3)
+  assert monitor.update(1, {"dino_over_log_k": 1.01}) is None
+  assert monitor.update(2, {"dino_over_log_k": 0.99}) is None
+  warning = monitor.update(3, {"dino_over_log_k": 1.0})
+  assert warning is not None and "step 3" in warning and "loss / log K = 1.0000" in warning
+  assert monitor.update(4, {"dino_over_log_k": 1.0}) is not None
   # A loss 3% away from log K resets the count; so does a log step without the metric.
-  assert monitor.update(5, {"dino": 0.97 * log_k}) is None
-  assert monitor.update(6, {"dino": log_k}) is None and monitor.update(7, {"dino": log_k}) is None
+  assert monitor.update(5, {"dino_over_log_k": 0.97}) is None
+  assert monitor.update(6, {"dino_over_log_k": 1.0}) is None and monitor.update(7, {"dino_over_log_k": 1.0}) is None
   assert monitor.update(8, {"loss": 1.0}) is None and monitor.dino_streak == 0
 
-  simdino = collapse.CollapseMonitor(None, patience=2)
-  assert simdino.update(1, {"dino": 0.0, "teacher_feature_std": 5e-4}) is None  # no log K: dino ignored
+  simdino = collapse.CollapseMonitor(patience=2)
+  assert simdino.update(1, {"dino": 0.0, "teacher_feature_std": 5e-4}) is None  # the raw DINO loss is not watched
   warning = simdino.update(2, {"teacher_feature_std": 1e-4})
   assert warning is not None and "teacher feature std 1.00e-04" in warning and "below 0.001" in warning
   assert simdino.update(3, {"teacher_feature_std": 1 / math.sqrt(16)}) is None
   assert simdino.update(4, {"teacher_feature_std": float("nan")}) is None and simdino.std_streak == 0
-  strict = collapse.CollapseMonitor(log_k, patience=1, dino_rel_tol=0.001, min_feature_std=0.1)
-  assert strict.update(1, {"dino": 1.01 * log_k, "teacher_feature_std": 0.2}) is None
-  both = strict.update(2, {"dino": log_k, "teacher_feature_std": 0.05})
+  strict = collapse.CollapseMonitor(patience=1, dino_rel_tol=0.001, min_feature_std=0.1)
+  assert strict.update(1, {"dino_over_log_k": 1.01, "teacher_feature_std": 0.2}) is None
+  both = strict.update(2, {"dino_over_log_k": 1.0, "teacher_feature_std": 0.05})
   assert "DINO loss" in both and "teacher feature std" in both
   with pytest.raises(ValueError, match="patience"):
-    collapse.CollapseMonitor(log_k, patience=0)
+    collapse.CollapseMonitor(patience=0)
 
 
 def test_training_loop_reports_collapse_in_the_log(tmp_path, capsys):

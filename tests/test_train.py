@@ -7,6 +7,7 @@ import pytest
 
 from simdino_jax import parallel
 from simdino_jax import train
+from simdino_jax import validation
 from tests import train_utils
 
 METHODS = [("dino", {}), ("dinov2", {}), ("simdino", {}), ("simdinov2", {}),
@@ -85,7 +86,7 @@ def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
   start = jax.device_get(trainer.state)
 
   def run(resident, batches):
-    train_step = train.make_feeder(trainer, resident)
+    train_step = train.make_host_step(trainer, resident)
     state, metrics = jax.device_put(start, trainer.state_shardings), []
     for batch in batches:
       state, step_metrics = train_step(state, batch)
@@ -117,4 +118,4 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  getattr(accumulated, part), getattr(full, part))
   with pytest.raises(ValueError, match=r"use a multiple of 24 \(24, 48"):
-    train.check_accumulation(40, 3, 8)
+    validation.check_batch_split(40, 3, 8)

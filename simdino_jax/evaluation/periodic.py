@@ -6,14 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdino_jax import data as data_lib
+from simdino_jax import models
 from simdino_jax.evaluation import diagnostics
 from simdino_jax.evaluation import features as features_lib
 from simdino_jax.evaluation import knn
 
 
-def make_periodic_eval(config, mesh, resident: tuple[np.ndarray, np.ndarray] | None = None
+def make_periodic_eval(config, mesh, graphdef, resident: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> Callable[[dict], dict]:
   """`evaluate(teacher params) -> metrics`: weighted kNN top-1 (docs/architecture.md) on the labelled splits.
+
+  `graphdef` is the model's (train.TrainSetup.graphdef): the prototypes are whatever its head says they are.
 
   The splits are streamed from the data source at every evaluation (host memory O(batch)), the training split
   capped at `config.eval.max_train_examples` and the test split at `config.eval.max_test_examples`. `resident`
@@ -39,7 +42,7 @@ def make_periodic_eval(config, mesh, resident: tuple[np.ndarray, np.ndarray] | N
                                k=tuple(config.eval.knn_k), temperature=config.eval.knn_temperature, mesh=mesh)
     features = diagnostics.feature_diagnostics(test_features[:10_000])  # A full SVD: bounded cost.
     results.update({f"diag_{k}": v for k, v in features.items()})
-    prototypes = params["head"].get("last_layer", {}).get("v")
+    prototypes = models.prototypes(graphdef, params)
     if prototypes is not None:
       protos = diagnostics.prototype_diagnostics(jnp.asarray(prototypes), config.eval.prototype_threshold)
       results.update({f"diag_{k}": v for k, v in protos.items()})

@@ -2,19 +2,19 @@
 
 Functional use (the train loop): build once, split, and merge inside `jax.jit`:
 
-  model = create_model(config.model, head_kind=objective.head, rngs=nnx.Rngs(seed))
-  graphdef, params = split_params(model)          # params: nnx.State of nnx.Param, a pytree
+  model = create_model(config.model, head_kind=objective.head_kind, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model)
   @jax.jit
   def forward(params, crops, masks, key):
-    return merge_params(graphdef, params)(crops, masks, key=key)
+    return nnx.merge(graphdef, params)(crops, masks, key=key)
 
-Parameter paths (keys of the nnx.State): `backbone/...` (see vit.py) and `head/mlp/layers/<i>/{kernel,bias}`,
-`head/last_layer/{v,g}` (DINO head). `backbone/mask_token` always exists (zero init; used only with masks) and is
-not part of the reference ViT parameter counts.
+The head says what it is (`model.head.out_dim`, `num_prototypes`, `prototypes()`; see heads.py). Parameter paths
+(keys of the nnx.State): `backbone/...` (see vit.py) and `head/mlp/layers/<i>/{kernel,bias}`, `head/last_layer/
+{v,g}` (DINO head; the optimizer freezes `last_layer` by path). `backbone/mask_token` always exists (zero init;
+used only with masks) and is not part of the reference ViT parameter counts.
 """
 
 import dataclasses
-import math
 from typing import Optional
 
 import jax
@@ -29,7 +29,7 @@ from simdino_jax.registry import Registry
 
 __all__ = [
     "DINOHead", "MODELS", "MultiCropModel", "SimDINOHead", "ViTArchitecture", "VisionTransformer",
-    "count_params", "create_backbone", "create_model", "default_config", "merge_params", "split_params",
+    "create_backbone", "create_model", "default_config", "prototypes",
 ]
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -129,16 +129,6 @@ def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx
   return MultiCropModel(backbone, head)
 
 
-def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
-  """(static graphdef, nnx.State of all nnx.Param); raises if the model holds any other state."""
-  return nnx.split(model, nnx.Param)
-
-
-def merge_params(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.Module:
-  """The inverse of `split_params`: a callable model; use inside `jax.jit` with traced params."""
-  return nnx.merge(graphdef, params)
-
-
-def count_params(tree) -> int:
-  """The number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s (e.g. an nnx.State)."""
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+def prototypes(graphdef: nnx.GraphDef, params) -> jax.Array | None:
+  """The head's prototype directions `[K, p]` in the parameters `params` of a model, or None (SimDINO head)."""
+  return nnx.merge(graphdef, params).head.prototypes()

@@ -1,6 +1,8 @@
 """Projection heads: the DINO head (MLP, l2-normalize, weight-normalized prototypes) and the SimDINO head.
 
-The MLP runs in the compute dtype; the l2-normalization, the prototype layer and the outputs are float32.
+Each head says what it is: `out_dim` (its output size: K for the DINO head, p for the SimDINO head),
+`num_prototypes` (K, or 0) and `prototypes()` (the [K, p] directions, or None), so no caller reads parameter
+paths or branches on the head kind. The MLP runs in the compute dtype; the l2-normalization, the prototype layer and the outputs are float32.
 Parameter paths (relative to the head): `mlp/layers/<i>/{kernel,bias}` and, for the DINO head,
 `last_layer/v [K, p]` (prototype directions, one row per prototype) and `last_layer/g [K]` (gains).
 """
@@ -10,17 +12,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from simdino_jax.models.vit import TRUNC_NORMAL
+from simdino_jax.numerics import l2_normalize
 
-NORMALIZE_EPS = 1e-12
 # PyTorch's default Linear init for the prototypes (DINO leaves weight_v at it): U(+-1/sqrt(p)), v is [K, p].
 PROTOTYPE_INIT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=-1, out_axis=-2)
 HEAD_KINDS = ("dino", "simdino")
-
-
-def l2_normalize(x: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
-  """`x / max(||x||, eps)` along the last axis (torch's F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 class ProjectionMLP(nnx.Module):
@@ -65,15 +61,14 @@ class WeightNormLinear(nnx.Module):
 
 
 class DINOHead(nnx.Module):
-  """DINO head: MLP to the bottleneck, l2-normalize (eps 1e-12), weight-normalized prototypes -> logits [.., K]."""
-
-  kind = "dino"
+  """DINO head: MLP to the bottleneck, l2-normalize, weight-normalized prototypes -> logits [.., K]."""
 
   def __init__(self, in_dim: int, *, out_dim: int, hidden_dim: int, bottleneck_dim: int, n_layers: int,
                norm_last_layer: bool, dtype, rngs: nnx.Rngs):
     self.mlp = ProjectionMLP(in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers,
                              dtype=dtype, rngs=rngs)
     self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_gain=norm_last_layer, rngs=rngs)
+    self.out_dim = self.num_prototypes = out_dim
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.last_layer(l2_normalize(self.mlp(x)))
@@ -86,12 +81,17 @@ class DINOHead(nnx.Module):
 class SimDINOHead(nnx.Module):
   """SimDINO head: the DINO MLP to the bottleneck, then l2-normalize -> unit embeddings [.., p]."""
 
-  kind = "simdino"
+  num_prototypes = 0
 
   def __init__(self, in_dim: int, *, hidden_dim: int, bottleneck_dim: int, n_layers: int, dtype,
                rngs: nnx.Rngs):
     self.mlp = ProjectionMLP(in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers,
                              dtype=dtype, rngs=rngs)
+    self.out_dim = bottleneck_dim
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return l2_normalize(self.mlp(x))
+
+  def prototypes(self) -> None:
+    """No prototype layer."""
+    return None

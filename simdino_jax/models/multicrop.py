@@ -53,6 +53,7 @@ class MultiCropModel(nnx.Module):
     outputs = {"cls": cls, "head": head_out[:num_cls].reshape(*cls.shape[:2], -1)}
     if global_patches is not None:
       outputs["patch_head"] = head_out[num_cls:].reshape(*global_patches.shape[:3], -1)
-    if isinstance(self.head, DINOHead):
-      outputs["prototypes"] = self.head.prototypes()
+    prototypes = self.head.prototypes()
+    if prototypes is not None:
+      outputs["prototypes"] = prototypes
     return outputs

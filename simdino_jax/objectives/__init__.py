@@ -1,21 +1,20 @@
 """Objectives: DINO, iBOT, KoLeo, KoLeo-proto, the coding rate, SimDINO, SimDINOv2 and DINOv2, and their registry.
 
-get_objective(config.objective) returns an Objective (see composite.py and docs/architecture.md).
+get_objective(config.objective) returns an Objective (see registry.py, docs/objectives.md and
+docs/architecture.md).
 """
 
 from simdino_jax.objectives.coding_rate import coding_rate
-from simdino_jax.objectives.composite import OBJECTIVES, Objective, default_config, get_objective, validate_config
 from simdino_jax.objectives.dino import (cross_view_cross_entropy, dino_loss, sinkhorn_knopp, teacher_probs,
                                          update_center)
-from simdino_jax.objectives.dinov2 import dinov2_loss
 from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, update_patch_center
 from simdino_jax.objectives.koleo import koleo_loss, koleo_on_global_crops, koleo_proto_loss, unique_prototypes
+from simdino_jax.objectives.registry import OBJECTIVES, Objective, default_config, get_objective
 from simdino_jax.objectives.simdino import mean_coding_rate, simdino_loss, simdino_patch_loss, simdinov2_loss
 
 __all__ = [
     "OBJECTIVES", "Objective", "coding_rate", "cross_view_cross_entropy", "default_config", "dino_loss",
-    "dinov2_loss", "get_objective", "ibot_patch_loss", "ibot_sinkhorn_knopp", "koleo_loss", "koleo_on_global_crops",
+    "get_objective", "ibot_patch_loss", "ibot_sinkhorn_knopp", "koleo_loss", "koleo_on_global_crops",
     "koleo_proto_loss", "mean_coding_rate", "simdino_loss", "simdino_patch_loss", "simdinov2_loss",
     "sinkhorn_knopp", "teacher_probs", "unique_prototypes", "update_center", "update_patch_center",
-    "validate_config",
 ]

@@ -1,4 +1,4 @@
-"""Small numerical helpers shared by the objectives: float32 casts, normalization, view-pair and masked means."""
+"""Small numerical helpers shared by the objectives: float32 casts, view-pair and masked means."""
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +10,6 @@ HIGHEST = jax.lax.Precision.HIGHEST
 def as_float32(x) -> jax.Array:
   """Casts an array (any float dtype) to float32."""
   return jnp.asarray(x, jnp.float32)
-
-
-def l2_normalize(x: jax.Array, eps: float) -> jax.Array:
-  """x / max(||x||_2, eps) along the last axis."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def cross_view_mean(pair_values: jax.Array) -> jax.Array:
@@ -45,11 +40,3 @@ def masked_image_mean(per_token: jax.Array, masks: jax.Array) -> jax.Array:
   n_masked = jnp.sum(masks, axis=-1).astype(jnp.float32)
   per_image = jnp.sum(jnp.where(masks, per_token, 0.0), axis=-1) / jnp.maximum(n_masked, 1.0)
   return jnp.mean(per_image)
-
-
-def check_positive(name: str, value) -> None:
-  """Raises ValueError when a static (non-traced) value is not > 0; traced values are not checked."""
-  if isinstance(value, jax.core.Tracer):
-    return
-  if not np.all(np.asarray(value) > 0):
-    raise ValueError(f"{name} must be > 0, got {value}.")

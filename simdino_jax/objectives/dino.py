@@ -8,12 +8,11 @@ L = (1/(2V−2)) Σ_{i∈{0,1}} Σ_{v≠i} mean_b[−Σ_k p_t,i[k] log p_s,v[k]]
 import jax
 import jax.numpy as jnp
 
-from simdino_jax.objectives.common import as_float32, check_positive, check_views, cross_view_mean
+from simdino_jax.objectives.common import as_float32, check_views, cross_view_mean
 
 
 def teacher_probs(teacher_logits: jax.Array, center: jax.Array, teacher_temp) -> jax.Array:
   """softmax((t − c)/τ_t) over the last axis, float32, stop-gradient."""
-  check_positive("teacher_temp", teacher_temp)
   logits = jax.lax.stop_gradient(as_float32(teacher_logits))
   return jax.nn.softmax((logits - as_float32(center)) / teacher_temp, axis=-1)
 
@@ -26,7 +25,6 @@ def sinkhorn_knopp(teacher_logits: jax.Array, temperature, n_iterations: int = 3
   n_iterations × (each prototype's total → 1/K, each sample's total → 1/B); returns B·Q, whose rows sum to 1.
   Sums are over the whole (global) batch: under jit on a sharded batch they are mesh-wide.
   """
-  check_positive("temperature", temperature)
   if teacher_logits.ndim != 2:
     raise ValueError(f"sinkhorn_knopp expects logits [B, K], got shape {teacher_logits.shape}.")
   n_prototypes = teacher_logits.shape[1]
@@ -53,7 +51,6 @@ def cross_view_cross_entropy(student_logits: jax.Array, teacher_probabilities: j
                              student_temp=0.1) -> jax.Array:
   """(1/(2V−2)) Σ_{i, v≠i} mean_b[−Σ_k p_t,i[k] log_softmax(s_v/τ_s)[k]] for student [V, B, K], teacher probs
   [2, B, K] (DINO's loss given any teacher probabilities, e.g. Sinkhorn-Knopp's)."""
-  check_positive("student_temp", student_temp)
   check_views(student_logits, teacher_probabilities, "DINO loss")
   student_log_probs = jax.nn.log_softmax(as_float32(student_logits) / student_temp, axis=-1)
   teacher_probabilities = jax.lax.stop_gradient(as_float32(teacher_probabilities))

@@ -5,7 +5,7 @@ from typing import Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
-DATA_AXIS = "data"
+from simdino_jax.parallel import DATA_AXIS
 
 
 def data_axis_size() -> int:

@@ -9,7 +9,7 @@ center from update_patch_center, or ibot_sinkhorn_knopp.
 import jax
 import jax.numpy as jnp
 
-from simdino_jax.objectives.common import as_float32, check_positive, masked_image_mean
+from simdino_jax.objectives.common import as_float32, masked_image_mean
 from simdino_jax.objectives.dino import sinkhorn_knopp
 
 
@@ -25,7 +25,6 @@ def ibot_patch_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Ar
 
   student_patch_logits and teacher_patch_probs: [2, B, N, K] (or [2B, N, K]); masks: [2, B, N] (or [2B, N]) bool.
   """
-  check_positive("student_temp", student_temp)
   _check_patches(student_patch_logits, masks, "ibot_patch_loss")
   if teacher_patch_probs.shape != student_patch_logits.shape:
     raise ValueError(f"ibot_patch_loss: student {student_patch_logits.shape} and teacher "

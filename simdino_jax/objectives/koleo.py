@@ -1,6 +1,6 @@
 """KoLeo (DINOv2) on features, KoLeo-proto on prototype directions, and the unique-prototype diagnostic.
 
-KoLeo: x̂_i = x_i / max(||x_i||, 1e-8), j(i) = argmax_{j≠i} x̂_i·x̂_j (no gradient through the argmax),
+KoLeo: x̂_i = x_i / ||x_i|| (numerics.l2_normalize), j(i) = argmax_{j≠i} x̂_i·x̂_j (no gradient through the argmax),
 d_i = ||x̂_i − x̂_j(i) + 1e-8||, L = −(1/N) Σ_i log(d_i + 1e-8).
 """
 
@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simdino_jax.objectives.common import HIGHEST, as_float32, check_positive, l2_normalize
+from simdino_jax.numerics import l2_normalize
+from simdino_jax.objectives.common import HIGHEST, as_float32
 from simdino_jax.objectives.distributed import mean_over_data_shards
 
-NORMALIZE_EPS = 1e-8
 PAIRWISE_EPS = 1e-8  # added to the difference, as torch.nn.PairwiseDistance does
 LOG_EPS = 1e-8
 
@@ -36,7 +36,7 @@ def koleo_loss(x: jax.Array) -> jax.Array:
   """
   x = as_float32(x)
   _check_rows(x, "koleo_loss")
-  x_normalized = l2_normalize(x, NORMALIZE_EPS)
+  x_normalized = l2_normalize(x)
   similarities = jax.lax.stop_gradient(jnp.matmul(x_normalized, x_normalized.T, precision=HIGHEST))
   similarities = jnp.where(jnp.eye(x.shape[0], dtype=bool), -jnp.inf, similarities)
   return _koleo_from_neighbours(x_normalized, jnp.argmax(similarities, axis=1))
@@ -44,7 +44,6 @@ def koleo_loss(x: jax.Array) -> jax.Array:
 
 def _row_chunks(n_rows: int, chunk_size: int) -> tuple[int, int]:
   """(rows per chunk, number of chunks) covering n_rows; the last chunk is padded."""
-  check_positive("chunk_size", chunk_size)
   rows_per_chunk = min(int(chunk_size), n_rows)
   return rows_per_chunk, -(-n_rows // rows_per_chunk)
 
@@ -80,7 +79,7 @@ def koleo_proto_loss(prototypes: jax.Array, chunk_size: int = 4096) -> jax.Array
   """
   prototypes = as_float32(prototypes)
   _check_rows(prototypes, "koleo_proto_loss")
-  directions = l2_normalize(prototypes, NORMALIZE_EPS)
+  directions = l2_normalize(prototypes)
   return _koleo_from_neighbours(directions, nearest_neighbours(directions, chunk_size))
 
 
@@ -128,11 +127,12 @@ def unique_prototypes(prototypes: jax.Array, threshold: float = 0.025, chunk_siz
   rows; a host union-find merges them; passes repeat until no label changes (O(log K) passes, one if no pair is
   close). A diagnostic for outside the train step: not jit-able itself, returns Python ints.
   """
-  check_positive("threshold", threshold)
+  if not threshold > 0:
+    raise ValueError(f"unique_prototypes needs a threshold > 0, got {threshold}.")
   prototypes = as_float32(prototypes)
   if prototypes.ndim != 2:
     raise ValueError(f"unique_prototypes expects prototypes [K, d], got shape {prototypes.shape}.")
-  directions = l2_normalize(prototypes, NORMALIZE_EPS)
+  directions = l2_normalize(prototypes)
   n_prototypes = prototypes.shape[0]
   labels = np.arange(n_prototypes, dtype=np.int32)
   while True:
@@ -158,8 +158,6 @@ def koleo_on_global_crops(student_cls: jax.Array, scope: str = "device") -> jax.
   scope "device": each device's local batch (DINOv2's choice; shard_map over the "data" mesh axis, mean over
   devices); "global": the whole global batch.
   """
-  if scope not in KOLEO_SCOPES:
-    raise ValueError(f"koleo_scope must be one of {KOLEO_SCOPES}, got {scope!r}.")
   if student_cls.ndim != 3 or student_cls.shape[0] < 2:
     raise ValueError(f"KoLeo expects the student CLS [V>=2, B, D], got shape {student_cls.shape}.")
   if scope == "device":

@@ -12,35 +12,18 @@ import jax
 import jax.numpy as jnp
 
 from simdino_jax.objectives.coding_rate import half_logdet_identity_plus_gram
-from simdino_jax.objectives.common import (as_float32, check_positive, check_views, cross_view_mean, l2_normalize,
-                                           masked_image_mean)
+from simdino_jax.numerics import l2_normalize
+from simdino_jax.objectives.common import as_float32, check_views, cross_view_mean, masked_image_mean
 from simdino_jax.objectives.distributed import mean_over_data_shards
 
-COSINE_EPS = 1e-8
 EXPA_TYPES = (0, 1)
 GAMMAS = ("default", "sqrt")
 COVARIANCES = ("global", "local")
 
 
-def check_options(*, eps, expa_type, gamma, covariance, group_size=0) -> None:
-  """Raises ValueError for an eps <= 0, an unknown expa_type / gamma / covariance, or a bad group size."""
-  check_positive("eps", eps)
-  if not (isinstance(group_size, int) and group_size >= 0):
-    raise ValueError(f"covariance_group_size must be an integer >= 0 (0 = no groups), got {group_size!r}.")
-  if group_size and covariance != "global":
-    raise ValueError(f"covariance_group_size={group_size} replaces covariance={covariance!r}; set "
-                     "covariance='global' with groups, or covariance_group_size=0.")
-  if expa_type not in EXPA_TYPES:
-    raise ValueError(f"expa_type must be one of {EXPA_TYPES}, got {expa_type!r}.")
-  if gamma not in GAMMAS:
-    raise ValueError(f"gamma must be one of {GAMMAS}, got {gamma!r}.")
-  if covariance not in COVARIANCES:
-    raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
-
-
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
-  """cos(a, b) = a·b / (max(||a||, 1e-8)·max(||b||, 1e-8)) along the last axis."""
-  return jnp.sum(l2_normalize(a, COSINE_EPS) * l2_normalize(b, COSINE_EPS), axis=-1)
+  """cos(a, b) = â·b̂ along the last axis (numerics.l2_normalize)."""
+  return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 def grouped_coding_rate(z: jax.Array, alpha, group_size: int) -> jax.Array:
@@ -64,9 +47,6 @@ def mean_coding_rate(views: jax.Array, eps, covariance: str = "global", group_si
   shard, still scaled with the global n, and R averaged over devices (the official SimDINO default, reduce_cov=0).
   group_size > 0: ZᵀZ over groups of that many rows, R averaged over groups (the same, device-independent).
   """
-  check_positive("eps", eps)
-  if covariance not in COVARIANCES:
-    raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
   views = as_float32(views)
   _, rows, p = views.shape
   alpha = p / ((n or rows) * jnp.asarray(eps, jnp.float32))
@@ -88,7 +68,6 @@ def expansion(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, expa_type
   n: the global batch that α and γ refer to (default: the rows given; a gradient-accumulation micro-batch passes
   the accumulated batch).
   """
-  check_options(eps=eps, expa_type=expa_type, gamma=gamma, covariance=covariance, group_size=group_size)
   global_student = as_float32(student_z)[:2]
   if expa_type == 1:
     codes = (global_student + jax.lax.stop_gradient(as_float32(teacher_z))) / 2.0
