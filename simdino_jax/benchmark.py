@@ -5,7 +5,7 @@
 The step is exactly the training step (on-device augmentation and masks, teacher and student forward, objective,
 backward, AdamW, EMA), fed with synthetic uint8 images already on the device. Timing: `--warmup` steps, then the
 median of `--steps` steps, each ended by `block_until_ready`. FLOPs come from XLA's cost analysis of the compiled
-step and from the analytic formula of shared/reference/perf_anchors.md (generalized to any patch size); MFU divides
+step and from the analytic formula `analytic_step_flops` (the usual ViT count, any patch size); MFU divides
 by `--peak_tflops` (746 = the bf16 matmul rate measured on the reference H100).
 """
 

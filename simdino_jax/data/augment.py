@@ -1,9 +1,9 @@
 """Multi-crop augmentation of the DINO family, run on the accelerator inside jit.
 
 Every example of every view draws its own parameters (its own vector of uniforms, vmap), and shapes are static.
-The recipe is SPEC §2: random resized crop → horizontal flip → colour jitter (random order) → grayscale →
-Gaussian blur → solarize (global 2 only) → normalization, with the per-view blur probabilities as intended
-(global 1, global 2, locals = 1.0, 0.1, 0.5), not DINOv2's inverted ones. Pixel values are floats in [0, 1]
+The recipe (docs/objectives.md#training-recipe): random resized crop → horizontal flip → colour jitter (random
+order) → grayscale → Gaussian blur → solarize (global 2 only) → normalization, with the per-view blur probabilities
+as intended (global 1, global 2, locals = 1.0, 0.1, 0.5), not DINOv2's inverted ones. Pixel values are floats in [0, 1]
 between the crop and the normalization; colour ops follow torchvision's tensor definitions.
 
 Only jax and numpy are imported: this module runs where TensorFlow, grain and ml_collections are absent.

@@ -1,6 +1,6 @@
 """Converts the compact CIFAR-10 bundle (shared-header JPEG slices) into the npz source's arrays.
 
-    python -m simdino_jax.data.compact --source ../shared/data/cifar10_compact --out DIR
+    python -m simdino_jax.data.compact --source COMPACT_DIR --out DIR
 
 writes DIR/cifar10_train.npz and DIR/cifar10_test.npz with "image" uint8 [N, 32, 32, 3] and "label" int32 [N],
 read with `config.data.name = "npz"`, `config.data.path = "DIR/cifar10_{split}.npz"`. Needs numpy and Pillow only
@@ -36,7 +36,7 @@ def convert(source: str, out: str) -> list[str]:
     src = os.path.join(source, f"{split}.npz")
     if not os.path.exists(src):
       raise FileNotFoundError(f"{src} not found: --source must be the cifar10_compact folder holding "
-                              "train.npz and test.npz (shared/data/cifar10_compact).")
+                              "train.npz and test.npz.")
     images, labels = decode_compact(src)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"cifar10_{split}.npz")

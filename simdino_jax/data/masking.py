@@ -1,4 +1,4 @@
-"""iBOT block masks for the global crops (SPEC §1.2), made on the device inside jit.
+"""iBOT block masks for the global crops (docs/objectives.md#ibot-masked-patch-loss), made on the device inside jit.
 
 Of the 2B global crops a random `probability` fraction is masked. The k-th masked image gets a target of
 int(N · U(p_k, p_k+1)) patches with p = linspace(ratio_min, ratio_max, n_masked + 1), so ratios are stratified.

@@ -1,6 +1,6 @@
 """Draws the multi-crop views of a few real CIFAR-10 test images (reads the python batches directly).
 
-  python -m simdino_jax.data.show_crops [--source /work/shared/data/cifar10] [--out docs/crops.png]
+  python -m simdino_jax.data.show_crops --source cifar-10-batches-py [--out docs/crops.png]
 
 Each row: the source image, the two global crops, then the local crops (de-normalized for display).
 """
@@ -45,7 +45,8 @@ def render(images: np.ndarray, out: str, seed: int = 0) -> None:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m simdino_jax.data.show_crops", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--source", default="/work/shared/data/cifar10", help="CIFAR-10 python batches")
+  parser.add_argument("--source", required=True,
+                      help="the folder of the CIFAR-10 python batches (cifar-10-batches-py, holding test_batch)")
   parser.add_argument("--out", default="docs/crops.png")
   parser.add_argument("--n", type=int, default=6, help="number of images")
   args = parser.parse_args(argv)
