@@ -1,4 +1,5 @@
-"""Optimizer semantics of SPEC §2, each checked directly against the PyTorch behaviour it reproduces."""
+"""Optimizer semantics of the recipes (docs/objectives.md#training-recipe), each checked directly against the
+PyTorch behaviour it reproduces."""
 
 import math
 

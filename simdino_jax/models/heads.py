@@ -2,7 +2,8 @@
 
 Each head says what it is: `out_dim` (its output size: K for the DINO head, p for the SimDINO head),
 `num_prototypes` (K, or 0) and `prototypes()` (the [K, p] directions, or None), so no caller reads parameter
-paths or branches on the head kind. The MLP runs in the compute dtype; the l2-normalization, the prototype layer and the outputs are float32.
+paths or branches on the head kind. The MLP runs in the compute dtype; the l2-normalization, the prototype layer
+and the outputs are float32.
 Parameter paths (relative to the head): `mlp/layers/<i>/{kernel,bias}` and, for the DINO head,
 `last_layer/v [K, p]` (prototype directions, one row per prototype) and `last_layer/g [K]` (gains).
 """

@@ -80,12 +80,8 @@ def mean_entropy(probabilities: jax.Array) -> jax.Array:
   return jnp.mean(-jnp.sum(jax.scipy.special.xlogy(probabilities, probabilities), axis=-1))
 
 
-def marginal_entropy(probabilities: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-  """Entropy of the (weighted) mean probability vector over samples: a collapse diagnostic (log K = uniform)."""
-  flat = probabilities.reshape(-1, probabilities.shape[-1])
-  if weights is None:
-    mean_probs = jnp.mean(flat, axis=0)
-  else:
-    weights = weights.reshape(-1).astype(jnp.float32)
-    mean_probs = jnp.sum(flat * weights[:, None], axis=0) / jnp.maximum(jnp.sum(weights), 1.0)
+def marginal_entropy(probabilities: jax.Array) -> jax.Array:
+  """H(p̄) = −Σ_k p̄[k] log p̄[k] of the mean probability p̄ over samples of [..., K]: log K when the samples
+  spread uniformly over the K entries on average, 0 when they all pick the same one."""
+  mean_probs = jnp.mean(probabilities.reshape(-1, probabilities.shape[-1]), axis=0)
   return -jnp.sum(jax.scipy.special.xlogy(mean_probs, mean_probs))
