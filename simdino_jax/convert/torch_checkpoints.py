@@ -131,7 +131,7 @@ def restore_network(workdir: str, step: Optional[int], network: str):
     raise ValueError(f"Unknown network {network!r}; valid: {', '.join(torch_layout.NETWORKS)}.")
   config, step = checkpointing.read_config(workdir, step)
   config = ml_collections.ConfigDict(config)
-  head_kind = objectives.get_objective(config.objective).head
+  head_kind = objectives.get_objective(config.objective).head_kind
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
       lambda: models.create_model(config.model, head_kind=head_kind, rngs=nnx.Rngs(0)))))
   replicated = parallel.replicated(parallel.create_mesh())
