@@ -1,0 +1,62 @@
+"""Paths through etils.epath: a gs:// location keeps its scheme end to end (faked by a local bucket, no network)."""
+
+import os
+
+import numpy as np
+import pytest
+from etils.epath import backend as backend_lib
+from etils.epath import gpath
+
+from simdino_jax import storage
+from simdino_jax.data import sources
+from tests import train_utils
+
+
+class _LocalBucket:
+  """epath's os backend with gs://BUCKET/PATH stored under ROOT/BUCKET/PATH."""
+
+  def __init__(self, root):
+    self.root = os.fspath(root)
+
+  def _local(self, value):
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value).startswith("gs://"):
+      return os.path.join(self.root, os.fspath(value)[len("gs://"):])
+    return value
+
+  def __getattr__(self, name):
+    method = getattr(backend_lib.os_backend, name)
+    return lambda *args, **kwargs: method(*map(self._local, args), **kwargs)
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+  """gs:// paths read and written under tmp_path/bucket_root; the working directory is tmp_path/cwd."""
+  fake = _LocalBucket(tmp_path / "bucket_root")
+  monkeypatch.setattr(gpath._GPath, "_backend",  # pylint: disable=protected-access
+                      property(lambda self: fake if self._uri_scheme == "gs" else backend_lib.os_backend))
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  return tmp_path / "bucket_root"
+
+
+def test_remote_paths_keep_their_scheme_and_local_ones_become_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert os.fspath(storage.path("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+  assert os.fspath(storage.path("runs/a")) == os.path.join(os.fspath(tmp_path.resolve()), "runs", "a")
+  assert os.fspath(storage.path("~/x")) == os.path.join(os.path.expanduser("~"), "x")
+
+
+def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
+  storage.write_text("gs://bucket/run/eval_3.json", '{"knn_top1_k20": 0.5}')
+  assert (bucket / "bucket" / "run" / "eval_3.json").read_text() == '{"knn_top1_k20": 0.5}'
+  (bucket / "data").mkdir(parents=True)
+  images = train_utils.random_images(6, 8)
+  np.savez(bucket / "data" / "digits_train.npz", image=images, label=np.arange(6))
+  config = train_utils.tiny_config("simdino").data
+  config.name, config.path, config.image_size = "npz", "gs://data/digits_{split}.npz", 8
+  read, labels = sources.load_split(config, "train")
+  np.testing.assert_array_equal(read, images)
+  np.testing.assert_array_equal(labels, np.arange(6))
+  with pytest.raises(FileNotFoundError, match="gs://data/digits_test.npz"):
+    sources.load_split(config, "test")
+  assert os.listdir(".") == []  # Nothing written to a local folder named "gs:".
