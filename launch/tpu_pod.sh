@@ -39,7 +39,8 @@ fi
 stamp=\$(sha256sum < requirements.txt | cut -c1-16)-tf${WITH_TF:-0}
 if [[ "\$(cat .venv/.installed 2>/dev/null)" != "\$stamp" ]]; then
   grep -vE '^(tensorflow|tensorboard)' requirements.txt > /tmp/simdino_requirements.txt
-  ~/.local/bin/uv pip install --python .venv/bin/python -q -r /tmp/simdino_requirements.txt 'jax[tpu]' $tf_packages
+  ~/.local/bin/uv pip install --python .venv/bin/python -q -r /tmp/simdino_requirements.txt 'jax[tpu]' \
+    gcsfs google-cloud-storage $tf_packages
   echo "\$stamp" > .venv/.installed
 fi
 worker=\$(curl -sf -H Metadata-Flavor:Google \

@@ -5,13 +5,13 @@ save interrupted midway leaves the previous checkpoint usable. A state with non-
 """
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from simdino_jax import storage
 from simdino_jax import train_state as train_state_lib
 
 # Config fields that may change between a run and its resumption without making it another run.
@@ -48,8 +48,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
   """(config dict, step) saved with checkpoint `step` (default: the latest) of `workdir`."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
+  directory = storage.path(workdir) / "checkpoints"
+  if not directory.is_dir():
     raise FileNotFoundError(f"No checkpoints in {directory}: pass the --workdir of a training run "
                             "(python -m simdino_jax.main --config=... --workdir=DIR).")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
@@ -70,7 +70,7 @@ class Checkpoints:
 
   def __init__(self, workdir: str, config):
     self.config = config
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = storage.path(workdir) / "checkpoints"  # gs://... keeps its scheme.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_checkpoints, create=True,
         enable_async_checkpointing=config.async_checkpointing)

@@ -12,22 +12,38 @@ import time
 import jax
 import numpy as np
 
+from simdino_jax import storage
+
 
 def _scalar(value) -> float:
   return float(np.asarray(value))
 
 
 class JsonlWriter:
-  """Appends `{"step": s, **scalars}` lines to `workdir/metrics.jsonl` (process 0 only)."""
+  """Appends `{"step": s, **scalars}` lines to `workdir/metrics.jsonl` (process 0 only).
+
+  Cloud objects (gs://) cannot be appended to: there the file is rewritten whole at each write.
+  """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a") if jax.process_index() == 0 else None
+    self.path = storage.path(workdir) / "metrics.jsonl"
+    self._remote = storage.is_remote(self.path)
+    self._file, self._lines = None, []
+    if jax.process_index() == 0:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if not self._remote:
+        self._file = self.path.open("a")
+      elif self.path.exists():
+        self._lines = self.path.read_text().splitlines(keepends=True)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
+    line = json.dumps({"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}) + "\n"
     if self._file is not None:
-      self._file.write(json.dumps({"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}) + "\n")
+      self._file.write(line)
       self._file.flush()
+    elif self._remote and jax.process_index() == 0:
+      self._lines.append(line)
+      self.path.write_text("".join(self._lines))
 
   def close(self) -> None:
     if self._file is not None:
@@ -40,7 +56,7 @@ class TensorBoardWriter:
   def __init__(self, workdir: str):
     from clu import metric_writers  # Imports TensorFlow.
     self._writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
+        os.fspath(storage.path(workdir) / "tensorboard"), just_logging=jax.process_index() > 0)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     self._writer.write_scalars(int(step), {k: _scalar(v) for k, v in scalars.items()})

@@ -10,10 +10,15 @@ import jax
 from etils import epath
 
 
+def is_remote(location: str | os.PathLike) -> bool:
+  """Whether `location` names a cloud path (`scheme://...`)."""
+  return "://" in os.fspath(location)
+
+
 def path(location: str | os.PathLike) -> epath.Path:
   """An `epath.Path` of `location`: remote paths (`scheme://...`) unchanged, local ones made absolute."""
   p = epath.Path(location)
-  return p if "://" in os.fspath(location) else p.expanduser().resolve()
+  return p if is_remote(location) else p.expanduser().resolve()
 
 
 def write_text(location: str | os.PathLike, text: str) -> None:

@@ -1,12 +1,16 @@
 """Paths through etils.epath: a gs:// location keeps its scheme end to end (faked by a local bucket, no network)."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 from etils.epath import backend as backend_lib
 from etils.epath import gpath
+from orbax.checkpoint._src.path import gcs_utils
 
+from simdino_jax import checkpointing
+from simdino_jax import metrics
 from simdino_jax import storage
 from simdino_jax.data import sources
 from tests import train_utils
@@ -34,6 +38,8 @@ def bucket(tmp_path, monkeypatch):
   fake = _LocalBucket(tmp_path / "bucket_root")
   monkeypatch.setattr(gpath._GPath, "_backend",  # pylint: disable=protected-access
                       property(lambda self: fake if self._uri_scheme == "gs" else backend_lib.os_backend))
+  # Orbax asks the GCS API (google-cloud-storage) whether a bucket has a hierarchical namespace; ours has none.
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
   (tmp_path / "cwd").mkdir()
   monkeypatch.chdir(tmp_path / "cwd")
   return tmp_path / "bucket_root"
@@ -60,3 +66,24 @@ def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
   with pytest.raises(FileNotFoundError, match="gs://data/digits_test.npz"):
     sources.load_split(config, "test")
   assert os.listdir(".") == []  # Nothing written to a local folder named "gs:".
+
+
+def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket):
+  writer = metrics.MultiWriter("gs://bucket/run", tensorboard=False)
+  writer.write_scalars(2, {"loss": 1.5})
+  writer.write_scalars(4, {"loss": 1.25})
+  writer.close()
+  resumed = metrics.JsonlWriter("gs://bucket/run")  # A restart keeps the earlier lines.
+  resumed.write_scalars(6, {"loss": 1.0})
+  lines = (bucket / "bucket" / "run" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [{"step": 2, "loss": 1.5}, {"step": 4, "loss": 1.25},
+                                                  {"step": 6, "loss": 1.0}]
+  checkpoints = checkpointing.Checkpoints("gs://bucket/run", train_utils.tiny_config("simdino"))
+  try:
+    assert os.fspath(checkpoints.directory) == "gs://bucket/run/checkpoints"
+    assert (bucket / "bucket" / "run" / "checkpoints").is_dir()
+  finally:
+    checkpoints.close()
+  with pytest.raises(FileNotFoundError, match="holds no finished checkpoint"):
+    checkpointing.read_config("gs://bucket/run")
+  assert os.listdir(".") == []
