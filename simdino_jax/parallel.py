@@ -54,6 +54,13 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def from_full_host_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A host array that every process holds whole -> a global array laid out by `sharding` (each device takes its
+  part; single- and multi-host)."""
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
   """A host array that every process holds whole -> a global array replicated on every device."""
-  return jax.make_array_from_callback(array.shape, replicated(mesh), lambda index: array[index])
+  return from_full_host_array(array, replicated(mesh))

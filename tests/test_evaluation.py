@@ -8,10 +8,10 @@ import pytest
 from simdino_jax.data import eval_batches
 from simdino_jax.data.sources import ArraySplit
 from simdino_jax.evaluation import (effective_rank, extract_features, feature_diagnostics, feature_std,
-                                    knn_classify, knn_predict, linear_probe_optimizer, mean_probability_entropy,
-                                    mean_sample_entropy, normalized_coding_rate, probe_features,
-                                    prototype_diagnostics, split_features, teacher_center_kl,
+                                    knn_classify, knn_predict, linear_probe_optimizer, normalized_coding_rate,
+                                    probe_features, prototype_diagnostics, split_features, teacher_center_kl,
                                     teacher_probabilities, train_linear_probe)
+from simdino_jax.numerics import marginal_entropy, mean_entropy
 
 
 def _mesh():
@@ -254,13 +254,13 @@ def test_effective_rank():
 def test_teacher_entropies_and_center_kl():
   num_classes = 16
   uniform = teacher_probabilities(np.full((2, 8, num_classes), 3.0), None, 0.04)
-  assert float(mean_probability_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
-  assert float(mean_sample_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
+  assert float(marginal_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
+  assert float(mean_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
   collapsed = teacher_probabilities(np.tile(10.0 * np.eye(num_classes)[3], (32, 1)), np.zeros(num_classes), 0.04)
-  assert float(mean_probability_entropy(collapsed)) == pytest.approx(0.0, abs=1e-4)
+  assert float(marginal_entropy(collapsed)) == pytest.approx(0.0, abs=1e-4)
   spread = teacher_probabilities(10.0 * np.eye(num_classes)[np.arange(64) % num_classes], None, 0.04)
-  assert float(mean_probability_entropy(spread)) == pytest.approx(np.log(num_classes), rel=1e-4)
-  assert float(mean_sample_entropy(spread)) == pytest.approx(0.0, abs=1e-4)
+  assert float(marginal_entropy(spread)) == pytest.approx(np.log(num_classes), rel=1e-4)
+  assert float(mean_entropy(spread)) == pytest.approx(0.0, abs=1e-4)
 
   rng = np.random.default_rng(9)
   logits, center, tau = rng.normal(size=(40, num_classes)), rng.normal(size=num_classes), 0.5
@@ -298,8 +298,8 @@ def test_feature_diagnostics_collects_the_scalars():
   probabilities = teacher_probabilities(logits, center, 0.1)
   expected = {"effective_rank": effective_rank(features), "coding_rate": normalized_coding_rate(features, 0.05),
               "feature_std": feature_std(features),
-              "teacher_mean_entropy": mean_probability_entropy(probabilities),
-              "teacher_sample_entropy": mean_sample_entropy(probabilities),
+              "teacher_mean_entropy": marginal_entropy(probabilities),
+              "teacher_sample_entropy": mean_entropy(probabilities),
               "teacher_center_kl": teacher_center_kl(probabilities, center, 0.1)}
   assert values.keys() == expected.keys()
   for name, value in expected.items():

@@ -1,4 +1,5 @@
-"""Collapse diagnostics of SPEC §3: effective rank, coding rate, teacher entropies, feature spread, prototypes."""
+"""Collapse diagnostics (docs/objectives.md#evaluation): effective rank, coding rate, teacher entropies, feature
+spread, prototypes."""
 
 import functools
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
-from simdino_jax.evaluation.knn import l2_normalize
+from simdino_jax.numerics import l2_normalize, marginal_entropy, mean_entropy
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -26,7 +27,7 @@ def effective_rank(features: jax.Array) -> jax.Array:
 
 
 def normalized_coding_rate(features: jax.Array, eps: float = 0.05) -> jax.Array:
-  """R_eps(Z) = ½ logdet(I_D + D/(n·eps) ZᵀZ) of the l2-normalized features Z [n, D] (SPEC §1.5)."""
+  """R_eps(Z) = ½ logdet(I_D + D/(n·eps) ZᵀZ) of the l2-normalized features Z [n, D] (docs/objectives.md#coding-rate-r_eps)."""
   from simdino_jax.objectives.coding_rate import coding_rate  # pylint: disable=import-outside-toplevel
   return coding_rate(l2_normalize(_rows(features)), eps)
 
@@ -44,17 +45,6 @@ def teacher_probabilities(teacher_logits: jax.Array, center: jax.Array | None, t
   return jax.nn.softmax(logits / temperature, axis=-1)
 
 
-def mean_probability_entropy(probabilities: jax.Array) -> jax.Array:
-  """H(p̄) = -Σ_k p̄_k log p̄_k of the batch-mean probability p̄ = mean_i p_i: log K at uniform, 0 one-hot."""
-  mean = jnp.mean(_rows(probabilities), axis=0)
-  return -jnp.sum(xlogy(mean, mean))
-
-
-def mean_sample_entropy(probabilities: jax.Array) -> jax.Array:
-  """mean_i H(p_i): log K when every sample is uniform (uniform collapse), 0 when every sample is one-hot."""
-  return -jnp.mean(jnp.sum(xlogy(probabilities, probabilities), axis=-1))
-
-
 def teacher_center_kl(probabilities: jax.Array, center: jax.Array, temperature) -> jax.Array:
   """KL(p̄ || q) = Σ_k p̄_k (log p̄_k − log q_k), p̄ = mean_i p_i, q = softmax(c / τ) the center's distribution."""
   mean = jnp.mean(_rows(probabilities), axis=0)
@@ -69,8 +59,8 @@ def _diagnostics(features, teacher_logits, center, teacher_temp, *, coding_rate_
             "feature_std": feature_std(features)}
   if teacher_logits is not None:
     probabilities = teacher_probabilities(teacher_logits, center, teacher_temp)
-    values["teacher_mean_entropy"] = mean_probability_entropy(probabilities)
-    values["teacher_sample_entropy"] = mean_sample_entropy(probabilities)
+    values["teacher_mean_entropy"] = marginal_entropy(probabilities)
+    values["teacher_sample_entropy"] = mean_entropy(probabilities)
     if center is not None:
       values["teacher_center_kl"] = teacher_center_kl(probabilities, center, teacher_temp)
   return values
@@ -93,7 +83,7 @@ def feature_diagnostics(features: jax.Array, *, coding_rate_eps: float = 0.05, t
 
 
 def prototype_diagnostics(prototypes: jax.Array, threshold: float = 0.025) -> dict[str, int]:
-  """Unique prototypes of the [K, p] directions: groups merged below ||v̂_i − v̂_j|| < threshold (SPEC §1.4).
+  """Unique prototypes of the [K, p] directions: groups merged below ||v̂_i − v̂_j|| < threshold (docs/objectives.md#koleo-proto).
 
   Returns:
     {"unique_prototypes": number of groups, "largest_group": size of the biggest group}.

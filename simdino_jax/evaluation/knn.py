@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
+from simdino_jax import parallel
+from simdino_jax.numerics import l2_normalize
+from simdino_jax.parallel import DATA_AXIS
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -24,21 +27,9 @@ def resolve_mesh(mesh: Mesh | None) -> Mesh | None:
   return mesh
 
 
-def to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array from a host array that every process holds in full (works single- and multi-host)."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
 def _mesh_context(mesh: Mesh | None):
   """`jax.set_mesh(mesh)` as a context manager, or a no-op without a mesh."""
   return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||_2, eps) along the last axis, in float32."""
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -57,7 +48,7 @@ def _local_topk(test: jax.Array, train: jax.Array, labels: jax.Array, valid: jax
 @functools.partial(jax.jit, static_argnames=("ks", "k_local", "num_classes", "temperature", "mesh"))
 def _knn_chunk(test, train, labels, valid, *, ks, k_local, num_classes, temperature, mesh):
   """Top-min(5, C) predicted classes [len(ks), c, min(5, C)] of one chunk of test rows, for every k in ks."""
-  test = l2_normalize(test)
+  test = l2_normalize(test.astype(jnp.float32))
   if mesh is None:
     values, neighbour_labels = _local_topk(test, train, labels, valid, k_local)
   else:
@@ -134,14 +125,15 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_featu
       train, labels, valid = jnp.asarray(train_features), jnp.asarray(train_labels), jnp.asarray(valid)
     else:
       sharding = NamedSharding(mesh, P(DATA_AXIS))
-      train, labels, valid = (to_global(x, sharding) for x in (train_features, train_labels, valid))
-    train = jax.jit(l2_normalize)(train)
+      train, labels, valid = (parallel.from_full_host_array(x, sharding)
+                              for x in (train_features, train_labels, valid))
+    train = jax.jit(lambda x: l2_normalize(x.astype(jnp.float32)))(train)
     outputs = []
     test_chunk = min(test_chunk, n_test)
     for start in range(0, n_test, test_chunk):
       chunk = test_features[start:start + test_chunk]
       if mesh is not None:
-        chunk_array = to_global(_pad_rows(chunk, test_chunk), NamedSharding(mesh, P()))
+        chunk_array = parallel.replicate(_pad_rows(chunk, test_chunk), mesh)
       else:
         chunk_array = jnp.asarray(_pad_rows(chunk, test_chunk))
       outputs.append((_knn_chunk(chunk_array, train, labels, valid, ks=ks, k_local=k_local,

@@ -74,14 +74,3 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum=0.9) ->
   batch_mean = jnp.mean(logits.reshape(-1, logits.shape[-1]), axis=0)
   return momentum * as_float32(center) + (1.0 - momentum) * batch_mean
 
-
-def mean_entropy(probabilities: jax.Array) -> jax.Array:
-  """Mean over samples of −Σ_k p[k] log p[k] for probabilities [..., K] (0·log 0 = 0)."""
-  return jnp.mean(-jnp.sum(jax.scipy.special.xlogy(probabilities, probabilities), axis=-1))
-
-
-def marginal_entropy(probabilities: jax.Array) -> jax.Array:
-  """H(p̄) = −Σ_k p̄[k] log p̄[k] of the mean probability p̄ over samples of [..., K]: log K when the samples
-  spread uniformly over the K entries on average, 0 when they all pick the same one."""
-  mean_probs = jnp.mean(probabilities.reshape(-1, probabilities.shape[-1]), axis=0)
-  return -jnp.sum(jax.scipy.special.xlogy(mean_probs, mean_probs))

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from simdino_jax.objectives.dino import (cross_view_cross_entropy, marginal_entropy, mean_entropy, sinkhorn_knopp,
-                                         teacher_probs, update_center)
+from simdino_jax.numerics import marginal_entropy, mean_entropy
+from simdino_jax.objectives.dino import cross_view_cross_entropy, sinkhorn_knopp, teacher_probs, update_center
 from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, update_patch_center
 from simdino_jax.objectives.koleo import koleo_on_global_crops, koleo_proto_loss
 from simdino_jax.objectives.simdino import mean_coding_rate, simdino_loss, simdinov2_loss
