@@ -45,7 +45,8 @@ def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
 
 
 def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules):
-  """The pure step `(state, images uint8 [B,S,S,3]) -> (state, metrics)`.
+  """The pure step `(state, images) -> (state, metrics)`: images uint8 [B,S,S,3] are cropped here; a dict of crops
+  cut on the host ({"global": uint8 [B,2,G,G,3], "local": uint8 [B,L,l,l,3]}) gets only the photometric part.
 
   With `config.grad_accum_steps` = A > 1 the batch is processed as A micro-batches of B/A images (`lax.scan`):
   gradients, losses and the objective's new state (e.g. DINO's center, linear in the batch mean) are averaged over
@@ -95,10 +96,12 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
     return loss, new_objective_state, aux, grads
 
   def step_fn(state: train_state_lib.TrainState, images: jax.Array):
-    sched = {**schedules(state.step), "global_batch_size": images.shape[0]}
     aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    crops = augment.multicrop(aug_key, images, config.aug)
-    masks = (masking.block_masks(mask_key, images.shape[0], grid, config.masking)
+    crops = (augment.photometric(aug_key, images, config.aug) if isinstance(images, dict)
+             else augment.multicrop(aug_key, images, config.aug))
+    batch_size = crops["global"].shape[1]
+    sched = {**schedules(state.step), "global_batch_size": batch_size}
+    masks = (masking.block_masks(mask_key, batch_size, grid, config.masking)
              if objective.needs_masks else None)
     compute = micro_step if accum_steps == 1 else accumulated
     loss, new_objective_state, aux, grads = compute(state, sched, crops, masks, drop_key)
@@ -134,7 +137,7 @@ class TrainSetup:
   state: train_state_lib.TrainState
   state_shardings: Any
   schedules: optim.Schedules
-  step_fn: Callable          # (state, images uint8 [B,S,S,3] batch-sharded) -> (state, metrics)
+  step_fn: Callable          # (state, images uint8 [B,S,S,3] or host crops, batch-sharded) -> (state, metrics)
   indexed_step_fn: Callable  # (state, dataset uint8 [N,S,S,3] replicated, rows int32 [B]) -> (state, metrics)
   steps_per_epoch: int
 
@@ -175,8 +178,9 @@ def make_host_step(setup: TrainSetup, resident_images: np.ndarray | None) -> Cal
   """
   mesh = setup.mesh
   if resident_images is None:
-    return lambda state, host: setup.step_fn(
-        state, parallel.global_batch({"image": host["image"]}, mesh)["image"])
+    def images(host):  # Images, or the crops cut on the host from the originals (data.host_crops).
+      return host["image"] if "image" in host else {k: host[k] for k in ("global", "local") if k in host}
+    return lambda state, host: setup.step_fn(state, parallel.global_batch(images(host), mesh))
   _check_fits_on_device(resident_images.nbytes)
   dataset = parallel.replicate(resident_images, mesh)
   return lambda state, host: setup.indexed_step_fn(
@@ -244,7 +248,7 @@ def run(config, workdir: str) -> dict:
   process_count, process_index = jax.process_count(), jax.process_index()
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count, aug=config.aug)
   setup = build(config, num_examples=iterator.num_examples)
   train_step = make_host_step(setup, iterator.resident_images)
   total_steps = setup.schedules.total_steps

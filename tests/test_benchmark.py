@@ -25,8 +25,7 @@ def test_analytic_flops_match_the_reference_formula():
 
 
 def test_data_benchmark_prints_host_and_device_throughput(capsys):
-  data_benchmark.main(["--batch=16", "--host_batches=2", "--repeats=1", "--image_size=16", "--global_size=16",
-                       "--local_size=8"])
+  data_benchmark.run_square(batch=16, n_batches=2, repeats=1, image_size=16, global_size=16, local_size=8)
   out = capsys.readouterr().out
   for line in ("host pipeline", "host with the split on device", "device gather + multicrop"):
     [figure] = [l for l in out.splitlines() if l.startswith(line)]

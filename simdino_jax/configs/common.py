@@ -85,6 +85,7 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
   if dataset == "imagenet2012":
     c.data.image_size, c.aug.global_size, c.aug.local_size = 256, 224, 96
     c.data.train_split, c.data.eval_split = "train", "validation"
+    c.data.workers = -1  # Crops are cut on the host (images of varied sizes): one decoding process per core.
     c.eval.max_train_examples = 0
   else:
     c.data.image_size, c.aug.global_size, c.aug.local_size = 32, 32, 16

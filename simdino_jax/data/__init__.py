@@ -29,11 +29,16 @@ def default_config():
       # Path fields are typed placeholders: None by default, a string from the command line (local or gs://).
       data_dir=config_dict.placeholder(str),  # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
       path=config_dict.placeholder(str),      # npz: "image" uint8 [N,H,W,C] and "label"; "{split}" is replaced
-      image_size=32,        # S: host images are resized (shorter side) and center-cropped to S x S
+      image_size=32,        # S: images cropped on the device (and evaluation images) are resized (shorter side)
+                            # and center-cropped to S x S first
       train_split="train",
       eval_split="test",
       read_threads=8,       # TFDS: grain read/decode threads
       on_device=False,      # Hold the whole training split on every accelerator; the host sends only indices.
+      crops_on_host="auto",  # Cut the crops on the host from the original images: "auto" (when the dataset's
+                            # images have varied sizes: imagenet2012, image folders), "true" or "false".
+      workers=0,            # Host crops: grain worker processes decoding images (0: threads in this process;
+                            # -1: one per CPU core).
   ))
   config.aug = ml_collections.ConfigDict(dict(
       global_size=32,

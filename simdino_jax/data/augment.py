@@ -6,6 +6,10 @@ order) → grayscale → Gaussian blur → solarize (global 2 only) → normaliz
 as intended (global 1, global 2, locals = 1.0, 0.1, 0.5), not DINOv2's inverted ones. Pixel values are floats in [0, 1]
 between the crop and the normalization; colour ops follow torchvision's tensor definitions.
 
+Two entry points: `multicrop` cuts the crops here from fixed-size images (digits, CIFAR-10, npz); `photometric`
+takes crops cut on the host from the original images (`host_crops`, datasets of varied image sizes) and applies
+everything after the crop.
+
 Only jax and numpy are imported: this module runs where TensorFlow, grain and ml_collections are absent.
 """
 
@@ -17,8 +21,8 @@ import numpy as np
 
 # torchvision's rgb_to_grayscale weights.
 _GRAY = (0.2989, 0.587, 0.114)
-_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-_CROP_TRIES = 10
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_TRIES = 10
 
 
 def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]:
@@ -37,44 +41,86 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
   x = images.astype(jnp.float32) / 255.0
   n_local = config.n_local
   u = jax.random.uniform(key, (2 + n_local, x.shape[0], _N_UNIFORM))
-  blur_p = tuple(config.blur_p)
-  out = {"global": _views(u[:2], x, config, config.global_size, tuple(config.global_scale),
-                          jnp.asarray(blur_p[:2], jnp.float32),
-                          jnp.asarray([0.0, config.solarize_p], jnp.float32))}
+
+  def crop_and_augment(size, scale):
+    def one(u_example, image, blur_p, solarize_p):
+      return augment_image(u_example, image, config, size=size, scale=scale, blur_p=blur_p, solarize_p=solarize_p)
+    return one
+
+  out = {"global": _views(crop_and_augment(config.global_size, tuple(config.global_scale)), u[:2], x, None,
+                          *_view_probabilities(config, "global", 2))}
   if n_local > 0:
-    out["local"] = _views(u[2:], x, config, config.local_size, tuple(config.local_scale),
-                          jnp.full((n_local,), blur_p[2], jnp.float32), jnp.zeros((n_local,), jnp.float32))
+    out["local"] = _views(crop_and_augment(config.local_size, tuple(config.local_scale)), u[2:], x, None,
+                          *_view_probabilities(config, "local", n_local))
   return out
 
 
-def _views(u, x, config, size, scale, blur_p, solarize_p):
-  """Augments every image once per view: uniforms u [V, B, 54], per-view probabilities [V]."""
-  def one(u_example, image, view_blur_p, view_solarize_p):
-    return augment_image(u_example, image, config, size=size, scale=scale, blur_p=view_blur_p,
-                         solarize_p=view_solarize_p)
+def photometric(key: jax.Array, crops: dict, config) -> dict[str, jax.Array]:
+  """Everything after the crop, for crops cut on the host (`host_crops`).
+
+  Args:
+    key: PRNG key; one draw of shape [2 + L, B, 14] (each view of each example its own vector).
+    crops: {"global": uint8 [B, 2, G, G, 3], "local": uint8 [B, L, l, l, 3]} (batch-major, as the host batches
+      them; "local" may be absent).
+    config: the `aug` config section.
+
+  Returns:
+    multicrop's output: {"global": float32 [2, B, G, G, 3], "local": float32 [L, B, l, l, 3]}, normalized.
+  """
+  n_local = crops["local"].shape[1] if "local" in crops else 0
+  u = jax.random.uniform(key, (2 + n_local, crops["global"].shape[0], _N_PHOTOMETRIC))
+
+  def one(u_example, crop, blur_p, solarize_p):
+    return photometric_view(u_example, crop.astype(jnp.float32) / 255.0, config, blur_p=blur_p,
+                            solarize_p=solarize_p)
+
+  out = {"global": _views(one, u[:2], crops["global"], 1, *_view_probabilities(config, "global", 2))}
+  if n_local > 0:
+    out["local"] = _views(one, u[2:], crops["local"], 1, *_view_probabilities(config, "local", n_local))
+  return out
+
+
+def _view_probabilities(config, group: str, n_views: int) -> tuple[jax.Array, jax.Array]:
+  """Per-view blur and solarize probabilities [V] of a crop group (solarize: global 2 only)."""
+  blur_p = tuple(config.blur_p)
+  if group == "global":
+    return jnp.asarray(blur_p[:2], jnp.float32), jnp.asarray([0.0, config.solarize_p], jnp.float32)
+  return jnp.full((n_views,), blur_p[2], jnp.float32), jnp.zeros((n_views,), jnp.float32)
+
+
+def _views(one, u, x, view_axis, blur_p, solarize_p):
+  """`one(u [n], image, blur_p, solarize_p)` over views and examples: u [V, B, n], per-view probabilities [V];
+  x is [B, ...] shared by every view (view_axis None) or [B, V, ...] (view_axis 1)."""
   per_example = jax.vmap(one, in_axes=(0, 0, None, None))
-  return jax.vmap(per_example, in_axes=(0, None, 0, 0))(u, x, blur_p, solarize_p)
+  return jax.vmap(per_example, in_axes=(0, view_axis, 0, 0))(u, x, blur_p, solarize_p)
 
 
-# Uniform draws per example and view: crop tries (area, ratio, top, left), the coins (flip, jitter, grayscale,
-# blur, solarize), blur sigma, four jitter factors and four jitter sort keys.
-_N_UNIFORM = 4 * _CROP_TRIES + 5 + 1 + 4 + 4
+# Uniform draws per example and view: crop tries (area, ratio, top, left), then the photometric ones: the coins
+# (flip, jitter, grayscale, blur, solarize), blur sigma, four jitter factors and four jitter sort keys.
+_N_PHOTOMETRIC = 5 + 1 + 4 + 4
+_N_UNIFORM = 4 * CROP_TRIES + _N_PHOTOMETRIC
 
 
 def augment_image(u, image, config, *, size, scale, blur_p, solarize_p):
   """One view of one float image [H, W, 3] in [0, 1] from its uniforms u [54] -> normalized [size, size, 3]."""
-  crop_u, u = u[:4 * _CROP_TRIES].reshape(4, _CROP_TRIES), u[4 * _CROP_TRIES:]
-  flip_u, jitter_u, gray_u, blur_u, solarize_u, sigma_u = u[:6]
+  crop_u, u = u[:4 * CROP_TRIES].reshape(4, CROP_TRIES), u[4 * CROP_TRIES:]
   height, width = image.shape[:2]
   box = crop_box(crop_u, height, width, scale)
   x = resized_crop(image, box, size, config.interpolation)
+  return photometric_view(u, x, config, blur_p=blur_p, solarize_p=solarize_p)
+
+
+def photometric_view(u, x, config, *, blur_p, solarize_p):
+  """Flip, colour jitter, grayscale, blur, solarize and normalization of one crop [s, s, 3] in [0, 1] from its
+  uniforms u [14]."""
+  flip_u, jitter_u, gray_u, blur_u, solarize_u, sigma_u = u[:6]
   x = jnp.where(flip_u < config.flip_p, x[:, ::-1], x)
   jittered = color_jitter(u[6:14], x, config.brightness, config.contrast, config.saturation, config.hue)
   x = jnp.where(jitter_u < config.color_jitter_p, jittered, x)
   x = jnp.where(gray_u < config.grayscale_p, jnp.repeat(grayscale(x), 3, axis=-1), x)
   sigma_min, sigma_max = config.blur_sigma
   sigma = sigma_min + (sigma_max - sigma_min) * sigma_u
-  x = jnp.where(blur_u < blur_p, gaussian_blur(x, sigma, blur_radius(sigma_max, size)), x)
+  x = jnp.where(blur_u < blur_p, gaussian_blur(x, sigma, blur_radius(sigma_max, x.shape[0])), x)
   x = jnp.where(solarize_u < solarize_p, solarize(x, config.solarize_threshold), x)
   return normalize(x, config.mean, config.std)
 
@@ -86,7 +132,7 @@ def crop_box(u, height: int, width: int, scale) -> jax.Array:
   rounding; the first of 10 tries that fits wins, else torchvision's center-crop fallback.
   """
   area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
-  log_lo, log_hi = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
+  log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
   ratio = jnp.exp(log_lo + (log_hi - log_lo) * u[1])
   w = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)
   h = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
@@ -95,18 +141,18 @@ def crop_box(u, height: int, width: int, scale) -> jax.Array:
   top = jnp.floor(u[2] * (height - h + 1)).astype(jnp.int32)
   left = jnp.floor(u[3] * (width - w + 1)).astype(jnp.int32)
   first = jnp.argmax(fits)
-  fallback = jnp.asarray(_center_crop_box(height, width), jnp.int32)
+  fallback = jnp.asarray(center_crop_box(height, width), jnp.int32)
   sampled = jnp.stack([top[first], left[first], h[first], w[first]])
   return jnp.where(jnp.any(fits), sampled, fallback)
 
 
-def _center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
   """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
   in_ratio = width / height
-  if in_ratio < _CROP_RATIO[0]:
-    w, h = width, int(round(width / _CROP_RATIO[0]))
-  elif in_ratio > _CROP_RATIO[1]:
-    h, w = height, int(round(height * _CROP_RATIO[1]))
+  if in_ratio < CROP_RATIO[0]:
+    w, h = width, int(round(width / CROP_RATIO[0]))
+  elif in_ratio > CROP_RATIO[1]:
+    h, w = height, int(round(height * CROP_RATIO[1]))
   else:
     w, h = width, height
   return (height - h) // 2, (width - w) // 2, h, w

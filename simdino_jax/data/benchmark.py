@@ -1,18 +1,29 @@
-"""Throughput of the data pipeline: host (read + decode + resize + batch), host with the split held on device
-(`data.on_device`: row indices only), and device (gather + multicrop + masks).
+"""Throughput of the data pipeline.
 
-  python -m simdino_jax.data.benchmark [--dataset digits|cifar10|NAME] [--data_dir DIR] [--batch 64]
+  python -m simdino_jax.data.benchmark --mode=host_crops [--photos=DIR] [--workers=1,2]
+  python -m simdino_jax.data.benchmark [--dataset=digits|cifar10|NAME] [--data_dir=DIR] [--batch=64]
 
-Device figures are the median of timed repeats after a warm-up (compile) call, with block_until_ready.
+--mode=host_crops: the crops of natural images cut on the host from the originals (`host_crops`, the path of
+ImageNet and image folders): decode + 2 global + n local crops + batch in grain worker processes, on a folder of
+photos (default: the two photos scikit-learn ships, china.jpg and flower.jpg, 640x427 JPEG). Prints images/s per
+worker process (wall clock, and per CPU-second of the workers: a figure that other load on the machine changes less)
+and the cost of each part of one image: decode and each crop.
+
+--mode=square (default): host (read + decode + resize + batch), host with the split held on device
+(`data.on_device`: row indices only), and device (gather + multicrop + masks). Device figures are the median of
+timed repeats after a warm-up (compile) call, with block_until_ready.
 """
 
-import argparse
+import os
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
 from simdino_jax import data
+from simdino_jax.data import host_crops
 
 
 def host_images_per_second(config, batch: int, n_batches: int) -> float:
@@ -48,40 +59,154 @@ def device_images_per_second(config, split: np.ndarray, rows: np.ndarray, patch_
   return batch / float(np.median(times)), compile_s
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m simdino_jax.data.benchmark", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dataset", default="digits")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--host_batches", type=int, default=50)
-  parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--patch_size", type=int, default=4)
-  parser.add_argument("--image_size", type=int, default=None, help="S; default: the config's")
-  parser.add_argument("--global_size", type=int, default=None)
-  parser.add_argument("--local_size", type=int, default=None)
-  args = parser.parse_args(argv)
+class Photos:
+  """A grain source of n records {"image": JPEG bytes}, cycling over the files given (picklable)."""
+
+  def __init__(self, encoded: list[bytes], n: int):
+    self._encoded, self._n = encoded, n
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int) -> dict:
+    return {"image": self._encoded[index % len(self._encoded)]}
+
+
+def read_photos(folder: str | None) -> tuple[list[bytes], list[str]]:
+  """The encoded images of `folder` (default: scikit-learn's sample photos) and their names."""
+  if folder is None:
+    import sklearn.datasets  # pylint: disable=import-outside-toplevel
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+  from simdino_jax.data.prepare import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
+  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
+  encoded = []
+  for name in names:
+    with open(os.path.join(folder, name), "rb") as f:
+      encoded.append(f.read())
+  return encoded, names
+
+
+def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, workers: int) -> tuple[float, float]:
+  """(images/s wall, images per CPU-second of the workers) of host crops in `workers` grain worker processes."""
+  import grain  # pylint: disable=import-outside-toplevel
+  import psutil  # pylint: disable=import-outside-toplevel
+
+  source = grain.MapDataset.source(Photos(encoded, batch * (n_batches + 2 * workers)))
+  iterator = iter(host_crops.crop_batches(source, plan, batch_size=batch, seed=0, workers=workers, threads=1))
+  for _ in range(workers):  # start-up: every worker has imported, opened and produced one batch
+    next(iterator)
+  children = psutil.Process().children(recursive=True)
+  cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in children)
+  start, cpu_start = time.perf_counter(), cpu()
+  for _ in range(n_batches):
+    next(iterator)
+  wall, cpu_s = time.perf_counter() - start, cpu() - cpu_start
+  iterator.close()  # stops the workers
+  return n_batches * batch / wall, n_batches * batch / cpu_s
+
+
+def part_costs(encoded: list[bytes], plan, n_images: int) -> dict[str, float]:
+  """CPU milliseconds of one image's parts in this process: decode (at the draft scale), a global, a local crop."""
+  rng = np.random.default_rng(0)
+  totals = {"decode": 0.0, "global crop": 0.0, "local crop": 0.0}
+  for i in range(n_images):
+    start = time.process_time()
+    pil = host_crops.open_image(encoded[i % len(encoded)])
+    boxes = plan.draw_boxes(rng, pil.size[1], pil.size[0])
+    pil, scale_x, scale_y = host_crops.decode(pil, boxes, plan.sizes())
+    pil.load()
+    totals["decode"] += time.process_time() - start
+    for j, (box, size) in enumerate(zip(boxes, plan.sizes())):
+      start = time.process_time()
+      host_crops.resized_crop(pil, box, size, scale_x, scale_y, plan.interpolation)
+      totals["global crop" if j < 2 else "local crop"] += time.process_time() - start
+  counts = {"decode": n_images, "global crop": 2 * n_images, "local crop": plan.n_local * n_images}
+  return {k: 1e3 * v / counts[k] for k, v in totals.items()}
+
+
+def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64, n_batches: int = 50,
+                   global_size: int = 224, local_size: int = 96, n_local: int = 10, parts_images: int = 50) -> None:
+  """Prints the host-crop figures: per-part costs, then images/s for each worker count."""
+  config = data.default_config().aug
+  config.global_size, config.local_size, config.n_local = global_size, local_size, n_local
+  plan = host_crops.CropPlan.from_config(config)
+  encoded, names = read_photos(photos)
+  sizes = sorted({host_crops.open_image(e).size for e in encoded})
+  print(f"host crops: {len(names)} photos ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; sizes "
+        f"{', '.join(f'{w}x{h}' for w, h in sizes[:4])}), 2x{plan.global_size} + {plan.n_local}x"
+        f"{plan.local_size} crops (scales {plan.global_scale}, {plan.local_scale}), batch {batch}, "
+        f"{os.cpu_count()} CPU cores")
+  costs = part_costs(encoded, plan, parts_images)
+  per_image = costs["decode"] + 2 * costs["global crop"] + plan.n_local * costs["local crop"]
+  print("per-part cost (CPU ms, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
+        f"; one image with all {2 + plan.n_local} crops {per_image:.2f} ms = {1e3 / per_image:.0f} images/s per core")
+  for n in workers:
+    wall, per_cpu = host_crop_rate(encoded, plan, batch=batch, n_batches=n_batches, workers=n)
+    print(f"{n} worker(s): {wall:,.0f} images/s ({wall / n:,.0f} per worker, wall clock); "
+          f"{per_cpu:,.0f} images per CPU-second of the workers")
+
+
+def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: int = 64, n_batches: int = 50,
+               repeats: int = 10, patch_size: int = 4, image_size: int | None = None, global_size: int | None = None,
+               local_size: int | None = None, n_local: int = 10) -> None:
+  """Prints the figures of the square path: host, host with the split on device, device multicrop."""
   config = data.default_config()
-  config.data.name, config.data.data_dir = args.dataset, args.data_dir
-  for section, field, value in ((config.data, "image_size", args.image_size),
-                                (config.aug, "global_size", args.global_size),
-                                (config.aug, "local_size", args.local_size)):
+  config.data.name, config.data.data_dir = dataset, data_dir
+  config.aug.n_local = n_local
+  for section, field, value in ((config.data, "image_size", image_size), (config.aug, "global_size", global_size),
+                                (config.aug, "local_size", local_size)):
     if value:
       section[field] = value
-  host = host_images_per_second(config.data, args.batch, args.host_batches)
+  host = host_images_per_second(config.data, batch, n_batches)
   config.data.on_device = True
-  host_rows = host_images_per_second(config.data, args.batch, args.host_batches)
-  iterator = data.create_train_iterator(config.data, batch_size=args.batch, seed=0, process_index=0,
-                                        process_count=1)
+  host_rows = host_images_per_second(config.data, batch, n_batches)
+  iterator = data.create_train_iterator(config.data, batch_size=batch, seed=0, process_index=0, process_count=1)
   device, compile_s = device_images_per_second(config, iterator.resident_images, next(iterator)["index"],
-                                               args.patch_size, args.repeats)
+                                               patch_size, repeats)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
-  print(f"dataset {args.dataset}, batch {args.batch}, S={config.data.image_size}, "
+  print(f"dataset {dataset}, batch {batch}, S={config.data.image_size}, "
         f"crops 2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}")
   print(f"host pipeline (read+decode+resize+batch): {host:,.0f} images/s")
   print(f"host with the split on device (row indices only): {host_rows:,.0f} images/s")
   print(f"device gather + multicrop + block masks (jit): {device:,.0f} images/s (compile {compile_s:.1f} s)")
 
 
+def define_flags() -> None:
+  """The command-line flags (defined when run as a program only: other tools define flags of the same names)."""
+  flags.DEFINE_enum("mode", "square", ["square", "host_crops"],
+                    "square: images resized to S on the host, cropped on the device; host_crops: crops cut on the "
+                    "host from the original photos.")
+  flags.DEFINE_string("dataset", "digits", "square mode: digits, npz, cifar10 or a prepared TFDS dataset name.")
+  flags.DEFINE_string("data_dir", None, "square mode: TFDS data_dir of the dataset.")
+  flags.DEFINE_integer("batch", 64, "Images per batch.")
+  flags.DEFINE_integer("host_batches", 50, "Batches timed on the host.")
+  flags.DEFINE_integer("repeats", 10, "square mode: timed repeats of the device step.")
+  flags.DEFINE_integer("patch_size", 4, "square mode: patch size of the iBOT mask grid.")
+  flags.DEFINE_integer("image_size", None, "square mode: S (default: the config's, 32).")
+  flags.DEFINE_integer("global_size", None, "Global crop size (default: 32 in square mode, 224 in host_crops).")
+  flags.DEFINE_integer("local_size", None, "Local crop size (default: 16 in square mode, 96 in host_crops).")
+  flags.DEFINE_integer("n_local", 10, "Local crops per image.")
+  flags.DEFINE_string("photos", None, "host_crops mode: a folder of images (default: scikit-learn's sample photos).")
+  flags.DEFINE_list("workers", ["1", "2"], "host_crops mode: the grain worker process counts to measure.")
+  flags.DEFINE_integer("parts_images", 50, "host_crops mode: images timed for the per-part costs.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  if f.mode == "host_crops":
+    run_host_crops(photos=f.photos, workers=[int(w) for w in f.workers], batch=f.batch, n_batches=f.host_batches,
+                   global_size=f.global_size or 224, local_size=f.local_size or 96, n_local=f.n_local,
+                   parts_images=f.parts_images)
+  else:
+    run_square(dataset=f.dataset, data_dir=f.data_dir, batch=f.batch, n_batches=f.host_batches, repeats=f.repeats,
+               patch_size=f.patch_size, image_size=f.image_size, global_size=f.global_size,
+               local_size=f.local_size, n_local=f.n_local)
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -17,6 +17,11 @@ Evaluation streams: `open_split` gives random access to a split without decoding
 yields fixed-size host batches of one process's rows of it (a cap applies before any image is read), so host memory
 stays O(batch) whatever the split's size.
 
+TFDS datasets whose images have varied sizes (imagenet2012, image folders) are cut into their multi-crop views on
+the host from the original images (`host_crops`; `config.crops_on_host` = "auto" | "true" | "false"): batches are then
+{"global": uint8 [b, 2, G, G, 3], "local": uint8 [b, L, l, l, 3], "label": int32 [b]}, decoded in
+`config.workers` grain worker processes.
+
 With `config.on_device`, the whole training split is loaded once (any source) and exposed as `resident_images`
 for the trainer to hold on the accelerators; the iterator then yields only {"index": int32 [b]}, rows of that
 split, drawn exactly as the in-memory sources draw their images.
@@ -29,17 +34,20 @@ import os
 
 import numpy as np
 
+from simdino_jax.data import host_crops
 from simdino_jax.registry import Registry
 
 _SOURCES: Registry = Registry("dataset")
 _DIGITS_TRAIN = 1500
 
 
-def create_train_iterator(config, *, batch_size: int, seed: int, process_index: int, process_count: int):
+def create_train_iterator(config, *, batch_size: int, seed: int, process_index: int, process_count: int,
+                          aug=None):
   """A resumable iterator of host-local training batches (`batch_size` is per process).
 
   Args:
     config: the `data` config section.
+    aug: the `aug` config section: the crops to cut when they are cut on the host (None: never on the host).
     batch_size: examples per batch on this process.
     seed: shuffle seed (the same on every process).
     process_index: this process's index, jax.process_index().
@@ -54,9 +62,13 @@ def create_train_iterator(config, *, batch_size: int, seed: int, process_index: 
   on_device = bool(getattr(config, "on_device", False))
   if config.name in _SOURCES or on_device:
     images, labels = load_split(config, config.train_split)
+    if aug is not None and host_crops.crops_on_host(config.get("crops_on_host", "auto"), images.shape[1:]):
+      raise ValueError(f"config.data.crops_on_host={config.crops_on_host!r} needs a TFDS dataset read from the "
+                       f"host; dataset {config.name!r}{' held on device' if on_device else ''} is cropped on the "
+                       "device. Set config.data.crops_on_host='auto'.")
     return ArrayIterator(images, labels, batch_size=batch_size, seed=seed, process_index=process_index,
                          process_count=process_count, indices_only=on_device)
-  return _tfds_train_iterator(config, batch_size=batch_size, seed=seed, process_index=process_index,
+  return _tfds_train_iterator(config, aug, batch_size=batch_size, seed=seed, process_index=process_index,
                               process_count=process_count)
 
 
@@ -273,7 +285,7 @@ def _import_tfds_and_grain():
   return tfds, grain
 
 
-def _tfds_source(config, split: str):
+def _tfds_source(config, split: str, decoders=None):
   """`tfds.data_source` of a prepared array_record dataset, with errors that say how to prepare it."""
   from simdino_jax import storage  # pylint: disable=import-outside-toplevel
 
@@ -290,7 +302,7 @@ def _tfds_source(config, split: str):
         f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
         f"{builder.data_dir}). {_prepare_hint(config)}")
   try:
-    return builder.as_data_source(split=split)
+    return builder.as_data_source(split=split, decoders=decoders)
   except NotImplementedError as e:
     raise ValueError(
         f"TFDS dataset {config.name!r} in {builder.data_dir} is not in the array_record format. Convert it: "
@@ -342,9 +354,13 @@ class TfdsIterator:
     self._iterator.set_state(state["grain"])
 
 
-def _tfds_train_iterator(config, *, batch_size, seed, process_index, process_count):
-  _, grain = _import_tfds_and_grain()
+def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, process_count):
+  tfds, grain = _import_tfds_and_grain()
   source = _tfds_source(config, config.train_split)
+  on_host = aug is not None and host_crops.crops_on_host(config.get("crops_on_host", "auto"),
+                                                         source.dataset_info.features["image"].shape)
+  if on_host:  # Encoded bytes: each image is decoded once, at the scale its crops need.
+    source = _tfds_source(config, config.train_split, decoders={"image": tfds.decode.SkipDecoding()})
   num_examples = len(source)
   shard_size = num_examples // process_count
   if shard_size < batch_size:
@@ -352,12 +368,20 @@ def _tfds_train_iterator(config, *, batch_size, seed, process_index, process_cou
                      f"batch_size {batch_size}.")
   dataset = (grain.MapDataset.source(source)[process_index:shard_size * process_count:process_count]
              .shuffle(seed=seed)  # before repeat: a new order every epoch
-             .repeat()
-             .map(_Decode(config.image_size))
-             .batch(batch_size, drop_remainder=True))
-  read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4 * batch_size)
-  iterator = iter(dataset.to_iter_dataset(read))
-  return TfdsIterator(iterator, num_examples, {"seed": seed, "shard_size": shard_size})
+             .repeat())
+  check = {"seed": seed, "shard_size": shard_size}
+  if not on_host:
+    dataset = dataset.map(_Decode(config.image_size)).batch(batch_size, drop_remainder=True)
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4 * batch_size)
+    return TfdsIterator(iter(dataset.to_iter_dataset(read)), num_examples, check)
+  plan = host_crops.CropPlan.from_config(aug)
+  check["crops"] = repr(plan)
+  workers = int(config.get("workers", 0))
+  # Crops drawn from (seed, process): independent between processes, fixed by the position within each.
+  dataset = host_crops.crop_batches(
+      dataset, plan, batch_size=batch_size, workers=os.cpu_count() if workers < 0 else workers,
+      threads=config.read_threads, seed=int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0]))
+  return TfdsIterator(iter(dataset), num_examples, check)
 
 
 class _TfdsSplit:
