@@ -75,9 +75,11 @@ def from_torch(checkpoint: str, config, workdir: str, *, ignore_keys: Sequence[s
   template = jax.device_get(trainer.state.student)
   report = torch_layout.ImportReport()
   imported, unknown, parts = {}, [], []
+  if "network" in nets:
+    report.notes.append("The checkpoint holds one network: student and teacher both start from it.")
   for name in torch_layout.NETWORKS:
     source = name if name in nets else next(iter(nets))
-    if source != name:
+    if source != name and source != "network":
       report.notes.append(f"The checkpoint has no {name}: the {name} starts as a copy of its {source}.")
     prefix = "" if source == "network" else f"{source}."
     params, unknown_here, with_head = import_network(
@@ -100,7 +102,8 @@ def from_torch(checkpoint: str, config, workdir: str, *, ignore_keys: Sequence[s
   state = trainer.state.replace(
       student=jax.device_put(imported["student"], trainer.state_shardings.student),
       teacher=jax.device_put(imported["teacher"], trainer.state_shardings.teacher))
-  summary = {"converted_from": str(checkpoint), "imported": sorted(set(parts)), "notes": report.notes}
+  summary = {"converted_from": str(checkpoint), "imported": sorted(set(parts)),
+             "notes": list(dict.fromkeys(report.notes))}
   checkpoints = checkpointing.Checkpoints(workdir, config)
   try:
     checkpoints.save(0, state, summary, force=True)
