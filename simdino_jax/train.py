@@ -261,7 +261,7 @@ def run(config, workdir: str) -> dict:
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
     print(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.", flush=True)
   elif config.get("init_from"):
-    state = init_from.initialize_from(config.init_from, state, trainer.state_shardings)
+    state = init_from.initialize_from(config.init_from, state, setup.state_shardings)
   start_step = int(state.step)
 
   writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard)
