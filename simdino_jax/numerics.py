@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+HIGHEST = jax.lax.Precision.HIGHEST  # float32 matmuls where accuracy matters (Gram matrices, similarities)
+
 # The norm floor: it only keeps a zero vector at zero. Features, embeddings and prototypes have norms many orders
 # of magnitude above it, so this value (PyTorch's F.normalize default, DINO's head) and the 1e-8 of DINOv2's KoLeo
 # and of SimDINO's cosine give the same float32 results on them.

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from simdino_jax.numerics import l2_normalize, marginal_entropy, mean_entropy
+from simdino_jax.objectives.coding_rate import coding_rate
+from simdino_jax.objectives.dino import teacher_probs
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -27,8 +29,8 @@ def effective_rank(features: jax.Array) -> jax.Array:
 
 
 def normalized_coding_rate(features: jax.Array, eps: float = 0.05) -> jax.Array:
-  """R_eps(Z) = ½ logdet(I_D + D/(n·eps) ZᵀZ) of the l2-normalized features Z [n, D] (docs/objectives.md#coding-rate-r_eps)."""
-  from simdino_jax.objectives.coding_rate import coding_rate  # pylint: disable=import-outside-toplevel
+  """R_eps(Z) = ½ logdet(I_D + D/(n·eps) ZᵀZ) of the l2-normalized features Z [n, D]
+  (docs/objectives.md#coding-rate-r_eps)."""
   return coding_rate(l2_normalize(_rows(features)), eps)
 
 
@@ -38,11 +40,9 @@ def feature_std(features: jax.Array) -> jax.Array:
 
 
 def teacher_probabilities(teacher_logits: jax.Array, center: jax.Array | None, temperature) -> jax.Array:
-  """p_i = softmax((t_i − c) / τ) for the teacher logits [..., K] -> float32 [n, K]; c = 0 when None."""
-  logits = _rows(teacher_logits)
-  if center is not None:
-    logits = logits - jnp.asarray(center, jnp.float32)
-  return jax.nn.softmax(logits / temperature, axis=-1)
+  """p_i = softmax((t_i − c) / τ) (objectives.dino.teacher_probs) for the teacher logits [..., K] -> float32
+  [n, K]; c = 0 when None."""
+  return teacher_probs(_rows(teacher_logits), 0.0 if center is None else center, temperature)
 
 
 def teacher_center_kl(probabilities: jax.Array, center: jax.Array, temperature) -> jax.Array:

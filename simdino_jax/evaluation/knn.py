@@ -11,10 +11,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simdino_jax import parallel
-from simdino_jax.numerics import l2_normalize
+from simdino_jax.numerics import HIGHEST, l2_normalize
 from simdino_jax.parallel import DATA_AXIS
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def resolve_mesh(mesh: Mesh | None) -> Mesh | None:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from simdino_jax.numerics import HIGHEST
 
 
 def probe_features(backbone_out: dict, *, n_last_blocks: int, avgpool: bool) -> jax.Array:

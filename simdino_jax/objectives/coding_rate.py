@@ -8,7 +8,8 @@ silently wrong finite value. Callers check jnp.isfinite (the objectives report i
 import jax
 import jax.numpy as jnp
 
-from simdino_jax.objectives.common import HIGHEST, as_float32
+from simdino_jax.numerics import HIGHEST
+from simdino_jax.objectives.common import as_float32
 
 
 def half_logdet_identity_plus_gram(z: jax.Array, alpha) -> jax.Array:

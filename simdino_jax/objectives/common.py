@@ -4,8 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
-
 
 def as_float32(x) -> jax.Array:
   """Casts an array (any float dtype) to float32."""

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simdino_jax.numerics import l2_normalize
-from simdino_jax.objectives.common import HIGHEST, as_float32
+from simdino_jax.numerics import HIGHEST, l2_normalize
+from simdino_jax.objectives.common import as_float32
 from simdino_jax.objectives.distributed import mean_over_data_shards
 
 PAIRWISE_EPS = 1e-8  # added to the difference, as torch.nn.PairwiseDistance does
