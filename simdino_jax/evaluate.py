@@ -122,7 +122,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str 
         *features, num_classes=num_classes, epochs=linear_epochs, batch_size=linear_batch,
         learning_rates=tuple(float(lr) for lr in linear_lrs), seed=int(config.seed))
     results.update(probe.metrics())
-  storage.write_text(storage.path(workdir) / f"eval_{step}.json", json.dumps(results, indent=2))
+  storage.write_shared(storage.path(workdir) / f"eval_{step}.json", json.dumps(results, indent=2))
   return results
 
 

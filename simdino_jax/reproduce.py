@@ -13,6 +13,7 @@ and crop sizes, batch, epochs and seed are the same for every run. Outputs in th
 """
 
 import csv
+import io
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from absl import flags
 
 from simdino_jax import configs
 from simdino_jax import objectives
+from simdino_jax import storage
 
 METHODS = (*objectives.OBJECTIVES.names(), "dino_koleo_proto")
 
@@ -80,26 +82,26 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
   return c
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path) -> list[dict]:
+  return [json.loads(line) for line in storage.path(path).read_text().splitlines() if line.strip()]
 
 
 def collect(workdir: str, methods, steps_per_epoch: dict) -> list[dict]:
   """One CSV row per logged step and method: epoch, kNN, loss components, diagnostics."""
   rows = []
   for method in methods:
-    for record in read_jsonl(os.path.join(workdir, method, "metrics.jsonl")):
+    for record in read_jsonl(storage.path(workdir) / method / "metrics.jsonl"):
       rows.append({"method": method, "epoch": record["step"] / steps_per_epoch[method], **record})
   return rows
 
 
-def write_csv(rows: list[dict], path: str) -> None:
+def write_csv(rows: list[dict], path) -> None:
   keys = ["method", "epoch", "step"] + sorted({k for r in rows for k in r} - {"method", "epoch", "step"})
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=keys)
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.write_shared(path, text.getvalue())
 
 
 def plot(rows: list[dict], workdir: str, methods) -> list[str]:
@@ -120,10 +122,7 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
   ax.set(xlabel="epoch", ylabel="kNN top-1 (%), k=20", title="kNN accuracy of the teacher")
   ax.grid(alpha=0.3)
   ax.legend()
-  paths.append(os.path.join(workdir, "knn.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  paths.append(_save_figure(fig, storage.path(workdir) / "knn.png", dpi=120))
 
   components = ("loss", "dino", "ibot", "koleo", "koleo_proto", "comp", "expa", "patch")
   present = [c for c in components if any(c in r for r in rows)]
@@ -141,10 +140,7 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
   for ax in axes.flat[len(present):]:
     ax.axis("off")
   fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower right", fontsize=8)
-  paths.append(os.path.join(workdir, "losses.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  paths.append(_save_figure(fig, storage.path(workdir) / "losses.png", dpi=110))
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for method in [m for m in methods if m in ("dino", "dino_koleo_proto", "dinov2")]:
@@ -153,11 +149,20 @@ def plot(rows: list[dict], workdir: str, methods) -> list[str]:
   ax.set(xlabel="epoch", ylabel="unique prototypes (ε = 0.025)", title="Partial prototype collapse")
   ax.grid(alpha=0.3)
   ax.legend()
-  paths.append(os.path.join(workdir, "prototypes.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  paths.append(_save_figure(fig, storage.path(workdir) / "prototypes.png", dpi=120))
   return paths
+
+
+def _save_figure(fig, path, *, dpi: int) -> str:
+  """Writes `fig` as PNG to `path` (local or gs://, process 0 only) and closes it; returns the path."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig.tight_layout()
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=dpi)
+  plt.close(fig)
+  storage.write_shared(path, png.getvalue())
+  return os.fspath(path)
 
 
 def run(workdir: str, *, quick: bool, methods=METHODS, dataset=None, model=None, epochs=None, batch=None,
@@ -170,24 +175,25 @@ def run(workdir: str, *, quick: bool, methods=METHODS, dataset=None, model=None,
   epochs = epochs or (6.0 if quick else 100.0)
   batch = batch or (64 if quick else 256)
   eval_every = eval_every or (1.0 if quick else 5.0)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   summary, steps_per_epoch = {}, {}
   for method in methods:
     config = method_config(method, quick=quick, dataset=dataset, model=model, epochs=epochs, batch=batch,
                            eval_every=eval_every, seed=seed, data_dir=data_dir, data_path=data_path,
                            koleo_proto_weight=koleo_proto_weight)
     start = time.perf_counter()
-    last = train.run(config, os.path.join(workdir, method))
+    last = train.run(config, os.fspath(workdir / method))
     steps_per_epoch[method] = last["steps_per_epoch"]
     summary[method] = {"knn_top1_k20": last.get("knn_top1_k20"), "wall_s": time.perf_counter() - start,
                        "epochs": epochs, "unique_prototypes": last.get("diag_unique_prototypes")}
     print(f"{method}: kNN top-1 {100 * summary[method]['knn_top1_k20']:.2f}%  "
           f"({summary[method]['wall_s']:.0f} s)", flush=True)
   rows = collect(workdir, methods, steps_per_epoch)
-  write_csv(rows, os.path.join(workdir, "curves.csv"))
+  write_csv(rows, workdir / "curves.csv")
   plot(rows, workdir, methods)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump({"dataset": dataset, "model": model, "batch": batch, "seed": seed, "runs": summary}, f, indent=2)
+  storage.write_shared(workdir / "summary.json", json.dumps(
+      {"dataset": dataset, "model": model, "batch": batch, "seed": seed, "runs": summary}, indent=2))
   return summary
 
 

@@ -1,7 +1,7 @@
 """Paths of everything a run reads or writes, through `etils.epath`: local folders and `gs://` alike.
 
 `path("gs://bucket/run")` keeps its scheme (epath reads and writes it through its cloud backend); a local path
-becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only (`write_text`).
+becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only (`write_shared`).
 """
 
 import os
@@ -21,9 +21,12 @@ def path(location: str | os.PathLike) -> epath.Path:
   return p if is_remote(location) else p.expanduser().resolve()
 
 
-def write_text(location: str | os.PathLike, text: str) -> None:
-  """Writes a shared file from process 0 only (every process holds the same content)."""
+def write_shared(location: str | os.PathLike, content: str | bytes) -> None:
+  """Writes a shared file (text or bytes) from process 0 only; every process holds the same content."""
   if jax.process_index() == 0:
     target = path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    if isinstance(content, bytes):
+      target.write_bytes(content)
+    else:
+      target.write_text(content)

@@ -11,6 +11,7 @@ from orbax.checkpoint._src.path import gcs_utils
 
 from simdino_jax import checkpointing
 from simdino_jax import metrics
+from simdino_jax import reproduce
 from simdino_jax import storage
 from simdino_jax.data import sources
 from tests import train_utils
@@ -53,7 +54,7 @@ def test_remote_paths_keep_their_scheme_and_local_ones_become_absolute(tmp_path,
 
 
 def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
-  storage.write_text("gs://bucket/run/eval_3.json", '{"knn_top1_k20": 0.5}')
+  storage.write_shared("gs://bucket/run/eval_3.json", '{"knn_top1_k20": 0.5}')
   assert (bucket / "bucket" / "run" / "eval_3.json").read_text() == '{"knn_top1_k20": 0.5}'
   (bucket / "data").mkdir(parents=True)
   images = train_utils.random_images(6, 8)
@@ -86,4 +87,23 @@ def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket):
     checkpoints.close()
   with pytest.raises(FileNotFoundError, match="holds no finished checkpoint"):
     checkpointing.read_config("gs://bucket/run")
+  assert os.listdir(".") == []
+
+
+def test_reproduction_outputs_of_a_gs_workdir(bucket):
+  for method in ("dino", "simdino"):
+    writer = metrics.JsonlWriter(f"gs://bucket/repro/{method}")
+    for step in (0, 10):
+      writer.write_scalars(step, {"loss": 1.0 - step / 100, "knn_top1_k20": 0.1 + step / 100,
+                                  "diag_unique_prototypes": 64.0})
+  rows = reproduce.collect("gs://bucket/repro", ("dino", "simdino"), {"dino": 10, "simdino": 10})
+  assert [(r["method"], r["epoch"]) for r in rows] == [("dino", 0.0), ("dino", 1.0), ("simdino", 0.0),
+                                                      ("simdino", 1.0)]
+  reproduce.write_csv(rows, storage.path("gs://bucket/repro") / "curves.csv")
+  paths = reproduce.plot(rows, "gs://bucket/repro", ("dino", "simdino"))
+  assert paths == [f"gs://bucket/repro/{name}" for name in ("knn.png", "losses.png", "prototypes.png")]
+  written = bucket / "bucket" / "repro"
+  assert (written / "curves.csv").read_text().splitlines()[0].startswith("method,epoch,step")
+  for name in ("knn.png", "losses.png", "prototypes.png"):
+    assert (written / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
   assert os.listdir(".") == []
