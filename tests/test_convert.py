@@ -404,6 +404,11 @@ def test_export_as_safetensors_loads_strictly_into_the_official_layout(converted
   assert sorted(keys) == sorted(backbone.state_dict())
   for key, value in backbone.state_dict().items():
     torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0)
+  # Read back as an import does: one network (a backbone file), the same tensors.
+  networks = torch_layout.networks(torch_layout.load(out))
+  assert list(networks) == ["network"]
+  for key, value in backbone.state_dict().items():
+    np.testing.assert_array_equal(networks["network"][key], value.numpy())
 
 
 def test_a_file_that_needs_code_is_refused(tmp_path):
