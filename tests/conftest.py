@@ -1,11 +1,49 @@
-"""Test setup: 8 simulated CPU devices and cheap compiles, set before JAX initializes."""
+"""Test setup, before JAX initializes.
+
+- Eight CPU devices are simulated, but a test uses one unless it is about sharding: `parallel.create_mesh()`
+  (what training and evaluation build by default) spans the first device only. A test of sharded behaviour is marked
+  `@pytest.mark.sharded` and gets the 8-device mesh; tests that build their own mesh over `jax.devices()` are about
+  sharding by construction. Subprocesses started by tests get one device (`subprocess_env()`) unless they ask for more.
+- One persistent compilation cache for the whole session, shared with the subprocesses the tests start: a train step
+  compiled once (in-process or by a CLI run) is not compiled again.
+- XLA's optimizations are off: tests check values, not speed.
+"""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simdino_jax_test_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
-import jax  # after XLA_FLAGS: the flag is read when the backend starts
+import jax  # after the environment: the flags are read when the backend starts
+import pytest
+
+from simdino_jax import parallel
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+_create_mesh = parallel.create_mesh
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "sharded: the test is about sharding; its default mesh spans all 8 devices")
+
+
+@pytest.fixture(autouse=True)
+def one_device_unless_sharded(request, monkeypatch):
+  """`parallel.create_mesh()` spans one device, or the 8 simulated ones for tests marked `sharded`."""
+  if request.node.get_closest_marker("sharded") is None:
+    monkeypatch.setattr(parallel, "create_mesh",
+                        lambda devices=None: _create_mesh(jax.devices()[:1] if devices is None else devices))
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  """The environment of a test's subprocess: CPU, `devices` simulated devices, the session's compilation cache."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return env

@@ -89,6 +89,7 @@ def test_missing_archives_name_the_fix(tmp_path):
     prepare_imagenet.prepare_imagenet2012(str(tmp_path), str(tmp_path / "tfds"))
 
 
+@pytest.mark.sharded
 def test_train_two_steps_on_eight_devices_evaluate_and_resume(imagenet_dir, tmp_path, capsys):
   _, data_dir = imagenet_dir
   overrides = {"data.name": "imagenet2012", "data.data_dir": str(data_dir), "data.eval_split": "validation",

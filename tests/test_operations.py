@@ -241,11 +241,13 @@ def test_negative_teacher_temperature(tmp_path):
                   "config.teacher.temp=-0.07", "must be a positive temperature")
 
 
+@pytest.mark.sharded
 def test_batch_not_divisible_by_the_devices(tmp_path):
   _assert_refused(train_utils.tiny_config(batch_size=12), tmp_path, ValueError,
                   "config.batch_size=12 is not divisible by the 8 devices", "use a multiple of 8")
 
 
+@pytest.mark.sharded
 def test_koleo_needs_two_images_per_device(tmp_path):
   _assert_refused(train_utils.tiny_config("dinov2", batch_size=8), tmp_path, ValueError,
                   "KoLeo on each device's batch needs at least 2 images per device, got 1",
