@@ -109,6 +109,16 @@ def test_jpeg_is_decoded_at_the_smallest_scale_that_covers_every_crop():
     assert np.mean(np.abs(crops[group].astype(float) - full[group])) < 3.0
 
 
+def test_imagenet_configs_cut_crops_on_the_host(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from simdino_jax import configs  # pylint: disable=import-outside-toplevel
+
+  shape = tfds.builder("imagenet2012", data_dir=str(tmp_path)).info.features["image"].shape  # TFDS's own features
+  config = configs.load("dino")
+  assert config.data.name == "imagenet2012" and config.data.workers == -1
+  assert host_crops.crops_on_host(config.data.crops_on_host, shape)
+
+
 def test_the_dataset_decides_and_the_config_can_force():
   assert host_crops.crops_on_host("auto", (None, None, 3))
   assert not host_crops.crops_on_host("auto", (32, 32, 3))
