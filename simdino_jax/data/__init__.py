@@ -38,7 +38,7 @@ def default_config():
       crops_on_host="auto",  # Cut the crops on the host from the original images: "auto" (when the dataset's
                             # images have varied sizes: imagenet2012, image folders), "true" or "false".
       workers=0,            # Host crops: grain worker processes decoding images (0: threads in this process;
-                            # -1: one per CPU core).
+                            # -1: one per CPU this process may use).
   ))
   config.aug = ml_collections.ConfigDict(dict(
       global_size=32,

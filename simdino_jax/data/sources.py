@@ -379,9 +379,14 @@ def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, proces
   workers = int(config.get("workers", 0))
   # Crops drawn from (seed, process): independent between processes, fixed by the position within each.
   dataset = host_crops.crop_batches(
-      dataset, plan, batch_size=batch_size, workers=os.cpu_count() if workers < 0 else workers,
+      dataset, plan, batch_size=batch_size, workers=_usable_cpus() if workers < 0 else workers,
       threads=config.read_threads, seed=int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0]))
   return TfdsIterator(iter(dataset), num_examples, check)
+
+
+def _usable_cpus() -> int:
+  """The CPUs this process may run on (its affinity, e.g. a SLURM allocation), else all of the machine's."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 class _TfdsSplit:
