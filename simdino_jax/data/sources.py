@@ -372,7 +372,8 @@ def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, proces
   check = {"seed": seed, "shard_size": shard_size}
   if not on_host:
     dataset = dataset.map(_Decode(config.image_size)).batch(batch_size, drop_remainder=True)
-    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4 * batch_size)
+    # Elements here are whole batches: a buffer of two per thread keeps host memory O(batch).
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2 * config.read_threads)
     return TfdsIterator(iter(dataset.to_iter_dataset(read)), num_examples, check)
   plan = host_crops.CropPlan.from_config(aug)
   check["crops"] = repr(plan)
