@@ -32,6 +32,7 @@ from simdino_jax.convert import init_from
 from simdino_jax.data import augment
 from simdino_jax.data import masking
 from simdino_jax.evaluation import periodic
+from simdino_jax.objectives import ibot
 
 PyTree = Any
 
@@ -58,20 +59,25 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
   grid = (config.aug.global_size // patch, config.aug.global_size // patch)
   accum_steps = config.get("grad_accum_steps", 1)
 
-  def apply(params, crops, masks, key):
-    return nnx.merge(graphdef, params)(crops, masks, key=key)
+  max_masked = masking.max_masked_patches(grid[0] * grid[1], config.masking)
+
+  def apply(params, crops, masks, key, patch_index=None):
+    return nnx.merge(graphdef, params)(crops, masks, key=key, patch_index=patch_index)
 
   def micro_step(state, sched, crops, masks, drop_key):
     """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and masks [2, b, N]."""
     groups = [crops["global"]] + ([crops["local"]] if config.aug.n_local > 0 else [])
-    # With masks, the teacher sees the unmasked crops (all-False masks) and returns its patch outputs too.
-    teacher_masks = None if masks is None else jnp.zeros_like(masks)
-    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], teacher_masks, None))
+    patch_index = slot_masks = None
+    if masks is not None:
+      # The heads score only the masked tokens: max_masked slots per image, slot_masks marks the used ones.
+      patch_index, slot_masks = ibot.masked_patch_index(masks, max_masked)
+    # The teacher sees the unmasked crops and scores the same patch tokens as the student.
+    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], None, None, patch_index))
 
     def loss_fn(params):
-      student_out = apply(params, groups, masks, drop_key)
+      student_out = apply(params, groups, masks, drop_key, patch_index)
       loss, new_objective_state, aux = objective.loss(
-          student_out, teacher_out, state.objective_state, sched, masks)
+          student_out, teacher_out, state.objective_state, sched, slot_masks)
       return loss, (new_objective_state, aux)
 
     (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
@@ -117,6 +123,8 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
                             consecutive_skipped=state.consecutive_skipped + 1)
     new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), stepped, skipped)
 
+    if masks is not None:
+      aux = {**aux, "masked_fraction": jnp.mean(masks.astype(jnp.float32))}
     metrics = {"loss": loss, **aux,
                "lr": sched["lr"], "wd": sched["wd"], "momentum": sched["momentum"],
                "teacher_temp": sched["teacher_temp"], "grad_norm": tree_norm(grads),

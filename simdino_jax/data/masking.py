@@ -38,7 +38,7 @@ def block_masks(key: jax.Array, batch_size: int, grid: tuple[int, int], config) 
     return jnp.zeros((2, batch_size, n_patches), bool)
   n_masked = int(n_images * config.probability)
   max_block = int(_MAX_BLOCK_FRACTION * n_patches)
-  max_target = int(n_patches * config.ratio_max)  # every block adds >= 1 patch: at most this many blocks
+  max_target = max_masked_patches(n_patches, config)  # every block adds >= 1 patch: at most this many blocks
   # One uniform draw for everything (threefry call sites dominate the compile time): image order, ratios and
   # 4 x 10 numbers per block try.
   u = jax.random.uniform(key, (n_images * (1 + 4 * _BLOCK_TRIES * max_target) + n_masked,))
@@ -52,6 +52,11 @@ def block_masks(key: jax.Array, batch_size: int, grid: tuple[int, int], config) 
   fill = lambda u_image, t: _fill_mask(u_image, t, height, width, max_block, config)
   masks = jax.vmap(fill)(block_u, targets)
   return masks.reshape(2, batch_size, n_patches)
+
+
+def max_masked_patches(n_patches: int, config) -> int:
+  """The most tokens block_masks masks in one image: max(1, int(N · ratio_max)) (a static bound for gathers)."""
+  return max(1, int(n_patches * config.ratio_max))
 
 
 def _fill_mask(u, target, height: int, width: int, max_block: int, config):

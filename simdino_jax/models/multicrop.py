@@ -13,10 +13,12 @@ from simdino_jax.models.vit import VisionTransformer
 class MultiCropModel(nnx.Module):
   """Backbone + head over multi-crop views (see docs/architecture.md, "Model outputs").
 
-  `model(crops, masks=None, *, key=None)` with `crops` a list of resolution groups `[n_views, B, H, W, 3]`
-  (globals first), `masks [n_global, B, N]` bool for the global group, `key` the drop-path PRNG key (None = eval).
-  Returns float32, view-major: `"cls" [V,B,D]`, `"head" [V,B,K|p]`, `"patch_head" [n_global,B,N,K|p]` (only with
-  masks), `"prototypes" [K,p]` (DINO head only).
+  `model(crops, masks=None, *, key=None, patch_index=None)` with `crops` a list of resolution groups
+  `[n_views, B, H, W, 3]` (globals first), `masks [n_global, B, N]` bool (tokens of the global crops replaced by
+  the mask token), `key` the drop-path PRNG key (None = eval), `patch_index [n_global, B, M]` int (the patch
+  tokens of the global crops to score with the head, e.g. the masked ones from ibot.masked_patch_index; default:
+  all N when masks are given). Returns float32, view-major: `"cls" [V,B,D]`, `"head" [V,B,K|p]`,
+  `"patch_head" [n_global,B,M,K|p]` (only with masks or patch_index), `"prototypes" [K,p]` (DINO head only).
   """
 
   def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead]):
@@ -24,7 +26,7 @@ class MultiCropModel(nnx.Module):
     self.head = head
 
   def __call__(self, crops: Sequence[jax.Array], masks: Optional[jax.Array] = None, *,
-               key: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+               key: Optional[jax.Array] = None, patch_index: Optional[jax.Array] = None) -> dict[str, jax.Array]:
     if not crops:
       raise ValueError("crops must hold at least one resolution group (the global crops).")
     cls_groups = []
@@ -41,8 +43,13 @@ class MultiCropModel(nnx.Module):
       group_key = None if key is None else jax.random.fold_in(key, index)
       out = self.backbone(group.reshape(n_views * batch, *group.shape[2:]), group_masks, key=group_key)
       cls_groups.append(out["cls"].reshape(n_views, batch, -1))
-      if group_masks is not None:
+      if index == 0 and (masks is not None or patch_index is not None):
         global_patches = out["patch"].reshape(n_views, batch, *out["patch"].shape[1:])
+        if patch_index is not None:
+          if patch_index.shape[:2] != (n_views, batch) or patch_index.ndim != 3:
+            raise ValueError(f"patch_index must be [{n_views}, {batch}, M] for the global group, got "
+                             f"{patch_index.shape}.")
+          global_patches = jnp.take_along_axis(global_patches, patch_index[..., None], axis=2)
     cls = jnp.concatenate(cls_groups, axis=0)
     dim = cls.shape[-1]
     tokens = cls.reshape(-1, dim)

@@ -4,6 +4,10 @@ L = −(1/n_images) Σ_i (1/M_i) Σ_{masked j in i} Σ_k t_ij[k] log_softmax(s_i
 without masked tokens count in the denominator). Arrays are [2, B, N, K] (or flattened [2B, N, K]); masks have
 the same shape without K. Teacher probabilities: dino.teacher_probs(patch logits, patch center, τ_t) with the
 center from update_patch_center, or ibot_sinkhorn_knopp.
+
+The head scores only the masked tokens: masked_patch_index gathers, per image, the positions of its masked tokens
+into a static number M ≥ max_i M_i of slots (the masking's bound, data.masking.max_masked_patches), so every
+function here runs on [2, B, M, K] with the slot masks it returns, which equals the dense [2, B, N, K] form.
 """
 
 import jax
@@ -17,6 +21,18 @@ def _check_patches(logits: jax.Array, masks: jax.Array, what: str) -> None:
   if logits.ndim < 3 or logits.shape[:-1] != masks.shape:
     raise ValueError(f"{what}: expected patch outputs [..., N, K] ([2, B, N, K] or [2B, N, K]) and masks [..., N] "
                      f"with the same leading shape, got {logits.shape} and {masks.shape}.")
+
+
+def masked_patch_index(masks: jax.Array, max_masked: int) -> tuple[jax.Array, jax.Array]:
+  """(index [..., M] int32, slot_masks [..., M] bool): the positions of each image's masked tokens, in order,
+  padded with unmasked positions; slot_masks marks the slots that hold a masked token. M = max_masked (static).
+
+  Exact when no image has more than M masked tokens (block_masks guarantees it for M = max_masked_patches).
+  """
+  if not 1 <= max_masked <= masks.shape[-1]:
+    raise ValueError(f"max_masked must be in [1, N={masks.shape[-1]}], got {max_masked}.")
+  index = jnp.argsort(~masks.astype(bool), axis=-1, stable=True)[..., :max_masked].astype(jnp.int32)
+  return index, jnp.take_along_axis(masks.astype(bool), index, axis=-1)
 
 
 def ibot_patch_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array, masks: jax.Array, *,

@@ -143,8 +143,7 @@ def _dinov2(config) -> Objective:
                                     student_temp=config.student_temp)
     ibot = ibot_patch_loss(_required(student_out, "patch_head", "student output"), patch_probabilities, masks,
                            student_temp=config.student_temp)
-    metrics = {"dino": dino, "ibot": ibot, **_dino_diagnostics(dino, probabilities),
-               "masked_fraction": jnp.mean(masks.astype(jnp.float32))}
+    metrics = {"dino": dino, "ibot": ibot, **_dino_diagnostics(dino, probabilities)}
     return dino + ibot, {**state, **new_state}, metrics
 
   keys = ("center", "patch_center") if config.centering == "center" else ()
