@@ -1,15 +1,17 @@
-"""Times the full train step and the input pipeline; prints images/s, step time, TFLOP/s, MFU and peak memory.
+"""The train step's compiled cost and speed: FLOPs (XLA's and analytic), peak memory, images/s, MFU.
 
     python -m simdino_jax.benchmark --config=configs/dino.py:model=ViT-B/16 --batch=64
+    python -m simdino_jax.benchmark --compile_only --methods=dino,simdino,dinov2 --models=ViT-S/16,ViT-B/16
 
 The step is exactly the training step (on-device augmentation and masks, teacher and student forward, objective,
 backward, AdamW, EMA), fed with synthetic uint8 images already on the device. Timing: `--warmup` steps, then the
 median of `--steps` steps, each ended by `block_until_ready`. FLOPs come from XLA's cost analysis of the compiled
-step and from the analytic formula `analytic_step_flops` (the usual ViT count, any patch size); MFU divides
-by `--peak_tflops` (746 = the bf16 matmul rate measured on the reference H100).
+step and from `analytic_step_flops`; MFU divides by `--peak_tflops` (746 = the bf16 matmul rate of an H100).
+`--compile_only` lowers and compiles the step of each method × model recipe (ImageNet crops) without running it
+and prints XLA's FLOPs per image against the analytic count, their ratio and the compiled peak memory.
 """
 
-import statistics
+import math
 import time
 
 import jax
@@ -23,63 +25,123 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
-  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.", lock_config=True)
-  flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config (timing mode).",
+                                  lock_config=True)
+  flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's; 64 with --compile_only).")
   flags.DEFINE_integer("steps", 20, "Timed steps.")
   flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (the first compiles).")
   flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU (0: don't report MFU).")
-  flags.DEFINE_bool("pipeline", True, "Also time the host input pipeline and the augmentation alone.")
+  flags.DEFINE_bool("pipeline", True, "Also time the input pipeline (host and on-device augmentation).")
+  flags.DEFINE_bool("compile_only", False, "Compile the recipes of --methods × --models; print cost and memory.")
+  flags.DEFINE_list("methods", ["dino", "simdino", "dinov2"], "Recipes for --compile_only.")
+  flags.DEFINE_list("models", ["ViT-S/16", "ViT-B/16"], "Models for --compile_only.")
+
+
+def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=None):
+  """The ImageNet recipe of `method` (configs/<method>.py) with `model` at global batch `batch`."""
+  from configs import common
+
+  config = common.experiment(method, f"model={model}")
+  config.batch_size = batch
+  config.model.attention_impl = attention_impl
+  return config
 
 
 def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0) -> float:
-  """`L·n·(24d² + 4nd) + N_p·2·(p²·3)·d`: qkv, projection and MLP, attention, and the patch embedding."""
+  """`L·n·(24d² + 4nd) + N_p·2·(3p²)·d`: qkv, projection and MLP matmuls, attention, and the patch embedding."""
   patches = (size // patch) ** 2
   tokens = patches + 1 + registers
   return depth * tokens * (24 * width ** 2 + 4 * tokens * width) + patches * 2 * (patch * patch * 3) * width
 
 
-def head_forward_flops(width: int, head) -> float:
-  """The head's MLP `D → hidden → … → bottleneck` on one CLS token (the prototype layer is added separately)."""
-  dims = [width] + [head.hidden_dim] * (head.n_layers - 1) + [head.bottleneck_dim]
-  return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+def head_flops_per_token(head_params) -> float:
+  """`2·Σ in·out` over the head's matrices (its MLP layers and, for the DINO head, the prototypes)."""
+  return float(sum(2 * math.prod(leaf.shape) for leaf in jax.tree.leaves(head_params) if leaf.ndim == 2))
 
 
-def analytic_step_flops(config, width: int, depth: int, num_prototypes: int) -> float:
-  """`B·[3·(2F(G) + n_l F(l) + V·H) + (2F(G) + 2H)]`: student forward+backward (3×), teacher forward."""
+def analytic_step_flops(config, head_params) -> float:
+  """Matmul FLOPs of one step: `B·[3·(2F(G) + n_l·F(l) + (V + 2M)·H) + 2F(G) + (2 + 2M)·H]`.
+
+  Student forward + backward (3× the forward) on all V crops, teacher forward on the 2 global crops; F(s) is the
+  ViT forward at s pixels (vit_forward_flops), H the head on one token, M the masked-token slots per global crop
+  that the iBOT / SimDINOv2 patch head scores (0 without masks). Elementwise work, the loss and the optimizer are
+  not counted.
+  """
+  from simdino_jax import models, objectives
+  from simdino_jax.data import masking
+
   a, m = config.aug, config.model
-  f_global = vit_forward_flops(a.global_size, width=width, depth=depth, patch=m.patch_size,
-                               registers=m.num_registers)
-  f_local = vit_forward_flops(a.local_size, width=width, depth=depth, patch=m.patch_size,
-                              registers=m.num_registers) if a.n_local else 0.0
-  h = head_forward_flops(width, m.head) + 2 * m.head.bottleneck_dim * num_prototypes
-  views = 2 + a.n_local
-  per_image = 3 * (2 * f_global + a.n_local * f_local + views * h) + (2 * f_global + 2 * h)
-  return config.batch_size * per_image
+  architecture = models.MODELS.get(m.name)
+  vit = lambda size: vit_forward_flops(size, width=architecture.embed_dim, depth=architecture.depth,
+                                       patch=m.patch_size, registers=m.num_registers)
+  head = head_flops_per_token(head_params)
+  slots = 0
+  if objectives.get_objective(config.objective).needs_masks:
+    slots = masking.max_masked_patches((a.global_size // m.patch_size) ** 2, config.masking)
+  student = 2 * vit(a.global_size) + a.n_local * vit(a.local_size) + (2 + a.n_local + 2 * slots) * head
+  teacher = 2 * vit(a.global_size) + (2 + 2 * slots) * head
+  return config.batch_size * (3 * student + teacher)
 
 
-def _median_time(fn, steps: int) -> tuple[float, float, float]:
+def compile_step(config):
+  """(trainer, compiled step, compile seconds): the train step lowered on abstract images and compiled."""
+  from simdino_jax import parallel, train
+
+  trainer = train.build(config, num_examples=max(config.batch_size * 1000, 1))
+  size = config.data.image_size
+  images = jax.ShapeDtypeStruct((config.batch_size, size, size, 3), np.uint8,
+                                sharding=parallel.batch_sharding(trainer.mesh))
+  start = time.perf_counter()
+  with jax.set_mesh(trainer.mesh):
+    compiled = trainer.step_fn.lower(trainer.state, images).compile()
+  return trainer, compiled, time.perf_counter() - start
+
+
+def compiled_cost(compiled) -> dict:
+  """XLA's FLOPs of the compiled step and its peak memory (arguments + outputs + temporaries − aliased)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  peak = None
+  if memory is not None:
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes)
+  return {"xla_flops": float(cost.get("flops", 0.0)) if cost else 0.0, "peak_bytes": peak,
+          "temp_bytes": memory.temp_size_in_bytes if memory is not None else None}
+
+
+def compile_figures(config) -> dict:
+  """XLA and analytic FLOPs per image, their ratio, and the peak memory of the compiled step (nothing runs)."""
+  trainer, compiled, compile_s = compile_step(config)
+  cost = compiled_cost(compiled)
+  analytic = analytic_step_flops(config, trainer.state.student["head"])
+  batch = config.batch_size
+  return {"xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
+          "analytic_gflop_per_image": analytic / batch / 1e9, "ratio": cost["xla_flops"] / analytic,
+          "peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
+          "temp_gb": cost["temp_bytes"] / 1e9 if cost["temp_bytes"] is not None else None,
+          "compile_s": compile_s}
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """The median wall time of `repeats` calls of `fn` (which must block until its work is done)."""
   times = []
-  for _ in range(steps):
+  for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  q = np.percentile(times, [10, 90])
-  return statistics.median(times), float(q[0]), float(q[1])
+  return float(np.median(times))
 
 
 def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> dict:
   """Compiles and times the train step on synthetic images; returns the figures."""
-  from flax import nnx
+  from simdino_jax import parallel
 
-  from simdino_jax import parallel, train, validation
-
-  validation.validate_config(config)
-  trainer = train.build(config, num_examples=max(config.batch_size * 1000, 1))
+  trainer, compiled, compile_s = compile_step(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (config.batch_size, config.data.image_size, config.data.image_size, 3), np.uint8)
   with jax.set_mesh(trainer.mesh):
     batch = parallel.global_batch({"image": images}, trainer.mesh)["image"]
-    compiled = trainer.step_fn.lower(trainer.state, batch).compile()
     state = trainer.state
 
     def one_step():
@@ -89,69 +151,36 @@ def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> di
 
     for _ in range(warmup):
       one_step()
-    median, p10, p90 = _median_time(one_step, steps)
+    seconds = median_seconds(one_step, steps)
 
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  memory = compiled.memory_analysis()
-  compiled_peak = None
-  if memory is not None:
-    compiled_peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-                     - memory.alias_size_in_bytes)
+  cost = compiled_cost(compiled)
+  analytic = analytic_step_flops(config, state.student["head"])
   stats = jax.devices()[0].memory_stats() or {}
-  params = jax.tree.leaves(state.student)
-  width = _backbone_width(state.student)
-  depth = _backbone_depth(state.student)
-  num_prototypes = nnx.merge(trainer.graphdef, state.student).head.num_prototypes
-  analytic = analytic_step_flops(config, width, depth, num_prototypes)
+  mfu = lambda flops: flops / seconds / 1e12 / peak_tflops if peak_tflops else None
   return {
-      "images_per_s": config.batch_size / median, "step_ms": 1e3 * median, "p10_ms": 1e3 * p10,
-      "p90_ms": 1e3 * p90, "xla_tflop": xla_flops / 1e12, "analytic_tflop": analytic / 1e12,
-      "xla_tflops_per_s": xla_flops / median / 1e12, "analytic_tflops_per_s": analytic / median / 1e12,
-      "mfu_xla": (xla_flops / median / 1e12) / peak_tflops if peak_tflops else None,
-      "mfu_analytic": (analytic / median / 1e12) / peak_tflops if peak_tflops else None,
-      "compiled_peak_gb": compiled_peak / 1e9 if compiled_peak is not None else None,
-      "runtime_peak_gb": stats.get("peak_bytes_in_use", 0) / 1e9 if stats else None,
-      "parameters": sum(int(np.prod(p.shape)) for p in params),
+      "images_per_s": config.batch_size / seconds, "step_ms": 1e3 * seconds, "compile_s": compile_s,
+      "xla_tflop": cost["xla_flops"] / 1e12, "analytic_tflop": analytic / 1e12,
+      "analytic_tflops_per_s": analytic / seconds / 1e12,
+      "mfu_xla": mfu(cost["xla_flops"]), "mfu_analytic": mfu(analytic),
+      "compiled_peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
+      "runtime_peak_gb": stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
+      "parameters": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.student)),
   }
 
 
-def _backbone_width(params) -> int:
-  return int(params["backbone"]["cls_token"].shape[-1])
+def benchmark_pipeline(config, *, batches: int) -> dict:
+  """images/s of the host input pipeline and of the on-device gather + multi-crop + masks (data/benchmark.py)."""
+  from simdino_jax import data
+  from simdino_jax.data import benchmark as data_benchmark
 
-
-def _backbone_depth(params) -> int:
-  blocks = params["backbone"]["blocks"]
-  return len(blocks) if isinstance(blocks, dict) else int(jax.tree.leaves(blocks)[0].shape[0])
-
-
-def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict:
-  """images/s of the host iterator (read, decode, resize, batch) and of the jitted augmentation + masks alone."""
-  from simdino_jax import data as data_lib
-  from simdino_jax.data import augment, masking
-
-  iterator = data_lib.create_train_iterator(config.data, batch_size=config.batch_size, seed=0,
-                                            process_index=0, process_count=1)
-  for _ in range(warmup):
-    next(iterator)
-  host_median, _, _ = _median_time(lambda: next(iterator), steps)
-
-  grid = (config.aug.global_size // config.model.patch_size,) * 2
-
-  @jax.jit
-  def augment_fn(key, images):
-    out = augment.multicrop(key, images, config.aug)
-    out["masks"] = masking.block_masks(key, images.shape[0], grid, config.masking)
-    return out
-
-  images = jax.device_put(next(iterator)["image"])
-  key = jax.random.PRNGKey(0)
-  for _ in range(warmup):
-    jax.block_until_ready(augment_fn(key, images))
-  aug_median, _, _ = _median_time(lambda: jax.block_until_ready(augment_fn(key, images)), steps)
-  return {"host_images_per_s": config.batch_size / host_median,
-          "augment_images_per_s": config.batch_size / aug_median}
+  host = data_benchmark.host_images_per_second(config.data, config.batch_size, batches)
+  resident = config.data.copy_and_resolve_references()
+  resident.on_device = True
+  iterator = data.create_train_iterator(resident, batch_size=config.batch_size, seed=0, process_index=0,
+                                        process_count=1)
+  device, _ = data_benchmark.device_images_per_second(config, iterator.resident_images, next(iterator)["index"],
+                                                      config.model.patch_size, batches)
+  return {"host_images_per_s": host, "augment_images_per_s": device}
 
 
 def format_table(rows: list[tuple[str, object]]) -> str:
@@ -160,8 +189,32 @@ def format_table(rows: list[tuple[str, object]]) -> str:
   return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
 
 
+COMPILE_COLUMNS = ("method", "model", "crops", "xla_gflop_per_image", "analytic_gflop_per_image", "ratio",
+                   "peak_gb", "temp_gb", "compile_s")
+
+
+def compile_table(methods, model_names, batch: int) -> list[dict]:
+  """compile_figures of every method × model recipe, printed row by row as a Markdown table."""
+  print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind}, batch {batch}, compile only")
+  print("| " + " | ".join(COMPILE_COLUMNS) + " |\n|" + "---|" * len(COMPILE_COLUMNS), flush=True)
+  rows = []
+  for model in model_names:
+    for method in methods:
+      config = recipe_config(method, model, batch=batch)
+      a = config.aug
+      row = {"method": method, "model": model,
+             "crops": f"2x{a.global_size}+{a.n_local}x{a.local_size}", **compile_figures(config)}
+      fmt = lambda v: f"{v:,.3f}" if isinstance(v, float) else str(v)
+      print("| " + " | ".join(fmt(row[c]) for c in COMPILE_COLUMNS) + " |", flush=True)
+      rows.append(row)
+  return rows
+
+
 def main(argv) -> None:
   del argv
+  if FLAGS.compile_only:
+    compile_table(FLAGS.methods, FLAGS.models, FLAGS.batch or 64)
+    return
   config = FLAGS.config
   if FLAGS.batch:
     config.batch_size = FLAGS.batch
@@ -171,17 +224,17 @@ def main(argv) -> None:
           ("objective", config.objective.name), ("batch", config.batch_size),
           ("crops", f"2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}"),
           ("parameters (student)", step["parameters"]), ("images/s", step["images_per_s"]),
-          ("step ms (median)", step["step_ms"]), ("step ms p10-p90", f"{step['p10_ms']:.1f}-{step['p90_ms']:.1f}"),
+          ("step ms (median)", step["step_ms"]), ("compile s", step["compile_s"]),
           ("TFLOP/step (XLA)", step["xla_tflop"]), ("TFLOP/step (analytic)", step["analytic_tflop"]),
-          ("TFLOP/s (XLA)", step["xla_tflops_per_s"]), ("TFLOP/s (analytic)", step["analytic_tflops_per_s"]),
+          ("TFLOP/s (analytic)", step["analytic_tflops_per_s"]),
           (f"MFU (XLA, peak {FLAGS.peak_tflops:g})", step["mfu_xla"]),
           (f"MFU (analytic, peak {FLAGS.peak_tflops:g})", step["mfu_analytic"]),
           ("peak memory GB (compiled)", step["compiled_peak_gb"]),
           ("peak memory GB (runtime)", step["runtime_peak_gb"])]
   if FLAGS.pipeline:
-    pipe = benchmark_pipeline(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
+    pipe = benchmark_pipeline(config, batches=FLAGS.steps)
     rows += [("host pipeline images/s", pipe["host_images_per_s"]),
-             ("augmentation images/s", pipe["augment_images_per_s"]),
+             ("on-device augmentation images/s", pipe["augment_images_per_s"]),
              ("augmentation / step", pipe["augment_images_per_s"] / step["images_per_s"])]
   print(format_table(rows), flush=True)
 
