@@ -14,14 +14,14 @@ import os
 import numpy as np
 
 
-def decode_compact(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """All images of one compact .npz: header + scan slice + trailer is a complete JPEG per image."""
+def decode_compact(path: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The images of one compact .npz (the first `limit`, or all): header + scan slice + trailer is a JPEG."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   with np.load(path) as z:
     scans, offsets = z["jpeg"].tobytes(), z["offsets"]
     header, trailer = z["jpeg_header"].tobytes(), z["jpeg_trailer"].tobytes()
-    labels = z["label"].astype(np.int32)
+    labels = z["label"][:limit].astype(np.int32)
   images = np.empty((len(labels), 32, 32, 3), np.uint8)
   for i in range(len(labels)):
     jpeg = header + scans[offsets[i]:offsets[i + 1]] + trailer

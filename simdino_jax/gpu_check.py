@@ -1,0 +1,235 @@
+"""One accelerator run that brings back every figure: the step benchmark, the input pipeline, DINO vs SimDINO.
+
+    launch/gpu_check.sh prepare          # here: wheels + CIFAR-10 into .gpu_check/ (see launch/README.md)
+    launch/gpu_check.sh run OUT_DIR      # on the GPU machine: python -m simdino_jax.gpu_check --out=OUT_DIR
+
+Writes at most 8 files into --out:
+  steps.csv      the train step of dino, simdino and dinov2 at ViT-S/16 and ViT-B/16, batch 64, XLA and cuDNN
+                 attention: images/s, ms/step, MFU (analytic FLOPs / --peak_tflops), peak memory; rows that do
+                 not fit in --bench_seconds are written with status "skipped (time budget)".
+  pipeline.csv   images/s of the host pipeline and of the on-device gather + multi-crop + masks (CIFAR-10).
+  curves.csv, knn.png, losses.png, prototypes.png
+                 DINO vs SimDINO on CIFAR-10 (ViT-T/4, the full-mode recipe of simdino_jax.reproduce, split held
+                 on the device): the same number of epochs for both, as many as fit in --train_seconds each
+                 (measured from each method's step time), kNN every few epochs.
+  summary.json   the figures above, the device, the epochs and the wall time of each part.
+`--dry_run` runs the same path at tiny sizes on any backend (a test runs it on CPU).
+"""
+
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+STEP_METHODS = ("dino", "simdino", "dinov2")
+STEP_MODELS = ("ViT-S/16", "ViT-B/16")
+ATTENTIONS = ("cudnn", "xla")
+STEP_COLUMNS = ("method", "model", "attention", "batch", "status", "images_per_s", "step_ms", "mfu_analytic",
+                "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
+CURVE_METHODS = ("dino", "simdino")
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_string("out", None, "Output folder (at most 8 files).", required=True)
+  flags.DEFINE_string("cifar", ".gpu_check/cifar10_compact", "Folder with the compact CIFAR-10 train.npz and "
+                      "test.npz (launch/gpu_check.sh prepare copies them there).")
+  flags.DEFINE_string("scratch", "/tmp/gpu_check", "Decoded data and training workdirs (not returned).")
+  flags.DEFINE_float("bench_seconds", 80.0, "Time budget of the step benchmark.")
+  flags.DEFINE_float("train_seconds", 135.0, "Wall time of each CIFAR-10 run (compile and kNN included).")
+  flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU.")
+  flags.DEFINE_bool("dry_run", False, "Tiny sizes on any backend, to check the whole path in seconds.")
+
+
+def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dict]:
+  """benchmark_step of every method × model × attention at batch 64, most wanted first, within budget_s."""
+  import jax
+
+  from simdino_jax import benchmark
+
+  plan = [(method, model, attention) for attention in ATTENTIONS for model in STEP_MODELS
+          for method in STEP_METHODS]
+  if dry_run or jax.default_backend() != "gpu":  # the cuDNN kernel needs a GPU
+    plan = [p for p in plan if p[2] == "xla"]
+  if dry_run:
+    plan = plan[:1]
+  rows, start, last_row_s = [], time.perf_counter(), 0.0
+  for method, model, attention in plan:
+    row = {"method": method, "model": model, "attention": attention, "batch": 64}
+    row_start = time.perf_counter()
+    if row_start - start + last_row_s > budget_s:  # the next row would likely end past the budget
+      rows.append({**row, "status": "skipped (time budget)"})
+      continue
+    config = benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
+    if dry_run:
+      _shrink(config)
+      row["batch"] = config.batch_size
+    try:
+      figures = benchmark.benchmark_step(config, steps=2 if dry_run else 10, warmup=1 if dry_run else 2,
+                                         peak_tflops=peak_tflops)
+      rows.append({**row, "status": "ok", **{k: figures[k] for k in STEP_COLUMNS if k in figures}})
+    except Exception as error:  # pylint: disable=broad-except  # one failing row must not lose the others
+      rows.append({**row, "status": f"error: {type(error).__name__}: {error}"[:300]})
+    last_row_s = time.perf_counter() - row_start
+    print(rows[-1], flush=True)
+  return rows
+
+
+def _shrink(config) -> None:
+  """Dry-run sizes: a 2-block ViT on 16-pixel crops, a small head, batch 16."""
+  config.model.name, config.model.patch_size, config.model.image_size = "vit_micro", 4, 16
+  config.model.dtype = "float32"
+  config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim = 32, 16, 64
+  config.data.image_size, config.aug.global_size, config.aug.local_size, config.aug.n_local = 16, 16, 8, 2
+  config.batch_size = 16
+
+
+def decode_cifar(source: str, scratch: str, *, dry_run: bool) -> str:
+  """The npz source's `path` pattern for CIFAR-10 decoded from the compact bundle (a 256/128 subset in
+  a dry run)."""
+  from simdino_jax.data import compact
+
+  out = os.path.join(scratch, "data")
+  for split, limit in (("train", 256), ("test", 128)):
+    path = os.path.join(out, f"cifar10_{split}.npz")
+    if os.path.exists(path):
+      continue
+    source_path = os.path.join(source, f"{split}.npz")
+    if not os.path.exists(source_path):
+      raise FileNotFoundError(f"{source_path} not found: run `launch/gpu_check.sh prepare` first (it copies "
+                              "the compact CIFAR-10 into .gpu_check/), and carry .gpu_check.")
+    images, labels = compact.decode_compact(source_path, limit if dry_run else None)
+    os.makedirs(out, exist_ok=True)
+    np.savez(path, image=images, label=labels)
+  return os.path.join(out, "cifar10_{split}.npz")
+
+
+def pipeline_row(data_path: str, *, dry_run: bool) -> dict:
+  """benchmark_pipeline on CIFAR-10 with the full-mode crops (batch 256)."""
+  from simdino_jax import benchmark, reproduce
+
+  config = reproduce.method_config("dino", quick=dry_run, dataset="npz", model="ViT-T/4", epochs=1.0,
+                                   batch=64 if dry_run else 256, eval_every=1.0, seed=0, data_path=data_path)
+  return {"dataset": "cifar10", "batch": config.batch_size,
+          **benchmark.benchmark_pipeline(config, batches=2 if dry_run else 20)}
+
+
+def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, eval_every: float):
+  """The full-mode reproduction recipe (quick sizes in a dry run), no checkpoints or TensorBoard."""
+  from simdino_jax import reproduce
+
+  config = reproduce.method_config(method, quick=dry_run, dataset="npz", model="vit_micro" if dry_run else
+                                   "ViT-T/4", epochs=epochs, batch=64 if dry_run else 256,
+                                   eval_every=eval_every, seed=0, data_path=data_path)
+  config.checkpoint_every_steps, config.tensorboard, config.async_checkpointing = 0, False, False
+  return config
+
+
+def seconds_per_epoch(config) -> tuple[float, float]:
+  """(seconds per epoch, compile seconds) of the train step on the device-held split (a few timed steps)."""
+  import jax
+
+  from simdino_jax import benchmark, data, parallel, train
+
+  iterator = data.create_train_iterator(config.data, batch_size=config.batch_size, seed=0, process_index=0,
+                                        process_count=1)
+  trainer = train.build(config, num_examples=iterator.num_examples)
+  with jax.set_mesh(trainer.mesh):
+    dataset = parallel.replicate(iterator.resident_images, trainer.mesh)
+    rows = parallel.global_batch({"index": next(iterator)["index"]}, trainer.mesh)["index"]
+    start = time.perf_counter()
+    compiled = trainer.indexed_step_fn.lower(trainer.state, dataset, rows).compile()
+    compile_s = time.perf_counter() - start
+    state = trainer.state
+
+    def one_step():
+      nonlocal state
+      state, metrics = compiled(state, dataset, rows)
+      jax.block_until_ready(metrics["loss"])
+
+    one_step()
+    step_s = benchmark.median_seconds(one_step, 5)
+  return step_s * trainer.steps_per_epoch, compile_s
+
+
+def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_seconds: float) -> dict:
+  """DINO vs SimDINO for the same epochs, as many as fit in train_seconds each; writes curves.csv and plots."""
+  from simdino_jax import reproduce, train
+
+  if dry_run:
+    epochs = 1
+  else:
+    calibration = {m: seconds_per_epoch(curve_config(m, data_path, dry_run=False, epochs=1.0, eval_every=1.0))
+                   for m in CURVE_METHODS}
+    slowest = max(epoch_s for epoch_s, _ in calibration.values())
+    overhead = max(compile_s for _, compile_s in calibration.values()) + 30.0  # compile, 6 kNN evaluations
+    epochs = max(1, math.floor((train_seconds - overhead) / slowest))
+    print(f"calibration (s/epoch, compile s): {calibration}; {epochs} epochs each", flush=True)
+  eval_every = max(1.0, float(round(epochs / 6)))
+  summary, steps_per_epoch = {}, {}
+  for method in CURVE_METHODS:
+    config = curve_config(method, data_path, dry_run=dry_run, epochs=float(epochs), eval_every=eval_every)
+    start = time.perf_counter()
+    last = train.run(config, os.path.join(scratch, "runs", method))
+    steps_per_epoch[method] = last["steps_per_epoch"]
+    summary[method] = {"epochs": epochs, "knn_top1_k20": last.get("knn_top1_k20"),
+                       "wall_s": time.perf_counter() - start}
+    print(f"{method}: {summary[method]}", flush=True)
+  rows = reproduce.collect(os.path.join(scratch, "runs"), CURVE_METHODS, steps_per_epoch)
+  reproduce.write_csv(rows, os.path.join(out, "curves.csv"))
+  reproduce.plot(rows, out, CURVE_METHODS)
+  return summary
+
+
+def write_rows(rows: list[dict], path: str, columns) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: float, train_seconds: float,
+        peak_tflops: float) -> dict:
+  """Every part in turn; returns (and writes) the summary."""
+  import jax
+
+  os.makedirs(out, exist_ok=True)
+  device = jax.devices()[0]
+  summary = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
+             "jax": jax.__version__, "dry_run": dry_run, "wall_s": {}}
+  start = time.perf_counter()
+  steps = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops)
+  write_rows(steps, os.path.join(out, "steps.csv"), STEP_COLUMNS)
+  summary["steps"], summary["wall_s"]["steps"] = steps, time.perf_counter() - start
+
+  start = time.perf_counter()
+  data_path = decode_cifar(cifar, scratch, dry_run=dry_run)
+  pipeline = pipeline_row(data_path, dry_run=dry_run)
+  write_rows([pipeline], os.path.join(out, "pipeline.csv"), list(pipeline))
+  summary["pipeline"], summary["wall_s"]["data"] = pipeline, time.perf_counter() - start
+  print(f"pipeline: {pipeline}", flush=True)
+
+  start = time.perf_counter()
+  summary["curves"] = curves(data_path, scratch, out, dry_run=dry_run, train_seconds=train_seconds)
+  summary["wall_s"]["curves"] = time.perf_counter() - start
+  with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+  return summary
+
+
+def main(argv) -> None:
+  del argv
+  run(FLAGS.out, cifar=FLAGS.cifar, scratch=FLAGS.scratch, dry_run=FLAGS.dry_run,
+      bench_seconds=FLAGS.bench_seconds, train_seconds=FLAGS.train_seconds, peak_tflops=FLAGS.peak_tflops)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

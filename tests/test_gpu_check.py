@@ -1,0 +1,42 @@
+"""launch/gpu_check.sh's entry point runs end to end at tiny sizes on CPU, without TensorFlow, grain or TFDS."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_compact")
+# The GPU image has no TensorFlow, grain or TFDS: the run must not import them.
+BLOCKED = ("tensorflow", "tensorflow_datasets", "grain")
+RUNNER = ("import runpy, sys\n"
+          f"for name in {BLOCKED!r}: sys.modules[name] = None\n"
+          "sys.argv = ['gpu_check'] + sys.argv[1:]\n"
+          "runpy.run_module('simdino_jax.gpu_check', run_name='__main__', alter_sys=True)\n"
+          f"assert not any(sys.modules.get(name) for name in {BLOCKED!r})\n")
+
+
+def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
+  if not os.path.exists(os.path.join(CIFAR, "train.npz")):
+    pytest.fail(f"{CIFAR} is missing: the shared data folder (cifar10_compact) must sit beside the repository.")
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "-c", RUNNER, f"--out={out}", f"--cifar={CIFAR}", f"--scratch={tmp_path / 'scratch'}",
+       "--dry_run"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  files = sorted(os.listdir(out))
+  assert files == ["curves.csv", "knn.png", "losses.png", "pipeline.csv", "prototypes.png", "steps.csv",
+                   "summary.json"]
+  [step] = list(csv.DictReader(open(out / "steps.csv")))
+  assert step["status"] == "ok" and float(step["images_per_s"]) > 0 and float(step["compiled_peak_gb"]) > 0
+  [pipeline] = list(csv.DictReader(open(out / "pipeline.csv")))
+  assert float(pipeline["host_images_per_s"]) > 0 and float(pipeline["augment_images_per_s"]) > 0
+  curves = list(csv.DictReader(open(out / "curves.csv")))
+  assert {row["method"] for row in curves} == {"dino", "simdino"}
+  knn = [float(row["knn_top1_k20"]) for row in curves if row.get("knn_top1_k20")]
+  assert knn and all(0.0 <= value <= 1.0 for value in knn)
+  summary = json.load(open(out / "summary.json"))
+  assert summary["dry_run"] and summary["curves"]["dino"]["epochs"] == summary["curves"]["simdino"]["epochs"]
