@@ -10,11 +10,13 @@ import pytest
 
 from simdino_jax import data
 from simdino_jax import evaluate
+from simdino_jax import parallel
 from simdino_jax import train
 from simdino_jax.evaluation import periodic
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+create_mesh = parallel.create_mesh
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,11 @@ def trained_workdir(tmp_path_factory):
   """A tiny simdino run whose last step also ran the in-training kNN (k = 20) on the teacher."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = train_utils.tiny_config("simdino", eval_every_epochs=100.0)
-  last = train.run(config, workdir)
+  # On one device, like the offline evaluations of the tests (a module fixture runs before conftest's per-test
+  # one-device default): other device counts round the features differently.
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(parallel, "create_mesh", lambda devices=None: create_mesh(jax.devices()[:1]))
+    last = train.run(config, workdir)
   return workdir, config, last
 
 
