@@ -1,4 +1,9 @@
-"""End-to-end training steps for every method: finite loss, EMA teacher, objective-state updates, device parity."""
+"""End-to-end training steps, one per head kind: finite loss, EMA teacher, objective-state updates, device parity.
+
+The objectives themselves (every method and option) are checked against float64 references in test_objectives_*;
+here one DINO-head method with masks, centers and KoLeo (dinov2) and the SimDINO head (simdino, the main job's
+method) take real steps. Configs repeat on purpose: the session's compilation cache then compiles each step once.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +15,6 @@ from simdino_jax import train
 from simdino_jax import validation
 from tests import train_utils
 
-METHODS = [("dino", {}), ("dinov2", {}), ("simdino", {}), ("simdinov2", {}),
-           ("dino", {"objective.koleo_proto_weight": 0.1}),
-           ("dino", {"objective.centering": "sinkhorn_knopp"})]
 
 
 def _run_steps(config, steps: int, mesh=None, seed: int = 0):
@@ -30,10 +32,9 @@ def _run_steps(config, steps: int, mesh=None, seed: int = 0):
   return trainer, before, jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("method,overrides", METHODS, ids=[
-    "dino", "dinov2", "simdino", "simdinov2", "dino+koleo_proto", "dino_sinkhorn"])
-def test_train_steps_run_and_update_teacher_and_objective_state(method, overrides):
-  config = train_utils.tiny_config(method, **overrides)
+@pytest.mark.parametrize("method", ["dinov2", "simdino"])
+def test_train_steps_run_and_update_teacher_and_objective_state(method):
+  config = train_utils.tiny_config(method)
   trainer, before, after, metrics = _run_steps(config, steps=2)
   assert all(np.isfinite(m["loss"]) and m["finite"] == 1.0 for m in metrics)
   assert int(after.step) == 2 and int(after.skipped) == 0
@@ -44,9 +45,9 @@ def test_train_steps_run_and_update_teacher_and_objective_state(method, override
   diffs = jax.tree.leaves(jax.tree.map(lambda t, s: float(np.max(np.abs(t - s))), after.teacher, after.student))
   assert max(diffs) > 0, "the teacher must differ from the student after training steps"
   # Objective state (DINO / iBOT centers) moves when the objective has one.
+  assert bool(before.objective_state) == (method == "dinov2")
   for key, value in before.objective_state.items():
-    if method in ("dino", "dinov2") and config.objective.centering == "center":
-      assert np.max(np.abs(np.asarray(after.objective_state[key]) - np.asarray(value))) > 0, key
+    assert np.max(np.abs(np.asarray(after.objective_state[key]) - np.asarray(value))) > 0, key
 
 
 def test_one_device_and_eight_devices_give_the_same_trajectory():
@@ -79,7 +80,7 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
 
 def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
   """config.data.on_device: the host sends row indices and each device gathers its rows inside the step."""
-  config = train_utils.tiny_config("dino")
+  config = train_utils.tiny_config("dino", **{"model.drop_path_rate": 0.0})  # The accumulation test's config.
   trainer = train.build(config, num_examples=64)
   split = train_utils.random_images(64, config.data.image_size)
   rows = [np.arange(16, dtype=np.int32) * 4 + k for k in range(2)]  # Two batches of rows of the split.
