@@ -3,7 +3,8 @@
 - Eight CPU devices are simulated, but a test uses one unless it is about sharding: `parallel.create_mesh()`
   (what training and evaluation build by default) spans the first device only. A test of sharded behaviour is marked
   `@pytest.mark.sharded` and gets the 8-device mesh; tests that build their own mesh over `jax.devices()` are about
-  sharding by construction. Subprocesses started by tests get one device (`subprocess_env()`) unless they ask for more.
+  sharding by construction. Subprocesses started by tests get
+  one device (`train_utils.subprocess_env()`) unless they ask for more.
 - One persistent compilation cache for the whole session, shared with the subprocesses the tests start: a train step
   compiled once (in-process or by a CLI run) is not compiled again.
 - XLA's optimizations are off: tests check values, not speed.
@@ -34,16 +35,20 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "sharded: the test is about sharding; its default mesh spans all 8 devices")
 
 
+def _one_device_mesh(devices=None):
+  return _create_mesh(jax.devices()[:1] if devices is None else devices)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_device_by_default():
+  """`parallel.create_mesh()` spans one device for every test and fixture (session-wide, so module fixtures too)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(parallel, "create_mesh", _one_device_mesh)
+    yield
+
+
 @pytest.fixture(autouse=True)
-def one_device_unless_sharded(request, monkeypatch):
-  """`parallel.create_mesh()` spans one device, or the 8 simulated ones for tests marked `sharded`."""
-  if request.node.get_closest_marker("sharded") is None:
-    monkeypatch.setattr(parallel, "create_mesh",
-                        lambda devices=None: _create_mesh(jax.devices()[:1] if devices is None else devices))
-
-
-def subprocess_env(devices: int = 1) -> dict:
-  """The environment of a test's subprocess: CPU, `devices` simulated devices, the session's compilation cache."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-  return env
+def all_devices_when_sharded(request, monkeypatch):
+  """Tests marked `sharded` get the mesh over all 8 simulated devices."""
+  if request.node.get_closest_marker("sharded") is not None:
+    monkeypatch.setattr(parallel, "create_mesh", _create_mesh)
