@@ -1,6 +1,7 @@
 """Tiny configs and helpers shared by the training-system tests."""
 
 import json
+import os
 import socket
 
 import jax
@@ -115,3 +116,10 @@ def eval_features_of_a_small_split(mesh) -> tuple[np.ndarray, np.ndarray]:
   features, labels = features_lib.split_features(feature_fn, np.float32(0.5), split, batch_size=8, mesh=mesh)
   order = np.argsort(labels)
   return features[order], labels[order]
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  """A test subprocess's environment: CPU, `devices` simulated devices, the session's compilation cache (conftest)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return env
