@@ -8,22 +8,13 @@ Sources of every value: docs/recipes.md. Examples:
 """
 
 from simdino_jax.configs import common
+from simdino_jax.configs import dino_vanilla
 
 
 def get_config(arg=None):
-  c = common.base()
-  c.objective.name = "dino"
-  c.objective.student_temp, c.objective.center_momentum, c.objective.centering = 0.1, 0.9, "center"
-  c.model.head.out_dim, c.model.head.norm_last_layer = 65536, False
-  c.model.drop_path_rate, c.model.drop_path_schedule = 0.1, "linear"
+  c = dino_vanilla.recipe()  # The README's boosted command changes these flags of the vanilla run:
+  c.model.head.norm_last_layer = False
   c.batch_size = 1024                                  # 2 nodes × 8 GPUs × 64
   c.total_epochs = 300.0
-  c.optim.base_lr, c.optim.lr_scaling = 5e-4, "linear"  # peak 5e-4 · B/256
-  c.optim.warmup_epochs, c.optim.min_lr = 10.0, 1e-6
-  c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
-  c.optim.clip_grad, c.optim.clip_mode = 3.0, "per_tensor"
-  c.optim.freeze_last_layer_epochs = 1.0
-  c.teacher.momentum, c.teacher.momentum_end = 0.996, 1.0
   c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.07, 30
-  c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 8, (0.4, 1.0), (0.05, 0.4)
   return common.finish(c, arg, model="ViT-S/16")

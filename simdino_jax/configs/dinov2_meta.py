@@ -11,7 +11,8 @@ Sources of every value: docs/recipes.md. Examples:
 from simdino_jax.configs import common
 
 
-def get_config(arg=None):
+def recipe():
+  """The recipe before the `model=` / `data=` arguments (configs/dinov2.py starts from it)."""
   c = common.base()
   c.objective.name = "dinov2"
   c.objective.student_temp, c.objective.center_momentum, c.objective.centering = 0.1, 0.9, "center"
@@ -32,4 +33,8 @@ def get_config(arg=None):
   c.teacher.momentum, c.teacher.momentum_end = 0.992, 1.0
   c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.07, 30
   c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 8, (0.32, 1.0), (0.05, 0.32)
-  return common.finish(c, arg, model="ViT-L/16")
+  return c
+
+
+def get_config(arg=None):
+  return common.finish(recipe(), arg, model="ViT-L/16")

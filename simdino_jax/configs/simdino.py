@@ -9,22 +9,13 @@ Paired with configs/dino.py. Sources of every value: docs/recipes.md. Examples:
 """
 
 from simdino_jax.configs import common
+from simdino_jax.configs import dino
 
 
 def get_config(arg=None):
-  c = common.base()
+  c = dino.recipe()  # Everything but the objective and its head is the DINO arm's (teacher temperatures unused).
   c.objective.name = "simdino"
   c.objective.eps, c.objective.coeff, c.objective.expa_type, c.objective.gamma = 0.05, 1.0, 1, "default"
   c.objective.covariance_group_size = 64               # reduce_cov=0: ZᵀZ per GPU of 64 images, global n
   c.model.head.bottleneck_dim = 256
-  c.model.drop_path_rate, c.model.drop_path_schedule = 0.1, "linear"
-  c.batch_size = 512                                   # 8 GPUs × 64
-  c.total_epochs = 100.0
-  c.optim.base_lr, c.optim.lr_scaling = 5e-4, "linear"  # peak 5e-4 · B/256
-  c.optim.warmup_epochs, c.optim.min_lr = 10.0, 1e-6
-  c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
-  c.optim.clip_grad, c.optim.clip_mode = 3.0, "per_tensor"
-  c.teacher.momentum, c.teacher.momentum_end = 0.996, 1.0
-  c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.04, 0  # Unused by SimDINO.
-  c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 10, (0.4, 1.0), (0.05, 0.4)
   return common.finish(c, arg, model="ViT-B/16")
