@@ -1,10 +1,15 @@
 """Orbax checkpoints of the whole run: train state (with objective state and rng), data position and config.
 
 Saves are asynchronous and atomic (Orbax writes into a temporary directory and renames it when complete), so a
-save interrupted midway leaves the previous checkpoint usable. A state with non-finite values is never saved.
+save interrupted midway leaves the previous checkpoint usable; the leftover temporary directory is removed at the
+next start. A state with non-finite values is never saved. Resuming takes the latest checkpoint that restores.
 """
 
+import contextlib
+import errno
 import json
+import os
+import shutil
 from typing import Any
 
 import jax
@@ -65,24 +70,68 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
     manager.close()
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint problem the user fixes (no restorable checkpoint, no space left); the message says how."""
+
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an error, short enough for a one-line report."""
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+
+
+def _directory_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 class Checkpoints:
-  """A thin layer over `ocp.CheckpointManager` with items `state`, `data` and `config`."""
+  """A thin layer over `ocp.CheckpointManager` with items `state`, `data` and `config`.
+
+  Resuming takes the latest checkpoint that restores; newer ones that do not are moved aside into
+  `workdir/unrestorable_checkpoints/`. Unfinished saves (`*.orbax-checkpoint-tmp*`) are removed at start-up. A save
+  first checks that the disk has room for another checkpoint of the last one's size.
+  """
 
   def __init__(self, workdir: str, config):
     self.config = config
-    self.directory = storage.path(workdir) / "checkpoints"  # gs://... keeps its scheme.
+    self.workdir = storage.path(workdir)
+    self.directory = self.workdir / "checkpoints"  # gs://... keeps its scheme.
+    self._writer = jax.process_index() == 0
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_checkpoints, create=True,
         enable_async_checkpointing=config.async_checkpointing)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config"))
+    self._last_bytes = 0
+    self._saving_step = None
+
+  def _remove_unfinished_saves(self) -> None:
+    if not self._writer or not self.directory.is_dir():
+      return
+    for path in sorted(self.directory.iterdir()):
+      if TMP_SUFFIX in path.name:
+        path.rmtree()
+        print(f"Removed the unfinished save {path}.", flush=True)
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def check_config(self, step: int) -> None:
+  def saved_config(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def check_config(self, saved: dict) -> None:
     """Refuses to resume a checkpoint written under another config unless `allow_config_mismatch`."""
-    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     diffs = config_differences(saved, self.config.to_dict())
     if diffs and not self.config.get("allow_config_mismatch", False):
       details = ", ".join(f"{k}: {_flatten(_normalize(saved)).get(k)!r} -> "
@@ -93,12 +142,51 @@ class Checkpoints:
           "Nothing in the workdir was changed.")
 
   def restore_latest(self, state_template, shardings):
-    """(state, data_state) from the latest checkpoint, after the config check; None if there is none."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    self.check_config(step)
-    return self.restore(step, state_template, shardings)
+    """(state, data_state) of the latest checkpoint that restores, after the config check; None if there is none.
+
+    A newer checkpoint that fails to restore is reported in one line and moved aside; if none restores, a
+    CheckpointError says so and nothing is moved.
+    """
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = self.saved_config(step)
+      except Exception as e:  # Orbax / TensorStore raise many types for damaged files.
+        failed.append((step, _reason(e)))
+        continue
+      self.check_config(saved)
+      try:
+        restored = self.restore(step, state_template, shardings)
+      except Exception as e:
+        failed.append((step, _reason(e)))
+        continue
+      for bad_step, reason in failed:
+        self._move_aside(bad_step, reason, step)
+      if failed:
+        self.manager.reload()
+      self._remove_unfinished_saves()
+      return restored
+    if failed:
+      listing = "; ".join(f"step {s}: {r}" for s, r in failed)
+      raise CheckpointError(
+          f"No checkpoint in {self.directory} restores ({listing}). Nothing was changed; resume with another "
+          "--workdir, or move the damaged step directories away to start this one from scratch.")
+    self._remove_unfinished_saves()
+    return None
+
+  def _move_aside(self, step: int, reason: str, resumed_step: int) -> None:
+    source = self.directory / str(step)
+    aside = self.workdir / "unrestorable_checkpoints"
+    target = aside / str(step)
+    if self._writer:
+      aside.mkdir(parents=True, exist_ok=True)
+      suffix = 0
+      while target.exists():  # The same step may have failed before.
+        suffix += 1
+        target = aside / f"{step}.{suffix}"
+      source.rename(target)
+    print(f"Checkpoint of step {step} does not restore ({reason}); moved {source} to {target}; resuming from "
+          f"step {resumed_step}.", flush=True)
 
   def restore(self, step: int, state_template, shardings):
     """(state, data_state) of checkpoint `step`, restored directly into `shardings` (no config check)."""
@@ -109,16 +197,51 @@ class Checkpoints:
     return restored["state"], restored["data"]
 
   def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-    """Saves asynchronously; refuses (and says so) if the state holds a non-finite value."""
+    """Saves asynchronously; refuses (and says so) if the state holds a non-finite value.
+
+    Raises CheckpointError when the disk lacks the room of the last checkpoint, or runs out of space mid-save
+    (the partial directory is then removed).
+    """
     if not _all_finite(state):
       print(f"Not saving the checkpoint of step {step}: the state holds non-finite values.", flush=True)
       return False
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(_normalize(self.config.to_dict()))))
+    self._check_free_space(step)
+    self._saving_step = step
+    with self._out_of_space_as_error():
+      return self.manager.save(step, force=force, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(_normalize(self.config.to_dict()))))
+
+  def _check_free_space(self, step: int) -> None:
+    if not self._writer or storage.is_remote(self.directory):  # Buckets do not fill up.
+      return
+    latest = self.manager.latest_step()
+    if latest is not None:
+      self.wait()
+      self._last_bytes = _directory_bytes(os.fspath(self.directory / str(latest)))
+    free = shutil.disk_usage(self.directory).free
+    if free < self._last_bytes:
+      raise CheckpointError(self._no_space_message(step, self._last_bytes, free))
+
+  def _no_space_message(self, step: int, needed: int, free: int | None = None) -> str:
+    have = f"{free / 2**20:.1f} MiB free, " if free is not None else ""
+    return (f"No space left to save the checkpoint of step {step} in {self.workdir}: {have}about "
+            f"{needed / 2**20:.1f} MiB needed. Free space there (or use another --workdir) and start again: the "
+            f"run resumes from the checkpoint of step {self.manager.latest_step()}.")
+
+  @contextlib.contextmanager
+  def _out_of_space_as_error(self):
+    try:
+      yield
+    except Exception as e:
+      if not _is_out_of_space(e):
+        raise
+      self._remove_unfinished_saves()
+      raise CheckpointError(self._no_space_message(self._saving_step, self._last_bytes)) from None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._out_of_space_as_error():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()

@@ -1,47 +1,107 @@
-"""Metric writers: JSONL always, TensorBoard through clu when TensorFlow is importable, and a progress line.
+"""Metrics: the per-log-point average, the writers (JSONL always, TensorBoard through clu when TensorFlow is
+importable) and the console lines.
 
-clu 0.0.12 imports TensorFlow in `clu.metric_writers`, so it is imported only when TensorFlow is present; the
-aggregation over steps uses `clu.metrics` (TensorFlow-free) in the train loop.
+clu 0.0.12 imports TensorFlow in `clu.metric_writers` (and in `clu.periodic_actions`), so both are imported only
+when TensorFlow is present; the aggregation over steps uses `clu.metrics` (TensorFlow-free).
+
+`metrics.jsonl` is strict JSON, one object per line: `{"step": s, name: value, ...}` where a non-finite value is
+written as the string "NaN", "Infinity" or "-Infinity" (`read_metrics` turns them back into floats). On resume from
+the checkpoint of step s, the records of later steps (written after that checkpoint, then replayed) are dropped.
 """
 
+import contextlib
 import importlib.util
 import json
+import math
 import os
+import sys
 import time
 
 import jax
 import numpy as np
+from absl import logging as absl_logging
+from clu import metrics as clu_metrics
 
 from simdino_jax import storage
+
+# Objective terms shown on the progress line after the total loss, when the objective logs them.
+LOSS_TERMS = ("dino", "ibot", "koleo", "koleo_proto", "coding_rate", "comp", "expa")
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def _scalar(value) -> float:
   return float(np.asarray(value))
 
 
-class JsonlWriter:
-  """Appends `{"step": s, **scalars}` lines to `workdir/metrics.jsonl` (process 0 only).
+def encode(value: float) -> float | str:
+  """A float for strict JSON: finite values as they are, NaN / ±inf as "NaN" / "Infinity" / "-Infinity"."""
+  if math.isfinite(value):
+    return value
+  return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
-  Cloud objects (gs://) cannot be appended to: there the file is rewritten whole at each write.
+
+def read_metrics(path: str) -> list[dict]:
+  """The records of a `metrics.jsonl`, with the encoded non-finite values back as floats."""
+  with storage.path(path).open() as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [{k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
+
+
+class MetricsWindow:
+  """Averages the step metrics between two log points with `clu.metrics.Average`.
+
+  `add` only keeps the step's device arrays (no host sync, no extra device work in the loop); `flush` fetches them
+  once per log point and aggregates.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self):
+    self._pending: list[dict] = []
+
+  def add(self, metrics: dict) -> None:
+    self._pending.append(metrics)
+
+  def flush(self) -> dict:
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    if not fetched:
+      return {}
+    return {k: float(clu_metrics.Average.from_model_output(np.asarray([m[k] for m in fetched])).compute())
+            for k in fetched[0]}
+
+
+class JsonlWriter:
+  """Writes `{"step": s, **scalars}` lines to `workdir/metrics.jsonl` (process 0 only).
+
+  `resume_step`: the step the run restarts from; records of later steps are dropped (all of them when 0). Cloud
+  objects (gs://) cannot be appended to: there the file is rewritten whole at each write.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.path = storage.path(workdir) / "metrics.jsonl"
     self._remote = storage.is_remote(self.path)
     self._file, self._lines = None, []
-    if jax.process_index() == 0:
-      self.path.parent.mkdir(parents=True, exist_ok=True)
-      if not self._remote:
-        self._file = self.path.open("a")
-      elif self.path.exists():
-        self._lines = self.path.read_text().splitlines(keepends=True)
+    if jax.process_index() != 0:
+      return
+    if resume_step > 0 and self.path.exists():
+      self._lines = [line for line in self.path.read_text().splitlines(keepends=True)
+                     if line.strip() and json.loads(line)["step"] <= resume_step]
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self._remote:
+      self.path.write_text("".join(self._lines))
+    else:
+      self._file = self.path.open("w")
+      self._file.writelines(self._lines)
+      self._file.flush()
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    line = json.dumps({"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}) + "\n"
+    if jax.process_index() != 0:
+      return
+    record = {"step": int(step), **{k: encode(_scalar(v)) for k, v in scalars.items()}}
+    line = json.dumps(record, allow_nan=False) + "\n"
     if self._file is not None:
       self._file.write(line)
       self._file.flush()
-    elif self._remote and jax.process_index() == 0:
+    else:
       self._lines.append(line)
       self.path.write_text("".join(self._lines))
 
@@ -50,27 +110,47 @@ class JsonlWriter:
       self._file.close()
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet():
+  """Hides what native code writes to stderr (TensorFlow's start-up notices) unless --verbosity is 0 or more."""
+  if absl_logging.get_verbosity() >= 0:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(os.devnull, "w") as devnull:
+    os.dup2(devnull.fileno(), 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 class TensorBoardWriter:
-  """clu's TensorBoard summary writer; used only when TensorFlow can be imported."""
+  """clu's TensorBoard summary writer (no logging copy of the scalars); used only when TensorFlow imports."""
 
   def __init__(self, workdir: str):
-    from clu import metric_writers  # Imports TensorFlow.
-    self._writer = metric_writers.create_default_writer(
-        os.fspath(storage.path(workdir) / "tensorboard"), just_logging=jax.process_index() > 0)
+    with _native_stderr_quiet():
+      from clu import metric_writers  # Imports TensorFlow.
+    self._writer = (metric_writers.SummaryWriter(os.fspath(storage.path(workdir) / "tensorboard"))
+                    if jax.process_index() == 0 else None)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    self._writer.write_scalars(int(step), {k: _scalar(v) for k, v in scalars.items()})
+    if self._writer is not None:
+      self._writer.write_scalars(int(step), {k: _scalar(v) for k, v in scalars.items()})
 
   def close(self) -> None:
-    self._writer.flush()
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
 
 
 class MultiWriter:
   """Writes to every backend: JSONL always, TensorBoard when asked and TensorFlow + TensorBoard are installed."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    self.writers = [JsonlWriter(workdir)]
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0):
+    self.writers = [JsonlWriter(workdir, resume_step)]
     if tensorboard and all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
       self.writers.append(TensorBoardWriter(workdir))
 
@@ -83,19 +163,36 @@ class MultiWriter:
       writer.close()
 
 
+def _duration(seconds: float) -> str:
+  seconds = max(int(round(seconds)), 0)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 class Progress:
-  """A one-line progress report: step, images/s, ETA and the loss."""
+  """The console line of a log point: step, main losses, images/s and ETA.
+
+  Throughput is measured between log points; `restart()` excludes what happened since the last one (compilation,
+  an evaluation) from the next window.
+  """
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0):
     self.total_steps, self.batch_size = total_steps, batch_size
     self._last_time, self._last_step = time.perf_counter(), start_step
+    self.images_per_second = math.nan
+
+  def restart(self, step: int) -> None:
+    self._last_time, self._last_step = time.perf_counter(), step
 
   def line(self, step: int, scalars: dict) -> str:
     now = time.perf_counter()
-    steps = max(step - self._last_step, 1)
-    seconds_per_step = (now - self._last_time) / steps
+    if step > self._last_step:
+      self.images_per_second = self.batch_size * (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_time, self._last_step = now, step
-    eta = seconds_per_step * (self.total_steps - step)
-    loss = scalars.get("loss", float("nan"))
-    return (f"step {step}/{self.total_steps}  loss {_scalar(loss):.4f}  "
-            f"{self.batch_size / seconds_per_step:.1f} img/s  ETA {eta / 60:.1f} min")
+    terms = "  ".join(f"{k} {_scalar(scalars[k]):.4f}" for k in LOSS_TERMS if k in scalars)
+    line = f"step {step}/{self.total_steps}  loss {_scalar(scalars.get('loss', math.nan)):.4f}"
+    line += f"  ({terms})" if terms else ""
+    if math.isfinite(self.images_per_second):  # Not yet measured right after compilation.
+      eta = self.batch_size * (self.total_steps - step) / self.images_per_second
+      line += f"  {self.images_per_second:.1f} img/s  ETA {_duration(eta)}"
+    return line

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from simdino_jax import configs
+from simdino_jax import metrics as metrics_lib
 from simdino_jax import objectives
 from simdino_jax import storage
 
@@ -82,15 +83,11 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
   return c
 
 
-def read_jsonl(path) -> list[dict]:
-  return [json.loads(line) for line in storage.path(path).read_text().splitlines() if line.strip()]
-
-
 def collect(workdir: str, methods, steps_per_epoch: dict) -> list[dict]:
   """One CSV row per logged step and method: epoch, kNN, loss components, diagnostics."""
   rows = []
   for method in methods:
-    for record in read_jsonl(storage.path(workdir) / method / "metrics.jsonl"):
+    for record in metrics_lib.read_metrics(storage.path(workdir) / method / "metrics.jsonl"):
       rows.append({"method": method, "epoch": record["step"] / steps_per_epoch[method], **record})
   return rows
 

@@ -2,20 +2,21 @@
 
 Per step (one `jax.jit`, state donated): on-device multi-crop augmentation and iBOT masks → teacher forward on the
 global crops → student forward on all crops → the configured objective → gradients → clipping + AdamW → EMA teacher
-→ objective-state update. A non-finite loss or gradient skips the step inside jit (state kept, counter raised).
+→ objective-state update. A step whose loss, gradients or new state is not finite is skipped inside jit (state
+kept, counters raised); checkpoints are written only outside such a streak of skipped steps.
 """
 
 import dataclasses
-import logging
+import os
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -26,6 +27,7 @@ from simdino_jax import models
 from simdino_jax import objectives
 from simdino_jax import optim
 from simdino_jax import parallel
+from simdino_jax import storage
 from simdino_jax import train_state as train_state_lib
 from simdino_jax import validation
 from simdino_jax.convert import init_from
@@ -116,7 +118,11 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
     student = optax.apply_updates(state.student, updates)
     teacher = train_state_lib.ema(state.teacher, student, sched["momentum"])
 
-    finite = jnp.logical_and(jnp.isfinite(loss), train_state_lib.all_finite(grads))
+    # Accepted only when the loss, the gradients and every part of the new state are finite (an overflowing
+    # update gives finite gradients but non-finite parameters).
+    finite = jnp.logical_and(
+        jnp.isfinite(loss),
+        train_state_lib.all_finite((grads, student, teacher, opt_state, new_objective_state)))
     stepped = state.replace(step=state.step + 1, student=student, teacher=teacher, opt_state=opt_state,
                             objective_state=new_objective_state, consecutive_skipped=jnp.zeros_like(state.step))
     skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1,
@@ -206,28 +212,6 @@ def _check_fits_on_device(nbytes: int, max_fraction: float = 0.5) -> None:
         "host then streams batches) or lower config.data.image_size.")
 
 
-class MetricsWindow:
-  """Averages the step metrics between two log points with `clu.metrics.Average`.
-
-  `add` only keeps the step's device arrays (no host sync, no extra device work in the loop); `flush` fetches them
-  once per log point and aggregates.
-  """
-
-  def __init__(self):
-    self._pending: list[dict] = []
-
-  def add(self, metrics: dict) -> None:
-    self._pending.append(metrics)
-
-  def flush(self) -> dict:
-    fetched = jax.device_get(self._pending)
-    self._pending = []
-    if not fetched:
-      return {}
-    return {k: float(clu_metrics.Average.from_model_output(np.asarray([m[k] for m in fetched])).compute())
-            for k in fetched[0]}
-
-
 class PreemptionFlag:
   """Preemption requests: `reached(step)` says whether to save and stop after `step`.
 
@@ -248,12 +232,19 @@ class PreemptionFlag:
     return self._requested.is_set()
 
 
-def run(config, workdir: str) -> dict:
-  """Trains according to `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics."""
+def run(config, workdir: str, profile_steps: int = 0) -> dict:
+  """Trains according to `config` in `workdir`, resuming from its latest restorable checkpoint.
+
+  `profile_steps` > 0: a jax.profiler trace of that many steps after the first (compiled) one, in WORKDIR/profile.
+
+  Returns the last metrics. Raises FloatingPointError when the run ends inside a streak of skipped steps (a run
+  that skipped every step does), saying how to go on.
+  """
   from simdino_jax import data as data_lib
 
   validation.validate_config(config)
   process_count, process_index = jax.process_count(), jax.process_index()
+  say = (lambda line: print(line, flush=True)) if process_index == 0 else (lambda line: None)
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
       process_index=process_index, process_count=process_count, aug=config.aug)
@@ -266,52 +257,77 @@ def run(config, workdir: str) -> dict:
   if restored is not None:
     state, data_state = restored
     iterator.set_state(data_state)
-    logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
-    print(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.", flush=True)
+    say(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.")
   elif config.get("init_from"):
     state = init_from.initialize_from(config.init_from, state, setup.state_shardings)
   start_step = int(state.step)
+  say(startup_line(config, setup, iterator.num_examples, workdir))
 
-  writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard)
+  writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard, resume_step=start_step)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
-  window = MetricsWindow()
+  window = metrics_lib.MetricsWindow()
   preemption = PreemptionFlag()
   monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
                                      min_feature_std=config.collapse.min_feature_std)
   resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
   evaluate = periodic.make_periodic_eval(config, setup.mesh, setup.graphdef, resident)
   eval_every = max(round(config.eval_every_epochs * setup.steps_per_epoch), 1) if config.eval_every_epochs else 0
-  last = {}
+  # The step of the newest checkpoint on disk (None: none yet); only states outside a skip streak are saved.
+  last, last_good, started = {}, (start_step if restored is not None else None), time.perf_counter()
+
+  def evaluate_and_report(step: int) -> dict:
+    results = evaluate(state.teacher)
+    writer.write_scalars(step, results)
+    say(eval_line(step, step / setup.steps_per_epoch, results))
+    return results
 
   try:
     with jax.set_mesh(setup.mesh):
       if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
-        writer.write_scalars(0, evaluate(state.teacher))
+        evaluate_and_report(0)
       for step in range(start_step, total_steps):
+        if step == start_step:
+          say("compiling the train step…")
+          compile_started = time.perf_counter()
         state, step_metrics = train_step(state, next(iterator))
         window.add(step_metrics)
         done = step + 1
+        if step == start_step:
+          jax.block_until_ready(state.step)
+          say(f"compiled and ran the first step in {time.perf_counter() - compile_started:.1f} s")
+          progress.restart(done)
+          if profile_steps:
+            jax.profiler.start_trace(os.fspath(storage.path(workdir) / "profile"))
+        if profile_steps and done == start_step + 1 + profile_steps:
+          jax.block_until_ready(state.step)
+          jax.profiler.stop_trace()
+          say(f"profile of steps {start_step + 2}-{done} written to {storage.path(workdir) / 'profile'}")
         if done % config.log_every_steps == 0 or done == total_steps:
           last = window.flush()
           last.update(skipped_total=int(state.skipped))
           writer.write_scalars(done, last)
-          _stop_if_diverged(state, last, done, config.max_consecutive_skips)
+          _stop_if_diverged(state, last, done, config.max_consecutive_skips, last_good)
           warning = monitor.update(done, last)
-          if process_index == 0:
-            print(progress.line(done, last), flush=True)
-            if warning:
-              logging.warning(warning)
-              print(f"WARNING: {warning}", flush=True)
+          say(progress.line(done, last))
+          if warning:
+            say(f"WARNING: {warning}")
         if eval_every and (done % eval_every == 0 or done == total_steps):
-          last.update(evaluate(state.teacher))
-          writer.write_scalars(done, {k: v for k, v in last.items() if k.startswith(("knn", "diag"))})
-        if preemption.reached(done):
-          checkpoints.save(done, state, iterator.get_state(), force=True)
+          last.update(evaluate_and_report(done))
+          progress.restart(done)
+        every = config.checkpoint_every_steps
+        scheduled = (every and done % every == 0) or done == total_steps
+        stopping = preemption.reached(done)
+        if (scheduled or stopping) and int(state.consecutive_skipped) == 0:
+          if checkpoints.save(done, state, iterator.get_state(), force=stopping or done == total_steps):
+            last_good = done
+        elif scheduled or stopping:
+          say(f"Not saving the checkpoint of step {done}: it is inside a streak of "
+              f"{int(state.consecutive_skipped)} skipped step(s) (last checkpoint: {last_good}).")
+        if stopping:
           checkpoints.wait()
-          print(f"SIGTERM received: saved the checkpoint of step {done} and stopped.", flush=True)
+          saved = "saved its checkpoint" if last_good == done else f"did not save (last checkpoint: {last_good})"
+          say(f"SIGTERM received: stopped after step {done} and {saved}.")
           break
-        if (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0) or done == total_steps:
-          checkpoints.save(done, state, iterator.get_state(), force=done == total_steps)
   finally:
     # Whatever stopped the loop, let pending asynchronous saves land and flush the logs.
     checkpoints.wait()
@@ -319,17 +335,64 @@ def run(config, workdir: str) -> dict:
     writer.close()
   setup.state = state
   last["steps_per_epoch"] = setup.steps_per_epoch
+  trained = int(state.step) - start_step
+  say(summary_line(state, last, trained, time.perf_counter() - started, workdir, last_good))
+  if trained and int(state.consecutive_skipped):
+    raise FloatingPointError(
+        f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "
+        f"({int(state.skipped)} of {int(state.step)} skipped in total). {_how_to_go_on(last_good)}")
   return last
 
 
-def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int) -> None:
+def startup_line(config, setup: TrainSetup, num_examples: int, workdir: str) -> str:
+  """What runs: objective, model and size, data, devices and mesh, batch per device, steps, workdir."""
+  params = sum(x.size for x in jax.tree.leaves(setup.state.student))
+  devices = setup.mesh.devices.size
+  mesh = " × ".join(f"{name} {size}" for name, size in setup.mesh.shape.items())
+  return (f"{config.objective.name} | {config.model.name} ({params / 1e6:.2f} M parameters, {config.model.dtype}) | "
+          f"data {config.data.name}: {num_examples:,} images | {devices} {jax.devices()[0].platform} device(s), "
+          f"mesh {mesh}, {jax.process_count()} process(es) | batch {config.batch_size} "
+          f"({config.batch_size // devices} per device) | {setup.schedules.total_steps} steps "
+          f"({setup.steps_per_epoch} per epoch) | workdir {storage.path(workdir)}")
+
+
+def eval_line(step: int, epoch: float, results: dict) -> str:
+  """The kNN accuracies and collapse diagnostics of one evaluation."""
+  knn = "  ".join(f"top-1 k={k.rsplit('k', 1)[1]} {100 * v:.1f}%" for k, v in results.items()
+                  if k.startswith("knn_top1_"))
+  names = {"diag_effective_rank": "effective rank", "diag_feature_std": "feature std",
+           "diag_unique_prototypes": "unique prototypes", "diag_largest_group": "largest group"}
+  diags = "  ".join(f"{label} {results[key]:.4g}" for key, label in names.items() if key in results)
+  return f"kNN at step {step} (epoch {epoch:.1f}): {knn}  | {diags}"
+
+
+def summary_line(state, last: dict, trained: int, seconds: float, workdir: str, last_good: int | None) -> str:
+  knn = {k: v for k, v in last.items() if k.startswith("knn_top1_")}
+  knn_text = "".join(f", kNN top-1 k={k.rsplit('k', 1)[1]} {100 * v:.1f}%" for k, v in knn.items())
+  loss = last.get("loss")
+  return (f"done: step {int(state.step)}, {trained} steps in {seconds / 60:.1f} min, "
+          f"{int(state.skipped)} skipped{'' if loss is None else f', loss {loss:.4f}'}{knn_text}; "
+          f"last checkpoint: {'none' if last_good is None else f'step {last_good}'} in "
+          f"{storage.path(workdir) / 'checkpoints'}")
+
+
+def _how_to_go_on(last_good: int | None) -> str:
+  if last_good is None:
+    return ("No checkpoint was written. To go on, start again with a lower --config.optim.base_lr (or check the "
+            "data and config.objective).")
+  return (f"To go on, either start again in a new --workdir with a lower --config.optim.base_lr, or resume this "
+          f"one from its last good checkpoint (step {last_good}) with a lower --config.optim.base_lr and "
+          "--config.allow_config_mismatch=True.")
+
+
+def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int, last_good: int | None) -> None:
   consecutive = int(state.consecutive_skipped)
   if consecutive:
-    print(f"step {step}: {consecutive} consecutive step(s) skipped for a non-finite loss or gradient "
+    print(f"step {step}: {consecutive} consecutive step(s) skipped for a non-finite loss, gradient or update "
           f"({int(state.skipped)} in total).", flush=True)
   if consecutive >= max_consecutive:
     components = {k: v for k, v in last.items() if k not in ("lr", "wd", "momentum", "teacher_temp")}
     raise FloatingPointError(
-        f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss or gradient "
-        f"(limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
-        "No checkpoint with non-finite values was written; lower the learning rate or check the data.")
+        f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss, gradient or "
+        f"update (limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
+        f"No checkpoint with non-finite values, or from inside the streak, was written. {_how_to_go_on(last_good)}")

@@ -4,6 +4,7 @@ written, naming the field and the fix. The functions that use the values do not 
 import math
 
 import jax
+import numpy as np
 
 from simdino_jax import objectives
 from simdino_jax.objectives import koleo, registry, simdino
@@ -85,6 +86,15 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _require(config.collapse.patience >= 1,
            f"config.collapse.patience={config.collapse.patience} must be >= 1 (log steps in a row).")
   validate_objective(obj)
+  tiny = float(np.finfo(np.float32).tiny)
+  _require(obj.eps >= tiny, f"config.objective.eps={obj.eps} is below float32 resolution (smallest normal "
+           f"{tiny:.3g}): the coding rate would overflow. Use a value like 0.05 (the SimDINO recipe).")
+  _require(o.eps == 0 or o.eps >= tiny, f"config.optim.eps={o.eps} must be 0 or at least {tiny:.3g} (float32 "
+           "resolution); AdamW's usual value is 1e-8.")
+  _require(config.model.dtype != "float16",
+           "config.model.dtype='float16' is not supported: training has no loss scaling, so float16 gradients "
+           "underflow or overflow. Use --config.model.dtype=bfloat16 (float32's range, the same speed on TPUs and "
+           "recent GPUs) or float32.")
   if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices
     _require(per_device >= 2,

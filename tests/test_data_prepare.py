@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -15,6 +17,7 @@ from tests import train_utils
 from tests.test_data_sources import run_python
 
 CIFAR = "/work/shared/data/cifar10"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def data_config(data_dir, name="cifar10", **overrides):
@@ -26,7 +29,7 @@ def data_config(data_dir, name="cifar10", **overrides):
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  prepare.main(["cifar10", "--source", CIFAR, "--data_dir", str(data_dir)])
+  prepare.prepare_cifar10(CIFAR, str(data_dir))
   return data_dir
 
 
@@ -121,8 +124,7 @@ def test_folder_import_with_labels_and_test_split(tmp_path):
       image.save(root / label / f"{i}.{ext}")
   (root / "dog" / "notes.txt").write_text("not an image")
   Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(root / "dog" / "gray.png")
-  prepare.main(["folder", "--source", str(root), "--name", "pets", "--data_dir", str(tmp_path / "tfds"),
-                "--test_fraction", "0.25"])
+  prepare.prepare_folder(str(root), "pets", str(tmp_path / "tfds"), test_fraction=0.25)
   config = data_config(tmp_path / "tfds", name="pets", image_size=16)
   train, train_labels = sources.load_split(config, "train")
   test, test_labels = sources.load_split(config, "test")
@@ -152,8 +154,12 @@ def test_missing_and_malformed_sources(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(prepare.SourceError, match="No images"):
     prepare.prepare_folder(str(tmp_path / "empty"), "x", str(tmp_path / "tfds"))
-  with pytest.raises(SystemExit):  # the CLI exits with the message instead of a traceback
-    prepare.main(["folder", "--source", str(tmp_path / "nope"), "--name", "x", "--data_dir", str(tmp_path)])
+  # The CLI exits with the message on one line instead of a traceback.
+  result = subprocess.run([sys.executable, "-m", "simdino_jax.data.prepare", "folder", "--source",
+                           str(tmp_path / "nope"), "--name", "x", "--data_dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+  assert result.stderr.startswith("error: ") and "nope" in result.stderr
 
 
 def test_interrupted_build_leaves_nothing_that_looks_prepared(tmp_path):

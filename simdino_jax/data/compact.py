@@ -7,11 +7,14 @@ read with `config.data.name = "npz"`, `config.data.path = "DIR/cifar10_{split}.n
 (no TensorFlow), so it runs on a bare GPU machine.
 """
 
-import argparse
 import io
 import os
 
 import numpy as np
+from absl import app
+from absl import flags
+
+from simdino_jax import cli
 
 
 def decode_compact(path: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,14 +50,18 @@ def convert(source: str, out: str) -> list[str]:
   return paths
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--source", required=True)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args()
-  for path in convert(args.source, args.out):
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_string("source", None, "Folder of the compact CIFAR-10 bundle (cifar10_compact).", required=True)
+  flags.DEFINE_string("out", None, "Folder to write cifar10_train.npz and cifar10_test.npz into.", required=True)
+
+
+def main(argv) -> None:
+  del argv
+  for path in convert(flags.FLAGS.source, flags.FLAGS.out):
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

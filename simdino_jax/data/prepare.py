@@ -11,12 +11,15 @@ TFDS builds into an `incomplete.*` directory and renames it at the end, so an in
 that looks prepared (run the command again).
 """
 
-import argparse
 import io
 import os
 import pickle
 
 import numpy as np
+from absl import app
+from absl import flags
+
+from simdino_jax import cli
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
@@ -201,30 +204,39 @@ def _check_not_prepared(builder) -> None:
                           "directory to rebuild it.")
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m simdino_jax.data.prepare", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="kind", required=True)
-  cifar = sub.add_parser("cifar10", help="CIFAR-10 from the python batches")
-  cifar.add_argument("--source", required=True, help="folder with data_batch_1..5, test_batch, batches.meta")
-  cifar.add_argument("--data_dir", required=True, help="TFDS data_dir to write into")
-  folder = sub.add_parser("folder", help="an image folder: ROOT/LABEL/*.jpg or flat unlabeled")
-  folder.add_argument("--source", required=True)
-  folder.add_argument("--name", required=True, help="TFDS dataset name (config.data.name)")
-  folder.add_argument("--data_dir", required=True)
-  folder.add_argument("--test_fraction", type=float, default=0.0, help="held-out 'test' split fraction")
-  folder.add_argument("--resize", type=int, default=None, help="store images resized to RESIZE x RESIZE")
-  args = parser.parse_args(argv)
+KINDS = ("cifar10", "folder")
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_string("source", None, "cifar10: the cifar-10-batches-py folder (data_batch_1..5, test_batch, "
+                      "batches.meta); folder: ROOT holding LABEL/*.jpg, or a flat folder of unlabeled images.",
+                      required=True)
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir to write into (then --config.data.data_dir=DIR).",
+                      required=True)
+  flags.DEFINE_string("name", None, "folder: the TFDS dataset name to create (then --config.data.name=NAME).")
+  flags.DEFINE_float("test_fraction", 0.0, "folder: fraction of the images held out as the 'test' split.")
+  flags.DEFINE_integer("resize", None, "folder: store the images resized to RESIZE x RESIZE pixels.")
+
+
+def main(argv) -> None:
+  kind = argv[1] if len(argv) == 2 else None
+  if kind not in KINDS:
+    raise app.UsageError(f"give exactly one kind of source, {' or '.join(KINDS)}; got {argv[1:]}.")
+  flag_values = flags.FLAGS
   try:
-    if args.kind == "cifar10":
-      path = prepare_cifar10(args.source, args.data_dir)
+    if kind == "cifar10":
+      path = prepare_cifar10(flag_values.source, flag_values.data_dir)
     else:
-      path = prepare_folder(args.source, args.name, args.data_dir, test_fraction=args.test_fraction,
-                            resize=args.resize)
+      if not flag_values.name:
+        raise SourceError("folder needs --name, the TFDS dataset name to create (then --config.data.name=NAME).")
+      path = prepare_folder(flag_values.source, flag_values.name, flag_values.data_dir,
+                            test_fraction=flag_values.test_fraction, resize=flag_values.resize)
   except (SourceError, FileExistsError) as e:
-    parser.exit(2, f"error: {e}\n")
+    cli.fail(str(e))
   print(f"Prepared {path}")
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,17 +1,21 @@
 """Time and peak memory of koleo_proto_loss (value and gradient) and unique_prototypes at K × d on this host.
 
-  python -m simdino_jax.objectives.benchmark_koleo_proto [--k 65536] [--d 256] [--chunk_size 4096]
+  python -m simdino_jax.objectives.benchmark_koleo_proto [--k=65536] [--d=256] [--chunk_size=4096]
 
 Each measurement runs in a fresh process, so its peak resident memory (getrusage max RSS) is its own; "baseline"
 is a process that has only imported JAX and built the Gaussian random prototypes.
 """
 
-import argparse
 import functools
 import json
 import multiprocessing
 import resource
 import time
+
+from absl import app
+from absl import flags
+
+from simdino_jax import cli
 
 
 def _koleo_proto_value_and_grad(prototypes, chunk_size: int) -> dict:
@@ -53,19 +57,25 @@ def _measure(stage: str, k: int, d: int, chunk_size: int, seed: int) -> dict:
   return result
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--k", type=int, default=65536)
-  parser.add_argument("--d", type=int, default=256)
-  parser.add_argument("--chunk_size", type=int, default=4096)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
-  print(json.dumps(vars(args)))
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
+  flags.DEFINE_integer("k", 65536, "Number of prototypes K.")
+  flags.DEFINE_integer("d", 256, "Prototype dimension d.")
+  flags.DEFINE_integer("chunk_size", 4096, "Rows of the K × K distances computed at a time.")
+  flags.DEFINE_integer("seed", 0, "Seed of the Gaussian random prototypes.")
+
+
+def main(argv) -> None:
+  del argv
+  args = {name: flags.FLAGS[name].value for name in ("k", "d", "chunk_size", "seed")}
+  print(json.dumps(args))
   context = multiprocessing.get_context("spawn")
   for stage in STAGES:
     with context.Pool(1) as pool:
-      print(json.dumps(pool.apply(_measure, (stage, args.k, args.d, args.chunk_size, args.seed))), flush=True)
+      print(json.dumps(pool.apply(_measure, (stage, args["k"], args["d"], args["chunk_size"], args["seed"]))),
+            flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
