@@ -382,10 +382,11 @@ def test_typo_in_a_command_line_override_fails_clearly(tmp_path):
        "--config.optim.base_lrr=0.1"], cwd=REPO, env=_subprocess_env(), capture_output=True, text=True,
       timeout=120)
   assert result.returncode == 2
+  valid = ", ".join(sorted(digits.get_config().optim.keys()))
   assert result.stderr.strip().splitlines() == [
-      "error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: b1, "
-      "b2, base_lr, clip_grad, clip_mode, eps, freeze_last_layer_epochs, lr_scaling, min_lr, warmup_epochs, "
-      "warmup_from_min_lr, weight_decay, weight_decay_end."], result.stderr[-3000:]
+      "error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: "
+      f"{valid}."], result.stderr[-3000:]
+  assert "base_lr, " in valid
   assert not workdir.exists()
 
 
