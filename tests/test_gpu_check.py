@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests import conftest
+from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_compact")
@@ -27,7 +27,7 @@ def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
   out = tmp_path / "out"
   result = subprocess.run(
       [sys.executable, "-c", RUNNER, f"--out={out}", f"--cifar={CIFAR}", f"--scratch={tmp_path / 'scratch'}",
-       "--dry_run"], cwd=ROOT, env=conftest.subprocess_env(), capture_output=True, text=True, timeout=1800)
+       "--dry_run"], cwd=ROOT, env=train_utils.subprocess_env(), capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   files = sorted(os.listdir(out))
   assert files == ["curves.csv", "knn.png", "losses.png", "pipeline.csv", "prototypes.png", "steps.csv",
