@@ -70,6 +70,18 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
     manager.close()
 
 
+def restore_part(workdir: str, step: int, target: dict) -> dict:
+  """The part of checkpoint `step`'s train state that `target` names (a nested dict of ShapeDtypeStructs with
+  shardings, e.g. `{"teacher": {"backbone": ...}}`); nothing else is read."""
+  manager = ocp.CheckpointManager(storage.path(workdir) / "checkpoints", item_names=("state", "data", "config"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+  finally:
+    manager.close()
+  return restored["state"]
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint problem the user fixes (no restorable checkpoint, no space left); the message says how."""
 
@@ -123,9 +135,6 @@ class Checkpoints:
       if TMP_SUFFIX in path.name:
         path.rmtree()
         print(f"Removed the unfinished save {path}.", flush=True)
-
-  def latest_step(self):
-    return self.manager.latest_step()
 
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

@@ -16,7 +16,6 @@ import json
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
 from flax import nnx
@@ -71,13 +70,7 @@ def restore_backbone(config, workdir: str, step: int, backbone: str, mesh) -> di
   shardings = parallel.state_shardings(abstract, mesh, fsdp=bool(config.get("fsdp", False)))
   target = {backbone: {"backbone": jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)}}
-  manager = ocp.CheckpointManager(storage.path(workdir) / "checkpoints", item_names=("state", "data", "config"))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-  finally:
-    manager.close()
-  return restored["state"][backbone]["backbone"]
+  return checkpointing.restore_part(workdir, step, target)[backbone]["backbone"]
 
 
 def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str = "knn", backbone: str = "teacher",

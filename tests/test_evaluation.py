@@ -7,7 +7,7 @@ import pytest
 
 from simdino_jax.data import eval_batches
 from simdino_jax.data.sources import ArraySplit
-from simdino_jax.evaluation import (effective_rank, extract_features, feature_diagnostics, feature_std,
+from simdino_jax.evaluation import (effective_rank, feature_diagnostics, feature_std,
                                     knn_classify, knn_predict, linear_probe_optimizer, normalized_coding_rate,
                                     probe_features, prototype_diagnostics, split_features, teacher_center_kl,
                                     teacher_probabilities, train_linear_probe)

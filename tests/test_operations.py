@@ -531,7 +531,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes
   lines = [line for line in capsys.readouterr().out.splitlines() if "does not restore" in line]
   assert len(lines) == 1, lines
   aside = workdir / "unrestorable_checkpoints" / "4"
-  assert lines[0].startswith(f"Checkpoint of step 4 does not restore (")
+  assert lines[0].startswith("Checkpoint of step 4 does not restore (")
   assert f"moved {workdir / 'checkpoints' / '4'} to {aside}" in lines[0]
   # Nothing good was lost: the damaged files are kept aside byte for byte, the good checkpoint is untouched.
   assert _snapshot(aside) == damaged and _snapshot(workdir / "checkpoints" / "2") == good

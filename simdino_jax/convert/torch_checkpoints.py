@@ -6,7 +6,6 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from simdino_jax import checkpointing
@@ -139,13 +138,7 @@ def restore_network(workdir: str, step: Optional[int], network: str):
       lambda: models.create_model(config.model, head_kind=head_kind, rngs=nnx.Rngs(0)))))
   replicated = parallel.replicated(parallel.create_mesh())
   target = {network: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}
-  manager = ocp.CheckpointManager(storage.path(workdir) / "checkpoints", item_names=("state", "data", "config"))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-  finally:
-    manager.close()
-  return config, jax.device_get(restored["state"][network])
+  return config, jax.device_get(checkpointing.restore_part(workdir, step, target)[network])
 
 
 def to_torch(workdir: str, out: str, *, step: Optional[int] = None, network: str = "teacher", head: bool = False,
