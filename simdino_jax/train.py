@@ -326,7 +326,8 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
         if stopping:
           checkpoints.wait()
           saved = "saved its checkpoint" if last_good == done else f"did not save (last checkpoint: {last_good})"
-          say(f"SIGTERM received: stopped after step {done} and {saved}.")
+          # Every process says it: each host's log shows where it stopped.
+          print(f"SIGTERM received: stopped after step {done} and {saved}.", flush=True)
           break
   finally:
     # Whatever stopped the loop, let pending asynchronous saves land and flush the logs.

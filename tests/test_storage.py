@@ -74,7 +74,7 @@ def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket):
   writer.write_scalars(2, {"loss": 1.5})
   writer.write_scalars(4, {"loss": 1.25})
   writer.close()
-  resumed = metrics.JsonlWriter("gs://bucket/run")  # A restart keeps the earlier lines.
+  resumed = metrics.JsonlWriter("gs://bucket/run", resume_step=4)  # A resume keeps the lines up to its step.
   resumed.write_scalars(6, {"loss": 1.0})
   lines = (bucket / "bucket" / "run" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line) for line in lines] == [{"step": 2, "loss": 1.5}, {"step": 4, "loss": 1.25},
