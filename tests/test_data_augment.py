@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from simdino_jax import data
 from simdino_jax.data import augment
+from tests import train_utils
 
 RNG = np.random.default_rng(0)
 
@@ -232,7 +233,7 @@ def test_multicrop_without_local_crops_has_no_local_key():
 
 def test_show_crops_writes_a_picture_of_real_cifar10_crops(tmp_path):
   from simdino_jax.data import prepare, show_crops  # pylint: disable=import-outside-toplevel
-  images, _ = prepare.read_cifar10_batch("/work/shared/data/cifar10/test_batch")
+  images, _ = prepare.read_cifar10_batch(train_utils.shared_data("cifar10", "test_batch"))
   show_crops.render(images[:2], str(tmp_path / "crops.png"))
   picture = np.asarray(Image.open(tmp_path / "crops.png"))
   assert picture.shape[0] > 100 and picture.shape[1] > 1000 and picture.std() > 10

@@ -16,7 +16,7 @@ from simdino_jax.data import prepare, sources
 from tests import train_utils
 from tests.test_data_sources import run_python
 
-CIFAR = "/work/shared/data/cifar10"
+CIFAR = train_utils.shared_data("cifar10")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -6,12 +6,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_compact")
 # The GPU image has no TensorFlow, grain or TFDS: the run must not import them.
 BLOCKED = ("tensorflow", "tensorflow_datasets", "grain")
 RUNNER = ("import runpy, sys\n"
@@ -22,11 +19,10 @@ RUNNER = ("import runpy, sys\n"
 
 
 def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
-  if not os.path.exists(os.path.join(CIFAR, "train.npz")):
-    pytest.fail(f"{CIFAR} is missing: the shared data folder (cifar10_compact) must sit beside the repository.")
+  cifar = train_utils.shared_data("cifar10_compact")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-c", RUNNER, f"--out={out}", f"--cifar={CIFAR}", f"--scratch={tmp_path / 'scratch'}",
+      [sys.executable, "-c", RUNNER, f"--out={out}", f"--cifar={cifar}", f"--scratch={tmp_path / 'scratch'}",
        "--dry_run"], cwd=ROOT, env=train_utils.subprocess_env(), capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   files = sorted(os.listdir(out))

@@ -123,3 +123,12 @@ def subprocess_env(devices: int = 1) -> dict:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
   return env
+
+
+def shared_data(*parts: str) -> str:
+  """A path under the data folder that sits beside the repository (`../shared/data`); fails clearly if missing."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", *parts)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{os.path.normpath(path)} is missing: these tests read the real data sets of the "
+                            "shared data folder, which must sit beside the repository (../shared/data).")
+  return path
