@@ -56,6 +56,12 @@ def parse_only(monkeypatch):
   monkeypatch.chdir(ROOT)
 
   def run(module: str, argv: list[str]):
+    # Flags that the project's modules defined when another test imported them are set aside, so the module
+    # defines its own as a fresh process would; they are put back afterwards.
+    aside = {name: (flags.FLAGS[name], flags.FLAGS.find_module_defining_flag(name)) for name in list(flags.FLAGS)
+             if (flags.FLAGS.find_module_defining_flag(name) or "").startswith("simdino_jax")}
+    for name in aside:
+      delattr(flags.FLAGS, name)
     before = set(flags.FLAGS)
     monkeypatch.setattr(sys, "argv", [module] + argv)
     try:
@@ -66,6 +72,9 @@ def parse_only(monkeypatch):
       for name in set(flags.FLAGS) - before:
         delattr(flags.FLAGS, name)
       flags.FLAGS.unparse_flags()
+      for name, (flag, defined_in) in aside.items():
+        flags.FLAGS[name] = flag
+        flags.FLAGS.register_flag_by_module(defined_in, flag)
     raise AssertionError(f"{module} finished without parsing its arguments through absl or argparse.")
 
   return run
