@@ -94,7 +94,7 @@ def compile_step(config):
                                 sharding=parallel.batch_sharding(trainer.mesh))
   start = time.perf_counter()
   with jax.set_mesh(trainer.mesh):
-    compiled = trainer.step_fn.lower(trainer.state, images).compile()
+    compiled = trainer.step_fn.lower(trainer.state, images, trainer.schedules).compile()
   return trainer, compiled, time.perf_counter() - start
 
 
@@ -147,7 +147,7 @@ def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> di
 
     def one_step():
       nonlocal state
-      state, metrics = compiled(state, batch)
+      state, metrics = compiled(state, batch, trainer.schedules)
       jax.block_until_ready(metrics["loss"])
 
     for _ in range(warmup):

@@ -146,13 +146,13 @@ def seconds_per_epoch(config) -> tuple[float, float]:
     dataset = parallel.replicate(iterator.resident_images, trainer.mesh)
     rows = parallel.global_batch({"index": next(iterator)["index"]}, trainer.mesh)["index"]
     start = time.perf_counter()
-    compiled = trainer.indexed_step_fn.lower(trainer.state, dataset, rows).compile()
+    compiled = trainer.indexed_step_fn.lower(trainer.state, dataset, rows, trainer.schedules).compile()
     compile_s = time.perf_counter() - start
     state = trainer.state
 
     def one_step():
       nonlocal state
-      state, metrics = compiled(state, dataset, rows)
+      state, metrics = compiled(state, dataset, rows, trainer.schedules)
       jax.block_until_ready(metrics["loss"])
 
     one_step()

@@ -25,14 +25,15 @@ PyTree = Any
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schedules (functions of the step, jit-able).
+# Schedules (functions of the step and of the schedule's numbers, all jit-able: the train step takes `Schedules`
+# as a traced argument, so one compiled step serves every run length, learning rate and warm-up).
 
 
 def cosine_schedule(step, *, base, final, total_steps, warmup_steps=0, warmup_start=0.0):
   """DINO's per-iteration cosine: `linspace(warmup_start, base, W)`, then `final + ½(base−final)(1+cos(π·t/(T−W)))`."""
   step = jnp.asarray(step, jnp.float32)
-  warmup = warmup_start + (base - warmup_start) * step / max(warmup_steps - 1, 1)
-  decay_steps = max(total_steps - warmup_steps, 1)
+  warmup = warmup_start + (base - warmup_start) * step / jnp.maximum(warmup_steps - 1, 1)
+  decay_steps = jnp.maximum(total_steps - warmup_steps, 1)
   progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
   cosine = final + 0.5 * (base - final) * (1.0 + jnp.cos(jnp.pi * progress))
   return jnp.where(step < warmup_steps, warmup, cosine)
@@ -41,9 +42,7 @@ def cosine_schedule(step, *, base, final, total_steps, warmup_steps=0, warmup_st
 def teacher_temp_schedule(step, *, steps_per_epoch, warmup_temp, temp, warmup_epochs):
   """Per-epoch linear warm-up `linspace(warmup_temp, temp, warmup_epochs)[epoch]`, then `temp` (DINO indexes by epoch)."""
   epoch = jnp.asarray(step, jnp.float32) // steps_per_epoch
-  if warmup_epochs <= 1:
-    return jnp.where(epoch < warmup_epochs, warmup_temp, temp).astype(jnp.float32)
-  ramp = warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
+  ramp = warmup_temp + (temp - warmup_temp) * epoch / jnp.maximum(warmup_epochs - 1, 1)  # W ≤ 1: warmup_temp.
   return jnp.where(epoch < warmup_epochs, ramp, temp).astype(jnp.float32)
 
 
@@ -58,7 +57,10 @@ def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
 
 
 class Schedules(NamedTuple):
-  """All scheduled values of the recipe, resolved to steps; `__call__(step)` gives the dict the step uses."""
+  """All scheduled values of the recipe, resolved to steps; `__call__(step)` gives the dict the step uses.
+
+  A pytree of scalars: the train step receives it traced, so none of these numbers is compiled into the step.
+  """
   steps_per_epoch: int
   total_steps: int
   warmup_steps: int

@@ -47,9 +47,11 @@ def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
   return lambda rngs: models.create_model(config.model, head_kind=objective.head_kind, rngs=rngs)
 
 
-def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules):
-  """The pure step `(state, images) -> (state, metrics)`: images uint8 [B,S,S,3] are cropped here; a dict of crops
-  cut on the host ({"global": uint8 [B,2,G,G,3], "local": uint8 [B,L,l,l,3]}) gets only the photometric part.
+def make_train_step(config, graphdef, objective, tx):
+  """The pure step `(state, images, schedules) -> (state, metrics)`: images uint8 [B,S,S,3] are cropped here; a
+  dict of crops cut on the host ({"global": uint8 [B,2,G,G,3], "local": uint8 [B,L,l,l,3]}) gets only the
+  photometric part. `schedules` (optim.Schedules) is traced: the compiled step does not depend on the run's length,
+  learning rate or warm-up.
 
   With `config.grad_accum_steps` = A > 1 the batch is processed as A micro-batches of B/A images (`lax.scan`):
   gradients, losses and the objective's new state (e.g. DINO's center, linear in the batch mean) are averaged over
@@ -103,7 +105,7 @@ def make_train_step(config, graphdef, objective, tx, schedules: optim.Schedules)
     grads = jax.tree.map(lambda g, p: (g / accum_steps).astype(p.dtype), grad_sum, state.student)
     return loss, new_objective_state, aux, grads
 
-  def step_fn(state: train_state_lib.TrainState, images: jax.Array):
+  def step_fn(state: train_state_lib.TrainState, images: jax.Array, schedules: optim.Schedules):
     aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     crops = (augment.photometric(aug_key, images, config.aug) if isinstance(images, dict)
              else augment.multicrop(aug_key, images, config.aug))
@@ -151,8 +153,11 @@ class TrainSetup:
   state: train_state_lib.TrainState
   state_shardings: Any
   schedules: optim.Schedules
-  step_fn: Callable          # (state, images uint8 [B,S,S,3] or host crops, batch-sharded) -> (state, metrics)
-  indexed_step_fn: Callable  # (state, dataset uint8 [N,S,S,3] replicated, rows int32 [B]) -> (state, metrics)
+  # Both steps take `schedules` last; pass `setup.schedules` (a compiled step serves any schedule of its shapes).
+  step_fn: Callable          # (state, images uint8 [B,S,S,3] or host crops, batch-sharded, schedules)
+                             # -> (state, metrics)
+  indexed_step_fn: Callable  # (state, dataset uint8 [N,S,S,3] replicated, rows int32 [B], schedules)
+                             # -> (state, metrics)
   steps_per_epoch: int
 
 
@@ -171,14 +176,15 @@ def build(config, *, num_examples: int, mesh=None) -> TrainSetup:
   with jax.set_mesh(mesh):
     state, graphdef, shardings = train_state_lib.create(
         model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp)
-  step = make_train_step(config, graphdef, objective, tx, schedules)
+  step = make_train_step(config, graphdef, objective, tx)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
+  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
                     out_shardings=(shardings, replicated), donate_argnums=(0,))
   # The dataset held on device: each device gathers its own rows of the replicated split, no communication.
-  indexed_step_fn = jax.jit(lambda state, dataset, rows: step(state, jnp.take(dataset, rows, axis=0)),
-                            in_shardings=(shardings, replicated, batch_sharding),
-                            out_shardings=(shardings, replicated), donate_argnums=(0,))
+  indexed_step_fn = jax.jit(
+      lambda state, dataset, rows, schedules: step(state, jnp.take(dataset, rows, axis=0), schedules),
+      in_shardings=(shardings, replicated, batch_sharding, replicated),
+      out_shardings=(shardings, replicated), donate_argnums=(0,))
   return TrainSetup(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
                     state_shardings=shardings, schedules=schedules, step_fn=step_fn,
                     indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
@@ -194,11 +200,11 @@ def make_host_step(setup: TrainSetup, resident_images: np.ndarray | None) -> Cal
   if resident_images is None:
     def images(host):  # Images, or the crops cut on the host from the originals (data.host_crops).
       return host["image"] if "image" in host else {k: host[k] for k in ("global", "local") if k in host}
-    return lambda state, host: setup.step_fn(state, parallel.global_batch(images(host), mesh))
+    return lambda state, host: setup.step_fn(state, parallel.global_batch(images(host), mesh), setup.schedules)
   _check_fits_on_device(resident_images.nbytes)
   dataset = parallel.replicate(resident_images, mesh)
   return lambda state, host: setup.indexed_step_fn(
-      state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"])
+      state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"], setup.schedules)
 
 
 def _check_fits_on_device(nbytes: int, max_fraction: float = 0.5) -> None:

@@ -7,14 +7,17 @@
   one device (`train_utils.subprocess_env()`) unless they ask for more.
 - One persistent compilation cache for the whole session, shared with the subprocesses the tests start: a train step
   compiled once (in-process or by a CLI run) is not compiled again.
-- XLA's optimizations are off: tests check values, not speed.
+- Compiles are made fast, since tests check values, not speed: XLA's optimizations are off, and the CPU backend
+  uses its classic emitters without LLVM's optimization passes (about 3x shorter compiles of a train step).
 """
 
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+FAST_COMPILE_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
+                          "--xla_llvm_disable_expensive_passes=true")
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simdino_jax_test_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -1,15 +1,12 @@
 """One process of the 2-process × 2-device parity test: trains a few steps and writes losses and parameters.
 
-Run by tests/test_multihost.py as `python -m tests.multihost_worker PORT PROCESS_ID OUT.npz`.
+Run by tests/test_multihost.py as `python -m tests.multihost_worker PORT PROCESS_ID OUT.npz`, with 2 simulated CPU
+devices per process (train_utils.subprocess_env(devices=2)).
 """
 
-import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-import jax  # after XLA_FLAGS: the flag is read when the backend starts
+import jax
 import numpy as np
 
 
@@ -29,7 +26,7 @@ def main(port: str, process_id: str, out_path: str) -> None:
     batch = parallel.global_batch({"image": local}, trainer.mesh)["image"]
     state = trainer.state
     for _ in range(train_utils.PARITY_STEPS):
-      state, metrics = trainer.step_fn(state, batch)
+      state, metrics = trainer.step_fn(state, batch, trainer.schedules)
       losses.append(float(np.asarray(metrics["loss"].addressable_data(0))))
   leaves = jax.tree_util.tree_flatten_with_path(state.student)[0]
   params = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in leaves}

@@ -11,6 +11,7 @@ from simdino_jax import configs
 from simdino_jax import objectives
 from simdino_jax import reproduce
 from simdino_jax import validation
+from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +81,7 @@ def test_reproduction_pairs_differ_only_in_the_objective_and_the_papers_changes(
 
 
 def test_recipes_load_by_name_outside_the_repository(tmp_path):
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+  env = {**train_utils.subprocess_env(), "PYTHONPATH": ROOT}
   code = ("from simdino_jax import configs, reproduce; "
           "print(sorted(configs.load(n).objective.name for n in configs.names())); "
           "print(reproduce.method_config('simdino', quick=True, dataset='digits', model='vit_micro', epochs=1.0, "

@@ -60,8 +60,7 @@ def test_evaluation_errors_name_the_fix(tmp_path, trained_workdir):
 
 
 def test_evaluate_cli_prints_the_table(trained_workdir):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+  env = train_utils.subprocess_env()
   result = subprocess.run([sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={trained_workdir[0]}",
                            "--knn_k=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

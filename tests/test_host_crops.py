@@ -230,5 +230,5 @@ def test_train_step_takes_host_crops():
   crops = {"global": jax.ShapeDtypeStruct((16, 2, 16, 16, 3), np.uint8),
            "local": jax.ShapeDtypeStruct((16, 2, 8, 8, 3), np.uint8)}
   with jax.set_mesh(trainer.mesh):  # traced, not compiled: the photometric half is tested above
-    state, metrics = jax.eval_shape(trainer.step_fn, trainer.state, crops)
+    state, metrics = jax.eval_shape(trainer.step_fn, trainer.state, crops, trainer.schedules)
   assert state.step.shape == () and metrics["loss"].shape == () and metrics["finite"].shape == ()

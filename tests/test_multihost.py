@@ -9,7 +9,6 @@ import numpy as np
 
 from simdino_jax import parallel
 from tests import train_utils
-from tests.test_train import _run_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_two_processes_match_one_device(tmp_path):
   port = train_utils.free_port()
   out = tmp_path / "process0.npz"
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env = train_utils.subprocess_env(devices=2)
   workers = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
@@ -26,7 +25,7 @@ def test_two_processes_match_one_device(tmp_path):
     assert w.returncode == 0, log[-3000:]
   multi = np.load(out)
 
-  _, _, single_state, single_metrics = _run_steps(
+  _, _, single_state, single_metrics = train_utils.run_steps(
       train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=parallel.create_mesh(jax.devices()[:1]))
   np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
   train_utils.assert_same_parameters(multi, single_state.student, lr=max(m["lr"] for m in single_metrics),

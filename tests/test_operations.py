@@ -58,13 +58,6 @@ def _metrics(workdir) -> list[dict]:
     return [json.loads(line, parse_constant=_strict) for line in f]
 
 
-def _subprocess_env() -> dict:
-  env = dict(os.environ)
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="true", PYTHONUNBUFFERED="1")
-  return env
-
-
 def _cli_overrides(config, method: str) -> list[str]:
   """`--config.x=y` flags that turn configs/digits.py:method=... into `config`."""
   base = checkpointing._flatten(checkpointing._normalize(digits.get_config(f"method={method}").to_dict()))
@@ -121,7 +114,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   config = train_utils.tiny_config("simdino", total_steps=10_000, log_every_steps=1)
   config.async_checkpointing = True  # The production path: the SIGTERM save must wait for the async write.
   workdir = tmp_path / "work"
-  proc = subprocess.Popen(_main_command(workdir, config, "simdino"), cwd=REPO, env=_subprocess_env(),
+  proc = subprocess.Popen(_main_command(workdir, config, "simdino"), cwd=REPO, env=train_utils.subprocess_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lines, progressed = [], threading.Event()
 
@@ -331,7 +324,7 @@ def test_command_line_mistakes_are_one_line_each(capsys):
 def test_sigterm_during_start_up_exits_with_a_message(tmp_path):
   workdir = tmp_path / "work"
   proc = subprocess.Popen([sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py",
-                           f"--workdir={workdir}"], cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE,
+                           f"--workdir={workdir}"], cwd=REPO, env=train_utils.subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 60
   caught = lambda: any(line.startswith("SigCgt:") and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1))
@@ -379,7 +372,7 @@ def test_typo_in_a_command_line_override_fails_clearly(tmp_path):
   workdir = tmp_path / "work"
   result = subprocess.run(
       [sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
-       "--config.optim.base_lrr=0.1"], cwd=REPO, env=_subprocess_env(), capture_output=True, text=True,
+       "--config.optim.base_lrr=0.1"], cwd=REPO, env=train_utils.subprocess_env(), capture_output=True, text=True,
       timeout=120)
   assert result.returncode == 2
   valid = ", ".join(sorted(digits.get_config().optim.keys()))
@@ -433,8 +426,7 @@ def test_sigterm_under_jax_distributed_stops_every_process_at_the_same_saved_ste
   config = train_utils.tiny_config("simdino", total_steps=10_000, log_every_steps=1)
   workdir = tmp_path / "work"
   port = str(train_utils.free_port())
-  env = _subprocess_env()
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env = train_utils.subprocess_env()
   procs = [subprocess.Popen(_main_command(workdir, config, "simdino") + [
       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
@@ -626,7 +618,7 @@ print(json.dumps(results))
 
 
 def test_every_entry_point_has_absl_help_with_text_for_each_flag():
-  result = subprocess.run([sys.executable, "-c", _HELP_SCRIPT, *ENTRY_POINTS], cwd=REPO, env=_subprocess_env(),
+  result = subprocess.run([sys.executable, "-c", _HELP_SCRIPT, *ENTRY_POINTS], cwd=REPO, env=train_utils.subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(result.stdout.strip().splitlines()[-1])

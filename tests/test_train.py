@@ -16,26 +16,10 @@ from simdino_jax import validation
 from tests import train_utils
 
 
-
-def _run_steps(config, steps: int, mesh=None, seed: int = 0):
-  """Runs `steps` steps on one fixed batch; returns (trainer, state before the last step, final state, metrics)."""
-  trainer = train.build(config, num_examples=64, mesh=mesh)
-  images = train_utils.random_images(config.batch_size, config.data.image_size, seed)
-  metrics = []
-  with jax.set_mesh(trainer.mesh):
-    batch = parallel.global_batch({"image": images}, trainer.mesh)["image"]
-    state = trainer.state
-    for _ in range(steps):
-      before = jax.device_get(state)
-      state, step_metrics = trainer.step_fn(state, batch)
-      metrics.append(jax.device_get(step_metrics))
-  return trainer, before, jax.device_get(state), metrics
-
-
 @pytest.mark.parametrize("method", ["dinov2", "simdino"])
 def test_train_steps_run_and_update_teacher_and_objective_state(method):
   config = train_utils.tiny_config(method)
-  trainer, before, after, metrics = _run_steps(config, steps=2)
+  trainer, before, after, metrics = train_utils.run_steps(config, steps=2)
   assert all(np.isfinite(m["loss"]) and m["finite"] == 1.0 for m in metrics)
   assert int(after.step) == 2 and int(after.skipped) == 0
   # The teacher is the EMA of the student: θ_t ← m θ_t + (1 − m) θ_s with the step's scheduled momentum.
@@ -54,8 +38,8 @@ def test_one_device_and_eight_devices_give_the_same_trajectory():
   config = train_utils.parity_config()
   single = parallel.create_mesh(jax.devices()[:1])
   eight = parallel.create_mesh(jax.devices()[:8])
-  _, _, state_1, metrics_1 = _run_steps(config, 3, mesh=single)
-  _, _, state_8, metrics_8 = _run_steps(config, 3, mesh=eight)
+  _, _, state_1, metrics_1 = train_utils.run_steps(config, 3, mesh=single)
+  _, _, state_8, metrics_8 = train_utils.run_steps(config, 3, mesh=eight)
   np.testing.assert_allclose([m["loss"] for m in metrics_1], [m["loss"] for m in metrics_8], rtol=2e-5)
   flat_8 = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state_8.student)[0]}
   train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1), steps=3)
@@ -71,7 +55,7 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
     before = jax.device_get(poisoned)
     batch = parallel.global_batch({"image": train_utils.random_images(16, config.data.image_size)},
                                   trainer.mesh)["image"]
-    after, metrics = trainer.step_fn(poisoned, batch)
+    after, metrics = trainer.step_fn(poisoned, batch, trainer.schedules)
   after = jax.device_get(after)
   assert float(metrics["finite"]) == 0.0
   assert int(after.skipped) == 1 and int(after.consecutive_skipped) == 1 and int(after.step) == 1
@@ -111,7 +95,7 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
   runs = {}
   for accum in (1, 2):
     config = train_utils.tiny_config("dino", grad_accum_steps=accum, **{"model.drop_path_rate": 0.0})
-    runs[accum] = _run_steps(config, 1, mesh=single)
+    runs[accum] = train_utils.run_steps(config, 1, mesh=single)
   (_, _, full, [full_metrics]), (_, _, accumulated, [accumulated_metrics]) = runs[1], runs[2]
   for key in ("loss", "dino", "grad_norm", "update_norm", "teacher_entropy"):
     np.testing.assert_allclose(accumulated_metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)

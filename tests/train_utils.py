@@ -36,6 +36,23 @@ def tiny_config(method: str = "simdino", **overrides):
   return c
 
 
+def run_steps(config, steps: int, mesh=None, seed: int = 0):
+  """Runs `steps` steps on one fixed batch; returns (setup, state before the last step, final state, metrics)."""
+  from simdino_jax import parallel, train  # pylint: disable=import-outside-toplevel
+
+  setup = train.build(config, num_examples=64, mesh=mesh)
+  images = random_images(config.batch_size, config.data.image_size, seed)
+  metrics = []
+  with jax.set_mesh(setup.mesh):
+    batch = parallel.global_batch({"image": images}, setup.mesh)["image"]
+    state = setup.state
+    for _ in range(steps):
+      before = jax.device_get(state)
+      state, step_metrics = setup.step_fn(state, batch, setup.schedules)
+      metrics.append(jax.device_get(step_metrics))
+  return setup, before, jax.device_get(state), metrics
+
+
 def random_images(batch_size: int, size: int, seed: int = 0) -> np.ndarray:
   """Images with a random colour per image plus pixel noise.
 
@@ -119,10 +136,11 @@ def eval_features_of_a_small_split(mesh) -> tuple[np.ndarray, np.ndarray]:
 
 
 def subprocess_env(devices: int = 1) -> dict:
-  """A test subprocess's environment: CPU, `devices` simulated devices, the session's compilation cache (conftest)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-  return env
+  """A test subprocess's environment: CPU, `devices` simulated devices, the session's XLA flags and compilation
+  cache (conftest), unbuffered output."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+  return {**os.environ, "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+          "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
 def shared_data(*parts: str) -> str:
