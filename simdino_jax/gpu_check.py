@@ -84,8 +84,8 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
 
 
 def _shrink(config) -> None:
-  """Dry-run sizes: a 2-block ViT on 16-pixel crops, a small head, batch 16."""
-  config.model.name, config.model.patch_size, config.model.image_size = "vit_micro", 4, 16
+  """Dry-run sizes: a 1-block ViT on 16-pixel crops, a small head, batch 16."""
+  config.model.name, config.model.patch_size, config.model.image_size = "vit_nano", 4, 16
   config.model.dtype = "float32"
   config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim = 32, 16, 64
   config.data.image_size, config.aug.global_size, config.aug.local_size, config.aug.n_local = 16, 16, 8, 2
@@ -126,7 +126,7 @@ def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, e
   """The full-mode reproduction recipe (quick sizes in a dry run), no checkpoints or TensorBoard."""
   from simdino_jax import reproduce
 
-  config = reproduce.method_config(method, quick=dry_run, dataset="npz", model="vit_micro" if dry_run else
+  config = reproduce.method_config(method, quick=dry_run, dataset="npz", model="vit_nano" if dry_run else
                                    "ViT-T/4", epochs=epochs, batch=64 if dry_run else 256,
                                    eval_every=eval_every, seed=0, data_path=data_path)
   config.checkpoint_every_steps, config.tensorboard, config.async_checkpointing = 0, False, False

@@ -16,8 +16,10 @@ import tempfile
 
 FAST_COMPILE_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
                           "--xla_llvm_disable_expensive_passes=true")
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
+# Set once: pytest-xdist's workers inherit the controller's environment (and so share its compilation cache).
+_flags = os.environ.get("XLA_FLAGS", "").split()
+os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE_XLA_FLAGS.split() + [
+    "--xla_force_host_platform_device_count=8"] if f not in _flags])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simdino_jax_test_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

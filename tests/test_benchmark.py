@@ -30,7 +30,7 @@ def test_head_flops_count_every_matrix_of_the_head():
   per_token = 2 * (d * h + h * h + h * p + p * k)  # 3-layer MLP, then the prototypes
   assert benchmark.head_flops_per_token(head) == per_token
   # 2 globals of 16 px + 2 locals of 8 px, patch 4; the patch head scores max_masked_patches = 8 slots per crop.
-  vit = lambda size: benchmark.vit_forward_flops(size, width=d, depth=2, patch=4,
+  vit = lambda size: benchmark.vit_forward_flops(size, width=d, depth=1, patch=4,
                                                 registers=config.model.num_registers)
   student = 2 * vit(16) + 2 * vit(8) + (4 + 2 * 8) * per_token
   teacher = 2 * vit(16) + (2 + 2 * 8) * per_token

@@ -29,6 +29,7 @@ from simdino_jax.convert import torch_checkpoints
 from simdino_jax.convert import torch_layout
 from simdino_jax.evaluation import features as features_lib
 from simdino_jax.evaluation import knn
+from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -380,9 +381,8 @@ def test_training_continues_from_a_converted_checkpoint(converted_digits, tmp_pa
   _, _, _, converted, _ = converted_digits
   # A SimDINO run from the converted DINO networks: backbones taken, its own (differently shaped) heads fresh.
   # With EMA momentum 1 the teacher does not move, so after a step it still equals the converted one exactly.
-  config = digits_config()
-  config.objective.name, config.init_from, config.aug.n_local = "simdino", converted, 0
-  config.teacher.momentum = config.teacher.momentum_end = 1.0
+  config = train_utils.tiny_config("simdino", init_from=converted, total_steps=1,
+                                    **{"model.name": "vit_micro", "teacher.momentum": 1.0, "teacher.momentum_end": 1.0})
   last = train.run(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"])
   out = capsys.readouterr().out

@@ -64,7 +64,7 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
 
 def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
   """config.data.on_device: the host sends row indices and each device gathers its rows inside the step."""
-  config = train_utils.tiny_config("dino", **{"model.drop_path_rate": 0.0})  # The accumulation test's config.
+  config = train_utils.tiny_config("dino")  # Both steps draw the same drop-path masks from the state's key.
   trainer = train.build(config, num_examples=64)
   split = train_utils.random_images(64, config.data.image_size)
   rows = [np.arange(16, dtype=np.int32) * 4 + k for k in range(2)]  # Two batches of rows of the split.

@@ -11,9 +11,9 @@ from configs import digits
 
 
 def tiny_config(method: str = "simdino", **overrides):
-  """The embedded-digits config shrunk to a 2-block, 32-wide ViT and a few steps."""
+  """The embedded-digits config shrunk to a 1-block, 32-wide ViT (vit_nano) and a few steps."""
   c = digits.get_config(f"method={method}")
-  c.model.name = "vit_micro"
+  c.model.name = "vit_nano"
   c.model.patch_size = 4
   c.model.drop_path_rate = 0.1
   c.model.dtype = "float32"

@@ -51,7 +51,9 @@ for _size, (_letter, _dim, _depth, _heads) in _SIZES.items():
   MODELS.add(f"vit_{_size}", ViTArchitecture(_dim, _depth, _heads))
   for _patch in (4, 8, 14, 16):
     MODELS.add(f"ViT-{_letter}/{_patch}", ViTArchitecture(_dim, _depth, _heads, _patch))
-# Small ViTs for CPU: tests and smoke runs (2 blocks, width 32), the embedded digits demo (4 blocks, width 96).
+# Small ViTs for CPU: tests and dry runs (1 block, width 32: the shortest compile), smoke runs (2 blocks, width
+# 32), the embedded digits demo (4 blocks, width 96).
+MODELS.add("vit_nano", ViTArchitecture(32, 1, 2))
 MODELS.add("vit_micro", ViTArchitecture(32, 2, 2))
 MODELS.add("vit_mini", ViTArchitecture(96, 4, 3))
 
