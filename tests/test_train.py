@@ -18,7 +18,8 @@ from tests import train_utils
 
 @pytest.mark.parametrize("method", ["dinov2", "simdino"])
 def test_train_steps_run_and_update_teacher_and_objective_state(method):
-  config = train_utils.tiny_config(method)
+  # DINOv2 in the parity tests' config (the same compiled step).
+  config = train_utils.parity_config() if method == "dinov2" else train_utils.tiny_config(method)
   trainer, before, after, metrics = train_utils.run_steps(config, steps=2)
   assert all(np.isfinite(m["loss"]) and m["finite"] == 1.0 for m in metrics)
   assert int(after.step) == 2 and int(after.skipped) == 0
@@ -64,7 +65,7 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
 
 def test_dataset_held_on_device_takes_the_same_steps_as_host_batches():
   """config.data.on_device: the host sends row indices and each device gathers its rows inside the step."""
-  config = train_utils.tiny_config("dino")  # Both steps draw the same drop-path masks from the state's key.
+  config = train_utils.tiny_config("dino")
   trainer = train.build(config, num_examples=64)
   split = train_utils.random_images(64, config.data.image_size)
   rows = [np.arange(16, dtype=np.int32) * 4 + k for k in range(2)]  # Two batches of rows of the split.
@@ -94,7 +95,7 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
   single = parallel.create_mesh(jax.devices()[:1])
   runs = {}
   for accum in (1, 2):
-    config = train_utils.tiny_config("dino", grad_accum_steps=accum, **{"model.drop_path_rate": 0.0})
+    config = train_utils.tiny_config("dino", grad_accum_steps=accum)  # No drop path: the same draws.
     runs[accum] = train_utils.run_steps(config, 1, mesh=single)
   (_, _, full, [full_metrics]), (_, _, accumulated, [accumulated_metrics]) = runs[1], runs[2]
   for key in ("loss", "dino", "grad_norm", "update_norm", "teacher_entropy"):
