@@ -325,7 +325,7 @@ def test_mismatches_are_listed_in_one_error(dino_small):
 
 
 def digits_config():
-  config = digits.get_config("method=dino,model=vit_micro")
+  config = digits.get_config("method=dino,model=vit_nano")
   config.model.dtype, config.model.drop_path_rate = "float32", 0.0
   config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim = 32, 16, 64
   config.total_steps, config.batch_size, config.aug.n_local = 1, 16, 2
@@ -336,13 +336,13 @@ def digits_config():
 
 @pytest.fixture(scope="module")
 def converted_digits(tmp_path_factory):
-  """A DINO-style vit_micro (patch 4, 16 px) and its head in DINO's checkpoint.pth layout, converted."""
+  """A DINO-style vit_nano (1 block, patch 4, 16 px) and its head in DINO's checkpoint.pth layout, converted."""
   directory = tmp_path_factory.mktemp("convert")
-  backbone = randomize(TorchViT(dim=32, depth=2, num_heads=2, patch=4, img_size=16), seed=5)
+  backbone = randomize(TorchViT(dim=32, depth=1, num_heads=2, patch=4, img_size=16), seed=5)
   head = randomize(TorchDINOHead(32, 64, 32, 16), seed=6)
   student = {"module." + k: v for k, v in TorchMultiCrop(backbone, head).state_dict().items()}
   checkpoint = {"student": student, "teacher": TorchMultiCrop(backbone, head).state_dict(), "epoch": 3,
-                "args": argparse.Namespace(arch="vit_micro"), "dino_loss": {"center": torch.zeros(1, 64)}}
+                "args": argparse.Namespace(arch="vit_nano"), "dino_loss": {"center": torch.zeros(1, 64)}}
   path = str(directory / "checkpoint.pth")
   torch.save(checkpoint, path)
   workdir = str(directory / "converted")
@@ -382,7 +382,7 @@ def test_training_continues_from_a_converted_checkpoint(converted_digits, tmp_pa
   # A SimDINO run from the converted DINO networks: backbones taken, its own (differently shaped) heads fresh.
   # With EMA momentum 1 the teacher does not move, so after a step it still equals the converted one exactly.
   config = train_utils.tiny_config("simdino", init_from=converted, total_steps=1,
-                                    **{"model.name": "vit_micro", "teacher.momentum": 1.0, "teacher.momentum_end": 1.0})
+                                    **{"teacher.momentum": 1.0, "teacher.momentum_end": 1.0})
   last = train.run(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"])
   out = capsys.readouterr().out
@@ -399,7 +399,7 @@ def test_export_as_safetensors_loads_strictly_into_the_official_layout(converted
   out = str(tmp_path / "teacher.safetensors")
   keys = torch_checkpoints.to_torch(workdir, out, file_format="safetensors")
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
-  reloaded = TorchViT(dim=32, depth=2, num_heads=2, patch=4, img_size=16)
+  reloaded = TorchViT(dim=32, depth=1, num_heads=2, patch=4, img_size=16)
   reloaded.load_state_dict(load_file(out), strict=True)
   assert sorted(keys) == sorted(backbone.state_dict())
   for key, value in backbone.state_dict().items():

@@ -1,6 +1,5 @@
 """Operations: exact resume, SIGTERM, the non-finite guard, clear errors for bad input, collapse warnings."""
 
-import dataclasses
 import errno
 import json
 import math
@@ -156,23 +155,20 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
 # --- Non-finite guard --------------------------------------------------------------------------------------------
 
 
-def _nan_student_objective(get_objective):
-  """Wraps the objective so every student output it sees is NaN (a diverged forward pass)."""
+def _nan_student(create):
+  """Wraps train_state.create so the student starts with a NaN in every parameter (a diverged network): each step
+  then has a NaN loss, through the same compiled step as a healthy run."""
 
-  def wrapped(objective_config):
-    objective = get_objective(objective_config)
-
-    def loss(student_out, *args):
-      poisoned = jax.tree.map(lambda x: x * np.float32("nan") if x.dtype.kind == "f" else x, student_out)
-      return objective.loss(poisoned, *args)
-    return dataclasses.replace(objective, loss=loss)
+  def wrapped(*args, **kwargs):
+    state, graphdef, shardings = create(*args, **kwargs)
+    return state.replace(student=jax.tree.map(lambda x: x * np.float32("nan"), state.student)), graphdef, shardings
   return wrapped
 
 
 def test_consecutive_non_finite_steps_stop_the_run_and_no_checkpoint_holds_a_nan(tmp_path, monkeypatch, capsys):
   config = train_utils.tiny_config("dino", total_steps=6, checkpoint_every_steps=2, log_every_steps=1,
                                    max_consecutive_skips=3)
-  monkeypatch.setattr(train.objectives, "get_objective", _nan_student_objective(train.objectives.get_objective))
+  monkeypatch.setattr(train.train_state_lib, "create", _nan_student(train.train_state_lib.create))
   with pytest.raises(FloatingPointError) as e:
     train.run(config, str(tmp_path))
   message = str(e.value)
