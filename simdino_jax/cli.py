@@ -22,6 +22,14 @@ def fail(message: str, status: int = 2) -> None:
   sys.exit(status)
 
 
+def flags_only(argv: list[str]) -> None:
+  """For entry points that take flags only: words left after the flags are a usage error, not silently ignored."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+
+
 def _load_config(value: str):
   """The ConfigDict of a `--config=path[:arg]` value, loaded as ml_collections does."""
   path, _, arg = value.partition(":")

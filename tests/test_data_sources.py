@@ -1,7 +1,5 @@
 """Host sources: digits and npz iterators (resume, epochs, sharding), splits, errors, imports without TF."""
 
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -9,26 +7,6 @@ import pytest
 
 from simdino_jax.data import sources
 from tests import train_utils
-
-# Makes tensorflow, tensorflow_datasets, grain and ml_collections unimportable, as on the GPU machine.
-BLOCK_IMPORTS = """
-import importlib.util, sys
-_BLOCKED = {blocked!r}
-_find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: (
-    None if name.split('.')[0] in _BLOCKED else _find_spec(name, package))
-class _Block:
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] in _BLOCKED:
-      raise ModuleNotFoundError(f"No module named {{name!r}}")
-sys.meta_path.insert(0, _Block())
-"""
-
-
-def run_python(code: str, blocked=()) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", BLOCK_IMPORTS.format(blocked=tuple(blocked)) + code],
-                        capture_output=True, text=True, timeout=300, check=False)
-
 
 def data_config(**overrides):
   base = dict(name="digits", data_dir=None, path=None, image_size=32, train_split="train", eval_split="test",
@@ -156,6 +134,6 @@ except ImportError as e:
 for m in ("tensorflow", "tensorflow_datasets", "grain", "ml_collections"):
   assert m not in sys.modules, m
 """
-  result = run_python(code, blocked=("tensorflow", "tensorflow_datasets", "grain", "ml_collections"))
+  result = train_utils.run_python(code, blocked=("tensorflow", "tensorflow_datasets", "grain", "ml_collections"))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "missing: tensorflow-datasets, grain" in result.stdout

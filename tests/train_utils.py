@@ -3,6 +3,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -143,6 +145,30 @@ def subprocess_env(devices: int = 1) -> dict:
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
   return {**os.environ, "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
           "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+# Makes the named top-level packages unimportable (e.g. tensorflow, grain: as on the GPU machine).
+_BLOCK_IMPORTS = """
+import importlib.util, sys
+_BLOCKED = {blocked!r}
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split('.')[0] in _BLOCKED else _find_spec(name, package))
+class _Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in _BLOCKED:
+      raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_python(code: str, blocked=(), args=(), timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -c code args...` from the repository root (subprocess_env) with the `blocked` packages
+  unimportable; returns the completed process (output captured as text)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-c", _BLOCK_IMPORTS.format(blocked=tuple(blocked)) + code, *args],
+                        cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+                        check=False)
 
 
 def shared_data(*parts: str) -> str:

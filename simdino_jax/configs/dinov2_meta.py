@@ -24,14 +24,15 @@ def recipe():
   c.batch_size = 2048                                  # 32 GPUs × 64
   c.epoch_length_steps = 1250                          # OFFICIAL_EPOCH_LENGTH
   c.total_epochs = 100.0
-  c.optim.base_lr, c.optim.lr_scaling = 4e-3, "sqrt"    # peak 4e-3 · √(B/1024)
-  c.optim.warmup_epochs, c.optim.min_lr = 10.0, 1e-6
-  c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
-  c.optim.clip_grad, c.optim.clip_mode = 3.0, "per_module"
-  c.optim.layer_decay, c.optim.patch_embed_lr_mult = 0.9, 0.2
-  c.optim.freeze_last_layer_epochs = 1.0
   c.teacher.momentum, c.teacher.momentum_end = 0.992, 1.0
   c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.07, 30
+  # optim, in the order of ssl_default_config.yaml:
+  c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
+  c.optim.base_lr, c.optim.warmup_epochs, c.optim.min_lr = 4e-3, 10.0, 1e-6
+  c.optim.clip_grad, c.optim.freeze_last_layer_epochs = 3.0, 1.0
+  c.optim.lr_scaling = "sqrt"                          # peak 4e-3 · √(B/1024)
+  c.optim.patch_embed_lr_mult, c.optim.layer_decay = 0.2, 0.9
+  c.optim.clip_mode = "per_module"                     # backbone and head clipped apart
   c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 8, (0.32, 1.0), (0.05, 0.32)
   return c
 

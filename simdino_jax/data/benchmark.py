@@ -22,6 +22,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from simdino_jax import cli
 from simdino_jax import data
 from simdino_jax.data import host_crops
 
@@ -194,8 +195,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.flags_only(argv)
   f = flags.FLAGS
   if f.mode == "host_crops":
     run_host_crops(photos=f.photos, workers=[int(w) for w in f.workers], batch=f.batch, n_batches=f.host_batches,

@@ -17,6 +17,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from simdino_jax import cli
 from simdino_jax import data
 from simdino_jax.data import augment
 from simdino_jax.data import host_crops
@@ -88,8 +89,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.flags_only(argv)
   f = flags.FLAGS
   if f.mode == "photo":
     out = f.out or "docs/crops_photo.png"
