@@ -120,6 +120,21 @@ def next_batches_after_resume(make_iterator, advance: int, count: int) -> tuple[
   return state, expected, [next(fresh) for _ in range(count)]
 
 
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps of the checkpoints in `workdir`, ascending."""
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _refuse_constant(constant):
+  raise ValueError(f"metrics.jsonl holds the non-JSON constant {constant}")
+
+
+def strict_metrics(workdir) -> list[dict]:
+  """The records of `workdir`'s metrics.jsonl, read by a strict JSON parser (no bare NaN / Infinity)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line, parse_constant=_refuse_constant) for line in f]
+
+
 def free_port() -> int:
   """A free localhost TCP port for a jax.distributed coordinator."""
   with socket.socket() as s:
