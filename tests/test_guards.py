@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -335,13 +336,14 @@ def test_a_disk_without_room_for_the_next_checkpoint_fails_before_saving(saved_r
   workdir = tmp_path / "work"
   shutil.copytree(source, workdir)
   before = _snapshot(workdir)
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+  monkeypatch.setattr(checkpointing.shutil, "disk_usage",
+                      lambda path: types.SimpleNamespace(total=10**9, used=10**9, free=1000))
   ckpts = checkpointing.Checkpoints(str(workdir), config)
   with pytest.raises(checkpointing.CheckpointError) as e:
     ckpts.save(6, template.replace(step=template.step + 6), {"position": 6})
   ckpts.close()
   message = str(e.value)
-  needed = checkpointing._directory_bytes(str(workdir / "checkpoints" / "4")) / 2**20
+  needed = sum(map(len, _snapshot(workdir / "checkpoints" / "4").values())) / 2**20  # The last checkpoint's size.
   assert message.startswith(f"No space left to save the checkpoint of step 6 in {workdir}: 0.0 MiB free, "
                             f"about {needed:.1f} MiB needed.")
   assert "the run resumes from the checkpoint of step 4" in message and "\n" not in message
