@@ -1,6 +1,6 @@
 """One process of the 2-process × 2-device parity test: trains a few steps and writes losses and parameters.
 
-Run by tests/test_multihost.py as `python -m tests.multihost_worker PORT PROCESS_ID OUT.npz`, with 2 simulated CPU
+Run by tests/test_parity.py as `python -m tests.multihost_worker PORT PROCESS_ID OUT.npz`, with 2 simulated CPU
 devices per process (train_utils.subprocess_env(devices=2)).
 """
 

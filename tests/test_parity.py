@@ -1,4 +1,5 @@
-"""2 processes × 2 CPU devices (jax.distributed with gloo on localhost) train exactly as one device does."""
+"""Device parity: a train step on 8 devices, and on 2 processes × 2 CPU devices (jax.distributed with gloo on
+localhost), follows the trajectory of one device (the parity config; its 1-device step compiles once here)."""
 
 import os
 import subprocess
@@ -34,3 +35,14 @@ def test_two_processes_match_one_device(tmp_path):
   features, labels = train_utils.eval_features_of_a_small_split(parallel.create_mesh(jax.devices()[:2]))
   np.testing.assert_array_equal(multi["eval_labels"], np.arange(37))
   np.testing.assert_allclose(multi["eval_features"], features, rtol=1e-6)
+
+
+def test_one_device_and_eight_devices_give_the_same_trajectory():
+  config = train_utils.parity_config()
+  single = parallel.create_mesh(jax.devices()[:1])
+  eight = parallel.create_mesh(jax.devices()[:8])
+  _, _, state_1, metrics_1 = train_utils.run_steps(config, 3, mesh=single)
+  _, _, state_8, metrics_8 = train_utils.run_steps(config, 3, mesh=eight)
+  np.testing.assert_allclose([m["loss"] for m in metrics_1], [m["loss"] for m in metrics_8], rtol=2e-5)
+  flat_8 = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state_8.student)[0]}
+  train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1), steps=3)
