@@ -1,4 +1,4 @@
-"""Operations: exact resume after a kill, SIGTERM (one process or all), collapse warnings, the entry points' help.
+"""Operations: exact resume after a kill, SIGTERM during start-up, collapse warnings, the entry points' help.
 
 What stops a run cleanly (non-finite steps, bad input, damaged checkpoints, full disks) is in test_guards.py.
 """
@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
@@ -18,11 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import digits
 from simdino_jax import checkpointing
 from simdino_jax import collapse as collapse_lib
 from simdino_jax import train
-from simdino_jax import train_state as train_state_lib
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,25 +38,6 @@ def _restore_step(workdir, config, step, template, shardings):
   restored = ckpts.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   ckpts.close()
   return jax.device_get(restored["state"])
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-  return out
-
-
-def _cli_overrides(config, method: str) -> list[str]:
-  """`--config.x=y` flags that turn configs/digits.py:method=... into `config`."""
-  base, want = _flat(digits.get_config(f"method={method}").to_dict()), _flat(config.to_dict())
-  assert set(base) == set(want)
-  return [f"--config.{k}={want[k]}" for k in sorted(want) if want[k] != base[k]]
-
-
-def _main_command(workdir, config, method: str) -> list[str]:
-  return [sys.executable, "-m", "simdino_jax.main", f"--config=configs/digits.py:method={method}",
-          f"--workdir={workdir}", *_cli_overrides(config, method)]
 
 
 # --- Exact resume ------------------------------------------------------------------------------------------------
@@ -98,50 +76,7 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   assert all(math.isfinite(m["loss"]) for m in straight_log)
 
 
-# --- SIGTERM -----------------------------------------------------------------------------------------------------
-
-
-def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoint(tmp_path):
-  """Two processes × 1 CPU device (gloo); SIGTERM reaches only process 1, as when one host is preempted first. Both
-  save the same step and exit 0; the save is asynchronous (the production path), so the exit waits for it."""
-  config = train_utils.tiny_config("simdino", total_steps=10_000, log_every_steps=1, async_checkpointing=True)
-  workdir = tmp_path / "work"
-  port = str(train_utils.free_port())
-  env = train_utils.subprocess_env()
-  procs = [subprocess.Popen(_main_command(workdir, config, "simdino") + [
-      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  logs = [[], []]
-  progressed = threading.Event()
-
-  def read(i):
-    for line in procs[i].stdout:
-      logs[i].append(line)
-      if line.startswith("step 2/"):
-        progressed.set()
-  readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
-  for r in readers:
-    r.start()
-  deadline = time.time() + 300
-  while not progressed.is_set() and all(p.poll() is None for p in procs) and time.time() < deadline:
-    time.sleep(0.2)
-  assert progressed.is_set(), "".join(logs[0])[-3000:] + "".join(logs[1])[-3000:]
-  procs[1].send_signal(signal.SIGTERM)
-  codes = [p.wait(timeout=180) for p in procs]
-  for r in readers:
-    r.join(timeout=10)
-  outs = ["".join(lines) for lines in logs]
-  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  stops = [[int(line.split("step ")[1].split()[0]) for line in lines if line.startswith("SIGTERM received")]
-           for lines in logs]
-  assert len(stops[0]) == 1 and stops[0] == stops[1], stops
-  [step] = stops[0]
-  assert 1 <= step < 10_000 and train_utils.checkpoint_steps(workdir) == [step]
-  # The checkpoint restores (here in one process) to a finite state of that step, with the data iterator's state.
-  template, shardings = _template(config)
-  state, data_state = checkpointing.Checkpoints(str(workdir), config).restore_latest(template, shardings)
-  assert int(state.step) == step and bool(train_state_lib.all_finite(state))
-  assert isinstance(data_state, dict) and data_state
+# --- SIGTERM (reaching one process of two: test_distributed.py) ------------------------------------------------
 
 
 def test_sigterm_during_start_up_exits_with_a_message(tmp_path):

@@ -120,6 +120,23 @@ def next_batches_after_resume(make_iterator, advance: int, count: int) -> tuple[
   return state, expected, [next(fresh) for _ in range(count)]
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+  return out
+
+
+def main_command(workdir, config) -> list[str]:
+  """`python -m simdino_jax.main` on configs/digits.py with the `--config.x=y` overrides that make it `config`."""
+  method = config.objective.name
+  base, want = _flat(digits.get_config(f"method={method}").to_dict()), _flat(config.to_dict())
+  assert set(base) == set(want)
+  overrides = [f"--config.{k}={want[k]}" for k in sorted(want) if want[k] != base[k]]
+  return [sys.executable, "-m", "simdino_jax.main", f"--config=configs/digits.py:method={method}",
+          f"--workdir={workdir}", *overrides]
+
+
 def checkpoint_steps(workdir) -> list[int]:
   """The steps of the checkpoints in `workdir`, ascending."""
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())

@@ -1,0 +1,102 @@
+"""Many devices and processes: training on 8 devices, and on 2 processes × 2 CPU devices (jax.distributed with
+gloo on localhost), follows the trajectory of one device; SIGTERM reaching one process stops both at one saved step.
+
+All use the parity config, so each of its steps (1 device, 8 devices, 2 processes) compiles once for the file."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+
+from simdino_jax import checkpointing
+from simdino_jax import parallel
+from simdino_jax import train
+from simdino_jax import train_state as train_state_lib
+from tests import train_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_two_processes_match_one_device(tmp_path):
+  port = train_utils.free_port()
+  out = tmp_path / "process0.npz"
+  env = train_utils.subprocess_env(devices=2)
+  workers = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+  logs = [w.communicate(timeout=600)[0] for w in workers]
+  for w, log in zip(workers, logs):
+    assert w.returncode == 0, log[-3000:]
+  multi = np.load(out)
+
+  _, _, single_state, single_metrics = train_utils.run_steps(
+      train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=parallel.create_mesh(jax.devices()[:1]))
+  np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
+  train_utils.assert_same_parameters(multi, single_state.student, lr=max(m["lr"] for m in single_metrics),
+                                     steps=train_utils.PARITY_STEPS)
+  # Evaluation features streamed by two processes (each its own rows) are those of one process.
+  features, labels = train_utils.eval_features_of_a_small_split(parallel.create_mesh(jax.devices()[:2]))
+  np.testing.assert_array_equal(multi["eval_labels"], np.arange(37))
+  np.testing.assert_allclose(multi["eval_features"], features, rtol=1e-6)
+
+
+def test_one_device_and_eight_devices_give_the_same_trajectory():
+  config = train_utils.parity_config()
+  single = parallel.create_mesh(jax.devices()[:1])
+  eight = parallel.create_mesh(jax.devices()[:8])
+  _, _, state_1, metrics_1 = train_utils.run_steps(config, 3, mesh=single)
+  _, _, state_8, metrics_8 = train_utils.run_steps(config, 3, mesh=eight)
+  np.testing.assert_allclose([m["loss"] for m in metrics_1], [m["loss"] for m in metrics_8], rtol=2e-5)
+  flat_8 = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state_8.student)[0]}
+  train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1), steps=3)
+
+
+def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoint(tmp_path):
+  """The training command on 2 processes × 2 CPU devices; SIGTERM reaches only process 1, as when one host is
+  preempted first. Both save the same step and exit 0; the save is asynchronous (the production path), so the exit
+  waits for it."""
+  config = train_utils.parity_config()  # The 2-process step above, from its compilation cache.
+  config.total_steps, config.log_every_steps, config.async_checkpointing = 10_000, 1, True
+  workdir = tmp_path / "work"
+  port = str(train_utils.free_port())
+  env = train_utils.subprocess_env(devices=2)
+  procs = [subprocess.Popen(train_utils.main_command(workdir, config) + [
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [[], []]
+  progressed = threading.Event()
+
+  def read(i):
+    for line in procs[i].stdout:
+      logs[i].append(line)
+      if line.startswith("step 2/"):
+        progressed.set()
+  readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+  for r in readers:
+    r.start()
+  deadline = time.time() + 300
+  while not progressed.is_set() and all(p.poll() is None for p in procs) and time.time() < deadline:
+    time.sleep(0.2)
+  assert progressed.is_set(), "".join(logs[0])[-3000:] + "".join(logs[1])[-3000:]
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [p.wait(timeout=180) for p in procs]
+  for r in readers:
+    r.join(timeout=10)
+  outs = ["".join(lines) for lines in logs]
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  stops = [[int(line.split("step ")[1].split()[0]) for line in lines if line.startswith("SIGTERM received")]
+           for lines in logs]
+  assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+  [step] = stops[0]
+  assert 1 <= step < 10_000 and train_utils.checkpoint_steps(workdir) == [step]
+  # The checkpoint restores (here in one process) to a finite state of that step, with the data iterator's state.
+  setup = train.build(config, num_examples=64)
+  template, shardings = setup.state, setup.state_shardings
+  state, data_state = checkpointing.Checkpoints(str(workdir), config).restore_latest(template, shardings)
+  assert int(state.step) == step and bool(train_state_lib.all_finite(state))
+  assert isinstance(data_state, dict) and data_state
