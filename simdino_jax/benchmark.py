@@ -31,9 +31,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's; 64 with --compile_only).")
   flags.DEFINE_integer("steps", 20, "Timed steps.")
   flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (the first compiles).")
-  flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU (0: don't report MFU).")
+  flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s of one device, for MFU: your accelerator's dense bf16 "
+                     "peak (0: don't report MFU).")
   flags.DEFINE_bool("pipeline", True, "Also time the input pipeline (host and on-device augmentation).")
-  flags.DEFINE_bool("compile_only", False, "Compile the recipes of --methods × --models; print cost and memory.")
+  flags.DEFINE_bool("compile_only", False, "Compile the recipes of --methods × --models without running them; "
+                    "print XLA's cost analysis and memory per recipe.")
   flags.DEFINE_list("methods", ["dino", "simdino", "dinov2"], "Recipes for --compile_only.")
   flags.DEFINE_list("models", ["ViT-S/16", "ViT-B/16"], "Models for --compile_only.")
 
