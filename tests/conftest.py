@@ -36,6 +36,17 @@ jax.config.update("jax_disable_most_optimizations", True)
 _create_mesh = parallel.create_mesh
 
 
+# The longest files first: pytest-xdist hands whole files to its 2 workers in collection order, so no long file starts
+# last and runs alone while the other worker waits.
+LONGEST_FIRST = ("test_distributed.py", "test_reproduce.py", "test_train.py", "test_data_prepare.py",
+                 "test_guards.py", "test_gpu_check.py", "test_convert.py", "test_models.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: the rest keep their order.
+
+
 def pytest_configure(config):
   config.addinivalue_line("markers", "sharded: the test is about sharding; its default mesh spans all 8 devices")
 

@@ -1,7 +1,9 @@
 """Many devices and processes: training on 8 devices, and on 2 processes × 2 CPU devices (jax.distributed with
 gloo on localhost), follows the trajectory of one device; SIGTERM reaching one process stops both at one saved step.
 
-All use the parity config, so each of its steps (1 device, 8 devices, 2 processes) compiles once for the file."""
+All use the parity config (DINOv2: masks, centers, KoLeo), so each of its steps (1 device, 8 devices, 2 processes)
+compiles once for the file, and its one-device run is shared: the reference of both parity tests, and the DINO-head
+case of the per-step checks of test_train.py."""
 
 import os
 import signal
@@ -12,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from simdino_jax import checkpointing
 from simdino_jax import parallel
@@ -22,7 +25,18 @@ from tests import train_utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_two_processes_match_one_device(tmp_path):
+@pytest.fixture(scope="module")
+def one_device_run():
+  """(setup, state before the last step, final state, metrics) of PARITY_STEPS steps on one device."""
+  return train_utils.run_steps(train_utils.parity_config(), train_utils.PARITY_STEPS,
+                               mesh=parallel.create_mesh(jax.devices()[:1]))
+
+
+def test_dinov2_steps_update_the_teacher_and_the_centers(one_device_run):
+  train_utils.assert_steps_update_the_state(*one_device_run, objective_state=True)
+
+
+def test_two_processes_match_one_device(tmp_path, one_device_run):
   port = train_utils.free_port()
   out = tmp_path / "process0.npz"
   env = train_utils.subprocess_env(devices=2)
@@ -34,8 +48,7 @@ def test_two_processes_match_one_device(tmp_path):
     assert w.returncode == 0, log[-3000:]
   multi = np.load(out)
 
-  _, _, single_state, single_metrics = train_utils.run_steps(
-      train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=parallel.create_mesh(jax.devices()[:1]))
+  _, _, single_state, single_metrics = one_device_run
   np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
   train_utils.assert_same_parameters(multi, single_state.student, lr=max(m["lr"] for m in single_metrics),
                                      steps=train_utils.PARITY_STEPS)
@@ -45,15 +58,14 @@ def test_two_processes_match_one_device(tmp_path):
   np.testing.assert_allclose(multi["eval_features"], features, rtol=1e-6)
 
 
-def test_one_device_and_eight_devices_give_the_same_trajectory():
-  config = train_utils.parity_config()
-  single = parallel.create_mesh(jax.devices()[:1])
+def test_one_device_and_eight_devices_give_the_same_trajectory(one_device_run):
+  _, _, state_1, metrics_1 = one_device_run
   eight = parallel.create_mesh(jax.devices()[:8])
-  _, _, state_1, metrics_1 = train_utils.run_steps(config, 3, mesh=single)
-  _, _, state_8, metrics_8 = train_utils.run_steps(config, 3, mesh=eight)
+  _, _, state_8, metrics_8 = train_utils.run_steps(train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=eight)
   np.testing.assert_allclose([m["loss"] for m in metrics_1], [m["loss"] for m in metrics_8], rtol=2e-5)
   flat_8 = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state_8.student)[0]}
-  train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1), steps=3)
+  train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1),
+                                     steps=train_utils.PARITY_STEPS)
 
 
 def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoint(tmp_path):

@@ -57,6 +57,23 @@ def run_steps(config, steps: int, mesh=None, seed: int = 0):
   return setup, before, jax.device_get(state), metrics
 
 
+def assert_steps_update_the_state(setup, before, after, metrics, *, objective_state: bool) -> None:
+  """What every train step must do (run_steps' outputs): finite losses, no skip, the teacher the EMA of the student
+  (θ_t ← m θ_t + (1 − m) θ_s with the last step's scheduled m) yet apart from it, and the objective's state (DINO /
+  iBOT centers), when it has one, moved."""
+  steps = len(metrics)
+  assert all(np.isfinite(m["loss"]) and m["finite"] == 1.0 for m in metrics)
+  assert int(after.step) == steps and int(after.skipped) == 0
+  m = float(setup.schedules(steps - 1)["momentum"])
+  expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, before.teacher, after.student)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after.teacher, expected)
+  diffs = jax.tree.leaves(jax.tree.map(lambda t, s: float(np.max(np.abs(t - s))), after.teacher, after.student))
+  assert max(diffs) > 0, "the teacher must differ from the student after training steps"
+  assert bool(before.objective_state) == objective_state
+  for key, value in before.objective_state.items():
+    assert np.max(np.abs(np.asarray(after.objective_state[key]) - np.asarray(value))) > 0, key
+
+
 def random_images(batch_size: int, size: int, seed: int = 0) -> np.ndarray:
   """Images with a random colour per image plus pixel noise.
 
