@@ -89,7 +89,7 @@ def test_quick_reproduction_writes_curves_and_baselines(tmp_path):
   env = train_utils.subprocess_env()  # One CPU device, as on a user's machine.
   result = subprocess.run(  # One method (SimDINO compiles fastest): the pipeline, not the comparison.
       [sys.executable, "-m", "simdino_jax.reproduce", "--quick", f"--workdir={tmp_path}", "--methods=simdino",
-       "--epochs=1"],
+       "--epochs=1", "--model=vit_nano"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   for name in ("curves.csv", "knn.png", "losses.png", "prototypes.png", "summary.json"):
