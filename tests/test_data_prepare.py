@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import types
@@ -23,29 +24,46 @@ def data_config(data_dir, name="cifar10", **overrides):
   return types.SimpleNamespace(**{**base, **overrides})
 
 
+PER_BATCH = 600  # Images kept of each CIFAR-10 python batch: 3,000 train and 600 test images, real ones.
+
+
 @pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory):
+def cifar_source(tmp_path_factory):
+  """A miniature of the CIFAR-10 python download, in its exact layout: the first PER_BATCH images of each batch."""
+  source = tmp_path_factory.mktemp("cifar-10-batches-py")
+  for name in (*[f"data_batch_{i}" for i in range(1, 6)], "test_batch"):
+    with open(os.path.join(CIFAR, name), "rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+    batch[b"data"], batch[b"labels"] = batch[b"data"][:PER_BATCH], batch[b"labels"][:PER_BATCH]
+    with open(source / name, "wb") as f:
+      pickle.dump(batch, f)
+  shutil.copy(os.path.join(CIFAR, "batches.meta"), source / "batches.meta")
+  return source
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(cifar_source, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  prepare.prepare_cifar10(CIFAR, str(data_dir))
+  prepare.prepare_cifar10(str(cifar_source), str(data_dir))
   return data_dir
 
 
-def _pickle_arrays(name):
-  with open(os.path.join(CIFAR, name), "rb") as f:
+def _pickle_arrays(source, name):
+  with open(os.path.join(source, name), "rb") as f:
     batch = pickle.load(f, encoding="bytes")
   return batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(batch[b"labels"])
 
 
-def test_cifar10_round_trip_through_tfds_data_source_without_tensorflow(cifar_dir, tmp_path):
-  # Every 11th record of each split (in TFDS's stored order), read by tfds.data_source without TensorFlow, holds
-  # the original pixels and label of the example its id names (train_00017: the 18th image of the python batches).
+def test_cifar10_round_trip_through_tfds_data_source_without_tensorflow(cifar_source, cifar_dir, tmp_path):
+  # Every record of each split (in TFDS's stored order), read by tfds.data_source without TensorFlow, holds the
+  # original pixels and label of the example its id names (train_00017: the 18th image of the python batches).
   code = f"""
 import sys, numpy as np
 import tensorflow_datasets as tfds
 out = {{}}
 for split in ("train", "test"):
   source = tfds.data_source("cifar10", data_dir={str(cifar_dir)!r}, split=split)
-  records = source.__getitems__(list(range(0, len(source), 11)))
+  records = source.__getitems__(list(range(len(source))))
   out[split + "_n"] = len(source)
   out[split + "_index"] = [int(r["id"].decode().split("_")[1]) for r in records]  # ids are bytes
   out[split + "_image"] = np.stack([r["image"] for r in records])
@@ -62,23 +80,22 @@ np.savez({str(tmp_path / "read.npz")!r}, **out)
   assert read["features"].tolist() == ["id", "image", "label", "(32, 32, 3)", "array_record"]
   assert read["names"].tolist() == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                                     "truck"]
-  train = [_pickle_arrays(f"data_batch_{i}") for i in range(1, 6)]
+  train = [_pickle_arrays(cifar_source, f"data_batch_{i}") for i in range(1, 6)]
   originals = {"train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
-               "test": _pickle_arrays("test_batch")}
+               "test": _pickle_arrays(cifar_source, "test_batch")}
   for split, (images, labels) in originals.items():
     index = read[f"{split}_index"]
-    assert int(read[f"{split}_n"]) == len(labels) and len(index) == -(-len(labels) // 11)
-    assert len(set(index.tolist())) == len(index)  # Distinct examples, from all over the split.
+    assert int(read[f"{split}_n"]) == len(labels) and sorted(index.tolist()) == list(range(len(labels)))
     assert read[f"{split}_image"].dtype == np.uint8
     np.testing.assert_array_equal(read[f"{split}_image"], images[index], err_msg=split)
     np.testing.assert_array_equal(read[f"{split}_label"], labels[index], err_msg=split)
-  assert len(originals["train"][1]) == 50000 and len(originals["test"][1]) == 10000
+  assert len(originals["train"][1]) == 5 * PER_BATCH and len(originals["test"][1]) == PER_BATCH
 
 
 def test_tfds_train_iterator_resumes_shards_and_reshuffles(cifar_dir):
   config = data_config(cifar_dir)
   make = lambda: sources.create_train_iterator(config, batch_size=16, seed=1, process_index=0, process_count=1)
-  assert make().num_examples == 50000
+  assert make().num_examples == 5 * PER_BATCH
   _, expected, resumed = train_utils.next_batches_after_resume(make, advance=1, count=3)
   for want, got in zip(expected, resumed):
     assert got["image"].shape == (16, 32, 32, 3) and got["image"].dtype == np.uint8
@@ -107,9 +124,11 @@ def test_tfds_epochs_are_full_reshuffled_passes(tmp_path):
   assert images.shape == (30, 6, 6, 3) and (labels == -1).all()
 
 
-def test_load_split_of_prepared_cifar(cifar_dir):
+def test_load_split_of_prepared_cifar(cifar_source, cifar_dir):
   images, labels = sources.load_split(data_config(cifar_dir, image_size=16), "test")
-  assert images.shape == (10000, 16, 16, 3) and np.bincount(labels).tolist() == [1000] * 10
+  originals, original_labels = _pickle_arrays(cifar_source, "test_batch")
+  assert images.shape == (PER_BATCH, 16, 16, 3)
+  assert np.bincount(labels, minlength=10).tolist() == np.bincount(original_labels, minlength=10).tolist()
 
 
 def test_folder_import_with_labels_and_test_split(tmp_path):
