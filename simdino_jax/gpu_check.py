@@ -198,31 +198,57 @@ def write_rows(rows: list[dict], path: str, columns) -> None:
 
 def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: float, train_seconds: float,
         peak_tflops: float) -> dict:
-  """Every part in turn; returns (and writes) the summary."""
+  """Every part in turn; a part that fails is recorded in the summary and the next part still runs.
+
+  summary.json is rewritten after each part, so a run stopped at its time limit keeps what it measured.
+  """
   import jax
 
   os.makedirs(out, exist_ok=True)
   device = jax.devices()[0]
   summary = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
-             "jax": jax.__version__, "dry_run": dry_run, "wall_s": {}}
-  start = time.perf_counter()
-  steps = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops)
-  write_rows(steps, os.path.join(out, "steps.csv"), STEP_COLUMNS)
-  summary["steps"], summary["wall_s"]["steps"] = steps, time.perf_counter() - start
+             "versions": _versions(), "dry_run": dry_run, "wall_s": {}, "errors": {}}
+  print(f"device: {summary['device']}, versions: {summary['versions']}", flush=True)
 
-  start = time.perf_counter()
-  data_path = decode_cifar(cifar, scratch, dry_run=dry_run)
-  pipeline = pipeline_row(data_path, dry_run=dry_run)
-  write_rows([pipeline], os.path.join(out, "pipeline.csv"), list(pipeline))
-  summary["pipeline"], summary["wall_s"]["data"] = pipeline, time.perf_counter() - start
-  print(f"pipeline: {pipeline}", flush=True)
+  def steps():
+    rows = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops)
+    write_rows(rows, os.path.join(out, "steps.csv"), STEP_COLUMNS)
+    return rows
 
-  start = time.perf_counter()
-  summary["curves"] = curves(data_path, scratch, out, dry_run=dry_run, train_seconds=train_seconds)
-  summary["wall_s"]["curves"] = time.perf_counter() - start
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=str)
+  def pipeline():
+    row = pipeline_row(decode_cifar(cifar, scratch, dry_run=dry_run), dry_run=dry_run)
+    write_rows([row], os.path.join(out, "pipeline.csv"), list(row))
+    return row
+
+  def curve_runs():
+    data_path = decode_cifar(cifar, scratch, dry_run=dry_run)
+    return curves(data_path, scratch, out, dry_run=dry_run, train_seconds=train_seconds)
+
+  for name, part in (("steps", steps), ("pipeline", pipeline), ("curves", curve_runs)):
+    start = time.perf_counter()
+    try:
+      summary[name] = part()
+    except Exception as error:  # pylint: disable=broad-except  # keep the other parts' figures
+      summary["errors"][name] = f"{type(error).__name__}: {error}"[:2000]
+      print(f"{name} failed: {summary['errors'][name]}", flush=True)
+    summary["wall_s"][name] = time.perf_counter() - start
+    print(f"{name}: {summary.get(name)} ({summary['wall_s'][name]:.0f} s)", flush=True)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
   return summary
+
+
+def _versions() -> dict:
+  """Versions of the packages the step depends on, as found on this machine."""
+  from importlib import metadata
+
+  found = {}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy"):
+    try:
+      found[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  return found
 
 
 def main(argv) -> None:

@@ -37,4 +37,23 @@ def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
   knn = [float(row["knn_top1_k20"]) for row in curves if row.get("knn_top1_k20")]
   assert knn and all(0.0 <= value <= 1.0 for value in knn)
   summary = json.load(open(out / "summary.json"))
+  assert summary["errors"] == {} and summary["versions"]["jax"]
   assert summary["dry_run"] and summary["curves"]["dino"]["epochs"] == summary["curves"]["simdino"]["epochs"]
+
+
+def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
+  from simdino_jax import gpu_check
+
+  def broken(**_):
+    raise RuntimeError("no cuDNN here")
+
+  monkeypatch.setattr(gpu_check, "step_rows", broken)
+  monkeypatch.setattr(gpu_check, "decode_cifar", lambda *_, **__: "unused")
+  monkeypatch.setattr(gpu_check, "pipeline_row", lambda *_, **__: {"dataset": "cifar10", "batch": 4})
+  monkeypatch.setattr(gpu_check, "curves", lambda *_, **__: {"dino": {"epochs": 1}})
+  summary = gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=True, bench_seconds=1.0,
+                          train_seconds=1.0, peak_tflops=1.0)
+  assert summary["errors"] == {"steps": "RuntimeError: no cuDNN here"}
+  assert summary["pipeline"]["batch"] == 4 and summary["curves"]["dino"]["epochs"] == 1
+  assert json.load(open(tmp_path / "summary.json"))["errors"] == summary["errors"]
+  assert sorted(os.listdir(tmp_path)) == ["pipeline.csv", "summary.json"]
