@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,3 +59,10 @@ def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
   assert summary["pipeline"]["batch"] == 4 and summary["curves"]["dino"]["epochs"] == 1
   assert json.load(open(tmp_path / "summary.json"))["errors"] == summary["errors"]
   assert sorted(os.listdir(tmp_path)) == ["pipeline.csv", "summary.json"]
+
+  only = gpu_check.run(str(tmp_path / "only"), cifar="unused", scratch=str(tmp_path), dry_run=True,
+                       bench_seconds=1.0, train_seconds=1.0, peak_tflops=1.0, parts=("curves",))
+  assert "steps" not in only and "pipeline" not in only and only["curves"]["dino"]["epochs"] == 1
+  with pytest.raises(ValueError, match="Unknown parts.*valid: steps, pipeline, curves"):
+    gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=True, bench_seconds=1.0,
+                  train_seconds=1.0, peak_tflops=1.0, parts=("step",))
