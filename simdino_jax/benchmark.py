@@ -138,9 +138,13 @@ def median_seconds(fn, repeats: int) -> float:
 
 def benchmark_step(config, *, steps: int, warmup: int, peak_tflops: float) -> dict:
   """Compiles and times the train step on synthetic images; returns the figures."""
+  return time_step(config, *compile_step(config), steps=steps, warmup=warmup, peak_tflops=peak_tflops)
+
+
+def time_step(config, trainer, compiled, compile_s: float, *, steps: int, warmup: int, peak_tflops: float) -> dict:
+  """Times a step from `compile_step` on synthetic images; returns the figures."""
   from simdino_jax import parallel
 
-  trainer, compiled, compile_s = compile_step(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (config.batch_size, config.data.image_size, config.data.image_size, 3), np.uint8)
   with jax.set_mesh(trainer.mesh):

@@ -18,6 +18,7 @@ Writes at most 8 files into --out:
 path at tiny sizes on any backend (a test runs it on CPU).
 """
 
+import concurrent.futures
 import csv
 import json
 import math
@@ -47,14 +48,21 @@ def _define_flags() -> None:
                       "test.npz (launch/gpu_check.sh prepare copies them there).")
   flags.DEFINE_string("scratch", "/tmp/gpu_check", "Decoded data and training workdirs (not returned).")
   flags.DEFINE_float("bench_seconds", 80.0, "Time budget of the step benchmark.")
+  flags.DEFINE_integer("compile_threads", 4, "Step rows compiled at once (each uses about one CPU core while it "
+                       "compiles); 1 compiles them one after another.")
   flags.DEFINE_float("train_seconds", 135.0, "Wall time of each CIFAR-10 run (compile and kNN included).")
   flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU.")
   flags.DEFINE_list("parts", list(PARTS), f"Parts to run, in order: any of {', '.join(PARTS)}.")
   flags.DEFINE_bool("dry_run", False, "Tiny sizes on any backend, to check the whole path in seconds.")
 
 
-def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dict]:
-  """benchmark_step of every method × model × attention at batch 64, most wanted first, within budget_s."""
+def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float, compile_threads: int) -> list[dict]:
+  """benchmark_step of every method × model × attention at batch 64, most wanted first, within budget_s.
+
+  Compiling a step takes minutes on a GPU machine and uses its CPU cores, running one takes milliseconds on the
+  GPU: so `compile_threads` steps compile at once (XLA releases the GIL) and each is timed alone as it is ready.
+  Rows not compiled when budget_s runs out are written as skipped.
+  """
   import jax
 
   from simdino_jax import benchmark
@@ -65,25 +73,30 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
     plan = [p for p in plan if p[2] == "xla"]
   if dry_run:
     plan = plan[:1]
-  rows, start, last_row_s = [], time.perf_counter(), 0.0
+  rows, configs = [], []
   for method, model, attention in plan:
-    row = {"method": method, "model": model, "attention": attention, "batch": 64}
-    row_start = time.perf_counter()
-    if row_start - start + last_row_s > budget_s:  # the next row would likely end past the budget
-      rows.append({**row, "status": "skipped (time budget)"})
-      continue
     config = benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
     if dry_run:
       _shrink(config)
-      row["batch"] = config.batch_size
+    rows.append({"method": method, "model": model, "attention": attention, "batch": config.batch_size})
+    configs.append(config)
+  deadline = time.perf_counter() + budget_s
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, compile_threads))
+  compiles = [pool.submit(benchmark.compile_step, config) for config in configs]
+  for index, (row, config) in enumerate(zip(rows, configs)):
     try:
-      figures = benchmark.benchmark_step(config, steps=2 if dry_run else 10, warmup=1 if dry_run else 2,
-                                         peak_tflops=peak_tflops)
-      rows.append({**row, "status": "ok", **{k: figures[k] for k in STEP_COLUMNS if k in figures}})
+      trainer, compiled, compile_s = compiles[index].result(timeout=max(0.0, deadline - time.perf_counter()))
+      figures = benchmark.time_step(config, trainer, compiled, compile_s, steps=2 if dry_run else 10,
+                                    warmup=1 if dry_run else 2, peak_tflops=peak_tflops)
+      row.update(status="ok", **{k: figures[k] for k in STEP_COLUMNS if k in figures})
+      del trainer, compiled
+    except concurrent.futures.TimeoutError:
+      row["status"] = "skipped (time budget)"
     except Exception as error:  # pylint: disable=broad-except  # one failing row must not lose the others
-      rows.append({**row, "status": f"error: {type(error).__name__}: {error}"[:300]})
-    last_row_s = time.perf_counter() - row_start
-    print(rows[-1], flush=True)
+      row["status"] = f"error: {type(error).__name__}: {error}"[:300]
+    compiles[index] = None  # the row's state and executable are freed before the next row runs
+    print(row, flush=True)
+  pool.shutdown(wait=False, cancel_futures=True)
   return rows
 
 
@@ -201,7 +214,7 @@ def write_rows(rows: list[dict], path: str, columns) -> None:
 
 
 def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: float, train_seconds: float,
-        peak_tflops: float, parts=PARTS) -> dict:
+        peak_tflops: float, parts=PARTS, compile_threads: int = 4) -> dict:
   """The chosen parts in turn; a part that fails is recorded in the summary and the next part still runs.
 
   summary.json is rewritten after each part, so a run stopped at its time limit keeps what it measured. Compiled
@@ -221,7 +234,8 @@ def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: flo
   print(f"device: {summary['device']}, versions: {summary['versions']}", flush=True)
 
   def steps():
-    rows = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops)
+    rows = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops,
+                     compile_threads=compile_threads)
     write_rows(rows, os.path.join(out, "steps.csv"), STEP_COLUMNS)
     return rows
 
@@ -267,7 +281,7 @@ def main(argv) -> None:
   del argv
   run(FLAGS.out, cifar=FLAGS.cifar, scratch=FLAGS.scratch, dry_run=FLAGS.dry_run,
       bench_seconds=FLAGS.bench_seconds, train_seconds=FLAGS.train_seconds, peak_tflops=FLAGS.peak_tflops,
-      parts=FLAGS.parts)
+      parts=FLAGS.parts, compile_threads=FLAGS.compile_threads)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,3 +67,37 @@ def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="Unknown parts.*valid: steps, pipeline, curves"):
     gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=True, bench_seconds=1.0,
                   train_seconds=1.0, peak_tflops=1.0, parts=("step",))
+
+
+def test_step_rows_compile_at_once_and_keep_the_order_the_errors_and_the_budget(monkeypatch):
+  """Six CPU rows (XLA attention): compiles overlap on the threads, rows are timed in plan order, a failing compile
+  is an error row, and a compile still running when the budget ends is a skipped row."""
+  import threading
+
+  from simdino_jax import benchmark, gpu_check
+
+  running, overlapped, lock = set(), threading.Event(), threading.Lock()
+
+  def compile_step(config):
+    name = f"{config.objective.name}:{config.model.name}"
+    with lock:
+      running.add(name)
+      if len(running) > 1:
+        overlapped.set()
+    time.sleep(6.0 if config.model.name == "ViT-B/16" and config.objective.name == "dino" else 0.2)
+    with lock:
+      running.discard(name)
+    if config.objective.name == "simdino" and config.model.name == "ViT-S/16":
+      raise RuntimeError("no kernel")
+    return "trainer", "compiled", 1.5
+
+  monkeypatch.setattr(benchmark, "compile_step", compile_step)
+  monkeypatch.setattr(benchmark, "time_step", lambda config, trainer, compiled, compile_s, **_: {
+      "images_per_s": 100.0, "compile_s": compile_s, "trainer": trainer})
+  rows = gpu_check.step_rows(dry_run=False, budget_s=3.0, peak_tflops=1.0, compile_threads=3)
+  assert [(r["method"], r["model"], r["attention"]) for r in rows] == [
+      (m, model, "xla") for model in gpu_check.STEP_MODELS for m in gpu_check.STEP_METHODS]
+  assert [r["status"] for r in rows] == ["ok", "error: RuntimeError: no kernel", "ok",
+                                         "skipped (time budget)", "ok", "ok"]
+  assert rows[0]["images_per_s"] == 100.0 and rows[0]["compile_s"] == 1.5 and "trainer" not in rows[0]
+  assert overlapped.is_set()
