@@ -412,3 +412,30 @@ def test_remat_matches_plain_forward_and_gradient():
     results.append(jax.jit(jax.value_and_grad(loss))(params))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[0][1], results[1][1])
+
+
+def test_scanned_blocks_equal_unrolled_blocks():
+  """scan_blocks (here with remat, i.e. the scanned body checkpointed): the same parameters (paths and values),
+  outputs, drop-path draws and gradients as the unrolled blocks, with registers, LayerScale, a linear drop-path
+  schedule and the last blocks' CLS."""
+  overrides = dict(depth=3, drop_path_rate=0.3, layerscale=0.1, num_registers=1)
+  unrolled, scanned = tiny_backbone(**overrides), tiny_backbone(**overrides, scan_blocks=True, remat=True)
+  images, key = make_crops()[0][0], jax.random.key(7)
+  assert jax.tree.structure(nnx.state(scanned)) == jax.tree.structure(nnx.state(unrolled))
+  results = []
+  for backbone in (unrolled, scanned):
+    graphdef, params = nnx.split(backbone)
+    outputs = nnx.merge(graphdef, params)(images, key=None, n_last=2)
+
+    def loss(p):
+      out = nnx.merge(graphdef, p)(images, key=key, n_last=2)
+      return jnp.sum(out["cls"] ** 2) + jnp.sum(jnp.sin(out["patch"])) + jnp.sum(0.3 * out["last_cls"])
+
+    results.append((outputs, jax.jit(jax.value_and_grad(loss))(params)))
+  (eval_unrolled, (loss_unrolled, grad_unrolled)), (eval_scanned, (loss_scanned, grad_scanned)) = results
+  for name in ("cls", "patch", "last_cls"):
+    np.testing.assert_allclose(eval_scanned[name], eval_unrolled[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  assert eval_scanned["last_cls"].shape == (2, B, DIM)
+  np.testing.assert_allclose(loss_scanned, loss_unrolled, rtol=1e-5)  # drop path on: the same samples dropped
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_scanned, grad_unrolled)
+  assert float(jnp.abs(grad_unrolled["blocks"][2]["mlp"]["fc2"]["kernel"][...]).max()) > 0

@@ -71,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
       "dtype": "bfloat16",          # compute dtype; parameters are always float32
       "attention_impl": ml_collections.config_dict.placeholder(str),  # None/"xla" or "cudnn" (padded tokens)
       "remat": False,
+      "scan_blocks": False,         # one lax.scan over the blocks: one block to compile instead of depth
       "head": {
           "out_dim": 65536,         # K prototypes (DINO head only)
           "hidden_dim": 2048,
@@ -107,7 +108,7 @@ def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Vis
       patch_size=_patch_size(config, architecture), image_size=config.image_size,
       num_registers=config.num_registers, drop_path_rate=config.drop_path_rate,
       drop_path_schedule=config.drop_path_schedule, layerscale=config.layerscale, dtype=_dtype(config.dtype),
-      attention_impl=config.attention_impl, remat=config.remat, rngs=rngs)
+      attention_impl=config.attention_impl, remat=config.remat, scan_blocks=config.scan_blocks, rngs=rngs)
 
 
 def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx.Rngs) -> MultiCropModel:

@@ -42,9 +42,12 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   return out[:, :num_tokens]
 
 
-def drop_path(x: jax.Array, rate: float, key: Optional[jax.Array]) -> jax.Array:
-  """Stochastic depth: zeroes whole samples of a residual branch with probability `rate`, rescales the rest."""
-  if key is None or rate == 0.0:
+def drop_path(x: jax.Array, rate, key: Optional[jax.Array]) -> jax.Array:
+  """Stochastic depth: zeroes whole samples of a residual branch with probability `rate`, rescales the rest.
+
+  `rate` may be a traced scalar (the scanned blocks); a rate of 0 then keeps every sample, unscaled.
+  """
+  if key is None or (isinstance(rate, float) and rate == 0.0):
     return x
   keep_prob = 1.0 - rate
   keep = jax.random.bernoulli(key, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -142,18 +145,20 @@ class Block(nnx.Module):
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.ls2 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
 
-  def __call__(self, x: jax.Array, key: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, key: Optional[jax.Array] = None, rate=None) -> jax.Array:
+    """`rate` overrides the block's drop-path rate (a traced scalar when the blocks are scanned)."""
+    rate = self.drop_path_rate if rate is None else rate
     attn_key = mlp_key = None
     if key is not None:
       attn_key, mlp_key = jax.random.split(key)
     branch = self.attn(self.norm1(x))
     if self.ls1 is not None:
       branch = self.ls1(branch)
-    x = x + drop_path(branch, self.drop_path_rate, attn_key)
+    x = x + drop_path(branch, rate, attn_key)
     branch = self.mlp(self.norm2(x))
     if self.ls2 is not None:
       branch = self.ls2(branch)
-    return x + drop_path(branch, self.drop_path_rate, mlp_key)
+    return x + drop_path(branch, rate, mlp_key)
 
 
 class VisionTransformer(nnx.Module):
@@ -169,7 +174,7 @@ class VisionTransformer(nnx.Module):
                mlp_ratio: float = 4.0, num_registers: int = 0, drop_path_rate: float = 0.0,
                drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
                attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, scan_blocks: bool = False, rngs: nnx.Rngs):
     """Builds the backbone.
 
     Args:
@@ -177,6 +182,8 @@ class VisionTransformer(nnx.Module):
       attention_token_multiple: pad the token axis of q/k/v to this multiple inside attention; defaults to 64
         for "cudnn" and 1 (no padding) otherwise.
       remat: rematerialize each block in the backward pass.
+      scan_blocks: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles one block
+        instead of `depth` (much faster compiles of deep models; same parameters, outputs and drop-path draws).
     """
     if patch_size <= 0 or image_size % patch_size:
       raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_size}.")
@@ -194,6 +201,7 @@ class VisionTransformer(nnx.Module):
     self.patch_size = patch_size
     self.num_registers = num_registers
     self.remat = remat
+    self.scan_blocks = scan_blocks
     grid = image_size // patch_size
     self.patch_embed = nnx.Linear(patch_size * patch_size * 3, embed_dim, dtype=dtype, param_dtype=jnp.float32,
                                   kernel_init=TORCH_DEFAULT, bias_init=jax.nn.initializers.zeros, rngs=rngs)
@@ -239,6 +247,15 @@ class VisionTransformer(nnx.Module):
     if not 1 <= n_last <= len(self.blocks):
       raise ValueError(f"n_last must be in [1, {len(self.blocks)}], got {n_last}.")
     x = self._embed(images, masks)
+    if self.scan_blocks:
+      x, last_cls = self._scanned_blocks(x, key, n_last)
+    else:
+      x, last_cls = self._unrolled_blocks(x, key, n_last)
+    x = self.norm(x)
+    return {"cls": x[:, 0], "patch": x[:, 1 + self.num_registers:], "last_cls": self.norm(last_cls)}
+
+  def _unrolled_blocks(self, x: jax.Array, key: Optional[jax.Array], n_last: int) -> tuple[jax.Array, jax.Array]:
+    """(output tokens, CLS of the last n_last blocks [n_last, B, D]), one traced copy of each block."""
     apply_block = nnx.remat(_apply_block) if self.remat else _apply_block
     last_outputs: list[jax.Array] = []
     for index, block in enumerate(self.blocks):
@@ -246,12 +263,23 @@ class VisionTransformer(nnx.Module):
       x = apply_block(block, x, block_key)
       if index >= len(self.blocks) - n_last:
         last_outputs.append(x[:, 0])
-    x = self.norm(x)
-    return {
-        "cls": x[:, 0],
-        "patch": x[:, 1 + self.num_registers:],
-        "last_cls": self.norm(jnp.stack(last_outputs)),
-    }
+    return x, jnp.stack(last_outputs)
+
+  def _scanned_blocks(self, x: jax.Array, key: Optional[jax.Array], n_last: int) -> tuple[jax.Array, jax.Array]:
+    """`_unrolled_blocks` as one `lax.scan`: block i's parameters, drop-path rate and key fold_in(key, i) are the
+    i-th slice of stacked inputs (the stacking is a copy per call, and its gradient flows back to each block)."""
+    graphdef, _ = nnx.split(self.blocks[0])
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(block) for block in self.blocks])
+    rates = jnp.asarray([block.drop_path_rate for block in self.blocks], jnp.float32)
+    keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(self.blocks)))
+
+    def body(tokens, block_inputs):
+      block_params, rate, block_key = block_inputs
+      tokens = nnx.merge(graphdef, block_params)(tokens, block_key, rate)
+      return tokens, tokens[:, 0]
+
+    x, cls_per_block = jax.lax.scan(jax.checkpoint(body) if self.remat else body, x, (params, rates, keys))
+    return x, cls_per_block[len(self.blocks) - n_last:]
 
 
 def _apply_block(block: Block, x: jax.Array, key: Optional[jax.Array]) -> jax.Array:
