@@ -5,9 +5,10 @@
 
 Writes at most 8 files into --out:
   steps.csv      the train step of dino, simdino and dinov2 at ViT-S/16 and ViT-B/16, batch 64, XLA and cuDNN
-                 attention: images/s, ms/step, MFU (analytic FLOPs / --peak_tflops), peak memory; rows that do
-                 not fit in --bench_seconds are written with status "skipped (time budget)". runtime_peak_gb is
-                 the process's peak so far (JAX never resets it): compiled_peak_gb is the row's own.
+                 attention, and DINO ViT-S/16 with scanned blocks: images/s, ms/step, MFU (analytic FLOPs /
+                 --peak_tflops), peak memory, compile seconds; rows not compiled within --bench_seconds are written
+                 with status "skipped (time budget)". runtime_peak_gb is the process's peak so far (JAX never
+                 resets it): compiled_peak_gb is the row's own.
   pipeline.csv   images/s of the host pipeline and of the on-device gather + multi-crop + masks (CIFAR-10).
   curves.csv, knn.png, losses.png, prototypes.png
                  DINO vs SimDINO on CIFAR-10 (ViT-T/4, the full-mode recipe of simdino_jax.reproduce, split held
@@ -35,7 +36,7 @@ FLAGS = flags.FLAGS
 STEP_METHODS = ("dino", "simdino", "dinov2")
 STEP_MODELS = ("ViT-S/16", "ViT-B/16")
 ATTENTIONS = ("cudnn", "xla")
-STEP_COLUMNS = ("method", "model", "attention", "batch", "status", "images_per_s", "step_ms", "mfu_analytic",
+STEP_COLUMNS = ("method", "model", "attention", "scan_blocks", "batch", "status", "images_per_s", "step_ms", "mfu_analytic",
                 "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
 CURVE_METHODS = ("dino", "simdino")
 PARTS = ("steps", "pipeline", "curves")
@@ -70,18 +71,21 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float, compile_thr
 
   from simdino_jax import benchmark
 
-  plan = [(method, model, attention) for attention in ATTENTIONS for model in STEP_MODELS
+  plan = [(method, model, attention, False) for attention in ATTENTIONS for model in STEP_MODELS
           for method in STEP_METHODS]
+  plan.insert(1, ("dino", STEP_MODELS[0], ATTENTIONS[0], True))  # what scanning the blocks costs in step time
   if dry_run or jax.default_backend() != "gpu":  # the cuDNN kernel needs a GPU
     plan = [p for p in plan if p[2] == "xla"]
   if dry_run:
     plan = plan[:1]
   rows, configs = [], []
-  for method, model, attention in plan:
+  for method, model, attention, scan_blocks in plan:
     config = benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
+    config.model.scan_blocks = scan_blocks
     if dry_run:
       _shrink(config)
-    rows.append({"method": method, "model": model, "attention": attention, "batch": config.batch_size})
+    rows.append({"method": method, "model": model, "attention": attention, "scan_blocks": scan_blocks,
+                 "batch": config.batch_size})
     configs.append(config)
   deadline = time.perf_counter() + budget_s
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, compile_threads))
