@@ -36,8 +36,8 @@ FLAGS = flags.FLAGS
 STEP_METHODS = ("dino", "simdino", "dinov2")
 STEP_MODELS = ("ViT-S/16", "ViT-B/16")
 ATTENTIONS = ("cudnn", "xla")
-STEP_COLUMNS = ("method", "model", "attention", "scan_blocks", "batch", "status", "images_per_s", "step_ms", "mfu_analytic",
-                "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
+STEP_COLUMNS = ("method", "model", "attention", "scan_blocks", "batch", "status", "images_per_s", "step_ms",
+                "mfu_analytic", "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
 CURVE_METHODS = ("dino", "simdino")
 PARTS = ("steps", "pipeline", "curves")
 RUN_OVERHEAD_SECONDS = 45.0  # a run's step from the compilation cache (12 s on an H100) and its six kNN evaluations
@@ -140,8 +140,9 @@ def pipeline_row(data_path: str, *, dry_run: bool) -> dict:
   """benchmark_pipeline on CIFAR-10 with the full-mode crops (batch 256)."""
   from simdino_jax import benchmark, reproduce
 
-  config = reproduce.method_config("dino", quick=dry_run, dataset="npz", model="ViT-T/4", epochs=1.0,
-                                   batch=64 if dry_run else 256, eval_every=1.0, seed=0, data_path=data_path)
+  config = reproduce.method_config("dino", preset="quick" if dry_run else "full", dataset="npz", model="ViT-T/4",
+                                   epochs=1.0, batch=64 if dry_run else 256, eval_every=1.0, seed=0,
+                                   data_path=data_path)
   return {"dataset": "cifar10", "batch": config.batch_size,
           **benchmark.benchmark_pipeline(config, batches=2 if dry_run else 20)}
 
@@ -150,9 +151,9 @@ def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, e
   """The full-mode reproduction recipe (quick sizes in a dry run), no checkpoints or TensorBoard."""
   from simdino_jax import reproduce
 
-  config = reproduce.method_config(method, quick=dry_run, dataset="npz", model="vit_nano" if dry_run else
-                                   "ViT-T/4", epochs=epochs, batch=64 if dry_run else 256,
-                                   eval_every=eval_every, seed=0, data_path=data_path)
+  config = reproduce.method_config(method, preset="quick" if dry_run else "full", dataset="npz",
+                                   model="vit_nano" if dry_run else "ViT-T/4", epochs=epochs,
+                                   batch=64 if dry_run else 256, eval_every=eval_every, seed=0, data_path=data_path)
   config.checkpoint_every_steps, config.tensorboard, config.async_checkpointing = 0, False, False
   return config
 

@@ -90,17 +90,16 @@ def small_image_recipe(c) -> None:
   c.tensorboard = False
 
 
-def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs: float, batch: int,
-                  eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1,
-                  evidence: bool = False):
+def method_config(method: str, *, preset: str, dataset: str, model: str, epochs: float, batch: int,
+                  eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1):
   """The config of one run of the comparison: the method's recipe file at the comparison's shared sizes.
 
-  quick: the pipeline-check sizes; evidence: `small_image_recipe`; neither: the full mode.
+  preset (PRESETS): "quick" the pipeline-check sizes, "evidence" `small_image_recipe`, "full" the full mode.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
-  if quick and evidence:
-    raise ValueError("quick and evidence are two presets: pass one of them (or neither: the full mode).")
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; valid: {', '.join(PRESETS)}.")
   c = configs.load(method, f"model={model},data={'digits' if dataset == 'digits' else 'cifar10'}")
   if method == "dino_koleo_proto":
     c.objective.koleo_proto_weight = koleo_proto_weight
@@ -113,7 +112,7 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
   if data_dir:
     c.data.data_dir = data_dir
   c.data.on_device = True  # 32-pixel data sets fit on the accelerator: no host pipeline in the step's way.
-  if quick:
+  if preset == "quick":
     c.aug.n_local = 2
     c.data.image_size, c.aug.global_size, c.aug.local_size, c.model.image_size = 16, 16, 8, 16
     c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 128, 32, 256
@@ -121,7 +120,7 @@ def method_config(method: str, *, quick: bool, dataset: str, model: str, epochs:
     c.checkpoint_every_steps = 0
     c.log_every_steps = 10
     c.tensorboard = False
-  elif evidence:
+  elif preset == "evidence":
     small_image_recipe(c)
   else:
     c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 10.0, 30
@@ -304,9 +303,9 @@ def run(workdir: str, *, preset: str, methods=METHODS, dataset=None, model=None,
   runs, steps_per_epoch, config = [], {}, None
   for method in methods:
     for run_seed in seed_list:
-      config = method_config(method, quick=preset == "quick", evidence=preset == "evidence", dataset=dataset,
-                             model=model, epochs=epochs, batch=batch, eval_every=eval_every, seed=run_seed,
-                             data_dir=data_dir, data_path=data_path, koleo_proto_weight=koleo_proto_weight)
+      config = method_config(method, preset=preset, dataset=dataset, model=model, epochs=epochs, batch=batch,
+                             eval_every=eval_every, seed=run_seed, data_dir=data_dir, data_path=data_path,
+                             koleo_proto_weight=koleo_proto_weight)
       start = time.perf_counter()
       last = train.run(config, os.fspath(workdir / method / f"seed_{run_seed}"))
       steps_per_epoch[method] = last["steps_per_epoch"]

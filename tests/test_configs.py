@@ -69,7 +69,7 @@ def test_published_batches_and_schedules():
 
 
 def test_reproduction_pairs_differ_only_in_the_objective_and_the_papers_changes():
-  run = lambda method: reproduce.method_config(method, quick=False, dataset="cifar10", model="ViT-T/4",
+  run = lambda method: reproduce.method_config(method, preset="full", dataset="cifar10", model="ViT-T/4",
                                                epochs=100.0, batch=256, eval_every=5.0, seed=0)
   assert differences(run("dino"), run("simdino")) == {
       "objective.name": ("dino", "simdino"), "objective.covariance_group_size": (0, 64)}
@@ -84,7 +84,7 @@ def test_recipes_load_by_name_outside_the_repository(tmp_path):
   env = {**train_utils.subprocess_env(), "PYTHONPATH": ROOT}
   code = ("from simdino_jax import configs, reproduce; "
           "print(sorted(configs.load(n).objective.name for n in configs.names())); "
-          "print(reproduce.method_config('simdino', quick=True, dataset='digits', model='vit_micro', epochs=1.0, "
+          "print(reproduce.method_config('simdino', preset='quick', dataset='digits', model='vit_micro', epochs=1.0, "
           "batch=64, eval_every=1.0, seed=0).objective.name)")
   result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -45,7 +45,7 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
     images = (purity * prototypes[labels] + (1 - purity) * rng.uniform(0, 255, (n, size, size, 3))).astype(np.uint8)
     np.savez(tmp_path / f"tiny_{split}.npz", image=images, label=labels)
     splits[split] = (images, labels)
-  config = reproduce.method_config("dino", quick=False, evidence=True, dataset="npz", model="vit_micro", epochs=1.0,
+  config = reproduce.method_config("dino", preset="evidence", dataset="npz", model="vit_micro", epochs=1.0,
                                    batch=64, eval_every=1.0, seed=0,
                                    data_path=os.fspath(tmp_path / "tiny_{split}.npz"))
   config.eval.batch_size = 8  # Several batches, the last one padded.
