@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from simdino_jax import configs
 from simdino_jax import reproduce
 from tests import train_utils
 
@@ -67,6 +68,23 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
 
   assert accuracy(0.07) != accuracy(1.0)  # The data set tells the eval config's T = 0.07 from an unweighted vote.
   assert reproduce.raw_pixel_knn(config)["knn_top1_k20"] == pytest.approx(accuracy(0.07))
+
+
+def test_evidence_preset_shares_the_small_image_recipe_and_keeps_each_objective():
+  for method in reproduce.METHODS:
+    config = reproduce.method_config(method, quick=False, evidence=True, dataset="digits", model="vit_micro",
+                                     epochs=15.0, batch=64, eval_every=3.0, seed=0)
+    recipe = configs.load(method, "model=vit_micro,data=digits")
+    # Shared (docs/small_image_recipe.md): crops, head, lr, and the fast teacher under which DINO learns here.
+    assert (config.aug.n_local, config.aug.global_scale, config.aug.local_scale, config.aug.flip_p) == (
+        4, (0.5, 1.0), (0.25, 0.6), 0.0)
+    assert (config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim) == (
+        128, 32, 4096)
+    assert (config.optim.base_lr, config.teacher.momentum) == (2e-3, 0.95)
+    # The method's own: temperatures and the objective (the KoLeo-proto run adds its λ).
+    assert (config.teacher.warmup_temp, config.teacher.temp) == (recipe.teacher.warmup_temp, recipe.teacher.temp)
+    if method != "dino_koleo_proto":
+      assert config.objective.to_dict() == recipe.objective.to_dict(), method
 
 
 def test_collect_and_write_csv_keep_each_seed(tmp_path):
