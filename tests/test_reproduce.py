@@ -72,7 +72,7 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
 
 def test_evidence_preset_shares_the_small_image_recipe_and_keeps_each_objective():
   for method in reproduce.METHODS:
-    config = reproduce.method_config(method, quick=False, evidence=True, dataset="digits", model="vit_micro",
+    config = reproduce.method_config(method, preset="evidence", dataset="digits", model="vit_micro",
                                      epochs=15.0, batch=64, eval_every=3.0, seed=0)
     recipe = configs.load(method, "model=vit_micro,data=digits")
     # Shared (docs/small_image_recipe.md): crops, head, lr, and the fast teacher under which DINO learns here.
