@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 from absl import app
@@ -158,8 +159,17 @@ def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, e
   return config
 
 
-def compile_indexed_step(config):
-  """(trainer, device-held split, a batch of row indices, compiled step, compile seconds) for `config`'s split.
+class IndexedStep(NamedTuple):
+  """A compiled train step on a device-held split, with what it runs on."""
+  trainer: object
+  dataset: object       # the split on the device
+  rows: object          # one batch of row indices
+  compiled: object
+  compile_s: float
+
+
+def compile_indexed_step(config) -> IndexedStep:
+  """The train step of `config`, compiled on its device-held split.
 
   The compiled step lands in the persistent compilation cache, so the training run of the same config loads it.
   """
@@ -175,26 +185,26 @@ def compile_indexed_step(config):
     rows = parallel.global_batch({"index": next(iterator)["index"]}, trainer.mesh)["index"]
     start = time.perf_counter()
     compiled = trainer.indexed_step_fn.lower(trainer.state, dataset, rows, trainer.schedules).compile()
-  return trainer, dataset, rows, compiled, time.perf_counter() - start
+  return IndexedStep(trainer, dataset, rows, compiled, time.perf_counter() - start)
 
 
-def seconds_per_epoch(trainer, dataset, rows, compiled) -> float:
-  """Seconds per epoch of a step from `compile_indexed_step` (the median of a few timed steps)."""
+def seconds_per_epoch(step: IndexedStep) -> float:
+  """Seconds per epoch of a compiled step (the median of a few timed steps)."""
   import jax
 
   from simdino_jax import benchmark
 
-  state = trainer.state
+  state = step.trainer.state
 
   def one_step():
     nonlocal state
-    state, metrics = compiled(state, dataset, rows, trainer.schedules)
+    state, metrics = step.compiled(state, step.dataset, step.rows, step.trainer.schedules)
     jax.block_until_ready(metrics["loss"])
 
-  with jax.set_mesh(trainer.mesh):
+  with jax.set_mesh(step.trainer.mesh):
     one_step()
     step_s = benchmark.median_seconds(one_step, 5)
-  return step_s * trainer.steps_per_epoch
+  return step_s * step.trainer.steps_per_epoch
 
 
 def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_seconds: float) -> dict:
@@ -208,8 +218,8 @@ def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_secon
   calibration = {m: curve_config(m, data_path, dry_run=dry_run, epochs=1.0, eval_every=1.0) for m in CURVE_METHODS}
   with concurrent.futures.ThreadPoolExecutor(max_workers=len(CURVE_METHODS)) as pool:
     compiled = dict(zip(CURVE_METHODS, pool.map(compile_indexed_step, calibration.values())))
-  epoch_s = max(seconds_per_epoch(*compiled[m][:4]) for m in CURVE_METHODS)
-  compile_s = {m: round(compiled[m][4], 1) for m in CURVE_METHODS}
+  epoch_s = max(seconds_per_epoch(step) for step in compiled.values())
+  compile_s = {m: round(step.compile_s, 1) for m, step in compiled.items()}
   del compiled  # free both states before the runs
   epochs = 1 if dry_run else max(1, math.floor((train_seconds - RUN_OVERHEAD_SECONDS) / epoch_s))
   print(f"calibration: {epoch_s:.1f} s/epoch, compile s {compile_s}; {epochs} epochs each", flush=True)

@@ -47,7 +47,7 @@ def drop_path(x: jax.Array, rate, key: Optional[jax.Array]) -> jax.Array:
 
   `rate` may be a traced scalar (the scanned blocks); a rate of 0 then keeps every sample, unscaled.
   """
-  if key is None or (isinstance(rate, float) and rate == 0.0):
+  if key is None or (not isinstance(rate, jax.Array) and rate == 0):
     return x
   keep_prob = 1.0 - rate
   keep = jax.random.bernoulli(key, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -270,15 +270,18 @@ class VisionTransformer(nnx.Module):
     i-th slice of stacked inputs (the stacking is a copy per call, and its gradient flows back to each block)."""
     graphdef, _ = nnx.split(self.blocks[0])
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(block) for block in self.blocks])
-    rates = jnp.asarray([block.drop_path_rate for block in self.blocks], jnp.float32)
-    keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(self.blocks)))
+    rates = [block.drop_path_rate for block in self.blocks]
+    keys = None  # no drop path at all: no draws in the loop either
+    if key is not None and any(rates):
+      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(self.blocks)))
 
     def body(tokens, block_inputs):
       block_params, rate, block_key = block_inputs
       tokens = nnx.merge(graphdef, block_params)(tokens, block_key, rate)
       return tokens, tokens[:, 0]
 
-    x, cls_per_block = jax.lax.scan(jax.checkpoint(body) if self.remat else body, x, (params, rates, keys))
+    x, cls_per_block = jax.lax.scan(jax.checkpoint(body) if self.remat else body, x,
+                                    (params, jnp.asarray(rates, jnp.float32), keys))
     return x, cls_per_block[len(self.blocks) - n_last:]
 
 
