@@ -5,9 +5,8 @@
 
 Writes at most 8 files into --out:
   steps.csv      the train step of dino, simdino and dinov2 at ViT-S/16 and ViT-B/16, batch 64, XLA and cuDNN
-                 attention, and DINO ViT-S/16 with scanned blocks: images/s, ms/step, MFU (analytic FLOPs /
-                 --peak_tflops), peak memory, compile seconds; rows not compiled within --bench_seconds are written
-                 with status "skipped (time budget)". runtime_peak_gb is the process's peak so far (JAX never
+                 attention: images/s, ms/step, MFU (analytic FLOPs / --peak_tflops), peak memory, compile
+                 seconds; rows that do not fit in --bench_seconds are written with status "skipped (time budget)". runtime_peak_gb is the process's peak so far (JAX never
                  resets it): compiled_peak_gb is the row's own.
   pipeline.csv   images/s of the host pipeline and of the on-device gather + multi-crop + masks (CIFAR-10).
   curves.csv, knn.png, losses.png, prototypes.png
@@ -16,7 +15,7 @@ Writes at most 8 files into --out:
                  (both steps compile first, at once; then each run loads its step from the compilation cache,
                  evaluates kNN six times and trains), kNN every sixth of the run.
   summary.json   the figures above, the device, the epochs and the wall time of each part.
-`--parts` picks some of steps, pipeline, curves (default: all three, in that order). `--dry_run` runs the same
+`--parts` picks some of steps, pipeline, curves (default: steps and curves). `--dry_run` runs the same
 path at tiny sizes on any backend (a test runs it on CPU).
 """
 
@@ -37,10 +36,11 @@ FLAGS = flags.FLAGS
 STEP_METHODS = ("dino", "simdino", "dinov2")
 STEP_MODELS = ("ViT-S/16", "ViT-B/16")
 ATTENTIONS = ("cudnn", "xla")
-STEP_COLUMNS = ("method", "model", "attention", "scan_blocks", "batch", "status", "images_per_s", "step_ms",
+STEP_COLUMNS = ("method", "model", "attention", "batch", "status", "images_per_s", "step_ms",
                 "mfu_analytic", "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
 CURVE_METHODS = ("dino", "simdino")
 PARTS = ("steps", "pipeline", "curves")
+DEFAULT_PARTS = ("steps", "curves")  # with the default budgets, about 9 minutes on an H100 machine
 RUN_OVERHEAD_SECONDS = 45.0  # a run's step from the compilation cache (12 s on an H100) and its six kNN evaluations
 
 
@@ -50,61 +50,53 @@ def _define_flags() -> None:
   flags.DEFINE_string("cifar", ".gpu_check/cifar10_compact", "Folder with the compact CIFAR-10 train.npz and "
                       "test.npz (launch/gpu_check.sh prepare copies them there).")
   flags.DEFINE_string("scratch", "/tmp/gpu_check", "Decoded data and training workdirs (not returned).")
-  flags.DEFINE_float("bench_seconds", 180.0, "Time budget of the step benchmark (compiles included: about 1.5 min "
-                     "per step on an H100 machine, --compile_threads at once).")
-  flags.DEFINE_integer("compile_threads", 4, "Step rows compiled at once (each uses about one CPU core while it "
-                       "compiles); 1 compiles them one after another.")
+  flags.DEFINE_float("bench_seconds", 110.0, "Time budget of the step benchmark: each row compiles (about 1.5 min on "
+                     "an H100 machine) and runs alone; the default holds one row.")
   flags.DEFINE_float("train_seconds", 110.0, "Wall time of each CIFAR-10 run (its step loaded from the compilation "
                      "cache, kNN evaluations and training; the compiles come before, both at once).")
   flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU.")
-  flags.DEFINE_list("parts", list(PARTS), f"Parts to run, in order: any of {', '.join(PARTS)}.")
+  flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"Parts to run, in order: any of {', '.join(PARTS)} (the "
+                    "pipeline is measured in docs/gpu_check_h100/; its compile takes about 1.5 min).")
   flags.DEFINE_bool("dry_run", False, "Tiny sizes on any backend, to check the whole path in seconds.")
 
 
-def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float, compile_threads: int) -> list[dict]:
+def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dict]:
   """benchmark_step of every method × model × attention at batch 64, most wanted first, within budget_s.
 
-  Compiling a step takes minutes on a GPU machine and uses its CPU cores, running one takes milliseconds on the
-  GPU: so `compile_threads` steps compile at once (XLA releases the GIL) and each is timed alone as it is ready.
-  Rows not compiled when budget_s runs out are written as skipped.
+  Rows compile and run one at a time: on an H100, compiles on several threads slowed each other and a compile's
+  autotuning beside a running step failed (cudaErrorStreamCaptureUnjoined; docs/gpu_check_h100/README.md). A row
+  starts only while the budget left holds the slowest compile so far; the rest are written as skipped.
   """
   import jax
 
   from simdino_jax import benchmark
 
-  plan = [(method, model, attention, False) for attention in ATTENTIONS for model in STEP_MODELS
-          for method in STEP_METHODS]
-  plan.insert(1, ("dino", STEP_MODELS[0], ATTENTIONS[0], True))  # what scanning the blocks costs in step time
+  plan = [(method, model, attention) for attention in ATTENTIONS for model in STEP_MODELS for method in STEP_METHODS]
   if dry_run or jax.default_backend() != "gpu":  # the cuDNN kernel needs a GPU
     plan = [p for p in plan if p[2] == "xla"]
   if dry_run:
     plan = plan[:1]
-  rows, configs = [], []
-  for method, model, attention, scan_blocks in plan:
+  rows, deadline, slowest_compile_s = [], time.perf_counter() + budget_s, 0.0
+  for method, model, attention in plan:
     config = benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
-    config.model.scan_blocks = scan_blocks
     if dry_run:
       _shrink(config)
-    rows.append({"method": method, "model": model, "attention": attention, "scan_blocks": scan_blocks,
-                 "batch": config.batch_size})
-    configs.append(config)
-  deadline = time.perf_counter() + budget_s
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, compile_threads))
-  compiles = [pool.submit(benchmark.compile_step, config) for config in configs]
-  for index, (row, config) in enumerate(zip(rows, configs)):
+    row = {"method": method, "model": model, "attention": attention, "batch": config.batch_size}
+    rows.append(row)
+    if deadline - time.perf_counter() < slowest_compile_s:
+      row["status"] = "skipped (time budget)"
+      continue
+    start = time.perf_counter()
     try:
-      trainer, compiled, compile_s = compiles[index].result(timeout=max(0.0, deadline - time.perf_counter()))
+      trainer, compiled, compile_s = benchmark.compile_step(config)
       figures = benchmark.time_step(config, trainer, compiled, compile_s, steps=2 if dry_run else 10,
                                     warmup=1 if dry_run else 2, peak_tflops=peak_tflops)
       row.update(status="ok", **{k: figures[k] for k in STEP_COLUMNS if k in figures})
-      del trainer, compiled
-    except concurrent.futures.TimeoutError:
-      row["status"] = "skipped (time budget)"
+      del trainer, compiled  # freed before the next row compiles
     except Exception as error:  # pylint: disable=broad-except  # one failing row must not lose the others
       row["status"] = f"error: {type(error).__name__}: {error}"[:300]
-    compiles[index] = None  # the row's state and executable are freed before the next row runs
+    slowest_compile_s = max(slowest_compile_s, row.get("compile_s", time.perf_counter() - start))
     print(row, flush=True)
-  pool.shutdown(wait=False, cancel_futures=True)
   return rows
 
 
@@ -247,7 +239,7 @@ def write_rows(rows: list[dict], path: str, columns) -> None:
 
 
 def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: float, train_seconds: float,
-        peak_tflops: float, parts=PARTS, compile_threads: int = 4) -> dict:
+        peak_tflops: float, parts=PARTS) -> dict:
   """The chosen parts in turn; a part that fails is recorded in the summary and the next part still runs.
 
   summary.json is rewritten after each part, so a run stopped at its time limit keeps what it measured. Compiled
@@ -267,8 +259,7 @@ def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: flo
   print(f"device: {summary['device']}, versions: {summary['versions']}", flush=True)
 
   def steps():
-    rows = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops,
-                     compile_threads=compile_threads)
+    rows = step_rows(dry_run=dry_run, budget_s=bench_seconds, peak_tflops=peak_tflops)
     write_rows(rows, os.path.join(out, "steps.csv"), STEP_COLUMNS)
     return rows
 
@@ -314,7 +305,7 @@ def main(argv) -> None:
   del argv
   run(FLAGS.out, cifar=FLAGS.cifar, scratch=FLAGS.scratch, dry_run=FLAGS.dry_run,
       bench_seconds=FLAGS.bench_seconds, train_seconds=FLAGS.train_seconds, peak_tflops=FLAGS.peak_tflops,
-      parts=FLAGS.parts, compile_threads=FLAGS.compile_threads)
+      parts=FLAGS.parts)
 
 
 if __name__ == "__main__":
