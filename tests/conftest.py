@@ -9,6 +9,8 @@
   compiled once (in-process or by a CLI run) is not compiled again.
 - Compiles are made fast, since tests check values, not speed: XLA's optimizations are off, and the CPU backend
   uses its classic runtime and emitters without LLVM's optimization passes (a train step compiles 4-5x faster).
+- Property tests draw the same examples on every run (a suite that passes once passes again);
+  `HYPOTHESIS_PROFILE=explore` draws new ones each run, to search for failing inputs.
 """
 
 import os
@@ -26,12 +28,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
+import hypothesis
 import jax  # after the environment: the flags are read when the backend starts
 import pytest
 
 from simdino_jax import parallel
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+hypothesis.settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 _create_mesh = parallel.create_mesh
 

@@ -190,8 +190,10 @@ def numerical_gradient(f, x, step=1e-6):
   return gradient
 
 
-def assert_close(actual, expected, rtol=1e-5):
-  """Elementwise |actual − expected| <= rtol·(|expected| + max|expected|): relative error at the array's scale."""
+def assert_close(actual, expected, rtol=1e-5, scale=None):
+  """Elementwise |actual − expected| <= rtol·(|expected| + scale): relative error at the array's scale (default
+  max|expected|; pass the size of the summed terms where a sum can cancel to near zero)."""
   expected = np.asarray(expected, np.float64)
-  scale = max(float(np.max(np.abs(expected))), 1e-12) if expected.size else 1.0
+  if scale is None:
+    scale = max(float(np.max(np.abs(expected))), 1e-12) if expected.size else 1.0
   np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=rtol * scale)

@@ -30,7 +30,7 @@ def random_rows(seed, n, d, scale=1.0):
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(2, 3), (9, 4), (24, 12)]))
 def test_koleo_matches_reference(seed, shape):
   x = random_rows(seed, *shape)
-  ref.assert_close(koleo_jit(x), ref.koleo(x))
+  ref.assert_close(koleo_jit(x), ref.koleo(x), scale=1.0)  # a mean of logs of distances near 1: may cancel
 
 
 @SETTINGS
@@ -48,8 +48,8 @@ def test_koleo_invariant_to_row_permutation_and_scale(seed, scale):
   x = random_rows(seed, 10, 5)
   permutation = np.random.default_rng(seed + 1).permutation(10)
   value = koleo_jit(x)
-  ref.assert_close(koleo_jit(x[permutation]), value, rtol=1e-6)
-  ref.assert_close(koleo_jit(np.float32(scale) * x), value, rtol=1e-5)
+  ref.assert_close(koleo_jit(x[permutation]), value, rtol=1e-6, scale=1.0)
+  ref.assert_close(koleo_jit(np.float32(scale) * x), value, rtol=1e-5, scale=1.0)
 
 
 def test_koleo_needs_two_rows():
@@ -72,8 +72,8 @@ def test_koleo_casts_bfloat16_to_float32():
 def test_koleo_proto_equals_dense_koleo(seed, shape, chunk_size):
   prototypes = random_rows(seed, *shape, scale=3.0)
   proto = koleo_proto_jit(prototypes, chunk_size)
-  ref.assert_close(proto, koleo_jit(prototypes), rtol=1e-6)
-  ref.assert_close(proto, ref.koleo(prototypes))
+  ref.assert_close(proto, koleo_jit(prototypes), rtol=1e-6, scale=1.0)
+  ref.assert_close(proto, ref.koleo(prototypes), scale=1.0)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])

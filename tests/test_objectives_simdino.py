@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from simdino_jax.objectives import simdino_loss, simdino_patch_loss, simdinov2_loss
@@ -37,15 +37,18 @@ def random_masks(seed, shape):
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(2, 4, 6), (4, 8, 5), (3, 3, 16)]),
        expa_type=st.sampled_from([0, 1]), gamma=st.sampled_from(["default", "sqrt"]),
        eps=st.sampled_from([0.05, 0.5]), coeff=st.sampled_from([1.0, 0.5]))
+@example(seed=708, shape=(2, 4, 6), expa_type=0, gamma="default", eps=0.05, coeff=1.0)  # comp ≈ -2.8e-4
 def test_simdino_loss_matches_reference(seed, shape, expa_type, gamma, eps, coeff):
   student = embeddings(seed, shape)
   teacher = embeddings(seed + 1, (2, *shape[1:]))
   loss, metrics = simdino_jit(student, teacher, eps=eps, coeff=coeff, expa_type=expa_type, gamma=gamma)
   expected_loss, expected_comp, expected_expa = ref.simdino(student, teacher, eps, coeff, expa_type, gamma)
-  ref.assert_close(loss, expected_loss)
-  ref.assert_close(metrics["comp"], expected_comp)
+  # comp is a mean of cosines in [-1, 1] and can cancel to near 0 (seed 708 gave -2.8e-4): errors at the terms' scale.
+  terms = 1.0 + abs(expected_expa)
+  ref.assert_close(loss, expected_loss, scale=terms)
+  ref.assert_close(metrics["comp"], expected_comp, scale=1.0)
   ref.assert_close(metrics["expa"], expected_expa)
-  ref.assert_close(loss, -coeff * metrics["comp"] - metrics["expa"], rtol=1e-6)
+  ref.assert_close(loss, -coeff * metrics["comp"] - metrics["expa"], rtol=1e-6, scale=terms)
 
 
 @pytest.mark.parametrize("expa_type", [0, 1])
@@ -88,9 +91,9 @@ def test_simdino_patch_loss_matches_reference(seed, shape):
   student, teacher = embeddings(seed, shape), embeddings(seed + 1, shape)
   masks = random_masks(seed + 2, shape[:-1])
   value = patch_jit(student, teacher, masks)
-  ref.assert_close(value, ref.simdino_patch(student, teacher, masks))
+  ref.assert_close(value, ref.simdino_patch(student, teacher, masks), scale=1.0)  # a mean of cosines: may cancel
   flat = patch_jit(*(x.reshape(-1, *x.shape[2:]) for x in (student, teacher, masks)))
-  ref.assert_close(flat, value, rtol=1e-6)
+  ref.assert_close(flat, value, rtol=1e-6, scale=1.0)
 
 
 def test_simdino_patch_gradient_matches_finite_differences():
