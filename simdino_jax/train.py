@@ -129,7 +129,9 @@ def make_train_step(config, graphdef, objective, tx):
                             objective_state=new_objective_state, consecutive_skipped=jnp.zeros_like(state.step))
     skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1,
                             consecutive_skipped=state.consecutive_skipped + 1)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), stepped, skipped)
+    # One conditional over the whole state: a select per leaf would get its own fused copy of the reduction over
+    # every leaf (leaves² ops; 2.4x the compile time of a 1-block ViT's step).
+    new_state = jax.lax.cond(finite, lambda: stepped, lambda: skipped)
 
     if masks is not None:
       aux = {**aux, "masked_fraction": jnp.mean(masks.astype(jnp.float32))}
