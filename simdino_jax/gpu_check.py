@@ -6,8 +6,9 @@
 Writes at most 8 files into --out:
   steps.csv      the train step of dino, simdino and dinov2 at ViT-S/16 and ViT-B/16, batch 64, XLA and cuDNN
                  attention: images/s, ms/step, MFU (analytic FLOPs / --peak_tflops), peak memory, compile
-                 seconds; rows that do not fit in --bench_seconds are written with status "skipped (time budget)". runtime_peak_gb is the process's peak so far (JAX never
-                 resets it): compiled_peak_gb is the row's own.
+                 seconds; rows that do not fit in --bench_seconds are written with status "skipped (time
+                 budget)". runtime_peak_gb is the process's peak so far (JAX never resets it): compiled_peak_gb
+                 is the row's own.
   pipeline.csv   images/s of the host pipeline and of the on-device gather + multi-crop + masks (CIFAR-10).
   curves.csv, knn.png, losses.png, prototypes.png
                  DINO vs SimDINO on CIFAR-10 (ViT-T/4, the full-mode recipe of simdino_jax.reproduce, split held
