@@ -15,7 +15,8 @@ run) and the same weighted kNN on the raw pixels of the evaluation-preprocessed 
 Outputs in the workdir: `<method>/seed_<s>/` (checkpoints, metrics.jsonl), `curves.csv` (one row per logged step,
 method and seed), `knn.png` and `prototypes.png` (mean over seeds, min-max band), `losses.png`, `summary.json`
 (per method: mean and std over seeds, each seed's figures, the baselines). `--evidence` is the small-image recipe
-searched in docs/small_image_recipe.md; `--quick` is a pipeline check at the smallest sizes, not evidence.
+searched in docs/small_image_recipe.md; `--quick` is a pipeline check at the smallest sizes, not evidence (both are
+`preset=` arguments of the recipe files: simdino_jax/configs/common.py).
 """
 
 import csv
@@ -68,6 +69,7 @@ def _define_flags() -> None:
   flags.DEFINE_enum("pair", "dino", ["dino", "dinov2"], "--sweep: dino (DINO vs SimDINO) or dinov2 "
                     "(DINOv2 vs SimDINOv2).")
   flags.DEFINE_integer("workers", 1, "--sweep: runs at a time, one CPU core each.")
+  flags.DEFINE_list("sweep_values", None, "--sweep: these values of the one sweep instead of its grid.")
 
 
 # Per preset: dataset, model, epochs, batch, kNN every this many epochs.
@@ -78,36 +80,22 @@ DEFAULTS = {
 }
 
 
-def small_image_recipe(c) -> None:
-  """The settings of docs/small_image_recipe.md for 16-pixel images (8-pixel digits upsampled), in place.
-
-  Same crops, head, learning rate, schedule and teacher momentum for every method; each keeps the rest of its
-  recipe file (objective, temperatures, centering, loss weights).
-  """
-  c.data.image_size, c.aug.global_size, c.aug.local_size, c.model.image_size = 16, 16, 8, 16
-  c.aug.global_scale, c.aug.local_scale, c.aug.flip_p = (0.5, 1.0), (0.25, 0.6), 0.0
-  c.aug.n_local = 4
-  c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 128, 32, 4096
-  c.optim.base_lr, c.optim.warmup_epochs = 2e-3, 2.0
-  c.teacher.momentum, c.teacher.warmup_temp_epochs = 0.95, 2  # 0.99 and above: DINO stays at its untrained kNN.
-  c.checkpoint_every_steps = 0
-  c.log_every_steps = 10
-  c.tensorboard = False
-
-
 def method_config(method: str, *, preset: str, dataset: str, model: str, epochs: float, batch: int,
                   eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1):
-  """The config of one run of the comparison: the method's recipe file at the comparison's shared sizes.
+  """The config of one run of the comparison: the method's recipe file at the comparison's shared sizes,
+  `configs.load(method, "model=..,data=..,preset=..,batch=..")` (the presets: simdino_jax/configs/common.py).
 
-  preset (PRESETS): "quick" the pipeline-check sizes, "evidence" `small_image_recipe`, "full" the full mode.
+  preset (PRESETS): "quick" the pipeline-check sizes, "evidence" the small-image recipe of
+  docs/small_image_recipe.md, "full" the full mode.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)}.")
   if preset not in PRESETS:
     raise ValueError(f"Unknown preset {preset!r}; valid: {', '.join(PRESETS)}.")
-  c = configs.load(method, f"model={model},data={'digits' if dataset == 'digits' else 'cifar10'}")
+  arg = f"model={model},data={'digits' if dataset == 'digits' else 'cifar10'},preset={preset},batch={batch}"
   if method == "dino_koleo_proto":
-    c.objective.koleo_proto_weight = koleo_proto_weight
+    arg += f",weight={koleo_proto_weight}"
+  c = configs.load(method, arg)
   c.data.name = dataset
   if dataset == "npz":
     if not data_path:
@@ -116,24 +104,9 @@ def method_config(method: str, *, preset: str, dataset: str, model: str, epochs:
     c.data.path = data_path
   if data_dir:
     c.data.data_dir = data_dir
-  c.data.on_device = True  # 32-pixel data sets fit on the accelerator: no host pipeline in the step's way.
-  if preset == "quick":
-    c.aug.n_local = 2
-    c.data.image_size, c.aug.global_size, c.aug.local_size, c.model.image_size = 16, 16, 8, 16
-    c.model.head.hidden_dim, c.model.head.bottleneck_dim, c.model.head.out_dim = 128, 32, 256
-    c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 1.0, 2
-    c.checkpoint_every_steps = 0
-    c.log_every_steps = 10
-    c.tensorboard = False
-  elif preset == "evidence":
-    small_image_recipe(c)
-  else:
-    c.optim.warmup_epochs, c.teacher.warmup_temp_epochs = 10.0, 30
-    c.checkpoint_every_steps = 2000
-  # SimDINO's covariance groups of 64 images need a batch that 64 divides; smaller batches are one group.
-  if c.objective.covariance_group_size and batch % c.objective.covariance_group_size:
-    c.objective.covariance_group_size = 0
-  c.batch_size, c.total_epochs, c.eval_every_epochs, c.seed = batch, epochs, eval_every, seed
+  c.total_epochs = epochs
+  c.eval_every_epochs = eval_every
+  c.seed = seed
   return c
 
 
@@ -337,8 +310,8 @@ def main(argv) -> None:
   del argv
   if FLAGS.sweep:
     from simdino_jax import sweep  # pylint: disable=import-outside-toplevel
-    sweep.run(FLAGS.workdir, sweep=FLAGS.sweep, pair=FLAGS.pair, seed=FLAGS.seed, seeds=FLAGS.seeds,
-              workers=FLAGS.workers, preset="quick" if FLAGS.quick else "evidence", epochs=FLAGS.epochs)
+    sweep.run(FLAGS.workdir, sweep=FLAGS.sweep, pair=FLAGS.pair, values=FLAGS.sweep_values, seed=FLAGS.seed,
+              seeds=FLAGS.seeds, workers=FLAGS.workers, preset="quick" if FLAGS.quick else "evidence", epochs=FLAGS.epochs)
     return
   if FLAGS.quick and FLAGS.evidence:
     raise app.UsageError("--quick and --evidence are two presets: pass one of them (or neither: the full mode).")

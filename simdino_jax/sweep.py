@@ -138,14 +138,15 @@ def _config_key(config) -> str:
   return json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
 
 
-def plan(sweeps, pair: str, seeds, *, preset: str = "evidence", epochs=None) -> dict[tuple, Job]:
-  """{(sweep, value, method, seed): Job}, where runs with the same config share one Job (the recipe's center)."""
+def plan(grids: dict[str, tuple], pair: str, seeds, *, preset: str = "evidence", epochs=None) -> dict[tuple, Job]:
+  """{(sweep, value, method, seed): Job} for `grids` ({sweep: values}), where runs with the same config share one
+  Job (the recipe's own, "center")."""
   jobs, by_config = {}, {}
   for method in PAIRS[pair]:
     for seed in seeds:
       center_key = _config_key(_recipe_config(method, seed, preset=preset, epochs=epochs))
-      for sweep in sweeps:
-        for value in SWEEPS[sweep].values:
+      for sweep, values in grids.items():
+        for value in values:
           key = _config_key(run_config(method, sweep, value, seed, preset=preset, epochs=epochs))
           cell = "center" if key == center_key else f"{sweep}={value}"
           jobs[(sweep, value, method, seed)] = by_config.setdefault(key, Job(method, cell, sweep, value, seed))
@@ -205,17 +206,21 @@ def train_one(job_dir: str, method: str, sweep: str, value, seed: int, *, preset
   return result
 
 
-def run(workdir, *, sweep: str = "all", pair: str = "dino", seed: int = 0, seeds: int = 3, workers: int = 1,
-        preset: str = "evidence", epochs=None) -> dict:
+def run(workdir, *, sweep: str = "all", pair: str = "dino", values=None, seed: int = 0, seeds: int = 3,
+        workers: int = 1, preset: str = "evidence", epochs=None) -> dict:
   """Trains every run of the sweep(s) (`workers` subprocesses at a time), then writes each sweep's CSV, summary
-  and figure. Returns {sweep: summary}."""
+  and figure. `values` (strings, one sweep only): a subset or extension of its grid. Returns {sweep: summary}."""
   sweeps = list(SWEEPS) if sweep == "all" else [sweep]
   for name in sweeps:
     _check(name, pair)
   if seeds < 1 or workers < 1:
     raise ValueError(f"--seeds and --workers must be at least 1, got {seeds} and {workers}.")
+  if values and len(sweeps) > 1:
+    raise ValueError("--sweep_values needs one --sweep (not all): the values are that sweep's.")
+  grids = {name: tuple(_parse_value(name, v) for v in values) if values else SWEEPS[name].values
+           for name in sweeps}
   seed_list = list(range(seed, seed + seeds))
-  jobs = plan(sweeps, pair, seed_list, preset=preset, epochs=epochs)
+  jobs = plan(grids, pair, seed_list, preset=preset, epochs=epochs)
   # Seed-major: every cell's first seed comes before any cell's second (an early full picture, a warm cache).
   unique = sorted(set(jobs.values()), key=lambda j: (j.seed, sweeps.index(j.sweep), str(j.value), j.method))
   env = _worker_env()
@@ -235,37 +240,37 @@ def run(workdir, *, sweep: str = "all", pair: str = "dino", seed: int = 0, seeds
   out = {}
   for name in sweeps:
     rows = [{**results[jobs[(name, value, method, s)]], "sweep": name, "value": value, "shared_run": cell}
-            for value in SWEEPS[name].values for method in PAIRS[pair] for s in seed_list
+            for value in grids[name] for method in PAIRS[pair] for s in seed_list
             for cell in [jobs[(name, value, method, s)].cell]]
-    out[name] = write_outputs(storage.path(workdir) / name, name, pair, rows)
+    out[name] = write_outputs(storage.path(workdir) / name, name, pair, grids[name], rows)
   return out
 
 
-def summarize(rows: list[dict], name: str, pair: str) -> dict:
+def summarize(rows: list[dict], name: str, pair: str, values) -> dict:
   """Per method and value: mean, std (ddof = 1) and the seeds' values of the gain, final kNN and rank."""
   cells = []
   for method in PAIRS[pair]:
-    for value in SWEEPS[name].values:
+    for value in values:
       mine = [r for r in rows if r["method"] == method and r["value"] == value]
       cell = {"method": method, "value": value, "seeds": [r["seed"] for r in mine]}
       for key in ("knn_gain", "final_knn", "untrained_knn", "effective_rank", "unique_prototypes", "wall_s"):
-        values = [r[key] for r in mine if r.get(key) is not None]
-        if values:
-          cell[key] = values
-          cell[f"{key}_mean"] = float(np.mean(values))
-          cell[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        figures = [r[key] for r in mine if r.get(key) is not None]
+        if figures:
+          cell[key] = figures
+          cell[f"{key}_mean"] = float(np.mean(figures))
+          cell[f"{key}_std"] = float(np.std(figures, ddof=1)) if len(figures) > 1 else 0.0
       cells.append(cell)
-  centers = [r["value"] for r in rows if r["shared_run"] == "center" and r["method"] == PAIRS[pair][0]]
+  centers = [r["value"] for r in rows if r.get("shared_run") == "center" and r["method"] == PAIRS[pair][0]]
   return {"sweep": name, "setting": SWEEPS[name].setting, "center": centers[0] if centers else None,
-          "values": list(SWEEPS[name].values), "methods": list(PAIRS[pair]), "cells": cells}
+          "values": list(values), "methods": list(PAIRS[pair]), "cells": cells}
 
 
-def write_outputs(directory, name: str, pair: str, rows: list[dict]) -> dict:
+def write_outputs(directory, name: str, pair: str, values, rows: list[dict]) -> dict:
   """sweep.csv, summary.json and sweep.png of one sweep in `directory`; returns the summary."""
   from simdino_jax import reproduce  # pylint: disable=import-outside-toplevel
 
   reproduce.write_csv(rows, directory / "sweep.csv")
-  summary = summarize(rows, name, pair)
+  summary = summarize(rows, name, pair, values)
   storage.write_shared(directory / "summary.json", json.dumps(summary, indent=2))
   plot(summary, directory / "sweep.png")
   return summary
