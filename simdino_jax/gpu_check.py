@@ -70,7 +70,7 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
   """
   import jax
 
-  from simdino_jax import benchmark
+  from simdino_jax import benchmark, configs
 
   plan = [(method, model, attention) for attention in ATTENTIONS for model in STEP_MODELS for method in STEP_METHODS]
   if dry_run or jax.default_backend() != "gpu":  # the cuDNN kernel needs a GPU
@@ -79,9 +79,8 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
     plan = plan[:1]
   rows, deadline, slowest_compile_s = [], time.perf_counter() + budget_s, 0.0
   for method, model, attention in plan:
-    config = benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
-    if dry_run:
-      _shrink(config)
+    config = (configs.load(method, "preset=dry_run") if dry_run
+              else benchmark.recipe_config(method, model, batch=64, attention_impl=attention))
     row = {"method": method, "model": model, "attention": attention, "batch": config.batch_size}
     rows.append(row)
     if deadline - time.perf_counter() < slowest_compile_s:
@@ -99,15 +98,6 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
     slowest_compile_s = max(slowest_compile_s, row.get("compile_s", time.perf_counter() - start))
     print(row, flush=True)
   return rows
-
-
-def _shrink(config) -> None:
-  """Dry-run sizes: a 1-block ViT on 16-pixel crops, a small head, batch 16."""
-  config.model.name, config.model.patch_size, config.model.image_size = "vit_nano", 4, 16
-  config.model.dtype = "float32"
-  config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim = 32, 16, 64
-  config.data.image_size, config.aug.global_size, config.aug.local_size, config.aug.n_local = 16, 16, 8, 2
-  config.batch_size = 16
 
 
 def decode_cifar(source: str, scratch: str, *, dry_run: bool) -> str:
@@ -222,7 +212,7 @@ def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_secon
     config = curve_config(method, data_path, dry_run=dry_run, epochs=float(epochs), eval_every=eval_every)
     start = time.perf_counter()
     last = train.run(config, os.path.join(scratch, "runs", method))
-    steps_per_epoch[method] = last["steps_per_epoch"]
+    steps_per_epoch[method] = train.steps_per_epoch(config)
     summary[method] = {"epochs": epochs, "knn_top1_k20": last.get("knn_top1_k20"), "compile_s": compile_s[method],
                        "wall_s": time.perf_counter() - start}
     print(f"{method}: {summary[method]}", flush=True)

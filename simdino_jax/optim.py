@@ -4,9 +4,9 @@ The optimizer is AdamW with decoupled, scheduled weight decay (`p ← p − lr·
 AdamW with a per-parameter lr multiplier s), preceded by gradient clipping. Details of the official code reproduced:
 - clipping `g ← g·min(1, c/‖g‖₂)` per tensor (DINO, with ‖g‖ + 1e-6), per top-level module over the module's
   global norm (DINOv2: backbone and head separately), or over all gradients (`config.optim.clip_mode`);
-- DINOv2's lr multipliers: layer-wise decay `s = d^(L+1−layer)` (layer 0: patch embedding, position embedding, CLS
-  and mask tokens; block i: layer i+1; the rest of the backbone and the heads: L+1) and ×`patch_embed_lr_mult` on
-  the patch embedding;
+- DINOv2's lr multipliers: layer-wise decay `s = d^(L+1−layer)` (layer 0: patch embedding, position embedding,
+  CLS, register and mask tokens; block i: layer i+1; the rest of the backbone and the heads: L+1) and
+  ×`patch_embed_lr_mult` on the patch embedding;
 - the prototype layer (`last_layer`) is frozen for the first epoch(s) as PyTorch does with `grad=None`: no moment
   update, no weight decay, and its Adam step counter starts when it is unfrozen (each tensor keeps its own count).
 Learning rate and weight decay come from the global step through `extra_args`, so a frozen tensor sees the same
@@ -39,11 +39,15 @@ def cosine_schedule(step, *, base, final, total_steps, warmup_steps=0, warmup_st
   return jnp.where(step < warmup_steps, warmup, cosine)
 
 
-def teacher_temp_schedule(step, *, steps_per_epoch, warmup_temp, temp, warmup_epochs):
-  """Per-epoch linear warm-up `linspace(warmup_temp, temp, warmup_epochs)[epoch]`, then `temp` (DINO indexes by epoch)."""
-  epoch = jnp.asarray(step, jnp.float32) // steps_per_epoch
-  ramp = warmup_temp + (temp - warmup_temp) * epoch / jnp.maximum(warmup_epochs - 1, 1)  # W ≤ 1: warmup_temp.
-  return jnp.where(epoch < warmup_epochs, ramp, temp).astype(jnp.float32)
+def teacher_temp_schedule(step, *, steps_per_epoch, warmup_temp, temp, warmup_epochs, per_iteration=False):
+  """Linear warm-up over W = `warmup_epochs`, then `temp`: per epoch `linspace(warmup_temp, temp, W)[epoch]` (DINO
+  indexes by epoch) or, `per_iteration`, `linspace(warmup_temp, temp, W·L)[step]` (DINOv2's CosineScheduler over
+  L = steps_per_epoch steps per epoch). A ramp of at most one point stays at warmup_temp."""
+  steps_per_point = jnp.where(per_iteration, 1, steps_per_epoch)
+  point = jnp.asarray(step, jnp.float32) // steps_per_point
+  points = jnp.where(per_iteration, warmup_epochs * steps_per_epoch, warmup_epochs)
+  ramp = warmup_temp + (temp - warmup_temp) * point / jnp.maximum(points - 1, 1)
+  return jnp.where(point < points, ramp, temp).astype(jnp.float32)
 
 
 def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
@@ -85,8 +89,10 @@ class Schedules(NamedTuple):
         "momentum": cosine_schedule(step, base=self.momentum, final=self.momentum_end,
                                     total_steps=self.total_steps),
         "teacher_temp": teacher_temp_schedule(
+  teacher_temp_per_iteration: bool = False
             step, steps_per_epoch=self.steps_per_epoch, warmup_temp=self.warmup_teacher_temp,
-            temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs),
+            temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs,
+            per_iteration=self.teacher_temp_per_iteration),
         "train_last_layer": jnp.asarray(step) >= self.freeze_last_layer_steps,
         "epoch": jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
     }
@@ -123,7 +129,8 @@ def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedule
       weight_decay=o.weight_decay, weight_decay_end=o.weight_decay_end,
       momentum=t.momentum, momentum_end=t.momentum_end,
       warmup_teacher_temp=t.warmup_temp, teacher_temp=t.temp,
-      warmup_teacher_temp_epochs=int(t.warmup_temp_epochs))
+      warmup_teacher_temp_epochs=int(t.warmup_temp_epochs),
+      teacher_temp_per_iteration=bool(t.get("warmup_temp_per_iteration", False)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,14 +154,14 @@ def frozen_mask(params: PyTree, pattern: str = r"(^|/)last_layer(/|$)") -> PyTre
   return jax.tree.map(lambda n: re.search(pattern, n) is not None, path_strings(params))
 
 
-EMBEDDING_LAYER = r"^backbone/(patch_embed|pos_embed|cls_token|mask_token)(/|$)"
+EMBEDDING_LAYER = r"^backbone/(patch_embed|pos_embed|cls_token|mask_token|register_tokens)(/|$)"
 
 
 def lr_multipliers(params: PyTree, *, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> PyTree:
   """Per-parameter lr multiplier s = layer_decay^(L+1−layer) × (patch_embed_lr_mult on the patch embedding).
 
-  layer = 0 for the embeddings (EMBEDDING_LAYER), i+1 for `backbone/blocks/i`, L+1 for everything else (the final
-  norm, register tokens, heads), with L the number of blocks: DINOv2's `get_params_groups_with_decay`.
+  layer = 0 for the embeddings and tokens (EMBEDDING_LAYER, register tokens included), i+1 for `backbone/blocks/i`,
+  L+1 for everything else (the final norm, heads), with L the number of blocks: DINOv2's `get_vit_lr_decay_rate`.
   """
   names = path_strings(params)
   blocks = [int(m.group(1)) for n in jax.tree.leaves(names) if (m := re.match(r"^backbone/blocks/(\d+)/", n))]

@@ -40,6 +40,10 @@ def validate_objective(obj) -> None:
   _require(group_size == 0 or obj.covariance == "global",
            f"config.objective.covariance_group_size={group_size} replaces covariance={obj.covariance!r}; set "
            "covariance='global' with groups, or covariance_group_size=0.")
+  koleo_group = obj.koleo_group_size
+  _require(isinstance(koleo_group, int) and (koleo_group == 0 or koleo_group >= 2),
+           f"config.objective.koleo_group_size={koleo_group!r} must be 0 (koleo_scope decides) or an integer >= 2 "
+           "(every image needs a neighbour in its group).")
   for field in ("koleo_proto_weight", "coding_rate_weight"):
     _require(obj[field] >= 0, f"config.objective.{field}={obj[field]} must be >= 0 (0 = off).")
   _require(obj.koleo_proto_weight == 0 or objective.head_kind == "dino",
@@ -95,7 +99,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
            "config.model.dtype='float16' is not supported: training has no loss scaling, so float16 gradients "
            "underflow or overflow. Use --config.model.dtype=bfloat16 (float32's range, the same speed on TPUs and "
            "recent GPUs) or float32.")
-  if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
+  micro_batch = config.batch_size // config.get("grad_accum_steps", 1)
+  if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:
+    _require(micro_batch % obj.koleo_group_size == 0,
+             f"config.objective.koleo_group_size={obj.koleo_group_size} does not divide the (micro-)batch of "
+             f"{micro_batch} images: use a divisor of it (DINOv2's per-GPU batch is 64) or 0.")
+  elif registry.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices
     _require(per_device >= 2,
              f"KoLeo on each device's batch needs at least 2 images per device, got {per_device} "

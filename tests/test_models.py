@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from simdino_jax import models
@@ -267,6 +268,20 @@ def test_pos_embed_interpolation():
                              jnp.broadcast_to(jnp.arange(5.0), (1, 21, 5)), atol=1e-5)
   upsampled = vit.interpolate_pos_embed(pos_embed, (8, 8)).reshape(8, 8, 5)
   assert not np.allclose(upsampled[0, 0], upsampled[7, 7])
+
+
+@pytest.mark.parametrize("offset, antialias", [(0.1, False), (0.0, True), (0.0, False), (0.1, True)])
+@pytest.mark.parametrize("side, grid", [(4, (7, 5)), (6, (3, 4)), (14, (6, 6))])
+def test_pos_embed_interpolation_equals_pytorch(side, grid, offset, antialias):
+  """PyTorch's `F.interpolate(mode="bicubic")` (a = −0.75; a = −0.5 antialiased) with the recipes' offset rule
+  (scale factor (h + offset)/M, or the output size at offset 0), up and down, on a random grid."""
+  pos_embed = np.random.default_rng(side).normal(size=(1, side * side, 3)).astype(np.float32)
+  grid_in = torch.from_numpy(pos_embed).reshape(1, side, side, 3).permute(0, 3, 1, 2)
+  size = ({"scale_factor": ((grid[0] + offset) / side, (grid[1] + offset) / side)} if offset else {"size": grid})
+  expected = torch.nn.functional.interpolate(grid_in, mode="bicubic", antialias=antialias, **size)
+  expected = expected.permute(0, 2, 3, 1).reshape(1, -1, 3).numpy()
+  resized = vit.interpolate_pos_embed(jnp.asarray(pos_embed), grid, offset=offset, antialias=antialias)
+  np.testing.assert_allclose(resized, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [8, 16, 24])

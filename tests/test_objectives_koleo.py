@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from simdino_jax.objectives import koleo_loss, koleo_proto_loss, unique_prototypes
+from simdino_jax.objectives import koleo_loss, koleo_on_global_crops, koleo_proto_loss, unique_prototypes
 from tests import numpy_reference as ref
 
 SETTINGS = settings(max_examples=8, deadline=None)
@@ -95,6 +95,29 @@ def test_koleo_sharded_equals_unsharded():
     ref.assert_close(koleo_proto_jit(sharded, 5), expected, rtol=1e-6)
     ref.assert_close(koleo_proto_grad_jit(sharded, 5), koleo_grad_jit(x), rtol=1e-6)
     assert unique_prototypes(sharded, 0.5, chunk_size=6) == unique_prototypes(x, 0.5, chunk_size=6)
+
+
+def test_koleo_groups_of_fixed_size_equal_on_1_and_8_devices():
+  """KoLeo per group of 4 images (koleo_group_size): the float64 mean over groups, on one device and on 8 devices
+  holding 2 or 8 rows each (groups straddle devices in the first case), value and gradient."""
+  cls = random_rows(5, 2 * 32, 6).reshape(2, 32, 6)
+  expected = sum(np.mean([ref.koleo(group) for group in np.split(cls[view], 8)]) for view in range(2))
+  grouped = jax.jit(lambda x: koleo_on_global_crops(x, group_size=4))
+  grouped_grad = jax.jit(jax.grad(lambda x: koleo_on_global_crops(x, group_size=4)))
+  ref.assert_close(grouped(cls), expected, scale=1.0)
+  gradient = grouped_grad(cls)
+  ref.assert_close(gradient, ref.numerical_gradient(
+      lambda x: sum(np.mean([ref.koleo(g) for g in np.split(x[v], 8)]) for v in range(2)), cls), rtol=1e-4)
+  mesh = data_mesh()
+  with jax.set_mesh(mesh):
+    for rows in (cls, cls[:, :16]):  # 4 or 2 rows per device
+      sharded = jax.device_put(rows, NamedSharding(mesh, P(None, "data")))
+      ref.assert_close(grouped(sharded), grouped(rows), rtol=1e-6, scale=1.0)
+      ref.assert_close(grouped_grad(sharded), grouped_grad(rows), rtol=1e-6)
+  # The per-device scope moves with the hardware: 8 devices of 4 images is not the whole batch of 32.
+  assert not np.isclose(float(grouped(cls)), float(koleo_on_global_crops(cls, "global")))
+  with pytest.raises(ValueError, match="koleo_group_size to a divisor"):
+    koleo_on_global_crops(cls, group_size=5)
 
 
 def clustered_prototypes(seed, group_sizes, d, spread):

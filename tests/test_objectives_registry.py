@@ -200,7 +200,7 @@ def test_default_config_fields_and_koleo_default():
   assert set(config.keys()) == {
       "name", "koleo_weight", "koleo_proto_weight", "coding_rate_weight", "centering", "student_temp",
       "center_momentum", "eps", "coeff", "expa_type", "gamma", "covariance", "covariance_group_size", "koleo_scope",
-      "proto_chunk_size"}
+      "koleo_group_size", "proto_chunk_size"}
   assert (config.name, config.koleo_weight, config.centering, config.student_temp, config.center_momentum,
           config.eps, config.coeff, config.expa_type, config.gamma, config.covariance, config.koleo_scope,
           config.proto_chunk_size, config.covariance_group_size) == (

@@ -62,8 +62,25 @@ def test_schedules_resolve_epochs_and_follow_the_recipe():
   temps = np.linspace(0.04, 0.07, 4)
   for epoch in range(6):
     for t in (epoch * steps_per_epoch, epoch * steps_per_epoch + steps_per_epoch - 1):
-      assert float(s(t)["teacher_temp"]) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
-  assert not bool(s(6)["train_last_layer"]) and bool(s(7)["train_last_layer"])
+      assert float(s(t).teacher_temp) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
+  assert not bool(s(6).train_last_layer) and bool(s(7).train_last_layer)
+
+
+def test_teacher_temperature_warms_up_per_iteration_for_dinov2():
+  """DINOv2's CosineScheduler (dinov2/train/train.py, `build_schedulers`): linspace(0.04, 0.07, W·L)[step], then
+  0.07, against the float64 ramp; DINO's per-epoch steps stay where they were."""
+  steps_per_epoch, warmup_epochs = 7, 4
+  ramp = np.linspace(0.04, 0.07, warmup_epochs * steps_per_epoch)
+  for per_iteration, expected in ((True, ramp), (False, np.repeat(np.linspace(0.04, 0.07, 4), steps_per_epoch))):
+    temps = [float(optim.teacher_temp_schedule(t, steps_per_epoch=steps_per_epoch, warmup_temp=0.04, temp=0.07,
+                                               warmup_epochs=warmup_epochs, per_iteration=per_iteration))
+             for t in range(warmup_epochs * steps_per_epoch + 3)]
+    np.testing.assert_allclose(temps, np.concatenate([expected, [0.07] * 3]), atol=1e-7)
+  config = _config()
+  config.teacher.warmup_temp_per_iteration = True
+  s = optim.make_schedules(config, steps_per_epoch=steps_per_epoch, batch_size=256)
+  assert s.teacher_temp_per_iteration and not optim.make_schedules(
+      _config(), steps_per_epoch=steps_per_epoch, batch_size=256).teacher_temp_per_iteration
 
 
 def test_lr_scaling_rules():
@@ -167,12 +184,13 @@ def _vit_params():
 
 
 def test_layer_decay_and_patch_embed_multipliers_follow_dinov2():
-  """s = 0.9^(L+1−layer) with L = 2: embeddings layer 0, block i layer i+1, the rest L+1; patch embedding ×0.2."""
+  """s = 0.9^(L+1−layer) with L = 2: embeddings and register tokens layer 0 (dinov2/utils/param_groups.py at
+  2007c5b, lines 24-39), block i layer i+1, the rest L+1; patch embedding ×0.2."""
   scales = optim.lr_multipliers(_vit_params(), layer_decay=0.9, patch_embed_lr_mult=0.2)
   by_hand = {"backbone/patch_embed/kernel": 0.9 ** 3 * 0.2, "backbone/patch_embed/bias": 0.9 ** 3 * 0.2,
              "backbone/pos_embed": 0.9 ** 3, "backbone/cls_token": 0.9 ** 3, "backbone/mask_token": 0.9 ** 3,
              "backbone/blocks/0/attn/qkv/kernel": 0.9 ** 2, "backbone/blocks/0/norm1/scale": 0.9 ** 2,
-             "backbone/blocks/1/attn/qkv/bias": 0.9, "backbone/norm/scale": 1.0, "backbone/register_tokens": 1.0,
+             "backbone/blocks/1/attn/qkv/bias": 0.9, "backbone/norm/scale": 1.0, "backbone/register_tokens": 0.9 ** 3,
              "head/mlp/layers/0/kernel": 1.0, "head/last_layer/v": 1.0}
   names = jax.tree.leaves(optim.path_strings(_vit_params()))
   flat = dict(zip(names, jax.tree.leaves(scales)))

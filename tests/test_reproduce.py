@@ -74,7 +74,7 @@ def test_evidence_preset_shares_the_small_image_recipe_and_keeps_each_objective(
   for method in reproduce.METHODS:
     config = reproduce.method_config(method, preset="evidence", dataset="digits", model="vit_micro",
                                      epochs=15.0, batch=64, eval_every=3.0, seed=0)
-    recipe = configs.load(method, "model=vit_micro,data=digits")
+    recipe = configs.load(method, "model=vit_micro,data=digits,batch=64")
     # Shared (docs/small_image_recipe.md): crops, head, lr, and the fast teacher under which DINO learns here.
     assert (config.aug.n_local, config.aug.global_scale, config.aug.local_scale, config.aug.flip_p) == (
         4, (0.5, 1.0), (0.25, 0.6), 0.0)

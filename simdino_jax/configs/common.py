@@ -1,8 +1,9 @@
 """Defaults shared by every recipe (run length, logging, checkpoints, evaluation) and the data presets.
 
 The recipe files set the method's numbers themselves (docs/recipes.md lists each with its official source). The
-`:key=value,...` argument after a config path picks the backbone and the data, e.g.
-`--config=configs/simdino.py:model=ViT-S/16,data=cifar10`; any field is also overridable with `--config.a.b=value`.
+`:key=value,...` argument after a config path picks the backbone, the data, a run-size preset and the batch, e.g.
+`--config=configs/simdino.py:model=ViT-S/16,data=cifar10` or `configs.load("dino", "data=digits,preset=evidence")`
+(`arguments`); any field is also overridable with `--config.a.b=value`.
 """
 
 import ml_collections
@@ -43,19 +44,24 @@ def base() -> ml_collections.ConfigDict:
   c.model = models.default_config()
   c.objective = objectives.default_config()
   data_sections = data_lib.default_config()
-  c.data, c.aug, c.masking = data_sections.data, data_sections.aug, data_sections.masking
+  c.data = data_sections.data
+  c.aug = data_sections.aug
+  c.masking = data_sections.masking
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10.0, warmup_from_min_lr=False,
       weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
       layer_decay=1.0, patch_embed_lr_mult=1.0,  # DINOv2-style lr multipliers; 1.0 = off.
       freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
   c.teacher = ml_collections.ConfigDict(dict(
-      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30))
+      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30,
+      warmup_temp_per_iteration=False))  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=(20,), knn_temperature=0.07, max_train_examples=0, max_test_examples=0, batch_size=256,
       prototype_threshold=0.025))
   c.log_every_steps = 50
   c.eval_every_epochs = 10.0     # 0 disables the in-training kNN.
+  # Evaluators (simdino_jax/evaluation/evaluators.py): name -> options; every_epochs -1: eval_every_epochs, 0: off.
+  c.evals = ml_collections.ConfigDict(dict(knn=dict(every_epochs=-1.0), diagnostics=dict(every_epochs=-1.0)))
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.async_checkpointing = True
@@ -83,13 +89,19 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     raise ValueError(f"Unknown dataset preset {dataset!r}; valid: {', '.join(DATASETS)}.")
   c.data.name = dataset
   if dataset == "imagenet2012":
-    c.data.image_size, c.aug.global_size, c.aug.local_size = 256, 224, 96
-    c.data.train_split, c.data.eval_split = "train", "validation"
+    c.data.image_size = 256
+    c.aug.global_size = 224
+    c.aug.local_size = 96
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
     c.data.workers = -1  # Crops are cut on the host (images of varied sizes): one decoding process per core.
     c.eval.max_train_examples = 0
   else:
-    c.data.image_size, c.aug.global_size, c.aug.local_size = 32, 32, 16
-    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.image_size = 32
+    c.aug.global_size = 32
+    c.aug.local_size = 16
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
     c.model.patch_size = 4
     c.model.image_size = 32
     c.model.head.out_dim = 4096  # Prototypes for 10-class, 50k-image data; ImageNet keeps 65536.
@@ -98,10 +110,84 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.eval_every_epochs = 5.0
 
 
-def finish(c: ml_collections.ConfigDict, arg: str | None, *, model: str) -> ml_collections.ConfigDict:
-  """Applies `model=` (default: the recipe's published backbone on ImageNet, ViT-T/4 on 32-pixel data) and
-  `data=` (default imagenet2012) from the command-line argument."""
-  args = parse_arg(arg, model="", data="imagenet2012")
+PRESETS = ("", "quick", "evidence", "full", "dry_run")
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+  """The run-size presets of `python -m simdino_jax.reproduce` and `gpu_check` (each keeps the method's objective,
+  temperatures, centering and loss weights):
+  quick: the smallest digits run, a pipeline check; evidence: the small-image recipe of docs/small_image_recipe.md
+  (16-pixel crops, 4 locals, 128/32/4096 head, base lr 2e-3, teacher momentum 0.95); full: the 32-pixel
+  comparison (10-epoch lr warm-up, 30-epoch teacher temperature warm-up); dry_run: a 1-block ViT on 16-pixel crops
+  at batch 16 (gpu_check --dry_run). quick, evidence and full hold the split on the device."""
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; valid: {', '.join(map(repr, PRESETS))} ('': none).")
+  if preset in ("quick", "evidence", "full"):
+    c.data.on_device = True  # 32-pixel data sets fit on the accelerator: no host pipeline in the step's way.
+  if preset in ("quick", "evidence", "dry_run"):
+    c.data.image_size = 16
+    c.aug.global_size = 16
+    c.aug.local_size = 8
+    c.model.image_size = 16
+  if preset in ("quick", "evidence"):
+    c.checkpoint_every_steps = 0
+    c.log_every_steps = 10
+    c.tensorboard = False
+  if preset == "quick":
+    c.aug.n_local = 2
+    c.model.head.hidden_dim = 128
+    c.model.head.bottleneck_dim = 32
+    c.model.head.out_dim = 256
+    c.optim.warmup_epochs = 1.0
+    c.teacher.warmup_temp_epochs = 2
+  elif preset == "evidence":
+    c.aug.global_scale = (0.5, 1.0)
+    c.aug.local_scale = (0.25, 0.6)
+    c.aug.flip_p = 0.0           # A mirrored digit is another glyph.
+    c.aug.n_local = 4
+    c.model.head.hidden_dim = 128
+    c.model.head.bottleneck_dim = 32
+    c.model.head.out_dim = 4096
+    c.optim.base_lr = 2e-3
+    c.optim.warmup_epochs = 2.0
+    c.teacher.momentum = 0.95    # 0.99 and above: DINO stays at its untrained kNN.
+    c.teacher.warmup_temp_epochs = 2
+  elif preset == "full":
+    c.optim.warmup_epochs = 10.0
+    c.teacher.warmup_temp_epochs = 30
+    c.checkpoint_every_steps = 2000
+  elif preset == "dry_run":
+    c.model.name = "vit_nano"
+    c.model.patch_size = 4
+    c.model.dtype = "float32"
+    c.model.head.hidden_dim = 32
+    c.model.head.bottleneck_dim = 16
+    c.model.head.out_dim = 64
+    c.aug.n_local = 2
+    c.batch_size = 16
+
+
+def apply_batch(c: ml_collections.ConfigDict, batch: int) -> None:
+  """Global batch `batch`; group sizes that do not divide it become one group (covariance: 0, KoLeo: the batch)."""
+  c.batch_size = batch
+  if c.objective.covariance_group_size and batch % c.objective.covariance_group_size:
+    c.objective.covariance_group_size = 0
+  if c.objective.koleo_group_size and batch % c.objective.koleo_group_size:
+    c.objective.koleo_group_size = batch
+
+
+def arguments(arg: str | None, **extra) -> ml_collections.ConfigDict:
+  """The command-line argument `key=value,...` of a recipe: `data=` (DATASETS, default imagenet2012), `model=`
+  (default: the recipe's published backbone on ImageNet, ViT-T/4 on 32-pixel data), `preset=` (PRESETS, default
+  none: the recipe as published), `batch=` (0: the recipe's or the data preset's) and the recipe's own `extra` keys
+  with their defaults."""
+  return parse_arg(arg, model="", data="imagenet2012", preset="", batch=0, **extra)
+
+
+def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict, *, model: str) -> ml_collections.ConfigDict:
+  """Applies the parsed `arguments` to the recipe `c`: data, then model, preset and batch."""
   apply_data(c, args.data)
   apply_model(c, args.model or (model if args.data == "imagenet2012" else "ViT-T/4"))
+  apply_preset(c, args.preset)
+  apply_batch(c, args.batch or c.batch_size)
   return c

@@ -11,7 +11,7 @@ from simdino_jax.configs import dino
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, model="", data="imagenet2012", weight=0.1)
-  c = dino.get_config(f"model={args.model},data={args.data}")
+  args = common.arguments(arg, weight=0.1)
+  c = dino.recipe()
   c.objective.koleo_proto_weight = args.weight
-  return c
+  return common.finish(c, args, model="ViT-B/16")

@@ -1,5 +1,6 @@
 """DINOv2, Meta's recipe (ssl_default_config.yaml with train/vitl16_short.yaml, 4 nodes × 8 GPUs × 64):
-iBOT masks, KoLeo, layer-wise lr decay, an "epoch" of 1,250 iterations.
+iBOT masks, KoLeo per GPU batch of 64, layer-wise lr decay, a trainable prototype gain, an "epoch" of 1,250
+iterations.
 
 Published (facebookresearch/dinov2 README, "Fast setup"): ViT-L/16 81.6% k-NN, 82.9% linear.
 Sources of every value: docs/recipes.md. Examples:
@@ -11,31 +12,50 @@ Sources of every value: docs/recipes.md. Examples:
 from simdino_jax.configs import common
 
 
-def recipe():
-  """The recipe before the `model=` / `data=` arguments (configs/dinov2.py starts from it)."""
+def get_config(arg=None):
   c = common.base()
   c.objective.name = "dinov2"
-  c.objective.student_temp, c.objective.center_momentum, c.objective.centering = 0.1, 0.9, "center"
-  c.objective.koleo_weight, c.objective.koleo_scope = 0.1, "device"
-  c.model.head.out_dim, c.model.head.bottleneck_dim, c.model.head.hidden_dim = 65536, 256, 2048
-  c.model.drop_path_rate, c.model.drop_path_schedule, c.model.layerscale = 0.3, "uniform", 1e-5
+  c.objective.student_temp = 0.1
+  c.objective.center_momentum = 0.9
+  c.objective.centering = "center"
+  c.objective.koleo_weight = 0.1
+  c.objective.koleo_group_size = 64                    # each GPU's batch_size_per_gpu
+  c.model.head.out_dim = 65536
+  c.model.head.bottleneck_dim = 256
+  c.model.head.hidden_dim = 2048
+  c.model.head.norm_last_layer = False                 # dino_head.py: weight_g trainable
+  c.model.drop_path_rate = 0.3
+  c.model.drop_path_schedule = "uniform"
+  c.model.layerscale = 1e-5
   c.model.num_registers = 0
-  c.masking.enabled, c.masking.probability, c.masking.ratio_min, c.masking.ratio_max = True, 0.5, 0.1, 0.5
-  c.batch_size = 2048                                  # 32 GPUs × 64
+  c.model.interpolate_offset = 0.1
+  c.model.interpolate_antialias = False
+  c.masking.enabled = True
+  c.masking.probability = 0.5
+  c.masking.ratio_min = 0.1
+  c.masking.ratio_max = 0.5
+  c.batch_size = 2048                                  # 4 nodes × 8 GPUs × 64
   c.epoch_length_steps = 1250                          # OFFICIAL_EPOCH_LENGTH
   c.total_epochs = 100.0
-  c.teacher.momentum, c.teacher.momentum_end = 0.992, 1.0
-  c.teacher.warmup_temp, c.teacher.temp, c.teacher.warmup_temp_epochs = 0.04, 0.07, 30
-  # optim, in the order of ssl_default_config.yaml:
-  c.optim.weight_decay, c.optim.weight_decay_end = 0.04, 0.4
-  c.optim.base_lr, c.optim.warmup_epochs, c.optim.min_lr = 4e-3, 10.0, 1e-6
-  c.optim.clip_grad, c.optim.freeze_last_layer_epochs = 3.0, 1.0
+  c.teacher.momentum = 0.992
+  c.teacher.momentum_end = 1.0
+  c.teacher.warmup_temp = 0.04
+  c.teacher.temp = 0.07
+  c.teacher.warmup_temp_epochs = 30
+  c.teacher.warmup_temp_per_iteration = True           # train.py: a CosineScheduler over iterations
+  c.optim.weight_decay = 0.04
+  c.optim.weight_decay_end = 0.4
+  c.optim.base_lr = 4e-3
   c.optim.lr_scaling = "sqrt"                          # peak 4e-3 · √(B/1024)
-  c.optim.patch_embed_lr_mult, c.optim.layer_decay = 0.2, 0.9
+  c.optim.warmup_epochs = 10.0
+  c.optim.warmup_from_min_lr = False                   # train.py: start_warmup_value=0
+  c.optim.min_lr = 1e-6
+  c.optim.clip_grad = 3.0
   c.optim.clip_mode = "per_module"                     # backbone and head clipped apart
-  c.aug.n_local, c.aug.global_scale, c.aug.local_scale = 8, (0.32, 1.0), (0.05, 0.32)
-  return c
-
-
-def get_config(arg=None):
-  return common.finish(recipe(), arg, model="ViT-L/16")
+  c.optim.freeze_last_layer_epochs = 1.0
+  c.optim.patch_embed_lr_mult = 0.2
+  c.optim.layer_decay = 0.9
+  c.aug.n_local = 8
+  c.aug.global_scale = (0.32, 1.0)
+  c.aug.local_scale = (0.05, 0.32)
+  return common.finish(c, common.arguments(arg), model="ViT-L/16")

@@ -15,7 +15,10 @@ from simdino_jax.configs import dino
 def get_config(arg=None):
   c = dino.recipe()  # Everything but the objective and its head is the DINO arm's (teacher temperatures unused).
   c.objective.name = "simdino"
-  c.objective.eps, c.objective.coeff, c.objective.expa_type, c.objective.gamma = 0.05, 1.0, 1, "default"
+  c.objective.eps = 0.05
+  c.objective.coeff = 1.0
+  c.objective.expa_type = 1
+  c.objective.gamma = "default"
   c.objective.covariance_group_size = 64               # reduce_cov=0: ZᵀZ per GPU of 64 images, global n
   c.model.head.bottleneck_dim = 256
-  return common.finish(c, arg, model="ViT-B/16")
+  return common.finish(c, common.arguments(arg), model="ViT-B/16")

@@ -72,6 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
       "attention_impl": ml_collections.config_dict.placeholder(str),  # None/"xla" or "cudnn" (padded tokens)
       "remat": False,
       "scan_blocks": False,         # one lax.scan over the blocks: one block to compile instead of depth
+      "interpolate_offset": 0.1,    # position embeddings at another grid: PyTorch bicubic, scale (h + offset)/M
+      "interpolate_antialias": False,  # (DINO, DINOv2: 0.1, False; the SimDINO repository's DINOv2: 0.0, True)
       "head": {
           "out_dim": 65536,         # K prototypes (DINO head only)
           "hidden_dim": 2048,
@@ -108,7 +110,8 @@ def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Vis
       patch_size=_patch_size(config, architecture), image_size=config.image_size,
       num_registers=config.num_registers, drop_path_rate=config.drop_path_rate,
       drop_path_schedule=config.drop_path_schedule, layerscale=config.layerscale, dtype=_dtype(config.dtype),
-      attention_impl=config.attention_impl, remat=config.remat, scan_blocks=config.scan_blocks, rngs=rngs)
+      attention_impl=config.attention_impl, remat=config.remat, scan_blocks=config.scan_blocks,
+      interpolate_offset=config.interpolate_offset, interpolate_antialias=config.interpolate_antialias, rngs=rngs)
 
 
 def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx.Rngs) -> MultiCropModel:

@@ -8,10 +8,12 @@ R > 0), `mask_token [1,1,D]`, `blocks/<i>/{norm1,attn/qkv,attn/proj,ls1/gamma,no
 and `norm/{scale,bias}`. Token order inside the blocks: `[CLS, registers, patches]`.
 """
 
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 TRUNC_NORMAL = jax.nn.initializers.truncated_normal(stddev=0.02)
@@ -54,21 +56,57 @@ def drop_path(x: jax.Array, rate, key: Optional[jax.Array]) -> jax.Array:
   return x * (keep.astype(x.dtype) / jnp.asarray(keep_prob, x.dtype))
 
 
-def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int]) -> jax.Array:
-  """Resizes patch position embeddings `[1, h0*w0, D]` (square stored grid) to `[1, h*w, D]` bicubically.
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+  """Keys' cubic convolution kernel W_a(x): (a+2)|x|³ − (a+3)|x|² + 1 for |x| ≤ 1, a|x|³ − 5a|x|² + 8a|x| − 4a
+  for 1 < |x| < 2, 0 beyond."""
+  x = np.abs(x)
+  near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+  far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+  return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
 
-  Identity when the grid matches the stored one. No antialiasing, as PyTorch's `interpolate` in the references
-  (JAX's cubic kernel uses a=-0.5 where PyTorch uses a=-0.75).
+
+def bicubic_matrix(in_size: int, out_size: int, scale: float, antialias: bool) -> np.ndarray:
+  """[out_size, in_size] weights of PyTorch's 1-D bicubic resampling (align_corners=False), in float64.
+
+  `scale` is the source step per output pixel (in/out, or 1/scale_factor). Without antialias: source
+  s_i = scale·(i + ½) − ½, taps ⌊s_i⌋−1 … ⌊s_i⌋+2 clamped to the edge, W_a with a = −0.75. With antialias
+  (PyTorch's separable filter, a = −0.5 as in PIL): centre c_i = scale·(i + ½), support 2·max(scale, 1), taps
+  j in [c_i − support + ½, c_i + support + ½) ∩ [0, in), weights W_a((j − c_i + ½)/max(scale, 1)) normalized to sum 1.
+  """
+  weights = np.zeros((out_size, in_size))
+  for i in range(out_size):
+    if antialias:
+      stretch = max(scale, 1.0)
+      centre, support = scale * (i + 0.5), 2.0 * stretch
+      low, high = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
+      taps = np.arange(low, high)
+      w = _cubic((taps - centre + 0.5) / stretch, -0.5)
+      weights[i, taps] = w / w.sum()
+    else:
+      source = scale * (i + 0.5) - 0.5
+      floor = math.floor(source)
+      w = _cubic(source - np.arange(floor - 1, floor + 3), -0.75)
+      np.add.at(weights[i], np.clip(np.arange(floor - 1, floor + 3), 0, in_size - 1), w)
+  return weights
+
+
+def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int], *, offset: float = 0.1,
+                          antialias: bool = False) -> jax.Array:
+  """Resizes patch position embeddings `[1, M*M, D]` (square stored grid) to `[1, h*w, D]` as the reference ViTs
+  do at run time: PyTorch's `interpolate(mode="bicubic", align_corners=False)`, with the scale factor
+  `(h + offset)/M` when offset > 0 (DINO, DINOv2: 0.1) or the output size when offset = 0 (the SimDINO
+  repository's DINOv2 family, with antialias). Identity when the grid matches the stored one.
   """
   stored_side = int(round(pos_embed.shape[1] ** 0.5))
   if stored_side * stored_side != pos_embed.shape[1]:
     raise ValueError(f"Stored position embeddings ({pos_embed.shape[1]} patches) are not a square grid.")
   if tuple(grid) == (stored_side, stored_side):
     return pos_embed
-  dim = pos_embed.shape[-1]
-  resized = jax.image.resize(pos_embed.reshape(stored_side, stored_side, dim), (*grid, dim), method="bicubic",
-                             antialias=False)
-  return resized.reshape(1, grid[0] * grid[1], dim)
+  rows, cols = (bicubic_matrix(stored_side, n, stored_side / (n + offset) if offset else stored_side / n,
+                               antialias).astype(np.float32) for n in grid)
+  table = pos_embed.reshape(stored_side, stored_side, pos_embed.shape[-1])
+  resized = jnp.einsum("hi,ijd,wj->hwd", rows, table, cols, precision=jax.lax.Precision.HIGHEST)
+  return resized.reshape(1, grid[0] * grid[1], -1)
 
 
 def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
@@ -174,7 +212,8 @@ class VisionTransformer(nnx.Module):
                mlp_ratio: float = 4.0, num_registers: int = 0, drop_path_rate: float = 0.0,
                drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
                attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
-               remat: bool = False, scan_blocks: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, scan_blocks: bool = False, interpolate_offset: float = 0.1,
+               interpolate_antialias: bool = False, rngs: nnx.Rngs):
     """Builds the backbone.
 
     Args:
@@ -184,6 +223,8 @@ class VisionTransformer(nnx.Module):
       remat: rematerialize each block in the backward pass.
       scan_blocks: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles one block
         instead of `depth` (much faster compiles of deep models; same parameters, outputs and drop-path draws).
+      interpolate_offset, interpolate_antialias: how position embeddings are resized to another grid
+        (`interpolate_pos_embed`; DINO and DINOv2: 0.1, False; the SimDINO repository's DINOv2 family: 0, True).
     """
     if patch_size <= 0 or image_size % patch_size:
       raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_size}.")
@@ -202,6 +243,8 @@ class VisionTransformer(nnx.Module):
     self.num_registers = num_registers
     self.remat = remat
     self.scan_blocks = scan_blocks
+    self.interpolate_offset = interpolate_offset
+    self.interpolate_antialias = interpolate_antialias
     grid = image_size // patch_size
     self.patch_embed = nnx.Linear(patch_size * patch_size * 3, embed_dim, dtype=dtype, param_dtype=jnp.float32,
                                   kernel_init=TORCH_DEFAULT, bias_init=jax.nn.initializers.zeros, rngs=rngs)
@@ -235,7 +278,8 @@ class VisionTransformer(nnx.Module):
         raise ValueError(f"masks must have shape {x.shape[:2]} (batch, patches), got {masks.shape}.")
       x = jnp.where(masks[..., None], self.mask_token[...], x)
     pos_embed = self.pos_embed[...]
-    x = x + interpolate_pos_embed(pos_embed[:, 1:], grid)
+    x = x + interpolate_pos_embed(pos_embed[:, 1:], grid, offset=self.interpolate_offset,
+                                  antialias=self.interpolate_antialias)
     cls = jnp.broadcast_to(self.cls_token[...] + pos_embed[:, :1], (batch, 1, self.embed_dim))
     tokens = [cls]
     if self.register_tokens is not None:

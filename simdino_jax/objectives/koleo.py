@@ -152,14 +152,26 @@ def unique_prototypes(prototypes: jax.Array, threshold: float = 0.025, chunk_siz
 KOLEO_SCOPES = ("device", "global")
 
 
-def koleo_on_global_crops(student_cls: jax.Array, scope: str = "device") -> jax.Array:
+def grouped_koleo(x: jax.Array, group_size: int) -> jax.Array:
+  """(1/G) Σ_g KoLeo(x_g): KoLeo of each group x_g of `group_size` consecutive rows of x [N, D] (G = N/group_size
+  groups; each row's neighbour is sought in its own group), the same wherever the rows live."""
+  if group_size < 2 or x.shape[0] % group_size:
+    raise ValueError(f"KoLeo groups of {group_size} rows need a batch of whole groups of at least 2 rows, got "
+                     f"{x.shape[0]} rows: set config.objective.koleo_group_size to a divisor of the (micro-)batch.")
+  return jnp.mean(jax.vmap(koleo_loss)(x.reshape(x.shape[0] // group_size, group_size, x.shape[1])))
+
+
+def koleo_on_global_crops(student_cls: jax.Array, scope: str = "device", group_size: int = 0) -> jax.Array:
   """L(g1) + L(g2): KoLeo of the student backbone CLS [V, B, D] of each global crop separately (DINOv2).
 
-  scope "device": each device's local batch (DINOv2's choice; shard_map over the "data" mesh axis, mean over
-  devices); "global": the whole global batch.
+  group_size > 0: the mean KoLeo over groups of that many consecutive images of the batch (DINOv2's per-GPU batch,
+  fixed whatever the devices). group_size 0, by scope: "device", each device's local batch (shard_map over the
+  "data" mesh axis, mean over devices); "global", the whole global batch.
   """
   if student_cls.ndim != 3 or student_cls.shape[0] < 2:
     raise ValueError(f"KoLeo expects the student CLS [V>=2, B, D], got shape {student_cls.shape}.")
+  if group_size:
+    return sum(grouped_koleo(student_cls[view], group_size) for view in range(2))
   if scope == "device":
     return sum(mean_over_data_shards(koleo_loss, student_cls[view]) for view in range(2))
   return sum(koleo_loss(student_cls[view]) for view in range(2))

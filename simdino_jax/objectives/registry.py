@@ -64,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
       gamma="default",            # default: (p + n)/(p·n); sqrt: sqrt(eps·n)/p
       covariance="global",        # global: mesh-wide ZᵀZ; local: per-device ZᵀZ with the global n
       covariance_group_size=0,    # > 0: ZᵀZ per group of this many rows, global n (published SimDINO: 64)
-      koleo_scope="device",       # device: per-device batch (DINOv2); global: whole batch
+      koleo_scope="device",       # device: per-device batch; global: whole batch (when koleo_group_size = 0)
+      koleo_group_size=0,         # > 0: KoLeo per group of this many images, on any devices (DINOv2: 64 per GPU)
       proto_chunk_size=4096,      # rows per block in KoLeo-proto's nearest-neighbour search
   ))
 
@@ -201,7 +202,8 @@ def get_objective(config: ml_collections.ConfigDict) -> Objective:
     teacher_out = jax.tree.map(jax.lax.stop_gradient, teacher_out)
     total, new_state, metrics = method.loss(student_out, teacher_out, state, sched, masks)
     if koleo_weight > 0:
-      metrics["koleo"] = koleo_on_global_crops(_required(student_out, "cls", "student output"), config.koleo_scope)
+      metrics["koleo"] = koleo_on_global_crops(_required(student_out, "cls", "student output"), config.koleo_scope,
+                                                config.koleo_group_size)
       total = total + koleo_weight * metrics["koleo"]
     if config.koleo_proto_weight > 0:
       prototypes = _required(student_out, "prototypes", "student output")
