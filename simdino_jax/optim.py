@@ -79,6 +79,7 @@ class Schedules(NamedTuple):
   warmup_teacher_temp: float
   teacher_temp: float
   warmup_teacher_temp_epochs: int
+  teacher_temp_per_iteration: bool = False
 
   def __call__(self, step) -> dict:
     return {
@@ -89,7 +90,6 @@ class Schedules(NamedTuple):
         "momentum": cosine_schedule(step, base=self.momentum, final=self.momentum_end,
                                     total_steps=self.total_steps),
         "teacher_temp": teacher_temp_schedule(
-  teacher_temp_per_iteration: bool = False
             step, steps_per_epoch=self.steps_per_epoch, warmup_temp=self.warmup_teacher_temp,
             temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs,
             per_iteration=self.teacher_temp_per_iteration),

@@ -62,8 +62,8 @@ def test_schedules_resolve_epochs_and_follow_the_recipe():
   temps = np.linspace(0.04, 0.07, 4)
   for epoch in range(6):
     for t in (epoch * steps_per_epoch, epoch * steps_per_epoch + steps_per_epoch - 1):
-      assert float(s(t).teacher_temp) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
-  assert not bool(s(6).train_last_layer) and bool(s(7).train_last_layer)
+      assert float(s(t)["teacher_temp"]) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
+  assert not bool(s(6)["train_last_layer"]) and bool(s(7)["train_last_layer"])
 
 
 def test_teacher_temperature_warms_up_per_iteration_for_dinov2():
