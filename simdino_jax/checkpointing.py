@@ -1,8 +1,10 @@
 """Orbax checkpoints of the whole run: train state (with objective state and rng), data position and config.
 
 Saves are asynchronous and atomic (Orbax writes into a temporary directory and renames it when complete), so a
-save interrupted midway leaves the previous checkpoint usable; the leftover temporary directory is removed at the
-next start. A state with non-finite values is never saved. Resuming takes the latest checkpoint that restores.
+save interrupted midway leaves the previous checkpoint usable; Orbax removes the leftover temporary directory at the
+next start. A state with non-finite values is never saved. Resuming takes the latest checkpoint that restores;
+`initialize_from` starts a run from the networks of another workdir (`config.init_from`). Every reader and writer
+opens the workdir through `checkpoint_manager`.
 """
 
 import contextlib
@@ -10,11 +12,10 @@ import errno
 import json
 import os
 import shutil
-from typing import Any
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from simdino_jax import storage
 from simdino_jax import train_state as train_state_lib
@@ -22,7 +23,7 @@ from simdino_jax import train_state as train_state_lib
 # Config fields that may change between a run and its resumption without making it another run.
 OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
                     "tensorboard", "allow_config_mismatch", "async_checkpointing", "max_consecutive_skips",
-                    "data.data_dir", "data.path", "eval", "collapse")
+                    "data.data_dir", "data.path", "eval", "evals", "collapse")
 # Fields added after the first release, with the value that reproduces the runs that predate them: a checkpoint
 # whose config lacks such a field resumes as long as the current config keeps that value.
 ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "grad_accum_steps": 1,
@@ -30,22 +31,27 @@ ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "
                 "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0}
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: tree}
+ITEMS = ("state", "data", "config")
+
+
+def checkpoint_manager(workdir: str, options: ocp.CheckpointManagerOptions | None = None
+                       ) -> ocp.CheckpointManager:
+  """The Orbax manager of `workdir/checkpoints` (gs://... keeps its scheme), items `state`, `data` and `config`."""
+  return ocp.CheckpointManager(storage.path(workdir) / "checkpoints", options=options, item_names=ITEMS)
 
 
 def _normalize(value):
   return json.loads(json.dumps(value, default=str))
 
 
+def _flat_config(config: dict) -> dict:
+  """{dotted path: value} of a (JSON-normalized) config dict."""
+  return traverse_util.flatten_dict(_normalize(config), sep=".")
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields (dotted paths) whose values differ, ignoring the operational ones and added fields at their old value."""
-  a, b = _flatten(_normalize(saved)), _flatten(_normalize(current))
+  a, b = _flat_config(saved), _flat_config(current)
   a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   keep = lambda k: not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)
   return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
@@ -57,7 +63,7 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
   if not directory.is_dir():
     raise FileNotFoundError(f"No checkpoints in {directory}: pass the --workdir of a training run "
                             "(python -m simdino_jax.main --config=... --workdir=DIR).")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
+  manager = checkpoint_manager(workdir)
   try:
     steps = list(manager.all_steps())
     if not steps:
@@ -73,7 +79,7 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
 def restore_part(workdir: str, step: int, target: dict) -> dict:
   """The part of checkpoint `step`'s train state that `target` names (a nested dict of ShapeDtypeStructs with
   shardings, e.g. `{"teacher": {"backbone": ...}}`); nothing else is read."""
-  manager = ocp.CheckpointManager(storage.path(workdir) / "checkpoints", item_names=("state", "data", "config"))
+  manager = checkpoint_manager(workdir)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
@@ -82,11 +88,79 @@ def restore_part(workdir: str, step: int, target: dict) -> dict:
   return restored["state"]
 
 
+NETWORKS = ("student", "teacher")
+PARTS = ("backbone", "head")
+
+
+def _shapes(tree) -> dict[tuple, tuple]:
+  """{path with str keys: shape} of a pure dict (int keys) or of Orbax's metadata tree (str keys)."""
+  return {tuple(str(k) for k in path): tuple(leaf.shape)
+          for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+def _shape_differences(saved: dict, current: dict) -> list[str]:
+  names = sorted(set(saved) | set(current))
+  return ["/".join(p) + f": {saved.get(p, 'absent')} in the checkpoint, {current.get(p, 'absent')} here"
+          for p in names if saved.get(p) != current.get(p)]
+
+
+def initialize_from(workdir: str, state, shardings):
+  """`config.init_from`: `state` with the student / teacher networks of `workdir`'s latest checkpoint, restored
+  into `shardings` (docs/convert.md).
+
+  `workdir` holds a converted official checkpoint (`python -m simdino_jax.convert from-torch`) or any training run.
+  Backbones must match the new config's; heads are taken where the checkpoint has them (a conversion records which
+  parts it imported) and their shapes match, else they stay fresh, and the log says so. The optimizer, the
+  objective state, the step and the data position always start fresh.
+  """
+  directory = storage.path(workdir) / "checkpoints"
+  if not directory.exists():
+    raise FileNotFoundError(f"config.init_from={workdir!r} holds no checkpoints/: give the --workdir of a "
+                            "conversion (python -m simdino_jax.convert from-torch) or of a training run.")
+  manager = checkpoint_manager(workdir)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"config.init_from: {directory} holds no finished checkpoint.")
+    metadata = manager.item_metadata(step)["state"]
+    data = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"] or {}
+    available = set(data.get("imported", [f"{n}/{p}" for n in NETWORKS for p in PARTS]))
+    abstract, taken = {}, []
+    for network in NETWORKS:
+      for part in PARTS:
+        current_tree = getattr(state, network)[part]
+        differences = _shape_differences(_shapes(metadata[network][part]), _shapes(current_tree))
+        if part == "backbone" and differences:
+          raise ValueError(f"config.init_from: the {network} backbone in {directory} does not match "
+                           f"config.model ({len(differences)} difference(s): {'; '.join(differences[:6])}). "
+                           "Use the config the checkpoint was converted or trained with.")
+        if f"{network}/{part}" not in available or differences:
+          why = "its shapes differ" if differences else "the checkpoint has none"
+          print(f"init_from: the {network} {part} starts fresh ({why}).", flush=True)
+          continue
+        part_shardings = traverse_util.flatten_dict(getattr(shardings, network)[part])
+        abstract.setdefault(network, {})[part] = traverse_util.unflatten_dict({
+            tuple(str(k) for k in path): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=part_shardings[path])
+            for path, leaf in traverse_util.flatten_dict(current_tree).items()})
+        taken.append(f"{network}/{part}")
+  finally:
+    manager.close()
+  restored = restore_part(workdir, step, abstract)
+  updates = {}
+  for network in NETWORKS:
+    params = dict(getattr(state, network))
+    for part in restored.get(network, {}):
+      by_name = traverse_util.flatten_dict(restored[network][part])
+      params[part] = traverse_util.unflatten_dict({
+          path: by_name[tuple(str(k) for k in path)] for path in traverse_util.flatten_dict(params[part])})
+    updates[network] = params
+  print(f"init_from: {', '.join(taken)} from step {step} of {workdir}; optimizer and objective state fresh.",
+        flush=True)
+  return state.replace(**updates)
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint problem the user fixes (no restorable checkpoint, no space left); the message says how."""
-
-
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def _reason(error: BaseException) -> str:
@@ -111,30 +185,27 @@ class Checkpoints:
   """A thin layer over `ocp.CheckpointManager` with items `state`, `data` and `config`.
 
   Resuming takes the latest checkpoint that restores; newer ones that do not are moved aside into
-  `workdir/unrestorable_checkpoints/`. Unfinished saves (`*.orbax-checkpoint-tmp*`) are removed at start-up. A save
-  first checks that the disk has room for another checkpoint of the last one's size.
+  `workdir/unrestorable_checkpoints/`. Orbax removes unfinished saves (`*.orbax-checkpoint-tmp*`) at start-up. A
+  save first checks that the disk has room for another checkpoint of the last one's size.
   """
 
   def __init__(self, workdir: str, config):
     self.config = config
     self.workdir = storage.path(workdir)
-    self.directory = self.workdir / "checkpoints"  # gs://... keeps its scheme.
+    self.directory = self.workdir / "checkpoints"
     self._writer = jax.process_index() == 0
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints, create=True,
-        enable_async_checkpointing=config.async_checkpointing)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "config"))
+    self.manager = checkpoint_manager(workdir, ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=config.async_checkpointing))
     self._last_bytes = 0
     self._saving_step = None
 
-  def _remove_unfinished_saves(self) -> None:
-    if not self._writer or not self.directory.is_dir():
-      return
-    for path in sorted(self.directory.iterdir()):
-      if TMP_SUFFIX in path.name:
-        path.rmtree()
-        print(f"Removed the unfinished save {path}.", flush=True)
+  def _remove_partial_saves(self) -> None:
+    """Removes what a failed save left (Orbax's temporary directories)."""
+    if self._writer and self.directory.is_dir():
+      for path in self.directory.iterdir():
+        if ocp.utils.is_tmp_checkpoint(path):
+          path.rmtree()
 
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
@@ -143,8 +214,8 @@ class Checkpoints:
     """Refuses to resume a checkpoint written under another config unless `allow_config_mismatch`."""
     diffs = config_differences(saved, self.config.to_dict())
     if diffs and not self.config.get("allow_config_mismatch", False):
-      details = ", ".join(f"{k}: {_flatten(_normalize(saved)).get(k)!r} -> "
-                          f"{_flatten(_normalize(self.config.to_dict())).get(k)!r}" for k in diffs[:10])
+      before, after = _flat_config(saved), _flat_config(self.config.to_dict())
+      details = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in diffs[:10])
       raise ValueError(
           f"The checkpoints in {self.directory} belong to another config ({len(diffs)} field(s) differ: "
           f"{details}). Use another --workdir, or pass --config.allow_config_mismatch=True to resume anyway. "
@@ -173,14 +244,12 @@ class Checkpoints:
         self._move_aside(bad_step, reason, step)
       if failed:
         self.manager.reload()
-      self._remove_unfinished_saves()
       return restored
     if failed:
       listing = "; ".join(f"step {s}: {r}" for s, r in failed)
       raise CheckpointError(
           f"No checkpoint in {self.directory} restores ({listing}). Nothing was changed; resume with another "
           "--workdir, or move the damaged step directories away to start this one from scratch.")
-    self._remove_unfinished_saves()
     return None
 
   def _move_aside(self, step: int, reason: str, resumed_step: int) -> None:
@@ -245,7 +314,7 @@ class Checkpoints:
     except Exception as e:
       if not _is_out_of_space(e):
         raise
-      self._remove_unfinished_saves()
+      self._remove_partial_saves()
       raise CheckpointError(self._no_space_message(self._saving_step, self._last_bytes)) from None
 
   def wait(self) -> None:

@@ -4,6 +4,7 @@
     python -m simdino_jax.evaluate --workdir=/tmp/digits --protocol=linear --linear_epochs=100
     python -m simdino_jax.evaluate --workdir=runs/dino --protocol=both --backbone=student --step=10000
 
+The evaluators are those the training loop runs (simdino_jax/evaluation/evaluators.py; `--protocol` picks them).
 The run's config is read from the checkpoint itself (the same model, data and crop size), so only the workdir is
 needed; only the evaluated backbone's parameters are restored. Features are the backbone CLS at the global-crop
 resolution (kNN) or DINO's probe features (`--n_last_blocks`, `--avgpool`), streamed from the data source in
@@ -25,12 +26,13 @@ from simdino_jax import cluster
 from simdino_jax import models
 from simdino_jax import parallel
 from simdino_jax import storage
-from simdino_jax.evaluation import features as features_lib
-from simdino_jax.evaluation import knn
-from simdino_jax.evaluation import linear_probe
+from simdino_jax.evaluation import evaluators
 
-PROTOCOLS = ("knn", "linear", "both")
+# --protocol: the evaluators (simdino_jax/evaluation/evaluators.py) it runs.
+PROTOCOLS = {"knn": ("knn",), "linear": ("linear_probe",), "both": ("knn", "linear_probe")}
 BACKBONES = ("teacher", "student")
+# config.eval's shared settings for an offline evaluation: every image of both splits.
+OFFLINE_SETTINGS = {"batch_size": 256, "max_train_examples": 0, "max_test_examples": 0}
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +40,7 @@ def _define_flags() -> dict:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
   flags.DEFINE_string("workdir", None, "The training run's workdir (holds checkpoints/).", required=True)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_enum("protocol", "knn", PROTOCOLS, "Which evaluation to run.")
+  flags.DEFINE_enum("protocol", "knn", list(PROTOCOLS), "Which evaluation to run.")
   flags.DEFINE_enum("backbone", "teacher", BACKBONES, "Which network's backbone to evaluate.")
   flags.DEFINE_list("knn_k", ["10", "20", "100", "200"], "Neighbour counts of the weighted kNN.")
   flags.DEFINE_float("knn_temperature", 0.07, "T of the kNN vote weights exp(cos / T).")
@@ -53,6 +55,25 @@ def _define_flags() -> dict:
   flags.DEFINE_integer("max_test_examples", 0, "Use only the first n test images (0: all).")
   flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir (e.g. data prepared elsewhere).")
   return cluster.define_flags()
+
+
+def protocol_evals(protocol: str, options: dict | None = None) -> ml_collections.ConfigDict:
+  """The `config.evals` of a --protocol: its evaluators, each with its `options` entry (default: none)."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
+  options = options or {}
+  return ml_collections.ConfigDict({name: options.get(name, {}) for name in PROTOCOLS[protocol]})
+
+
+def evals_from_flags() -> tuple[ml_collections.ConfigDict, dict]:
+  """(config.evals, config.eval settings) of the command line."""
+  options = {"knn": {"k": FLAGS.knn_k, "temperature": FLAGS.knn_temperature},
+             "linear_probe": {"epochs": FLAGS.linear_epochs, "learning_rates": FLAGS.linear_lrs,
+                              "batch_size": FLAGS.linear_batch, "n_last_blocks": FLAGS.n_last_blocks,
+                              "avgpool": FLAGS.avgpool}}
+  settings = {"batch_size": FLAGS.batch_size, "max_train_examples": FLAGS.max_train_examples,
+              "max_test_examples": FLAGS.max_test_examples}
+  return protocol_evals(FLAGS.protocol, options), settings
 
 
 def read_run_config(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
@@ -73,48 +94,26 @@ def restore_backbone(config, workdir: str, step: int, backbone: str, mesh) -> di
   return checkpointing.restore_part(workdir, step, target)[backbone]["backbone"]
 
 
-def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str = "knn", backbone: str = "teacher",
-                        knn_k=(10, 20, 100, 200), knn_temperature: float = 0.07, linear_epochs: int = 100,
-                        linear_lrs=(1e-3,), linear_batch: int = 1024, n_last_blocks: int = 4,
-                        avgpool: bool = False, batch_size: int = 256, max_train_examples: int = 0,
-                        max_test_examples: int = 0, data_dir: str | None = None) -> dict:
-  """Evaluates one checkpoint of `workdir`; returns the metrics and writes `<workdir>/eval_<step>.json`."""
-  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+def evaluate_checkpoint(workdir: str, evals=None, *, step: int | None = None, backbone: str = "teacher",
+                        settings: dict | None = None, data_dir: str | None = None) -> dict:
+  """Runs the evaluators `evals` (a `config.evals`; default the kNN with k ∈ {10, 20, 100, 200}) on one
+  checkpoint's backbone; returns the metrics and writes `<workdir>/eval_<step>.json`.
 
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
+  `settings` overrides OFFLINE_SETTINGS, the run config's `config.eval` entries the evaluators share (feature batch,
+  split caps); `data_dir` the run's data.data_dir.
+  """
+  evals = protocol_evals("knn", {"knn": {"k": (10, 20, 100, 200)}}) if evals is None else evals
   config, step = read_run_config(workdir, step)
   if data_dir:
     config.data.data_dir = data_dir
+  config.eval.update({**OFFLINE_SETTINGS, **(settings or {})})
   mesh = parallel.create_mesh()
-  params = restore_backbone(config, workdir, step, backbone, mesh)
-  train_source = data_lib.open_split(config.data, config.data.train_split)
-  test_source = data_lib.open_split(config.data, config.data.eval_split)
+  params = {"backbone": restore_backbone(config, workdir, step, backbone, mesh)}
+  inputs = evaluators.open_inputs(config, mesh)
   results = {"step": step, "backbone": backbone, "dataset": config.data.name, "model": config.model.name,
              "objective": config.objective.name}
-
-  def splits(feature_fn):
-    extract = lambda source, cap: features_lib.split_features(feature_fn, params, source, batch_size=batch_size,
-                                                              mesh=mesh, max_examples=cap)
-    train_features, train_labels = extract(train_source, max_train_examples)
-    test_features, test_labels = extract(test_source, max_test_examples)
-    if (train_labels < 0).any() or (test_labels < 0).any():
-      raise ValueError(f"Dataset {config.data.name!r} has unlabeled examples; kNN and the linear probe need "
-                       "labels.")
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    return train_features, train_labels, test_features, test_labels, num_classes
-
-  if protocol in ("knn", "both"):
-    *features, num_classes = splits(features_lib.make_feature_fn(config))
-    results.update(knn.knn_classify(*features, num_classes=num_classes, k=tuple(int(k) for k in knn_k),
-                                    temperature=knn_temperature, mesh=mesh))
-  if protocol in ("linear", "both"):
-    *features, num_classes = splits(features_lib.make_feature_fn(config, n_last_blocks=n_last_blocks,
-                                                                 avgpool=avgpool))
-    probe = linear_probe.train_linear_probe(
-        *features, num_classes=num_classes, epochs=linear_epochs, batch_size=linear_batch,
-        learning_rates=tuple(float(lr) for lr in linear_lrs), seed=int(config.seed))
-    results.update(probe.metrics())
+  for name, options in evals.items():
+    results.update(evaluators.build(name, options, inputs)(params))
   storage.write_shared(storage.path(workdir) / f"eval_{step}.json", json.dumps(results, indent=2))
   return results
 
@@ -122,12 +121,9 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocol: str 
 def main(argv) -> None:
   del argv
   cluster.initialize_from_flags(_DISTRIBUTED)
-  results = evaluate_checkpoint(
-      FLAGS.workdir, step=FLAGS.step, protocol=FLAGS.protocol, backbone=FLAGS.backbone, knn_k=FLAGS.knn_k,
-      knn_temperature=FLAGS.knn_temperature, linear_epochs=FLAGS.linear_epochs, linear_lrs=FLAGS.linear_lrs,
-      linear_batch=FLAGS.linear_batch, n_last_blocks=FLAGS.n_last_blocks, avgpool=FLAGS.avgpool,
-      batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples,
-      max_test_examples=FLAGS.max_test_examples, data_dir=FLAGS.data_dir)
+  evals, settings = evals_from_flags()
+  results = evaluate_checkpoint(FLAGS.workdir, evals, step=FLAGS.step, backbone=FLAGS.backbone, settings=settings,
+                                data_dir=FLAGS.data_dir)
   if jax.process_index() == 0:
     width = max(len(k) for k in results)
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"

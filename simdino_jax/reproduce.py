@@ -286,7 +286,7 @@ def run(workdir: str, *, preset: str, methods=METHODS, dataset=None, model=None,
                              koleo_proto_weight=koleo_proto_weight)
       start = time.perf_counter()
       last = train.run(config, os.fspath(workdir / method / f"seed_{run_seed}"))
-      steps_per_epoch[method] = last["steps_per_epoch"]
+      steps_per_epoch[method] = train.steps_per_epoch(config)
       runs.append({"method": method, "seed": run_seed, "knn_top1_k20": last.get("knn_top1_k20"),
                    "wall_s": time.perf_counter() - start, "unique_prototypes": last.get("diag_unique_prototypes")})
       print(f"{method} seed {run_seed}: kNN top-1 {100 * runs[-1]['knn_top1_k20']:.2f}%  "

@@ -1,8 +1,9 @@
 """The training loop. It never branches on which objective, model or dataset runs.
 
-Per step (one `jax.jit`, state donated): on-device multi-crop augmentation and iBOT masks → teacher forward on the
-global crops → student forward on all crops → the configured objective → gradients → clipping + AdamW → EMA teacher
-→ objective-state update. A step whose loss, gradients or new state is not finite is skipped inside jit (state
+Per step (one `jax.jit`, state donated): on-device multi-crop augmentation and what the objective adds to the batch
+(`Objective.batch_inputs`: iBOT masks for DINOv2 / SimDINOv2) → teacher forward on the global crops → student
+forward on all crops → the configured objective → gradients → clipping + AdamW → EMA teacher → objective-state
+update. A step whose loss, gradients or new state is not finite is skipped inside jit (state
 kept, counters raised); checkpoints are written only outside such a streak of skipped steps.
 """
 
@@ -30,11 +31,8 @@ from simdino_jax import parallel
 from simdino_jax import storage
 from simdino_jax import train_state as train_state_lib
 from simdino_jax import validation
-from simdino_jax.convert import init_from
 from simdino_jax.data import augment
-from simdino_jax.data import masking
-from simdino_jax.evaluation import periodic
-from simdino_jax.objectives import ibot
+from simdino_jax.evaluation import evaluators as evaluators_lib
 
 PyTree = Any
 
@@ -59,66 +57,58 @@ def make_train_step(config, graphdef, objective, tx):
   the loss (Sinkhorn-Knopp, KoLeo neighbours, a 'global' covariance) span one micro-batch; SimDINO's α and γ still
   use the global batch B.
   """
-  patch = config.model.patch_size
-  grid = (config.aug.global_size // patch, config.aug.global_size // patch)
   accum_steps = config.get("grad_accum_steps", 1)
 
-  max_masked = masking.max_masked_patches(grid[0] * grid[1], config.masking)
-
-  def apply(params, crops, masks, key, patch_index=None):
+  def apply(params, crops, masks, key, patch_index):
     return nnx.merge(graphdef, params)(crops, masks, key=key, patch_index=patch_index)
 
-  def micro_step(state, sched, crops, masks, drop_key):
-    """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and masks [2, b, N]."""
+  def micro_step(state, context, crops, inputs: objectives.BatchInputs, drop_key):
+    """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and the objective's
+    inputs [2, b, ...]."""
     groups = [crops["global"]] + ([crops["local"]] if config.aug.n_local > 0 else [])
-    patch_index = slot_masks = None
-    if masks is not None:
-      # The heads score only the masked tokens: max_masked slots per image, slot_masks marks the used ones.
-      patch_index, slot_masks = ibot.masked_patch_index(masks, max_masked)
     # The teacher sees the unmasked crops and scores the same patch tokens as the student.
-    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], None, None, patch_index))
+    teacher_out = jax.lax.stop_gradient(apply(state.teacher, [crops["global"]], None, None, inputs.patch_index))
 
     def loss_fn(params):
-      student_out = apply(params, groups, masks, drop_key, patch_index)
+      student_out = apply(params, groups, inputs.student_masks, drop_key, inputs.patch_index)
       loss, new_objective_state, aux = objective.loss(
-          student_out, teacher_out, state.objective_state, sched, slot_masks)
+          student_out, teacher_out, state.objective_state, context, inputs.loss_masks)
       return loss, (new_objective_state, aux)
 
     (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
     return loss, new_objective_state, aux, grads
 
-  def accumulated(state, sched, crops, masks, drop_key):
+  def accumulated(state, context, crops, inputs, drop_key):
     """micro_step over A interleaved micro-batches (rows k, k+A, ...: each stays spread over every device)."""
     split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], -1, accum_steps, *x.shape[2:]), 2, 0)
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.student)
 
     def body(grad_sum, inputs):
-      micro_crops, micro_masks, key = inputs
-      loss, new_objective_state, aux, grads = micro_step(state, sched, micro_crops, micro_masks, key)
+      micro_crops, micro_inputs, key = inputs
+      loss, new_objective_state, aux, grads = micro_step(state, context, micro_crops, micro_inputs, key)
       grad_sum = jax.tree.map(lambda total, g: total + g.astype(jnp.float32), grad_sum, grads)
       return grad_sum, (loss, new_objective_state, aux)
 
-    inputs = (jax.tree.map(split, crops), None if masks is None else split(masks),
-              jax.random.split(drop_key, accum_steps))
+    inputs = (jax.tree.map(split, crops), jax.tree.map(split, inputs), jax.random.split(drop_key, accum_steps))
     grad_sum, per_micro = jax.lax.scan(body, zeros, inputs)
     loss, new_objective_state, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), per_micro)
     grads = jax.tree.map(lambda g, p: (g / accum_steps).astype(p.dtype), grad_sum, state.student)
     return loss, new_objective_state, aux, grads
 
   def step_fn(state: train_state_lib.TrainState, images: jax.Array, schedules: optim.Schedules):
-    aug_key, mask_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    aug_key, inputs_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     crops = (augment.photometric(aug_key, images, config.aug) if isinstance(images, dict)
              else augment.multicrop(aug_key, images, config.aug))
     batch_size = crops["global"].shape[1]
-    sched = {**schedules(state.step), "global_batch_size": batch_size}
-    masks = (masking.block_masks(mask_key, batch_size, grid, config.masking)
-             if objective.needs_masks else None)
+    scheduled = schedules(state.step)
+    context = objectives.StepContext(teacher_temp=scheduled.teacher_temp, global_batch_size=batch_size)
+    inputs = objective.batch_inputs(inputs_key, batch_size, config)
     compute = micro_step if accum_steps == 1 else accumulated
-    loss, new_objective_state, aux, grads = compute(state, sched, crops, masks, drop_key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.student, lr=sched["lr"], wd=sched["wd"],
-                                   train_last_layer=sched["train_last_layer"])
+    loss, new_objective_state, aux, grads = compute(state, context, crops, inputs._replace(metrics=None), drop_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.student, lr=scheduled.lr, wd=scheduled.wd,
+                                   train_last_layer=scheduled.train_last_layer)
     student = optax.apply_updates(state.student, updates)
-    teacher = train_state_lib.ema(state.teacher, student, sched["momentum"])
+    teacher = train_state_lib.ema(state.teacher, student, scheduled.momentum)
 
     # Accepted only when the loss, the gradients and every part of the new state are finite (an overflowing
     # update gives finite gradients but non-finite parameters).
@@ -133,11 +123,9 @@ def make_train_step(config, graphdef, objective, tx):
     # every leaf (leaves² ops; 2.4x the compile time of a 1-block ViT's step).
     new_state = jax.lax.cond(finite, lambda: stepped, lambda: skipped)
 
-    if masks is not None:
-      aux = {**aux, "masked_fraction": jnp.mean(masks.astype(jnp.float32))}
-    metrics = {"loss": loss, **aux,
-               "lr": sched["lr"], "wd": sched["wd"], "momentum": sched["momentum"],
-               "teacher_temp": sched["teacher_temp"], "grad_norm": tree_norm(grads),
+    metrics = {"loss": loss, **aux, **(inputs.metrics or {}),
+               "lr": scheduled.lr, "wd": scheduled.wd, "momentum": scheduled.momentum,
+               "teacher_temp": scheduled.teacher_temp, "grad_norm": tree_norm(grads),
                "param_norm": tree_norm(student), "update_norm": tree_norm(updates),
                "finite": finite.astype(jnp.float32)}
     return new_state, metrics
@@ -240,112 +228,168 @@ class PreemptionFlag:
     return self._requested.is_set()
 
 
+def steps_per_epoch(config) -> int:
+  """Steps per epoch of `config`'s run (optim.epoch_length over its training split), without building it."""
+  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+
+  num_examples = len(data_lib.open_split(config.data, config.data.train_split))
+  return optim.epoch_length(config, num_examples=num_examples, batch_size=config.batch_size)
+
+
+def _say_on_process_0(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def restore_or_initialize(config, setup: TrainSetup, checkpoints: checkpointing.Checkpoints, iterator,
+                          workdir: str) -> tuple[train_state_lib.TrainState, int | None]:
+  """(state, step of the checkpoint resumed or None): the latest restorable checkpoint of `workdir` (the iterator
+  moved to its position), else `config.init_from`'s networks, else the fresh state."""
+  restored = checkpoints.restore_latest(setup.state, setup.state_shardings)
+  if restored is not None:
+    state, data_state = restored
+    iterator.set_state(data_state)
+    _say_on_process_0(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.")
+    return state, int(state.step)
+  if config.get("init_from"):
+    return checkpointing.initialize_from(config.init_from, setup.state, setup.state_shardings), None
+  return setup.state, None
+
+
+class StepProfiler:
+  """A jax.profiler trace of `steps` steps after the first (compiled) one, written to WORKDIR/profile."""
+
+  def __init__(self, workdir: str, start_step: int, steps: int):
+    self.directory = storage.path(workdir) / "profile"
+    self.first, self.last = start_step + 1, start_step + 1 + steps
+    self.steps = steps
+
+  def after_step(self, done: int, state) -> None:
+    if not self.steps:
+      return
+    if done == self.first:
+      jax.profiler.start_trace(os.fspath(self.directory))
+    elif done == self.last:
+      jax.block_until_ready(state.step)
+      jax.profiler.stop_trace()
+      _say_on_process_0(f"profile of steps {self.first + 1}-{done} written to {self.directory}")
+
+
+class LogPoints:
+  """The metrics of each log point: averaged over the window, written, checked for divergence and collapse, and
+  shown on the console."""
+
+  def __init__(self, config, workdir: str, total_steps: int, start_step: int):
+    self.config = config
+    self.writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard, resume_step=start_step)
+    self.progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
+    self.window = metrics_lib.MetricsWindow()
+    self.monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
+                                            min_feature_std=config.collapse.min_feature_std)
+
+  def log(self, done: int, state, last_good: int | None) -> dict:
+    """The averaged metrics since the last log point; raises FloatingPointError after too many skipped steps."""
+    last = {**self.window.flush(), "skipped_total": int(state.skipped)}
+    self.writer.write_scalars(done, last)
+    _stop_if_diverged(state, last, done, self.config.max_consecutive_skips, last_good)
+    warning = self.monitor.update(done, last)
+    _say_on_process_0(self.progress.line(done, last))
+    if warning:
+      _say_on_process_0(f"WARNING: {warning}")
+    return last
+
+
+def checkpoint_or_preempt(checkpoints: checkpointing.Checkpoints, preemption: PreemptionFlag, config, state,
+                          iterator, done: int, total_steps: int, last_good: int | None) -> tuple[int | None, bool]:
+  """Saves the checkpoint of step `done` when scheduled, at the end or when preempted, unless inside a streak of
+  skipped steps; returns (step of the newest checkpoint, whether to stop now)."""
+  every = config.checkpoint_every_steps
+  scheduled = (every and done % every == 0) or done == total_steps
+  stopping = preemption.reached(done)
+  if (scheduled or stopping) and int(state.consecutive_skipped) == 0:
+    if checkpoints.save(done, state, iterator.get_state(), force=stopping or done == total_steps):
+      last_good = done
+  elif scheduled or stopping:
+    _say_on_process_0(f"Not saving the checkpoint of step {done}: it is inside a streak of "
+                      f"{int(state.consecutive_skipped)} skipped step(s) (last checkpoint: {last_good}).")
+  if stopping:
+    checkpoints.wait()
+    saved = "saved its checkpoint" if last_good == done else f"did not save (last checkpoint: {last_good})"
+    # Every process says it: each host's log shows where it stopped.
+    print(f"SIGTERM received: stopped after step {done} and {saved}.", flush=True)
+  return last_good, stopping
+
+
 def run(config, workdir: str, profile_steps: int = 0) -> dict:
   """Trains according to `config` in `workdir`, resuming from its latest restorable checkpoint.
 
   `profile_steps` > 0: a jax.profiler trace of that many steps after the first (compiled) one, in WORKDIR/profile.
 
-  Returns the last metrics. Raises FloatingPointError when the run ends inside a streak of skipped steps (a run
-  that skipped every step does), saying how to go on.
+  Returns the last metrics (of the last log point and evaluation). Raises FloatingPointError when the run ends
+  inside a streak of skipped steps (a run that skipped every step does), saying how to go on.
   """
-  from simdino_jax import data as data_lib
+  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
   validation.validate_config(config)
-  process_count, process_index = jax.process_count(), jax.process_index()
-  say = (lambda line: print(line, flush=True)) if process_index == 0 else (lambda line: None)
+  process_count = jax.process_count()
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
-      process_index=process_index, process_count=process_count, aug=config.aug)
+      process_index=jax.process_index(), process_count=process_count, aug=config.aug)
   setup = build(config, num_examples=iterator.num_examples)
   train_step = make_host_step(setup, iterator.resident_images)
   total_steps = setup.schedules.total_steps
   checkpoints = checkpointing.Checkpoints(workdir, config)
-  state = setup.state
-  restored = checkpoints.restore_latest(state, setup.state_shardings)
-  if restored is not None:
-    state, data_state = restored
-    iterator.set_state(data_state)
-    say(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.")
-  elif config.get("init_from"):
-    state = init_from.initialize_from(config.init_from, state, setup.state_shardings)
+  state, last_good = restore_or_initialize(config, setup, checkpoints, iterator, workdir)
   start_step = int(state.step)
-  say(startup_line(config, setup, iterator.num_examples, workdir))
+  _say_on_process_0(startup_line(config, setup, iterator.num_examples, workdir))
 
-  writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard, resume_step=start_step)
-  progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
-  window = metrics_lib.MetricsWindow()
+  log_points = LogPoints(config, workdir, total_steps, start_step)
+  profiler = StepProfiler(workdir, start_step, profile_steps)
   preemption = PreemptionFlag()
-  monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
-                                     min_feature_std=config.collapse.min_feature_std)
   resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
-  evaluate = periodic.make_periodic_eval(config, setup.mesh, setup.graphdef, resident)
-  eval_every = max(round(config.eval_every_epochs * setup.steps_per_epoch), 1) if config.eval_every_epochs else 0
-  # The step of the newest checkpoint on disk (None: none yet); only states outside a skip streak are saved.
-  last, last_good, started = {}, (start_step if restored is not None else None), time.perf_counter()
+  evaluators = evaluators_lib.scheduled(
+      config, lambda: evaluators_lib.open_inputs(config, setup.mesh, setup.graphdef, resident), setup.steps_per_epoch)
+  last, started = {}, time.perf_counter()
 
-  def evaluate_and_report(step: int) -> dict:
-    results = evaluate(state.teacher)
-    writer.write_scalars(step, results)
-    say(eval_line(step, step / setup.steps_per_epoch, results))
+  def evaluate(step: int, due) -> dict:
+    results = evaluators_lib.run_all(due, state.teacher)
+    log_points.writer.write_scalars(step, results)
+    _say_on_process_0(eval_line(step, step / setup.steps_per_epoch, results))
     return results
 
   try:
     with jax.set_mesh(setup.mesh):
-      if eval_every and start_step == 0:  # The untrained network: the baseline every curve starts from.
-        evaluate_and_report(0)
+      if evaluators and start_step == 0:  # The untrained network: the baseline every curve starts from.
+        evaluate(0, evaluators)
       for step in range(start_step, total_steps):
         if step == start_step:
-          say("compiling the train step…")
+          _say_on_process_0("compiling the train step…")
           compile_started = time.perf_counter()
         state, step_metrics = train_step(state, next(iterator))
-        window.add(step_metrics)
+        log_points.window.add(step_metrics)
         done = step + 1
         if step == start_step:
           jax.block_until_ready(state.step)
-          say(f"compiled and ran the first step in {time.perf_counter() - compile_started:.1f} s")
-          progress.restart(done)
-          if profile_steps:
-            jax.profiler.start_trace(os.fspath(storage.path(workdir) / "profile"))
-        if profile_steps and done == start_step + 1 + profile_steps:
-          jax.block_until_ready(state.step)
-          jax.profiler.stop_trace()
-          say(f"profile of steps {start_step + 2}-{done} written to {storage.path(workdir) / 'profile'}")
+          _say_on_process_0(f"compiled and ran the first step in {time.perf_counter() - compile_started:.1f} s")
+          log_points.progress.restart(done)
+        profiler.after_step(done, state)
         if done % config.log_every_steps == 0 or done == total_steps:
-          last = window.flush()
-          last.update(skipped_total=int(state.skipped))
-          writer.write_scalars(done, last)
-          _stop_if_diverged(state, last, done, config.max_consecutive_skips, last_good)
-          warning = monitor.update(done, last)
-          say(progress.line(done, last))
-          if warning:
-            say(f"WARNING: {warning}")
-        if eval_every and (done % eval_every == 0 or done == total_steps):
-          last.update(evaluate_and_report(done))
-          progress.restart(done)
-        every = config.checkpoint_every_steps
-        scheduled = (every and done % every == 0) or done == total_steps
-        stopping = preemption.reached(done)
-        if (scheduled or stopping) and int(state.consecutive_skipped) == 0:
-          if checkpoints.save(done, state, iterator.get_state(), force=stopping or done == total_steps):
-            last_good = done
-        elif scheduled or stopping:
-          say(f"Not saving the checkpoint of step {done}: it is inside a streak of "
-              f"{int(state.consecutive_skipped)} skipped step(s) (last checkpoint: {last_good}).")
+          last = log_points.log(done, state, last_good)
+        due = [e for e in evaluators if done % e.every_steps == 0 or done == total_steps]
+        if due:
+          last.update(evaluate(done, due))
+          log_points.progress.restart(done)
+        last_good, stopping = checkpoint_or_preempt(checkpoints, preemption, config, state, iterator, done,
+                                                    total_steps, last_good)
         if stopping:
-          checkpoints.wait()
-          saved = "saved its checkpoint" if last_good == done else f"did not save (last checkpoint: {last_good})"
-          # Every process says it: each host's log shows where it stopped.
-          print(f"SIGTERM received: stopped after step {done} and {saved}.", flush=True)
           break
   finally:
     # Whatever stopped the loop, let pending asynchronous saves land and flush the logs.
     checkpoints.wait()
     checkpoints.close()
-    writer.close()
-  setup.state = state
-  last["steps_per_epoch"] = setup.steps_per_epoch
+    log_points.writer.close()
   trained = int(state.step) - start_step
-  say(summary_line(state, last, trained, time.perf_counter() - started, workdir, last_good))
+  _say_on_process_0(summary_line(state, last, trained, time.perf_counter() - started, workdir, last_good))
   if trained and int(state.consecutive_skipped):
     raise FloatingPointError(
         f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "

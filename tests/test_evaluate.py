@@ -12,7 +12,7 @@ from simdino_jax import data
 from simdino_jax import evaluate
 from simdino_jax import parallel
 from simdino_jax import train
-from simdino_jax.evaluation import periodic
+from simdino_jax.evaluation import evaluators
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +34,9 @@ def trained_workdir(tmp_path_factory):
 
 def test_offline_knn_and_linear_probe_of_a_checkpoint(trained_workdir):
   workdir, config, last = trained_workdir
-  results = evaluate.evaluate_checkpoint(workdir, protocol="both", knn_k=(10, 20), linear_epochs=3,
-                                         linear_lrs=(1e-3, 1e-2), n_last_blocks=1, avgpool=True)
+  results = evaluate.evaluate_checkpoint(workdir, evaluate.protocol_evals("both", {
+      "knn": {"k": (10, 20)},
+      "linear_probe": {"epochs": 3, "learning_rates": (1e-3, 1e-2), "n_last_blocks": 1, "avgpool": True}}))
   assert results["step"] == config.total_steps and results["backbone"] == "teacher"
   # The same teacher, features and kNN rule as the training loop's evaluation: the same accuracy.
   assert results["knn_top1_k20"] == pytest.approx(last["knn_top1_k20"], abs=1e-9)
@@ -46,7 +47,7 @@ def test_offline_knn_and_linear_probe_of_a_checkpoint(trained_workdir):
   assert min(abs(results["linear_best_lr"] - lr * 1024 / 256) for lr in (1e-3, 1e-2)) < 1e-9
   with open(os.path.join(workdir, f"eval_{config.total_steps}.json")) as f:
     assert json.load(f)["knn_top1_k20"] == results["knn_top1_k20"]
-  student = evaluate.evaluate_checkpoint(workdir, backbone="student", knn_k=(20,))
+  student = evaluate.evaluate_checkpoint(workdir, {"knn": {"k": (20,)}}, backbone="student")
   assert student["backbone"] == "student" and 0.0 <= student["knn_top1_k20"] <= 1.0
 
 
@@ -56,7 +57,7 @@ def test_evaluation_errors_name_the_fix(tmp_path, trained_workdir):
   with pytest.raises(ValueError, match=r"No checkpoint of step 3 .* available: \[4\]"):
     evaluate.evaluate_checkpoint(trained_workdir[0], step=3)
   with pytest.raises(ValueError, match="Unknown protocol 'svm'; valid: knn, linear, both"):
-    evaluate.evaluate_checkpoint(trained_workdir[0], protocol="svm")
+    evaluate.protocol_evals("svm")
 
 
 def test_evaluate_cli_prints_the_table(trained_workdir):
@@ -73,8 +74,11 @@ def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source()
                                                                      "eval.max_test_examples": 100})
   trainer = train.build(config, num_examples=config.batch_size)
   resident = data.load_split(config.data, config.data.train_split)
+  def run_in_training(resident_split):
+    inputs = lambda: evaluators.open_inputs(config, trainer.mesh, trainer.graphdef, resident_split)
+    return evaluators.run_all(evaluators.scheduled(config, inputs, trainer.steps_per_epoch), trainer.state.teacher)
+
   with jax.set_mesh(trainer.mesh):
-    streamed = periodic.make_periodic_eval(config, trainer.mesh, trainer.graphdef)(trainer.state.teacher)
-    held = periodic.make_periodic_eval(config, trainer.mesh, trainer.graphdef, resident)(trainer.state.teacher)
+    streamed, held = run_in_training(None), run_in_training(resident)
   assert streamed == pytest.approx(held, abs=1e-6)
   assert 0.0 < streamed["knn_top1_k20"] <= 1.0 and streamed["diag_unique_prototypes"] > 1

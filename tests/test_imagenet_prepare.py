@@ -98,7 +98,7 @@ def test_train_two_steps_on_eight_devices_evaluate_and_resume(imagenet_dir, tmp_
   workdir = str(tmp_path / "run")
   first = train.run(train_utils.tiny_config("dino", **overrides), workdir)
   assert np.isfinite(first["loss"]) and 0.0 <= first["knn_top1_k3"] <= 1.0
-  results = evaluate.evaluate_checkpoint(workdir, knn_k=(3,), batch_size=8)
+  results = evaluate.evaluate_checkpoint(workdir, {"knn": {"k": (3,)}}, settings={"batch_size": 8})
   assert results["step"] == 2 and results["dataset"] == "imagenet2012"
   assert results["knn_top1_k3"] == pytest.approx(first["knn_top1_k3"], abs=1e-9)
   resumed = train.run(train_utils.tiny_config("dino", **{**overrides, "total_steps": 3, "eval_every_epochs": 0.0,

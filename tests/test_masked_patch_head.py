@@ -85,7 +85,7 @@ def test_objective_on_gathered_tokens_equals_the_dense_one(method, centering):
     pick = gather if gathered else (lambda x: x)
     student_out = {**student, "patch_head": pick(patches)}
     teacher_out = {**teacher, "patch_head": pick(teacher["patch_head"])}
-    value, new_state, _ = objective.loss(student_out, teacher_out, state, {"teacher_temp": 0.07},
+    value, new_state, _ = objective.loss(student_out, teacher_out, state, objectives.StepContext(teacher_temp=0.07),
                                          slots if gathered else masks)
     return value, new_state
 

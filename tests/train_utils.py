@@ -64,7 +64,7 @@ def assert_steps_update_the_state(setup, before, after, metrics, *, objective_st
   steps = len(metrics)
   assert all(np.isfinite(m["loss"]) and m["finite"] == 1.0 for m in metrics)
   assert int(after.step) == steps and int(after.skipped) == 0
-  m = float(setup.schedules(steps - 1)["momentum"])
+  m = float(setup.schedules(steps - 1).momentum)
   expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, before.teacher, after.student)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after.teacher, expected)
   diffs = jax.tree.leaves(jax.tree.map(lambda t, s: float(np.max(np.abs(t - s))), after.teacher, after.student))
