@@ -5,7 +5,7 @@
 #   launch/gpu_check.sh run OUT [...]   on the GPU machine (carry .gpu_check): installs the wheels, runs the check
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(ml_collections==1.1.0 clu==0.0.12)  # pure Python; the GPU image has JAX, flax, optax, orbax, etils, absl
+WHEELS=(ml_collections==1.1.0)  # pure Python; the GPU image has JAX, flax, optax, orbax, etils, absl
 case "${1:-}" in
   prepare)
     SOURCE=${2:?usage: launch/gpu_check.sh prepare COMPACT_CIFAR10_DIR (holding train.npz and test.npz)}
@@ -18,7 +18,7 @@ case "${1:-}" in
   run)
     OUT_DIR=${2:?usage: launch/gpu_check.sh run OUT_DIR [flags...]}
     shift 2
-    if ! python3 -c 'import ml_collections, clu' 2>/dev/null; then
+    if ! python3 -c 'import ml_collections' 2>/dev/null; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_check_site \
         .gpu_check/wheels/*.whl
       export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}

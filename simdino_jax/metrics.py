@@ -1,8 +1,5 @@
-"""Metrics: the per-log-point average, the writers (JSONL always, TensorBoard through clu when TensorFlow is
-importable) and the console lines.
-
-clu 0.0.12 imports TensorFlow in `clu.metric_writers` (and in `clu.periodic_actions`), so both are imported only
-when TensorFlow is present; the aggregation over steps uses `clu.metrics` (TensorFlow-free).
+"""Metrics: the per-log-point average, the writers (JSONL always, TensorBoard through `tf.summary` when TensorFlow
+is installed: requirements-tf.txt) and the console lines. Training never imports TensorFlow otherwise.
 
 `metrics.jsonl` is strict JSON, one object per line: `{"step": s, name: value, ...}` where a non-finite value is
 written as the string "NaN", "Infinity" or "-Infinity" (`read_metrics` turns them back into floats). On resume from
@@ -20,7 +17,6 @@ import time
 import jax
 import numpy as np
 from absl import logging as absl_logging
-from clu import metrics as clu_metrics
 
 from simdino_jax import storage
 
@@ -48,7 +44,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class MetricsWindow:
-  """Averages the step metrics between two log points with `clu.metrics.Average`.
+  """Averages the step metrics between two log points.
 
   `add` only keeps the step's device arrays (no host sync, no extra device work in the loop); `flush` fetches them
   once per log point and aggregates.
@@ -65,8 +61,7 @@ class MetricsWindow:
     self._pending = []
     if not fetched:
       return {}
-    return {k: float(clu_metrics.Average.from_model_output(np.asarray([m[k] for m in fetched])).compute())
-            for k in fetched[0]}
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 class JsonlWriter:
@@ -128,17 +123,20 @@ def _native_stderr_quiet():
 
 
 class TensorBoardWriter:
-  """clu's TensorBoard summary writer (no logging copy of the scalars); used only when TensorFlow imports."""
+  """TensorBoard scalars through `tf.summary` (process 0); used only when TensorFlow is installed."""
 
   def __init__(self, workdir: str):
     with _native_stderr_quiet():
-      from clu import metric_writers  # Imports TensorFlow.
-    self._writer = (metric_writers.SummaryWriter(os.fspath(storage.path(workdir) / "tensorboard"))
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self._tf = tf
+    self._writer = (tf.summary.create_file_writer(os.fspath(storage.path(workdir) / "tensorboard"))
                     if jax.process_index() == 0 else None)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if self._writer is not None:
-      self._writer.write_scalars(int(step), {k: _scalar(v) for k, v in scalars.items()})
+      with self._writer.as_default(step=int(step)):
+        for name, value in scalars.items():
+          self._tf.summary.scalar(name, _scalar(value))
 
   def close(self) -> None:
     if self._writer is not None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import optax
 import pytest
 
 from simdino_jax import data
@@ -19,11 +20,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 create_mesh = parallel.create_mesh
 
 
+def backbone_norm_evaluator(options, inputs):
+  """A custom evaluator: the global norm of the evaluated backbone."""
+  del options, inputs
+  return lambda params: {"backbone_norm": float(optax.global_norm(params["backbone"]))}
+
+
+evaluators.EVALUATORS.add("backbone_norm", backbone_norm_evaluator)  # A new evaluator: this one line.
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   """A tiny simdino run whose last step also ran the in-training kNN (k = 20) on the teacher."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = train_utils.tiny_config("simdino", eval_every_epochs=100.0)
+  config.evals.backbone_norm = {"every_epochs": -1.0}
   # On one device, like the offline evaluations of the tests (a module fixture runs before conftest's per-test
   # one-device default): other device counts round the features differently.
   with pytest.MonkeyPatch.context() as patch:
@@ -82,3 +93,11 @@ def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source()
     streamed, held = run_in_training(None), run_in_training(resident)
   assert streamed == pytest.approx(held, abs=1e-6)
   assert 0.0 < streamed["knn_top1_k20"] <= 1.0 and streamed["diag_unique_prototypes"] > 1
+
+
+def test_a_registered_evaluator_runs_in_training_and_offline(trained_workdir):
+  workdir, config, last = trained_workdir
+  metrics = [r for r in train_utils.strict_metrics(workdir) if "backbone_norm" in r]
+  assert [r["step"] for r in metrics] == [0, config.total_steps]  # The untrained network, then the end.
+  offline = evaluate.evaluate_checkpoint(workdir, {"backbone_norm": {}})
+  assert offline["backbone_norm"] == pytest.approx(last["backbone_norm"], rel=1e-6) and last["backbone_norm"] > 0

@@ -6,11 +6,15 @@ here one DINO-head method with masks, centers and KoLeo (dinov2) and the SimDINO
 method) take real steps. Configs repeat on purpose: the session's compilation cache then compiles each step once.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from simdino_jax import objectives
+from simdino_jax import optim
 from simdino_jax import parallel
 from simdino_jax import train
 from simdino_jax import validation
@@ -82,3 +86,40 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
                  getattr(accumulated, part), getattr(full, part))
   with pytest.raises(ValueError, match=r"use a multiple of 24 \(24, 48"):
     validation.check_batch_split(40, 3, 8)
+
+
+def test_training_imports_neither_tensorflow_nor_torch():
+  """requirements.txt holds no TensorFlow and no PyTorch: the training and evaluation paths must not import them."""
+  result = train_utils.run_python(
+      "import sys\n"
+      "from simdino_jax import data, evaluate, main, metrics, train\n"
+      "metrics.MetricsWindow().flush()\n"
+      "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_the_step_gives_the_objective_its_inputs_and_a_typed_context():
+  """Objective.batch_inputs supplies what the objective needs from the batch; its loss gets a StepContext with the
+  step's teacher temperature and global batch (traced only: jax.eval_shape compiles nothing)."""
+  config = train_utils.tiny_config("simdino")
+  seen = {}
+  base = objectives.get_objective(config.objective)
+
+  def batch_inputs(key, batch_size, run_config):
+    seen["batch_size"] = batch_size
+    return objectives.BatchInputs(metrics={"custom_input": jnp.float32(batch_size)})
+
+  def loss(student_out, teacher_out, state, context, masks):
+    seen["context"], seen["masks"] = context, masks
+    return base.loss(student_out, teacher_out, state, context, masks)
+
+  objective = dataclasses.replace(base, loss=loss, batch_inputs=batch_inputs)
+  trainer = train.build(config, num_examples=64)
+  step = train.make_train_step(config, trainer.graphdef, objective, optim.make_optimizer(
+      config, trainer.state.student))
+  images = jax.ShapeDtypeStruct((16, config.data.image_size, config.data.image_size, 3), jnp.uint8)
+  _, metrics = jax.eval_shape(step, trainer.state, images, trainer.schedules)
+  assert seen["batch_size"] == 16 and seen["masks"] is None and "custom_input" in metrics
+  assert isinstance(seen["context"], objectives.StepContext) and seen["context"].global_batch_size == 16
+  assert isinstance(trainer.schedules(0), optim.ScheduledValues)
