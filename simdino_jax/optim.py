@@ -8,7 +8,7 @@ AdamW with a per-parameter lr multiplier s), preceded by gradient clipping. Deta
   CLS, register and mask tokens; block i: layer i+1; the rest of the backbone and the heads: L+1) and
   ×`patch_embed_lr_mult` on the patch embedding;
 - the prototype layer (`last_layer`) is frozen for the first epoch(s) as PyTorch does with `grad=None`: no moment
-  update, no weight decay, and its Adam step counter starts when it is unfrozen (each tensor keeps its own count).
+  update, no weight decay, and its Adam step counter starts when it is unfrozen (each group keeps its own count).
 Learning rate and weight decay come from the global step through `extra_args`, so a frozen tensor sees the same
 schedule as the rest once it is released.
 """
@@ -60,8 +60,18 @@ def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
   return rules[rule]
 
 
+class ScheduledValues(NamedTuple):
+  """The scheduled values of one step (traced scalars)."""
+  lr: jax.Array
+  wd: jax.Array
+  momentum: jax.Array
+  teacher_temp: jax.Array
+  train_last_layer: jax.Array
+  epoch: jax.Array
+
+
 class Schedules(NamedTuple):
-  """All scheduled values of the recipe, resolved to steps; `__call__(step)` gives the dict the step uses.
+  """All scheduled values of the recipe, resolved to steps; `__call__(step)` gives the step's ScheduledValues.
 
   A pytree of scalars: the train step receives it traced, so none of these numbers is compiled into the step.
   """
@@ -81,21 +91,21 @@ class Schedules(NamedTuple):
   warmup_teacher_temp_epochs: int
   teacher_temp_per_iteration: bool = False
 
-  def __call__(self, step) -> dict:
-    return {
-        "lr": cosine_schedule(step, base=self.peak_lr, final=self.min_lr, total_steps=self.total_steps,
+  def __call__(self, step) -> ScheduledValues:
+    return ScheduledValues(
+        lr=cosine_schedule(step, base=self.peak_lr, final=self.min_lr, total_steps=self.total_steps,
                               warmup_steps=self.warmup_steps, warmup_start=self.warmup_lr),
-        "wd": cosine_schedule(step, base=self.weight_decay, final=self.weight_decay_end,
+        wd=cosine_schedule(step, base=self.weight_decay, final=self.weight_decay_end,
                               total_steps=self.total_steps),
-        "momentum": cosine_schedule(step, base=self.momentum, final=self.momentum_end,
+        momentum=cosine_schedule(step, base=self.momentum, final=self.momentum_end,
                                     total_steps=self.total_steps),
-        "teacher_temp": teacher_temp_schedule(
+        teacher_temp=teacher_temp_schedule(
             step, steps_per_epoch=self.steps_per_epoch, warmup_temp=self.warmup_teacher_temp,
             temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs,
             per_iteration=self.teacher_temp_per_iteration),
-        "train_last_layer": jnp.asarray(step) >= self.freeze_last_layer_steps,
-        "epoch": jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
-    }
+        train_last_layer=jnp.asarray(step) >= self.freeze_last_layer_steps,
+        epoch=jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
+    )
 
 
 def resolve_total_steps(config, *, steps_per_epoch: int, batch_size: int) -> int:
@@ -139,9 +149,8 @@ def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedule
 
 def path_strings(tree: PyTree) -> PyTree:
   """The tree with each leaf replaced by its '/'-joined path, e.g. 'head/last_layer/v'."""
-  def name(path, _):
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-  return jax.tree_util.tree_map_with_path(name, tree)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
 
 
 def weight_decay_mask(params: PyTree) -> PyTree:
@@ -195,12 +204,6 @@ def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-class AdamWState(NamedTuple):
-  count: PyTree  # int32 per tensor: PyTorch keeps one step counter per parameter.
-  mu: PyTree
-  nu: PyTree
-
-
 def clip_per_module(max_norm: float, labels: PyTree) -> optax.GradientTransformation:
   """`g ← g·min(1, max_norm/‖g_M‖₂)` with ‖g_M‖ the global norm of g's module M (DINOv2 clips the backbone and
   each head separately); `labels` names each parameter's module (see module_labels)."""
@@ -208,44 +211,38 @@ def clip_per_module(max_norm: float, labels: PyTree) -> optax.GradientTransforma
   return optax.multi_transform({module: optax.clip_by_global_norm(max_norm) for module in modules}, labels)
 
 
+FROZEN_AT_START, TRAINED = "frozen_at_start", "trained"
+
+
 def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree, lr_scale: PyTree = None
                     ) -> optax.GradientTransformationExtraArgs:
   """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args; `lr_scale` (a float per
   parameter, default 1) multiplies each parameter's lr, weight decay included (PyTorch's per-group lr).
 
-  For tensors in `frozen` while `train_last_layer` is False, the update is zero and their moments and count are
-  left untouched (PyTorch skips parameters whose `grad` is None).
+  optax's `scale_by_adam`, `add_decayed_weights(mask=decay_mask)` and `scale_by_learning_rate`, partitioned into
+  the tensors in `frozen` and the rest, each group with its own Adam step count. While `train_last_layer` is False
+  the frozen group's update is zero and its moments and count stay untouched (`conditionally_mask`: PyTorch skips
+  parameters whose `grad` is None), so its count starts when it is released.
   """
-  def init(params):
-    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
-    count = jax.tree.map(lambda p: jnp.zeros([], jnp.int32), params)
-    return AdamWState(count=count, mu=zeros, nu=jax.tree.map(jnp.copy, zeros))
-
   scales = jax.tree.map(lambda _: 1.0, decay_mask) if lr_scale is None else lr_scale
+  labels = jax.tree.map(lambda is_frozen: FROZEN_AT_START if is_frozen else TRAINED, frozen)
+
+  def adamw(lr, wd) -> optax.GradientTransformation:
+    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.add_decayed_weights(wd, mask=decay_mask),
+                       optax.scale_by_learning_rate(lr))
+
+  def transform(lr, wd) -> optax.GradientTransformationExtraArgs:
+    released = lambda _, train_last_layer, **unused: train_last_layer
+    return optax.chain(
+        optax.partition({TRAINED: adamw(lr, wd), FROZEN_AT_START: optax.conditionally_mask(
+            adamw(lr, wd), released, forward_extra_args=True)}, labels),
+        optax.stateless(lambda updates, params: jax.tree.map(jnp.multiply, updates, scales)))
 
   def update(grads, state, params, *, lr, wd, train_last_layer, **unused):
     del unused
-    def leaf(g, count, mu, nu, p, decay, is_frozen, scale):
-      active = jnp.logical_or(jnp.logical_not(is_frozen), train_last_layer)
-      g = g.astype(jnp.float32)
-      new_count = count + 1
-      new_mu = b1 * mu + (1 - b1) * g
-      new_nu = b2 * nu + (1 - b2) * jnp.square(g)
-      mu_hat = new_mu / (1 - b1 ** new_count.astype(jnp.float32))
-      nu_hat = new_nu / (1 - b2 ** new_count.astype(jnp.float32))
-      step = mu_hat / (jnp.sqrt(nu_hat) + eps)
-      if decay:
-        step = step + wd * p.astype(jnp.float32)
-      u = jnp.where(active, -lr * scale * step, 0.0).astype(p.dtype)
-      keep = lambda new, old: jnp.where(active, new, old)
-      return u, keep(new_count, count), keep(new_mu, mu), keep(new_nu, nu)
+    return transform(lr, wd).update(grads, state, params, train_last_layer=train_last_layer)
 
-    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, decay_mask, frozen, scales)
-    is_leaf_tuple = lambda x: isinstance(x, tuple) and len(x) == 4
-    pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=is_leaf_tuple)
-    return pick(0), AdamWState(count=pick(1), mu=pick(2), nu=pick(3))
-
-  return optax.GradientTransformationExtraArgs(init, update)
+  return optax.GradientTransformationExtraArgs(transform(0.0, 0.0).init, update)
 
 
 def make_optimizer(config, params: PyTree) -> optax.GradientTransformationExtraArgs:

@@ -8,11 +8,11 @@ import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from simdino_jax import validation
-from simdino_jax.objectives import OBJECTIVES, default_config, get_objective
+from simdino_jax.objectives import OBJECTIVES, StepContext, default_config, get_objective
 from tests import numpy_reference as ref
 
 N_VIEWS, BATCH, WIDTH, PATCHES, PROTOTYPES, EMBED = 4, 16, 6, 5, 12, 8
-SCHED = {"teacher_temp": 0.05, "momentum": 0.996, "lr": 1e-3, "wd": 0.04, "epoch": 0.0}
+SCHED = StepContext(teacher_temp=0.05)
 
 
 def data_mesh():
@@ -49,7 +49,7 @@ def per_device_koleo(cls, n_devices):
 
 def expected_loss(config, state, student, teacher, masks, n_devices=1):
   """(total loss, new state) from the float64 references, following docs/objectives.md."""
-  temp = SCHED["teacher_temp"]
+  temp = SCHED.teacher_temp
   new_state = {}
   koleo_weight = {"dinov2": 0.1}.get(config.name, 0.0) if config.koleo_weight == -1 else config.koleo_weight
   if config.name in ("dino", "dinov2"):
@@ -190,9 +190,8 @@ def test_missing_inputs_raise_clear_errors():
   student, teacher, _ = model_outputs(3, "dino")
   with pytest.raises(ValueError, match="masks"):
     objective.loss(student, teacher, objective.init_state(PROTOTYPES), SCHED, None)
-  objective = get_objective(make_config(name="dino"))
-  with pytest.raises(KeyError, match="teacher_temp"):
-    objective.loss(student, teacher, objective.init_state(PROTOTYPES), {}, None)
+  with pytest.raises(TypeError, match="teacher_temp"):  # The step context names what a loss needs.
+    StepContext()
 
 
 def test_default_config_fields_and_koleo_default():

@@ -52,18 +52,18 @@ def test_schedules_resolve_epochs_and_follow_the_recipe():
   s = optim.make_schedules(_config(), steps_per_epoch=steps_per_epoch, batch_size=512)
   assert s.total_steps == 70 and s.warmup_steps == 14 and s.freeze_last_layer_steps == 7
   assert s.peak_lr == pytest.approx(5e-4 * 512 / 256)
-  assert float(s(13)["lr"]) == pytest.approx(s.peak_lr, rel=1e-6)
-  assert float(s(0)["wd"]) == pytest.approx(0.04) and float(s(70)["wd"]) == pytest.approx(0.4, rel=1e-6)
+  assert float(s(13).lr) == pytest.approx(s.peak_lr, rel=1e-6)
+  assert float(s(0).wd) == pytest.approx(0.04) and float(s(70).wd) == pytest.approx(0.4, rel=1e-6)
   # Momentum: m_t = 1 − (1 − 0.996)(1 + cos(π t/T))/2.
   for t in (0, 20, 69):
     expected = 1 - (1 - 0.996) * (1 + math.cos(math.pi * t / 70)) / 2
-    assert float(s(t)["momentum"]) == pytest.approx(expected, abs=1e-7)
+    assert float(s(t).momentum) == pytest.approx(expected, abs=1e-7)
   # Teacher temperature is indexed by epoch: linspace(0.04, 0.07, 4)[epoch], then 0.07.
   temps = np.linspace(0.04, 0.07, 4)
   for epoch in range(6):
     for t in (epoch * steps_per_epoch, epoch * steps_per_epoch + steps_per_epoch - 1):
-      assert float(s(t)["teacher_temp"]) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
-  assert not bool(s(6)["train_last_layer"]) and bool(s(7)["train_last_layer"])
+      assert float(s(t).teacher_temp) == pytest.approx(temps[epoch] if epoch < 4 else 0.07, abs=1e-7)
+  assert not bool(s(6).train_last_layer) and bool(s(7).train_last_layer)
 
 
 def test_teacher_temperature_warms_up_per_iteration_for_dinov2():
@@ -133,12 +133,13 @@ def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
     updates, state = tx.update(g, state, p, lr=lr, wd=wd, train_last_layer=i >= frozen_steps)
     p = optax.apply_updates(p, updates)
     if i == frozen_steps - 1:
-      adam_state = state[1]
+      groups = state[1][0].inner_states  # scheduled_adamw: one Adam state per group, each with its own count.
+      frozen, trained = groups[optim.FROZEN_AT_START].inner_state.inner_state[0], groups[optim.TRAINED].inner_state[0]
       # During the freeze the prototype layer's moments and step counter never move, nor does the layer.
-      np.testing.assert_array_equal(adam_state.mu["head"]["last_layer"]["v"], 0.0)
-      np.testing.assert_array_equal(adam_state.nu["head"]["last_layer"]["v"], 0.0)
-      assert int(adam_state.count["head"]["last_layer"]["v"]) == 0
-      assert int(adam_state.count["backbone"]["dense"]["kernel"]) == frozen_steps
+      np.testing.assert_array_equal(frozen.mu["head"]["last_layer"]["v"], 0.0)
+      np.testing.assert_array_equal(frozen.nu["head"]["last_layer"]["v"], 0.0)
+      assert int(frozen.count) == 0
+      assert int(trained.count) == frozen_steps
       np.testing.assert_array_equal(p["head"]["last_layer"]["v"], params["head"]["last_layer"]["v"])
   # A trained kernel follows PyTorch's AdamW over all steps.
   ref = _torch_adamw_reference(np.asarray(params["backbone"]["dense"]["kernel"]),

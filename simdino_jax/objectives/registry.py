@@ -1,6 +1,8 @@
 """The objective registry: DINO, DINOv2, SimDINO and SimDINOv2, plus add-on regularizers, behind one contract.
 
-Objective.loss(student_out, teacher_out, state, sched, masks) -> (loss, new_state, metrics) with
+Objective.batch_inputs(key, batch_size, run config) -> BatchInputs: what the objective adds to a batch of crops
+(DINOv2's and SimDINOv2's iBOT masks and the masked tokens the heads score); the trainer forwards it unread.
+Objective.loss(student_out, teacher_out, state, context, masks) -> (loss, new_state, metrics) with
 loss = L_method + w_koleo·(KoLeo(g1) + KoLeo(g2)) + w_proto·KoLeo-proto(prototypes) − w_rate·mean_i R(head(g_i))
 (docs/objectives.md). Metrics hold every component unweighted ("dino", "ibot", "koleo", "koleo_proto", "comp",
 "expa", "patch", "coding_rate"), the total "loss", and diagnostics already normalized for the collapse monitor
@@ -10,15 +12,16 @@ Options are validated once, where the config is read (simdino_jax/validation.py)
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from simdino_jax.data import masking
 from simdino_jax.numerics import marginal_entropy, mean_entropy
 from simdino_jax.objectives.dino import cross_view_cross_entropy, sinkhorn_knopp, teacher_probs, update_center
-from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, update_patch_center
+from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, masked_patch_index, update_patch_center
 from simdino_jax.objectives.koleo import koleo_on_global_crops, koleo_proto_loss
 from simdino_jax.objectives.simdino import mean_coding_rate, simdino_loss, simdinov2_loss
 from simdino_jax.registry import Registry
@@ -27,21 +30,55 @@ CENTERINGS = ("center", "sinkhorn_knopp")
 METHOD_DEFAULT = -1.0  # koleo_weight value meaning "the method's default"
 DEFAULT_KOLEO_WEIGHTS = {"dinov2": 0.1}  # the other methods: 0
 
-LossFn = Callable[[dict, dict, dict, dict, jax.Array | None], tuple[jax.Array, dict, dict]]
+class StepContext(NamedTuple):
+  """What a loss reads about its step besides the network outputs."""
+  teacher_temp: jax.Array | float  # the scheduled teacher temperature τ_t
+  global_batch_size: int | None = None  # B of the whole step (SimDINO's α and γ); None: the outputs' own B
+
+
+class BatchInputs(NamedTuple):
+  """What an objective adds to a batch of crops; every array is view-major [2, B, ...] over the global crops."""
+  student_masks: jax.Array | None = None  # bool [2, B, N]: patch tokens the student sees as the mask token
+  patch_index: jax.Array | None = None    # int32 [2, B, M]: patch tokens both heads score
+  loss_masks: jax.Array | None = None     # bool [2, B, M]: the `masks` argument of the loss
+  metrics: dict | None = None             # scalars to log with the step's metrics
+
+
+LossFn = Callable[[dict, dict, dict, StepContext, jax.Array | None], tuple[jax.Array, dict, dict]]
+BatchInputsFn = Callable[[jax.Array, int, ml_collections.ConfigDict], BatchInputs]
+
+
+def no_batch_inputs(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
+  """Objectives that read only the crops."""
+  del key, batch_size, run_config
+  return BatchInputs()
+
+
+def masked_tokens(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
+  """iBOT block masks of the global crops (`run_config.masking`) and the masked tokens the heads score: at most
+  `max_masked_patches` slots per image, the loss masks marking the used ones (objectives/ibot.py)."""
+  side = run_config.aug.global_size // run_config.model.patch_size
+  masks = masking.block_masks(key, batch_size, (side, side), run_config.masking)
+  index, slots = masked_patch_index(masks, masking.max_masked_patches(side * side, run_config.masking))
+  return BatchInputs(student_masks=masks, patch_index=index, loss_masks=slots,
+                     metrics={"masked_fraction": jnp.mean(masks.astype(jnp.float32))})
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """A training objective: the head kind it needs, whether the student sees masks, its state and its loss.
+  """A training objective: the head kind it needs, whether the student sees masks, its state, its loss and what it
+  adds to a batch.
 
   head_kind: "dino" (prototype logits [.., K]) or "simdino" (l2-normalized embeddings [.., p]);
-  init_state(head output size) -> state pytree; loss(student_out, teacher_out, state, sched, masks).
+  init_state(head output size) -> state pytree; loss(student_out, teacher_out, state, context, masks);
+  batch_inputs(key, batch_size, run config) -> BatchInputs.
   """
   name: str
   head_kind: str
   needs_masks: bool
   init_state: Callable[[int], dict]
   loss: LossFn
+  batch_inputs: BatchInputsFn = no_batch_inputs
 
 
 OBJECTIVES: Registry[Callable[[ml_collections.ConfigDict], Objective]] = Registry("objective")
@@ -89,9 +126,9 @@ def _required_masks(masks: jax.Array | None, name: str) -> jax.Array:
   return masks
 
 
-def _dino_teacher(teacher_logits, state, sched, config):
+def _dino_teacher(teacher_logits, state, context, config):
   """(teacher probabilities, new state entries) for the CLS teacher: centered softmax or Sinkhorn-Knopp."""
-  temperature = _required(sched, "teacher_temp", "schedule dict")
+  temperature = context.teacher_temp
   if config.centering == "sinkhorn_knopp":
     flat = sinkhorn_knopp(teacher_logits.reshape(-1, teacher_logits.shape[-1]), temperature)
     return flat.reshape(teacher_logits.shape), {}
@@ -114,10 +151,10 @@ def _center_state(keys):
 
 @OBJECTIVES.register("dino")
 def _dino(config) -> Objective:
-  def loss(student_out, teacher_out, state, sched, masks):
+  def loss(student_out, teacher_out, state, context, masks):
     del masks
     teacher_logits = _required(teacher_out, "head", "teacher output")
-    probabilities, new_state = _dino_teacher(teacher_logits, state, sched, config)
+    probabilities, new_state = _dino_teacher(teacher_logits, state, context, config)
     dino = cross_view_cross_entropy(_required(student_out, "head", "student output"), probabilities,
                                     student_temp=config.student_temp)
     return dino, {**state, **new_state}, {"dino": dino, **_dino_diagnostics(dino, probabilities)}
@@ -129,15 +166,15 @@ def _dino(config) -> Objective:
 @OBJECTIVES.register("dinov2")
 def _dinov2(config) -> Objective:
   """L = L_DINO(CLS) + L_iBOT(masked patches); its KoLeo is the add-on (koleo_weight's default 0.1)."""
-  def loss(student_out, teacher_out, state, sched, masks):
+  def loss(student_out, teacher_out, state, context, masks):
     masks = _required_masks(masks, "dinov2")
     teacher_logits = _required(teacher_out, "head", "teacher output")
     teacher_patch_logits = _required(teacher_out, "patch_head", "teacher output")
-    probabilities, new_state = _dino_teacher(teacher_logits, state, sched, config)
+    probabilities, new_state = _dino_teacher(teacher_logits, state, context, config)
     if config.centering == "sinkhorn_knopp":
-      patch_probabilities = ibot_sinkhorn_knopp(teacher_patch_logits, masks, sched["teacher_temp"])
+      patch_probabilities = ibot_sinkhorn_knopp(teacher_patch_logits, masks, context.teacher_temp)
     else:
-      patch_probabilities = teacher_probs(teacher_patch_logits, state["patch_center"], sched["teacher_temp"])
+      patch_probabilities = teacher_probs(teacher_patch_logits, state["patch_center"], context.teacher_temp)
       new_state["patch_center"] = update_patch_center(state["patch_center"], teacher_patch_logits, masks,
                                                       config.center_momentum)
     dino = cross_view_cross_entropy(_required(student_out, "head", "student output"), probabilities,
@@ -148,14 +185,14 @@ def _dinov2(config) -> Objective:
     return dino + ibot, {**state, **new_state}, metrics
 
   keys = ("center", "patch_center") if config.centering == "center" else ()
-  return Objective("dinov2", "dino", True, _center_state(keys), loss)
+  return Objective("dinov2", "dino", True, _center_state(keys), loss, masked_tokens)
 
 
-def _simdino_options(config, sched) -> dict:
-  """The loss options; α and γ refer to the step's global batch (sched["global_batch_size"], when given)."""
+def _simdino_options(config, context) -> dict:
+  """The loss options; α and γ refer to the step's global batch (context.global_batch_size, when given)."""
   return dict(eps=config.eps, coeff=config.coeff, expa_type=config.expa_type, gamma=config.gamma,
               covariance=config.covariance, group_size=config.covariance_group_size,
-              n=sched.get("global_batch_size"))
+              n=context.global_batch_size)
 
 
 def _embedding_diagnostics(teacher_z, metrics) -> dict:
@@ -165,11 +202,11 @@ def _embedding_diagnostics(teacher_z, metrics) -> dict:
 
 @OBJECTIVES.register("simdino")
 def _simdino(config) -> Objective:
-  def loss(student_out, teacher_out, state, sched, masks):
+  def loss(student_out, teacher_out, state, context, masks):
     del masks
     teacher_z = _required(teacher_out, "head", "teacher output")
     total, metrics = simdino_loss(_required(student_out, "head", "student output"), teacher_z,
-                                  **_simdino_options(config, sched))
+                                  **_simdino_options(config, context))
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
   return Objective("simdino", "simdino", False, _center_state(()), loss)
@@ -177,16 +214,16 @@ def _simdino(config) -> Objective:
 
 @OBJECTIVES.register("simdinov2")
 def _simdinov2(config) -> Objective:
-  def loss(student_out, teacher_out, state, sched, masks):
+  def loss(student_out, teacher_out, state, context, masks):
     teacher_z = _required(teacher_out, "head", "teacher output")
     total, metrics = simdinov2_loss(
         _required(student_out, "head", "student output"), teacher_z,
         _required(student_out, "patch_head", "student output"),
         _required(teacher_out, "patch_head", "teacher output"), _required_masks(masks, "simdinov2"),
-        **_simdino_options(config, sched))
+        **_simdino_options(config, context))
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
-  return Objective("simdinov2", "simdino", True, _center_state(()), loss)
+  return Objective("simdinov2", "simdino", True, _center_state(()), loss, masked_tokens)
 
 
 def get_objective(config: ml_collections.ConfigDict) -> Objective:
@@ -198,9 +235,9 @@ def get_objective(config: ml_collections.ConfigDict) -> Objective:
   method = OBJECTIVES.get(config.name)(config)
   koleo_weight = resolve_koleo_weight(config)
 
-  def loss(student_out, teacher_out, state, sched, masks):
+  def loss(student_out, teacher_out, state, context, masks):
     teacher_out = jax.tree.map(jax.lax.stop_gradient, teacher_out)
-    total, new_state, metrics = method.loss(student_out, teacher_out, state, sched, masks)
+    total, new_state, metrics = method.loss(student_out, teacher_out, state, context, masks)
     if koleo_weight > 0:
       metrics["koleo"] = koleo_on_global_crops(_required(student_out, "cls", "student output"), config.koleo_scope,
                                                 config.koleo_group_size)
