@@ -1,5 +1,6 @@
 """Preparation into the TFDS array_record layout, and the TFDS source read through grain without TensorFlow."""
 
+import io
 import os
 import pickle
 import shutil
@@ -151,6 +152,19 @@ def test_folder_import_with_labels_and_test_split(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = tfds.builder("pets", data_dir=str(tmp_path / "tfds"))
   assert builder.info.features["label"].names == ["cat", "dog"]
+  # JPEG files are stored as they are (training decodes them at a reduced DCT scale); other formats as PNG.
+  stored = {}
+  for split in ("train", "test"):
+    records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    stored.update({records[i]["id"].decode(): records[i]["image"] for i in range(len(records))})
+  assert len(stored) == 11
+  for name, encoded in stored.items():
+    if name.endswith(".jpg"):
+      assert encoded == (root / name).read_bytes(), name
+    else:
+      assert encoded[:8] == b"\x89PNG\r\n\x1a\n", name
+      original = np.asarray(Image.open(root / name).convert("RGB"))
+      np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), original)
 
 
 def test_missing_and_malformed_sources(tmp_path):

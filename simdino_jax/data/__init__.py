@@ -1,15 +1,27 @@
 """Data: host-side sources and iterators, on-device multi-crop augmentation and iBOT masks.
 
-`sources`, `augment` and `masking` import only numpy and jax (TFDS and grain are imported when a TFDS dataset
-is used); `prepare` needs tensorflow-datasets and TensorFlow; `default_config` needs ml_collections.
+`sources` and `host_crops` import only numpy (and, lazily, PIL, OpenCV, libjpeg-turbo's simplejpeg, grain and
+TFDS): they run in grain's worker processes, which never import JAX. `augment` and `masking` run on the accelerator
+(jax); `prepare` needs tensorflow-datasets and TensorFlow; `default_config` needs ml_collections. The names below
+are imported from their modules when first used, so importing one submodule imports nothing else.
 """
 
-from simdino_jax.data.augment import multicrop
-from simdino_jax.data.masking import block_masks
-from simdino_jax.data.sources import create_train_iterator, eval_batches, load_split, open_split
+import importlib
 
 __all__ = ["block_masks", "create_train_iterator", "default_config", "eval_batches", "load_split", "multicrop",
            "open_split"]
+
+_HOMES = {"multicrop": "augment", "block_masks": "masking", "create_train_iterator": "sources",
+          "eval_batches": "sources", "load_split": "sources", "open_split": "sources"}
+
+
+def __getattr__(name: str):
+  if name in _HOMES:
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+  if name in ("augment", "host_crops", "masking", "sources"):
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simdino_jax.data.host_crops import CROP_RATIO
+from simdino_jax.data.host_crops import CROP_TRIES
+from simdino_jax.data.host_crops import center_crop_box
+
 # torchvision's rgb_to_grayscale weights.
 _GRAY = (0.2989, 0.587, 0.114)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-CROP_TRIES = 10
 
 
 def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]:
@@ -144,18 +146,6 @@ def crop_box(u, height: int, width: int, scale) -> jax.Array:
   fallback = jnp.asarray(center_crop_box(height, width), jnp.int32)
   sampled = jnp.stack([top[first], left[first], h[first], w[first]])
   return jnp.where(jnp.any(fits), sampled, fallback)
-
-
-def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
-  """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
-  in_ratio = width / height
-  if in_ratio < CROP_RATIO[0]:
-    w, h = width, int(round(width / CROP_RATIO[0]))
-  elif in_ratio > CROP_RATIO[1]:
-    h, w = height, int(round(height * CROP_RATIO[1]))
-  else:
-    w, h = width, height
-  return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _cubic(t):

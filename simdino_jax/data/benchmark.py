@@ -14,6 +14,7 @@ and the cost of each part of one image: decode and each crop.
 timed repeats after a warm-up (compile) call, with block_until_ready.
 """
 
+import math
 import os
 import time
 
@@ -89,8 +90,10 @@ def read_photos(folder: str | None) -> tuple[list[bytes], list[str]]:
   return encoded, names
 
 
-def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, workers: int) -> tuple[float, float]:
-  """(images/s wall, images per CPU-second of the workers) of host crops in `workers` grain worker processes."""
+def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, workers: int
+                   ) -> tuple[float, float, list[float]]:
+  """(images/s wall, images per CPU-second of the workers, resident MiB of each worker) of host crops in `workers`
+  grain worker processes."""
   import grain  # pylint: disable=import-outside-toplevel
   import psutil  # pylint: disable=import-outside-toplevel
 
@@ -104,24 +107,62 @@ def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, wo
   for _ in range(n_batches):
     next(iterator)
   wall, cpu_s = time.perf_counter() - start, cpu() - cpu_start
+  resident = [p.memory_info().rss / 2**20 for p in children]
   iterator.close()  # stops the workers
-  return n_batches * batch / wall, n_batches * batch / cpu_s
+  return n_batches * batch / wall, n_batches * batch / cpu_s, resident
+
+
+def torchvision_crops(image: bytes, boxes, sizes) -> list[np.ndarray]:
+  """The official loaders' way (torchvision's RandomResizedCrop on a PIL image): decode the whole image, then
+  resize each view's box with PIL's antialiased bicubic filter. The baseline and the quality reference."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  pil = host_crops.open_image(image).convert("RGB")
+  return [np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
+          for (top, left, h, w), size in zip(boxes, sizes)]
+
+
+def side_by_side(encoded: list[bytes], plan, n_images: int, repeats: int = 3) -> dict[str, float]:
+  """CPU milliseconds per image (all views) of `host_crops.cut_crops` and of `torchvision_crops`, measured
+  alternately in this process on the same images and boxes (the best of `repeats` rounds each), and the worst
+  mean absolute difference of a crop between them (in 1/255)."""
+  rng = np.random.default_rng(0)
+  images = [encoded[i % len(encoded)] for i in range(n_images)]
+  boxes = [plan.draw_boxes(rng, *host_crops.image_size(image)) for image in images]
+
+  def ours():
+    out = []
+    for image, b in zip(images, boxes):
+      pixels, scale_x, scale_y = host_crops.decode(image, b, plan.sizes())
+      out.append([host_crops.resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
+                  for box, size in zip(b, plan.sizes())])
+    return out
+  theirs = lambda: [torchvision_crops(image, b, plan.sizes()) for image, b in zip(images, boxes)]
+  best, crops = {"host_crops": math.inf, "torchvision": math.inf}, {}
+  for _ in range(repeats):
+    for name, fn in (("host_crops", ours), ("torchvision", theirs)):
+      start = time.process_time()
+      crops[name] = fn()
+      best[name] = min(best[name], 1e3 * (time.process_time() - start) / n_images)
+  mine, reference = crops["host_crops"], crops["torchvision"]
+  worst = max(float(np.mean(np.abs(a.astype(np.float64) - b))) for m, r in zip(mine, reference)
+              for a, b in zip(m, r))
+  return {**best, "worst_crop_mad": worst}
 
 
 def part_costs(encoded: list[bytes], plan, n_images: int) -> dict[str, float]:
-  """CPU milliseconds of one image's parts in this process: decode (at the draft scale), a global, a local crop."""
+  """CPU milliseconds of one image's parts in this process: decode (at the DCT scale), a global, a local crop."""
   rng = np.random.default_rng(0)
   totals = {"decode": 0.0, "global crop": 0.0, "local crop": 0.0}
   for i in range(n_images):
+    image = encoded[i % len(encoded)]
+    boxes = plan.draw_boxes(rng, *host_crops.image_size(image))
     start = time.process_time()
-    pil = host_crops.open_image(encoded[i % len(encoded)])
-    boxes = plan.draw_boxes(rng, pil.size[1], pil.size[0])
-    pil, scale_x, scale_y = host_crops.decode(pil, boxes, plan.sizes())
-    pil.load()
+    pixels, scale_x, scale_y = host_crops.decode(image, boxes, plan.sizes())
     totals["decode"] += time.process_time() - start
     for j, (box, size) in enumerate(zip(boxes, plan.sizes())):
       start = time.process_time()
-      host_crops.resized_crop(pil, box, size, scale_x, scale_y, plan.interpolation)
+      host_crops.resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
       totals["global crop" if j < 2 else "local crop"] += time.process_time() - start
   counts = {"decode": n_images, "global crop": 2 * n_images, "local crop": plan.n_local * n_images}
   return {k: 1e3 * v / counts[k] for k, v in totals.items()}
@@ -129,24 +170,29 @@ def part_costs(encoded: list[bytes], plan, n_images: int) -> dict[str, float]:
 
 def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64, n_batches: int = 50,
                    global_size: int = 224, local_size: int = 96, n_local: int = 10, parts_images: int = 50) -> None:
-  """Prints the host-crop figures: per-part costs, then images/s for each worker count."""
+  """Prints the host-crop figures: ours against torchvision's way, per-part costs, then images/s and resident
+  memory for each worker count."""
   config = data.default_config().aug
   config.global_size, config.local_size, config.n_local = global_size, local_size, n_local
   plan = host_crops.CropPlan.from_config(config)
   encoded, names = read_photos(photos)
-  sizes = sorted({host_crops.open_image(e).size for e in encoded})
+  sizes = sorted({host_crops.image_size(e)[::-1] for e in encoded})
   print(f"host crops: {len(names)} photos ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; sizes "
         f"{', '.join(f'{w}x{h}' for w, h in sizes[:4])}), 2x{plan.global_size} + {plan.n_local}x"
         f"{plan.local_size} crops (scales {plan.global_scale}, {plan.local_scale}), batch {batch}, "
-        f"{os.cpu_count()} CPU cores")
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
+  both = side_by_side(encoded, plan, parts_images)
+  print(f"one image, all {2 + plan.n_local} views, CPU ms in this process: host_crops {both['host_crops']:.2f} "
+        f"({1e3 / both['host_crops']:.0f} images/s per core), torchvision's way {both['torchvision']:.2f} "
+        f"({1e3 / both['torchvision']:.0f}); ratio {both['torchvision'] / both['host_crops']:.2f}x; worst crop "
+        f"MAD from PIL's resize {both['worst_crop_mad']:.2f}/255")
   costs = part_costs(encoded, plan, parts_images)
-  per_image = costs["decode"] + 2 * costs["global crop"] + plan.n_local * costs["local crop"]
-  print("per-part cost (CPU ms, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
-        f"; one image with all {2 + plan.n_local} crops {per_image:.2f} ms = {1e3 / per_image:.0f} images/s per core")
+  print("per-part cost (CPU ms, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
   for n in workers:
-    wall, per_cpu = host_crop_rate(encoded, plan, batch=batch, n_batches=n_batches, workers=n)
+    wall, per_cpu, resident = host_crop_rate(encoded, plan, batch=batch, n_batches=n_batches, workers=n)
     print(f"{n} worker(s): {wall:,.0f} images/s ({wall / n:,.0f} per worker, wall clock); "
-          f"{per_cpu:,.0f} images per CPU-second of the workers")
+          f"{per_cpu:,.0f} images per CPU-second of the workers; resident memory per worker "
+          f"{', '.join(f'{r:.0f}' for r in resident)} MiB")
 
 
 def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: int = 64, n_batches: int = 50,

@@ -16,16 +16,16 @@ Only numpy and PIL are imported here (PIL lazily): this module runs in grain's w
 """
 
 import dataclasses
+import functools
 import io
 import math
 
 import numpy as np
 
-from simdino_jax.data.augment import CROP_RATIO
-from simdino_jax.data.augment import CROP_TRIES
-from simdino_jax.data.augment import center_crop_box
-
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (also the device path's).
+CROP_TRIES = 10
 _DRAFT_FACTORS = (8, 4, 2)
+_JPEG_MAGIC = b"\xff\xd8"
 _SETTINGS = {"auto": "auto", "true": True, "false": False}
 
 
@@ -39,6 +39,18 @@ def crops_on_host(setting, image_shape) -> bool:
   if _SETTINGS[key] == "auto":
     return image_shape is None or None in tuple(image_shape)[:2]
   return _SETTINGS[key]
+
+
+def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+  """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
+  in_ratio = width / height
+  if in_ratio < CROP_RATIO[0]:
+    w, h = width, int(round(width / CROP_RATIO[0]))
+  elif in_ratio > CROP_RATIO[1]:
+    h, w = height, int(round(height * CROP_RATIO[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
 
 
 def crop_box(rng: np.random.Generator, height: int, width: int, scale) -> tuple[int, int, int, int]:
@@ -101,28 +113,97 @@ def open_image(image):
   return Image.open(io.BytesIO(bytes(image)))
 
 
-def decode(image, boxes, sizes):
-  """Decodes `image` once, at the smallest JPEG scale that covers every crop: (PIL RGB image, x scale, y scale)
-  where the scales map pixels of the original to pixels of the decoded image."""
-  pil = open_image(image)
-  width, height = pil.size
-  factor = draft_factor(boxes, sizes)
-  if factor > 1 and pil.format == "JPEG":
-    pil.draft("RGB", (width // factor, height // factor))
-  if pil.mode != "RGB":
-    pil = pil.convert("RGB")
-  return pil, pil.size[0] / width, pil.size[1] / height
+def image_size(image) -> tuple[int, int]:
+  """(height, width) of encoded bytes (from the header only) or of a uint8 array."""
+  if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim >= 2:
+    return image.shape[0], image.shape[1]
+  data = bytes(image)
+  if data[:2] == _JPEG_MAGIC:
+    import simplejpeg  # pylint: disable=import-outside-toplevel
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    return height, width
+  width, height = open_image(data).size
+  return height, width
 
 
-def resized_crop(pil, box, size: int, scale_x: float, scale_y: float, interpolation: str = "bicubic"):
-  """The crop `box` = (top, left, h, w) in pixels of the original, resampled to uint8 [size, size, 3] (PIL's
-  antialiased filter over the box mapped to the decoded image)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+def _jpeg_colorspace(data: bytes) -> str:
+  import simplejpeg  # pylint: disable=import-outside-toplevel
+  return simplejpeg.decode_jpeg_header(data)[2]
 
+
+def decode(image, boxes, sizes) -> tuple[np.ndarray, float, float]:
+  """Decodes `image` once: (uint8 RGB array [h, w, 3], x scale, y scale), the scales mapping pixels of the original
+  to pixels of the decoded array. A JPEG is decoded by libjpeg-turbo at the smallest DCT scale that covers every
+  crop (`draft_factor`); other formats, CMYK JPEGs and arrays at full size through PIL."""
+  height, width = image_size(image)
+  data = None if isinstance(image, np.ndarray) else bytes(image)
+  if data is not None and data[:2] == _JPEG_MAGIC and _jpeg_colorspace(data) in ("Gray", "YCbCr", "RGB"):
+    import simplejpeg  # pylint: disable=import-outside-toplevel
+    factor = draft_factor(boxes, sizes)
+    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),
+                                    min_width=-(-width // factor))
+  else:
+    pixels = np.asarray(open_image(image if data is None else data).convert("RGB"))
+  return pixels, pixels.shape[1] / width, pixels.shape[0] / height
+
+
+def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+  """Keys' cubic kernel (a = -0.5: PIL's bicubic), support [-2, 2]."""
+  t = np.abs(t)
+  return np.where(t < 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                  np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+
+
+_FILTERS = {"bicubic": (_keys, 2.0), "bilinear": (lambda t: np.maximum(1 - np.abs(t), 0.0), 1.0)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefilter(factor: float, interpolation: str) -> np.ndarray:
+  """PIL's antialiasing filter for a downscale by `factor` > 1: the kernel stretched by it, sampled at integer
+  offsets d: w_d = k(d / factor) / Σ k, |d| < support · factor."""
+  kernel, support = _FILTERS[interpolation]
+  radius = math.ceil(support * factor) - 1
+  weights = kernel(np.arange(-radius, radius + 1) / factor)
+  return (weights / weights.sum()).astype(np.float32)
+
+
+def _cv2():
+  import cv2  # pylint: disable=import-outside-toplevel
+  cv2.setNumThreads(1)  # One decoding thread per worker process: the processes are the parallelism.
+  return cv2
+
+
+def resized_crop(pixels: np.ndarray, box, size: int, scale_x: float, scale_y: float,
+                 interpolation: str = "bicubic") -> np.ndarray:
+  """The crop `box` = (top, left, h, w) in pixels of the original, resampled to uint8 [size, size, 3].
+
+  PIL's antialiased resize of the box (output pixel i at x0 + (i + ½)·f, weights k((x − centre) / f) for a
+  downscale by f > 1), computed as OpenCV's separable filter with the stretched kernel followed by cubic (linear)
+  interpolation at the output centres: exact where a centre falls on a pixel, within MAD 2/255 of PIL's resize
+  everywhere (tests/test_host_crops.py). A box smaller than the output (an upscale) goes through PIL itself.
+  """
   top, left, h, w = box
-  region = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-  resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
-  return np.asarray(pil.resize((size, size), resample, box=region))
+  y0, y1, x0, x1 = top * scale_y, (top + h) * scale_y, left * scale_x, (left + w) * scale_x
+  fy, fx = (y1 - y0) / size, (x1 - x0) / size
+  if fx < 1 or fy < 1:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(pixels).resize((size, size), resample, box=(x0, y0, x1, y1)))
+  cv2 = _cv2()
+  kx, ky = _prefilter(round(fx, 3), interpolation), _prefilter(round(fy, 3), interpolation)
+  # The region the filter reads: the box and the kernel's reach around it, within the image.
+  rx, ry = len(kx) // 2 + 2, len(ky) // 2 + 2
+  top_r, left_r = max(math.floor(y0) - ry, 0), max(math.floor(x0) - rx, 0)
+  bottom_r, right_r = min(math.ceil(y1) + ry, pixels.shape[0]), min(math.ceil(x1) + rx, pixels.shape[1])
+  region = cv2.sepFilter2D(pixels[top_r:bottom_r, left_r:right_r], cv2.CV_8U, kx, ky,
+                           borderType=cv2.BORDER_REFLECT)
+  sample = cv2.INTER_CUBIC if interpolation == "bicubic" else cv2.INTER_LINEAR
+  if all(float(v).is_integer() for v in (y0, y1, x0, x1)):  # cv2.resize samples at (i + ½)·f − ½ of its input.
+    return cv2.resize(region[int(y0) - top_r:int(y1) - top_r, int(x0) - left_r:int(x1) - left_r], (size, size),
+                      interpolation=sample)
+  to_region = np.array([[fx, 0, x0 - left_r + fx / 2 - 0.5], [0, fy, y0 - top_r + fy / 2 - 0.5]], np.float32)
+  return cv2.warpAffine(region, to_region, (size, size), flags=sample | cv2.WARP_INVERSE_MAP,
+                        borderMode=cv2.BORDER_REFLECT)
 
 
 def cut_crops(image, rng: np.random.Generator, plan: CropPlan) -> dict[str, np.ndarray]:
@@ -130,10 +211,11 @@ def cut_crops(image, rng: np.random.Generator, plan: CropPlan) -> dict[str, np.n
 
   `image` is encoded bytes or a uint8 array [H, W(, C)]. The "local" key is absent when n_local is 0.
   """
-  pil = open_image(image)
-  boxes, sizes = plan.draw_boxes(rng, pil.size[1], pil.size[0]), plan.sizes()
-  pil, scale_x, scale_y = decode(pil, boxes, sizes)
-  crops = [resized_crop(pil, box, size, scale_x, scale_y, plan.interpolation) for box, size in zip(boxes, sizes)]
+  height, width = image_size(image)
+  boxes, sizes = plan.draw_boxes(rng, height, width), plan.sizes()
+  pixels, scale_x, scale_y = decode(image, boxes, sizes)
+  crops = [resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
+           for box, size in zip(boxes, sizes)]
   out = {"global": np.stack(crops[:2])}
   if plan.n_local:
     out["local"] = np.stack(crops[2:])

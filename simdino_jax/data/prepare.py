@@ -145,23 +145,31 @@ def _png(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _load_rgb(path: str, resize: int | None) -> np.ndarray:
+def _image_bytes(path: str, resize: int | None) -> bytes:
+  """What is stored for one image: an RGB or grayscale JPEG as the file's own bytes (training decodes it at a
+  reduced DCT scale: docs/data.md), anything else (CMYK JPEG, PNG, ...; and every image when `resize` is given) as
+  PNG of its RGB pixels."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
   from simdino_jax.data.sources import resize_square  # pylint: disable=import-outside-toplevel
 
   try:
     with Image.open(path) as image:
+      if resize is None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+        image.load()  # A truncated or corrupt file fails here, not in training.
+        with open(path, "rb") as f:
+          return f.read()
       array = np.asarray(image.convert("RGB"))
   except (UnidentifiedImageError, OSError) as e:
     raise SourceError(f"Cannot decode image {path}: {e}") from e
-  return resize_square(array, resize) if resize else array
+  return _png(resize_square(array, resize) if resize else array)
 
 
 def prepare_folder(source: str, name: str, data_dir: str, *, test_fraction: float = 0.0,
                    resize: int | None = None, seed: int = 0) -> str:
   """Writes an image folder as TFDS dataset `name` (array_record); returns the dataset directory.
 
-  Features: image (uint8 [H, W, 3] PNG; resized to `resize` x `resize` when given), id (the path relative to
+  Features: image (uint8 [H, W, 3]: JPEG files as they are, other formats as PNG; resized to `resize` x `resize`
+  and PNG when given), id (the path relative to
   `source`) and, for class folders, label (ClassLabel of the folder names). A `test_fraction` of the images
   (a fixed random choice) goes to a "test" split, the rest to "train".
   """
@@ -180,7 +188,7 @@ def prepare_folder(source: str, name: str, data_dir: str, *, test_fraction: floa
   def examples(indices):
     for i in indices:
       path, label = files[i]
-      example = {"image": _png(_load_rgb(path, resize)), "id": os.path.relpath(path, source)}
+      example = {"image": _image_bytes(path, resize), "id": os.path.relpath(path, source)}
       if classes is not None:
         example["label"] = label
       yield int(i), example
