@@ -122,7 +122,7 @@ def initialize_from(workdir: str, state, shardings):
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"config.init_from: {directory} holds no finished checkpoint.")
-    metadata = manager.item_metadata(step)["state"]
+    metadata = ocp.PyTreeCheckpointHandler().metadata(directory / str(step) / "state").tree
     data = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"] or {}
     available = set(data.get("imported", [f"{n}/{p}" for n in NETWORKS for p in PARTS]))
     abstract, taken = {}, []
