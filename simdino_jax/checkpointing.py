@@ -37,6 +37,7 @@ ITEMS = ("state", "data", "config")
 def checkpoint_manager(workdir: str, options: ocp.CheckpointManagerOptions | None = None
                        ) -> ocp.CheckpointManager:
   """The Orbax manager of `workdir/checkpoints` (gs://... keeps its scheme), items `state`, `data` and `config`."""
+  storage.check_access(workdir)
   return ocp.CheckpointManager(storage.path(workdir) / "checkpoints", options=options, item_names=ITEMS)
 
 
@@ -262,7 +263,7 @@ class Checkpoints:
       while target.exists():  # The same step may have failed before.
         suffix += 1
         target = aside / f"{step}.{suffix}"
-      source.rename(target)
+      storage.move(source, target)
     print(f"Checkpoint of step {step} does not restore ({reason}); moved {source} to {target}; resuming from "
           f"step {resumed_step}.", flush=True)
 

@@ -1,13 +1,25 @@
 """Paths of everything a run reads or writes, through `etils.epath`: local folders and `gs://` alike.
 
-`path("gs://bucket/run")` keeps its scheme (epath reads and writes it through its cloud backend); a local path
-becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only (`write_shared`).
+`path("gs://bucket/run")` keeps its scheme (epath reads and writes it through gcsfs, see simdino_jax/__init__.py);
+a local path becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only
+(`write_shared`). `check_access` and `check_data_dir` turn what would fail mid-run on cloud storage into one line
+before anything runs (docs/operations.md, "Cloud storage").
 """
 
+import functools
 import os
+import socket
+from urllib import parse
 
 import jax
 from etils import epath
+from etils.epath import backend
+
+GCS_API = "https://storage.googleapis.com"
+
+
+class StorageError(ValueError):
+  """Cloud storage that cannot be used as configured; the message names the path and the fix."""
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -21,6 +33,15 @@ def path(location: str | os.PathLike) -> epath.Path:
   return p if is_remote(location) else p.expanduser().resolve()
 
 
+def move(source: epath.Path, target: epath.Path) -> None:
+  """Renames file or folder `source` to `target`; on cloud storage, which has neither renames nor empty folders,
+  gcsfs copies the objects and deletes the originals."""
+  if is_remote(source):
+    backend.fsspec_backend.fs(source).mv(os.fspath(source), os.fspath(target), recursive=True)
+  else:
+    source.rename(target)
+
+
 def write_shared(location: str | os.PathLike, content: str | bytes) -> None:
   """Writes a shared file (text or bytes) from process 0 only; every process holds the same content."""
   if jax.process_index() == 0:
@@ -30,3 +51,63 @@ def write_shared(location: str | os.PathLike, content: str | bytes) -> None:
       target.write_bytes(content)
     else:
       target.write_text(content)
+
+
+def _gcs_endpoint() -> str:
+  """The GCS API this process talks to: STORAGE_EMULATOR_HOST (an emulator) or Google's."""
+  endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "") or GCS_API
+  return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+@functools.cache
+def check_access(location: str | os.PathLike) -> None:
+  """Raises StorageError, in one line naming `location` and the fix, when its bucket cannot be used: host
+  unreachable, no credentials, bucket missing, permission denied. Reads only; local paths pass."""
+  location = os.fspath(location)
+  if not location.startswith("gs://"):
+    return
+  bucket = location[len("gs://"):].split("/")[0]
+  endpoint = _gcs_endpoint()
+  if endpoint == GCS_API:
+    import google.auth  # pylint: disable=import-outside-toplevel
+    from google.auth import exceptions  # pylint: disable=import-outside-toplevel
+    try:
+      google.auth.default()
+    except exceptions.DefaultCredentialsError:
+      raise StorageError(f"{location}: no Google Cloud credentials on this machine. Run `gcloud auth "
+                         "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account "
+                         "key file (a TPU VM uses its service account).") from None
+  url = parse.urlparse(endpoint)
+  try:
+    socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=10).close()
+  except OSError as e:
+    raise StorageError(f"{location}: cannot reach the GCS API at {endpoint} ({e}). Check this machine's network "
+                       "(a TPU VM reaches it by default), or STORAGE_EMULATOR_HOST if you use an emulator.") from None
+  try:
+    exists = path(f"gs://{bucket}").exists()  # Lists the bucket's objects (storage.objects.list).
+  except OSError as e:
+    if "Forbidden" in str(e) or "403" in str(e):
+      raise StorageError(f"{location}: permission denied on gs://{bucket}. Grant this machine's account "
+                         "roles/storage.objectUser on the bucket (gcloud storage buckets add-iam-policy-binding "
+                         f"gs://{bucket} --member=... --role=roles/storage.objectUser).") from None
+    raise StorageError(f"{location}: {str(e).splitlines()[0]}") from None
+  if not exists:
+    raise StorageError(f"{location}: the bucket gs://{bucket} does not exist. Create it (gcloud storage buckets "
+                       f"create gs://{bucket} --location=REGION, in the TPU's region) or fix the path.")
+
+
+def check_data_dir(data_config) -> None:
+  """Raises StorageError when `data_config` reads a TFDS array_record dataset from cloud storage: array_record's
+  reader (under grain) opens local files only. The built-in datasets and npz files (data.path) read gs:// paths."""
+  data_dir = data_config.get("data_dir")
+  if not data_dir or not is_remote(data_dir):
+    return
+  from simdino_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  if data_config.name in sources.source_names():
+    return
+  raise StorageError(
+      f"--config.data.data_dir={data_dir}: the TFDS array_record files of {data_config.name!r} are read by "
+      "array_record, which opens local files only. Copy the dataset to local disk (gcloud storage cp -r "
+      f"{data_dir}/{data_config.name} /data/tfds/ and --config.data.data_dir=/data/tfds), or mount the bucket "
+      "with GCSFuse and pass the mount's path (docs/operations.md, \"Cloud storage\").")

@@ -331,6 +331,8 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
   validation.validate_config(config)
+  storage.check_access(workdir)  # Cloud storage problems: one line, before anything is built or written.
+  storage.check_data_dir(config.data)
   process_count = jax.process_count()
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,

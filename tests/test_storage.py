@@ -1,49 +1,80 @@
-"""Paths through etils.epath: a gs:// location keeps its scheme end to end (faked by a local bucket, no network)."""
+"""gs:// paths against a real GCS JSON API (gcp-storage-emulator on localhost, one per module): files through gcsfs
+(whether or not TensorFlow is installed), Orbax arrays through tensorstore, the digits job end to end on a bucket,
+and the one-line errors of unusable cloud storage."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 
+import jax
 import numpy as np
 import pytest
+import torch
 from etils.epath import backend as backend_lib
-from etils.epath import gpath
-from orbax.checkpoint._src.path import gcs_utils
 
 from simdino_jax import checkpointing
 from simdino_jax import metrics
 from simdino_jax import reproduce
 from simdino_jax import storage
+from simdino_jax import train
 from simdino_jax.data import sources
 from tests import train_utils
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-class _LocalBucket:
-  """epath's os backend with gs://BUCKET/PATH stored under ROOT/BUCKET/PATH."""
 
-  def __init__(self, root):
-    self.root = os.fspath(root)
+def _create_bucket(url: str, name: str) -> None:
+  request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
+                                   headers={"Content-Type": "application/json"}, method="POST")
+  with urllib.request.urlopen(request, timeout=10) as response:
+    assert json.load(response)["name"] == name
 
-  def _local(self, value):
-    if isinstance(value, (str, os.PathLike)) and os.fspath(value).startswith("gs://"):
-      return os.path.join(self.root, os.fspath(value)[len("gs://"):])
-    return value
 
-  def __getattr__(self, name):
-    method = getattr(backend_lib.os_backend, name)
-    return lambda *args, **kwargs: method(*map(self._local, args), **kwargs)
+@pytest.fixture(scope="module")
+def emulator():
+  """The environment that points gcsfs, tensorstore and google-cloud-storage at a fresh emulator with buckets
+  `bucket` and `denied-bucket` (every request to the latter answers 403)."""
+  port = train_utils.free_port()
+  url = f"http://localhost:{port}"
+  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while True:
+      try:
+        urllib.request.urlopen(url, timeout=1).close()
+        break
+      except OSError:
+        assert server.poll() is None and time.time() < deadline, "the GCS emulator did not start"
+        time.sleep(0.1)
+    for name in ("bucket", "denied-bucket"):
+      _create_bucket(url, name)
+    yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  finally:
+    server.kill()
+    server.wait()
 
 
 @pytest.fixture
-def bucket(tmp_path, monkeypatch):
-  """gs:// paths read and written under tmp_path/bucket_root; the working directory is tmp_path/cwd."""
-  fake = _LocalBucket(tmp_path / "bucket_root")
-  monkeypatch.setattr(gpath._GPath, "_backend",  # pylint: disable=protected-access
-                      property(lambda self: fake if self._uri_scheme == "gs" else backend_lib.os_backend))
-  # Orbax asks the GCS API (google-cloud-storage) whether a bucket has a hierarchical namespace; ours has none.
-  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+def bucket(emulator, tmp_path, monkeypatch):
+  """This process talks to the emulator (gcsfs' cached file systems are dropped); the working directory is an empty
+  tmp_path/cwd, so a test can check that nothing was written to a local folder named "gs:"."""
+  for key, value in emulator.items():
+    monkeypatch.setenv(key, value)
+  backend_lib.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  storage.check_access.cache_clear()
   (tmp_path / "cwd").mkdir()
   monkeypatch.chdir(tmp_path / "cwd")
-  return tmp_path / "bucket_root"
+  yield emulator
+  backend_lib.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def _read(location: str) -> bytes:
+  return storage.path(location).read_bytes()
 
 
 def test_remote_paths_keep_their_scheme_and_local_ones_become_absolute(tmp_path, monkeypatch):
@@ -55,16 +86,16 @@ def test_remote_paths_keep_their_scheme_and_local_ones_become_absolute(tmp_path,
 
 def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
   storage.write_shared("gs://bucket/run/eval_3.json", '{"knn_top1_k20": 0.5}')
-  assert (bucket / "bucket" / "run" / "eval_3.json").read_text() == '{"knn_top1_k20": 0.5}'
-  (bucket / "data").mkdir(parents=True)
+  assert _read("gs://bucket/run/eval_3.json") == b'{"knn_top1_k20": 0.5}'
   images = train_utils.random_images(6, 8)
-  np.savez(bucket / "data" / "digits_train.npz", image=images, label=np.arange(6))
+  with storage.path("gs://bucket/data/digits_train.npz").open("wb") as f:
+    np.savez(f, image=images, label=np.arange(6))
   config = train_utils.tiny_config("simdino").data
-  config.name, config.path, config.image_size = "npz", "gs://data/digits_{split}.npz", 8
+  config.name, config.path, config.image_size = "npz", "gs://bucket/data/digits_{split}.npz", 8
   read, labels = sources.load_split(config, "train")
   np.testing.assert_array_equal(read, images)
   np.testing.assert_array_equal(labels, np.arange(6))
-  with pytest.raises(FileNotFoundError, match="gs://data/digits_test.npz"):
+  with pytest.raises(FileNotFoundError, match="gs://bucket/data/digits_test.npz"):
     sources.load_split(config, "test")
   assert os.listdir(".") == []  # Nothing written to a local folder named "gs:".
 
@@ -76,16 +107,15 @@ def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket):
   writer.close()
   resumed = metrics.JsonlWriter("gs://bucket/run", resume_step=4)  # A resume keeps the lines up to its step.
   resumed.write_scalars(6, {"loss": 1.0})
-  lines = (bucket / "bucket" / "run" / "metrics.jsonl").read_text().splitlines()
+  lines = _read("gs://bucket/run/metrics.jsonl").decode().splitlines()
   assert [json.loads(line) for line in lines] == [{"step": 2, "loss": 1.5}, {"step": 4, "loss": 1.25},
                                                   {"step": 6, "loss": 1.0}]
   checkpoints = checkpointing.Checkpoints("gs://bucket/run", train_utils.tiny_config("simdino"))
   try:
     assert os.fspath(checkpoints.directory) == "gs://bucket/run/checkpoints"
-    assert (bucket / "bucket" / "run" / "checkpoints").is_dir()
   finally:
     checkpoints.close()
-  with pytest.raises(FileNotFoundError, match="holds no finished checkpoint"):
+  with pytest.raises(FileNotFoundError, match="No checkpoints in gs://bucket/run/checkpoints"):  # No empty dirs.
     checkpointing.read_config("gs://bucket/run")
   assert os.listdir(".") == []
 
@@ -102,8 +132,124 @@ def test_reproduction_outputs_of_a_gs_workdir(bucket):
   reproduce.write_csv(rows, storage.path("gs://bucket/repro") / "curves.csv")
   paths = reproduce.plot(rows, "gs://bucket/repro", ("dino", "simdino"))
   assert paths == [f"gs://bucket/repro/{name}" for name in ("knn.png", "losses.png", "prototypes.png")]
-  written = bucket / "bucket" / "repro"
-  assert (written / "curves.csv").read_text().splitlines()[0].startswith("method,epoch,step")
+  assert _read("gs://bucket/repro/curves.csv").decode().splitlines()[0].startswith("method,epoch,step")
   for name in ("knn.png", "losses.png", "prototypes.png"):
-    assert (written / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert _read(f"gs://bucket/repro/{name}")[:8] == b"\x89PNG\r\n\x1a\n", name
+  assert os.listdir(".") == []
+
+
+def test_unusable_cloud_storage_fails_in_one_line_naming_the_path_and_the_fix(bucket, monkeypatch, tmp_path):
+  with pytest.raises(storage.StorageError) as e:
+    storage.check_access("gs://no-such-bucket/run")
+  assert str(e.value).startswith("gs://no-such-bucket/run: the bucket gs://no-such-bucket does not exist. Create it")
+  with pytest.raises(storage.StorageError) as e:
+    storage.check_access("gs://denied-bucket/run")
+  assert str(e.value).startswith("gs://denied-bucket/run: permission denied on gs://denied-bucket. Grant")
+  storage.check_access("gs://bucket/new_run")  # An existing bucket: a new run's folder need not exist.
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://localhost:{train_utils.free_port()}")
+  with pytest.raises(storage.StorageError, match=r"^gs://bucket/run2: cannot reach the GCS API at http://localhost"):
+    storage.check_access("gs://bucket/run2")
+  # Google's API without credentials: no key file, no gcloud login, no metadata server.
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+  monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+  monkeypatch.setenv("GCE_METADATA_HOST", f"localhost:{train_utils.free_port()}")
+  monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{train_utils.free_port()}")
+  with pytest.raises(storage.StorageError, match=r"^gs://bucket/run3: no Google Cloud credentials on this machine"):
+    storage.check_access("gs://bucket/run3")
+  assert os.listdir(".") == []
+
+
+def test_training_on_a_missing_bucket_stops_before_anything_runs(bucket):
+  config = train_utils.tiny_config("simdino")
+  result = subprocess.run(train_utils.main_command("gs://no-such-bucket/run", config), cwd=ROOT,
+                          env={**train_utils.subprocess_env(), **bucket}, capture_output=True, text=True,
+                          timeout=120, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: gs://no-such-bucket/run: the bucket gs://no-such-bucket does not exist. Create it "
+                    "(gcloud storage buckets create gs://no-such-bucket --location=REGION, in the TPU's region) or "
+                    "fix the path."], result.stderr[-3000:]
+  assert "step" not in result.stdout
+
+
+def test_tfds_data_on_a_bucket_is_refused_with_the_supported_ways(bucket, tmp_path):
+  config = train_utils.tiny_config("simdino")
+  config.data.name, config.data.data_dir = "imagenet2012", "gs://bucket/tfds"
+  with pytest.raises(storage.StorageError) as e:
+    train.run(config, str(tmp_path / "work"))
+  message = str(e.value)
+  assert message.startswith("--config.data.data_dir=gs://bucket/tfds: the TFDS array_record files of 'imagenet2012' "
+                            "are read by array_record, which opens local files only.")
+  assert "gcloud storage cp -r gs://bucket/tfds/imagenet2012" in message and "GCSFuse" in message
+  assert "\n" not in message and not (tmp_path / "work").exists()
+  config.data.name = "digits"  # Built-in data (and npz files, data.path) need no local copy.
+  storage.check_data_dir(config.data)
+
+
+def _job(workdir, total_steps: int) -> list[str]:
+  config = train_utils.tiny_config("simdino")
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = total_steps, 2, True
+  return train_utils.main_command(workdir, config)
+
+
+def _final_state(workdir):
+  config = train_utils.tiny_config("simdino")
+  setup = train.build(config, num_examples=64)
+  checkpoints = checkpointing.Checkpoints(str(workdir), config)
+  try:
+    state, _ = checkpoints.restore(checkpoints.manager.latest_step(), setup.state, setup.state_shardings)
+  finally:
+    checkpoints.close()
+  return state
+
+
+def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_exports(bucket, tmp_path):
+  """The production path on a bucket: asynchronous Orbax saves through tensorstore, everything else through gcsfs.
+  SIGKILL after the second checkpoint; the newest one is then damaged, so the resume moves it aside and continues
+  from the one before; the final state is bitwise that of an uninterrupted local run."""
+  env = {**train_utils.subprocess_env(), **bucket}
+  steps, run = 12, "gs://bucket/digits"
+  reference = tmp_path / "reference"
+  subprocess.run(_job(reference, steps), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+  job = subprocess.Popen(_job(run, steps), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  marker = storage.path(f"{run}/checkpoints/4/commit_success.txt")
+  deadline = time.time() + 300
+  while not marker.exists() and job.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  job.send_signal(signal.SIGKILL)
+  output = job.communicate(timeout=60)[0].decode()
+  assert job.returncode == -signal.SIGKILL, output[-3000:]  # Killed mid-run, not finished.
+  finished = sorted(int(p.name) for p in storage.path(f"{run}/checkpoints").iterdir() if p.name.isdigit()
+                    and (p / "commit_success.txt").exists())
+  assert finished[-1] < steps and len(finished) >= 2, finished
+  newest = storage.path(f"{run}/checkpoints/{finished[-1]}")
+  (newest / "state" / "manifest.ocdbt").unlink()
+
+  resumed = subprocess.run(_job(run, steps), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"moved {newest} to {run}/unrestorable_checkpoints/{finished[-1]}; resuming from step {finished[-2]}." \
+      in resumed.stdout, resumed.stdout
+  assert storage.path(f"{run}/unrestorable_checkpoints/{finished[-1]}/state").is_dir()
+  final, expected = _final_state(run), _final_state(reference)
+  assert int(final.step) == steps
+  jax.tree.map(np.testing.assert_array_equal, final, expected)
+  records = [json.loads(line) for line in _read(f"{run}/metrics.jsonl").decode().splitlines()]
+  assert records == train_utils.strict_metrics(reference)
+
+  evaluated = subprocess.run([sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={run}", "--knn_k=5",
+                              "--max_train_examples=64", "--max_test_examples=32"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  results = json.loads(_read(f"{run}/eval_{steps}.json"))
+  assert results["step"] == steps and 0.0 <= results["knn_top1_k5"] <= 1.0
+  assert f"knn_top1_k5  {results['knn_top1_k5']:.4f}" in evaluated.stdout
+
+  out = tmp_path / "teacher.pth"
+  exported = subprocess.run([sys.executable, "-m", "simdino_jax.convert", "to-torch", f"--workdir={run}",
+                             f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  weights = torch.load(out)
+  np.testing.assert_array_equal(weights["cls_token"].numpy(), np.asarray(final.teacher["backbone"]["cls_token"]))
   assert os.listdir(".") == []
