@@ -9,6 +9,9 @@ on (required) initializes it through the same detection and fails when none is f
 from absl import flags
 
 MODES = ("auto", "on", "off")
+# A process that sends no heartbeat for this long is dead to the others, which then stop (JAX's default: 100 s). On
+# CPU (gloo) a collective fails at once when a peer dies; on TPU and GPU the survivors learn it from this timeout.
+HEARTBEAT_TIMEOUT_S = 30
 
 
 def define_flags() -> dict:
@@ -51,7 +54,8 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
   if coordinator_address:
     if mode == "off":
       raise ValueError("--distributed=off contradicts --coordinator_address; drop one of them.")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
     return True
   if mode == "off":
     return False
@@ -61,6 +65,6 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
                        "process per host under such a launcher, or pass --coordinator_address=host:port "
                        "--num_processes=N --process_id=i.")
   if processes > 1 or (mode == "on" and processes):
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
     return True
   return False
