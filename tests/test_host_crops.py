@@ -342,3 +342,15 @@ def test_train_step_takes_host_crops():
   with jax.set_mesh(trainer.mesh):  # traced, not compiled: the photometric half is tested above
     state, metrics = jax.eval_shape(trainer.step_fn, trainer.state, crops, trainer.schedules)
   assert state.step.shape == () and metrics["loss"].shape == () and metrics["finite"].shape == ()
+
+
+def test_benchmark_compares_with_torchvisions_way_on_the_same_boxes():
+  from simdino_jax.data import benchmark  # pylint: disable=import-outside-toplevel
+  plan = _plan(global_size=224, local_size=96, n_local=10)
+  figures = benchmark.side_by_side(_photos(), plan, n_images=2, repeats=1)
+  assert figures["host_crops"] > 0 and figures["torchvision"] > 0
+  assert 0 < figures["worst_crop_mad"] <= MAD_LIMIT  # Not bit-equal to PIL, within the bound.
+  boxes = plan.draw_boxes(np.random.default_rng(0), 427, 640)
+  for ours, theirs in zip(benchmark.torchvision_crops(_photos()[0], boxes, plan.sizes()),
+                          _pil_crops(_photos()[0], boxes, plan.sizes())):
+    np.testing.assert_array_equal(ours, theirs)  # The baseline is PIL's resize of the fully decoded image.

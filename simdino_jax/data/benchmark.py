@@ -1,13 +1,18 @@
 """Throughput of the data pipeline.
 
   python -m simdino_jax.data.benchmark --mode=host_crops [--photos=DIR] [--workers=1,2]
+  python -m simdino_jax.data.benchmark --mode=feed [--model=ViT-T/16] [--batch=8] [--workers=1,2]
   python -m simdino_jax.data.benchmark [--dataset=digits|cifar10|NAME] [--data_dir=DIR] [--batch=64]
 
 --mode=host_crops: the crops of natural images cut on the host from the originals (`host_crops`, the path of
-ImageNet and image folders): decode + 2 global + n local crops + batch in grain worker processes, on a folder of
-photos (default: the two photos scikit-learn ships, china.jpg and flower.jpg, 640x427 JPEG). Prints images/s per
-worker process (wall clock, and per CPU-second of the workers: a figure that other load on the machine changes less)
-and the cost of each part of one image: decode and each crop.
+ImageNet and image folders), on a folder of photos (default: the two photos scikit-learn ships, china.jpg and
+flower.jpg, 640x427 JPEG). First the CPU time of one image's views in this process beside torchvision's way (PIL
+full decode, then RandomResizedCrop's resize per view) and their ratio, then decode + crops + batch in grain worker
+processes: images/s per worker (wall clock, and per CPU-second of the workers: a figure that other load on the
+machine changes less) and each worker's resident memory.
+
+--mode=feed: the real train step fed from that path; the fraction of the loop spent waiting for data per worker
+count, and the cores per accelerator the path needs at known step rates.
 
 --mode=square (default): host (read + decode + resize + batch), host with the split held on device
 (`data.on_device`: row indices only), and device (gather + multicrop + masks). Device figures are the median of
@@ -101,7 +106,8 @@ def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, wo
   iterator = iter(host_crops.crop_batches(source, plan, batch_size=batch, seed=0, workers=workers, threads=1))
   for _ in range(workers):  # start-up: every worker has imported, opened and produced one batch
     next(iterator)
-  children = psutil.Process().children(recursive=True)
+  children = [p for p in psutil.Process().children(recursive=True)  # The workers, not multiprocessing's tracker.
+              if not any("resource_tracker" in part for part in p.cmdline())]
   cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in children)
   start, cpu_start = time.perf_counter(), cpu()
   for _ in range(n_batches):
@@ -195,6 +201,53 @@ def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64
           f"{', '.join(f'{r:.0f}' for r in resident)} MiB")
 
 
+# Train-step rates to feed, images/s per accelerator (docs/benchmarks.md): what the host path must keep up with.
+STEP_RATES = (("DINO ViT-S/16, this codebase, one H100 (measured)", 1010.0),
+              ("DINO ViT-S/16, the goal on one H100", 1500.0),
+              ("ViT-B/16, the goal on one H100", 700.0),
+              ("DINO ViT-S/16, the official PyTorch step, one H100", 476.0))
+
+
+def run_feed(*, photos: str | None = None, method: str = "dino", model: str = "ViT-T/16", batch: int = 8,
+             steps: int = 6, workers=(1, 2)) -> None:
+  """Feeds the real train step (`method`'s recipe at the ImageNet sizes) from the host-crop path with each worker
+  count and prints the fraction of the loop's time spent waiting for data; then how many cores of that path one
+  accelerator needs at each rate of `STEP_RATES`."""
+  import grain  # pylint: disable=import-outside-toplevel
+  from simdino_jax import configs  # pylint: disable=import-outside-toplevel
+  from simdino_jax import train  # pylint: disable=import-outside-toplevel
+
+  config = configs.load(method, f"model={model},batch={batch}")
+  plan = host_crops.CropPlan.from_config(config.aug)
+  encoded, names = read_photos(photos)
+  setup = train.build(config, num_examples=1_281_167)
+  step = train.make_host_step(setup, None)
+  per_core = 1e3 / side_by_side(encoded, plan, n_images=20)["host_crops"]
+  print(f"feed: {method} {model} train step ({jax.devices()[0].device_kind}), batch {batch}, "
+        f"2x{plan.global_size} + {plan.n_local}x{plan.local_size} crops from {len(names)} photos; host crops "
+        f"{per_core:.0f} images/s per core; load average {os.getloadavg()[0]:.2f}")
+  state = setup.state
+  for n in workers:
+    source = grain.MapDataset.source(Photos(encoded, batch * (steps + 1 + 2 * n)))
+    batches = iter(host_crops.crop_batches(source, plan, batch_size=batch, seed=0, workers=n, threads=1))
+    state, _ = step(state, next(batches))  # compiles (the first worker count only) and starts the workers
+    jax.block_until_ready(state.step)
+    waiting = stepping = 0.0
+    for _ in range(steps):
+      start = time.perf_counter()
+      host = next(batches)
+      waiting += time.perf_counter() - start
+      start = time.perf_counter()
+      state, _ = step(state, host)
+      jax.block_until_ready(state.step)
+      stepping += time.perf_counter() - start
+    batches.close()
+    print(f"{n} worker(s): {batch * steps / (waiting + stepping):.1f} images/s, step {1e3 * stepping / steps:.0f} "
+          f"ms, waiting for data {100 * waiting / (waiting + stepping):.1f}% of the loop")
+  for name, rate in STEP_RATES:
+    print(f"  {name}: {rate:,.0f} images/s needs {rate / per_core:.1f} cores of host crops per accelerator")
+
+
 def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: int = 64, n_batches: int = 50,
                repeats: int = 10, patch_size: int = 4, image_size: int | None = None, global_size: int | None = None,
                local_size: int | None = None, n_local: int = 10) -> None:
@@ -222,9 +275,12 @@ def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: i
 
 def define_flags() -> None:
   """The command-line flags (defined when run as a program only: other tools define flags of the same names)."""
-  flags.DEFINE_enum("mode", "square", ["square", "host_crops"],
+  flags.DEFINE_enum("mode", "square", ["square", "host_crops", "feed"],
                     "square: images resized to S on the host, cropped on the device; host_crops: crops cut on the "
-                    "host from the original photos.")
+                    "host from the original photos; feed: the train step fed by host crops.")
+  flags.DEFINE_string("method", "dino", "feed mode: the recipe whose train step is fed.")
+  flags.DEFINE_string("model", "ViT-T/16", "feed mode: the backbone.")
+  flags.DEFINE_integer("steps", 6, "feed mode: timed train steps per worker count.")
   flags.DEFINE_string("dataset", "digits", "square mode: digits, npz, cifar10 or a prepared TFDS dataset name.")
   flags.DEFINE_string("data_dir", None, "square mode: TFDS data_dir of the dataset.")
   flags.DEFINE_integer("batch", 64, "Images per batch.")
@@ -243,7 +299,10 @@ def define_flags() -> None:
 def main(argv) -> None:
   cli.flags_only(argv)
   f = flags.FLAGS
-  if f.mode == "host_crops":
+  if f.mode == "feed":
+    run_feed(photos=f.photos, method=f.method, model=f.model, batch=f.batch, steps=f.steps,
+             workers=[int(w) for w in f.workers])
+  elif f.mode == "host_crops":
     run_host_crops(photos=f.photos, workers=[int(w) for w in f.workers], batch=f.batch, n_batches=f.host_batches,
                    global_size=f.global_size or 224, local_size=f.local_size or 96, n_local=f.n_local,
                    parts_images=f.parts_images)
