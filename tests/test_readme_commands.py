@@ -1,4 +1,5 @@
-"""Every `python -m simdino_jax...` command of README.md parses as written, and training configs validate.
+"""Every `python -m simdino_jax...` command of README.md and docs/*.md parses as written, and training configs
+validate.
 
 Each command runs in-process as `__main__` up to its argument parsing (absl's `app.run` or argparse's `parse_args`
 stop there), so paths and overrides are checked by the real flag definitions without doing the work; a
@@ -24,14 +25,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = re.compile(r"(?:\.venv/bin/)?python -m (simdino_jax[\w.]*)((?:[^`\n\\]|\\\n)*)")
 
 
-def readme_commands() -> list[tuple[str, list[str]]]:
-  """(module, argv) of each command in README.md, with `~` and `$HOME` expanded as the shell would."""
-  with open(os.path.join(ROOT, "README.md")) as f:
-    text = re.sub(r"`[^`]*`", lambda span: span.group(0).replace("\n", " "), f.read())  # Inline code may wrap.
+DOCUMENTS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                                  if f.endswith(".md"))
+
+
+def readme_commands(documents=DOCUMENTS) -> list[tuple[str, list[str]]]:
+  """(module, argv) of each command in the documents, with `~` and `$HOME` expanded as the shell would."""
   commands = []
-  for module, rest in COMMAND.findall(text):
-    words = shlex.split(rest.replace("\\\n", " "), comments=True)
-    commands.append((module, [os.path.expanduser(os.path.expandvars(w)) for w in words]))
+  for document in documents:
+    with open(os.path.join(ROOT, document)) as f:
+      text = re.sub(r"`[^`]*`", lambda span: span.group(0).replace("\n", " "), f.read())  # Inline code may wrap.
+    for module, rest in COMMAND.findall(text):
+      words = shlex.split(rest.replace("\\\n", " "), comments=True)
+      if words:  # A module named without arguments is a reference in prose, not a command to run.
+        commands.append((module, [os.path.expanduser(os.path.expandvars(w)) for w in words]))
   return commands
 
 
@@ -81,7 +88,7 @@ def parse_only(monkeypatch):
 
 
 def test_readme_shows_the_entry_points():
-  modules = {module for module, _ in readme_commands()}
+  modules = {module for module, _ in readme_commands(["README.md"])}
   assert {"simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.reproduce",
           "simdino_jax.data.prepare"} <= modules, modules
 
