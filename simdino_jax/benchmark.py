@@ -8,7 +8,9 @@ backward, AdamW, EMA), fed with synthetic uint8 images already on the device. Ti
 median of `--steps` steps, each ended by `block_until_ready`. FLOPs come from XLA's cost analysis of the compiled
 step and from `analytic_step_flops`; MFU divides by `--peak_tflops` (746 = the bf16 matmul rate of an H100).
 `--compile_only` lowers and compiles the step of each method × model recipe (ImageNet crops) without running it
-and prints XLA's FLOPs per image against the analytic count, their ratio and the compiled peak memory.
+and prints XLA's FLOPs per image against the analytic count of the backbone + CLS heads and of the iBOT patch head
+on its static masked-token buffer (padding included), their ratio, the compiled peak memory and the compile
+seconds (docs/benchmarks.md, "Compiled cost").
 """
 
 import math
@@ -47,6 +49,10 @@ def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=No
   config = configs.load(method, f"model={model}")
   config.batch_size = batch
   config.model.attention_impl = attention_impl
+  # Groups of the published per-GPU batches (DINOv2's KoLeo over 64, SimDINOv2's covariance over 128): the whole
+  # batch when it is smaller.
+  for group in ("koleo_group_size", "covariance_group_size"):
+    config.objective[group] = min(config.objective[group], batch)
   return config
 
 
@@ -62,28 +68,39 @@ def head_flops_per_token(head_params) -> float:
   return float(sum(2 * math.prod(leaf.shape) for leaf in jax.tree.leaves(head_params) if leaf.ndim == 2))
 
 
-def analytic_step_flops(config, head_params) -> float:
-  """Matmul FLOPs of one step: `B·[3·(2F(G) + n_l·F(l) + (V + 2M)·H) + 2F(G) + (2 + 2M)·H]`.
+def analytic_step_flops(config, head_params, shards: int = 1) -> float:
+  """Matmul FLOPs of one step on `shards` data shards: backbone_cls_flops + ibot_head_flops."""
+  return backbone_cls_flops(config, head_params) + ibot_head_flops(config, head_params, shards)
+
+
+def backbone_cls_flops(config, head_params) -> float:
+  """Backbone and CLS heads: `B·[3·(2F(G) + n_l·F(l) + V·H) + 2F(G) + 2H]`.
 
   Student forward + backward (3× the forward) on all V crops, teacher forward on the 2 global crops; F(s) is the
-  ViT forward at s pixels (vit_forward_flops), H the head on one token, M the masked-token slots per global crop
-  that the iBOT / SimDINOv2 patch head scores (0 without masks). Elementwise work, the loss and the optimizer are
-  not counted.
+  ViT forward at s pixels (vit_forward_flops), H the head on one token. Elementwise work, the loss and the optimizer
+  are not counted.
   """
-  from simdino_jax import models, objectives
-  from simdino_jax.data import masking
+  from simdino_jax import models
 
   a, m = config.aug, config.model
   architecture = models.MODELS.get(m.name)
   vit = lambda size: vit_forward_flops(size, width=architecture.embed_dim, depth=architecture.depth,
                                        patch=m.patch_size, registers=m.num_registers)
   head = head_flops_per_token(head_params)
-  slots = 0
-  if objectives.get_objective(config.objective).needs_masks:
-    slots = masking.max_masked_patches((a.global_size // m.patch_size) ** 2, config.masking)
-  student = 2 * vit(a.global_size) + a.n_local * vit(a.local_size) + (2 + a.n_local + 2 * slots) * head
-  teacher = 2 * vit(a.global_size) + (2 + 2 * slots) * head
+  student = 2 * vit(a.global_size) + a.n_local * vit(a.local_size) + (2 + a.n_local) * head
+  teacher = 2 * vit(a.global_size) + 2 * head
   return config.batch_size * (3 * student + teacher)
+
+
+def ibot_head_flops(config, head_params, shards: int = 1) -> float:
+  """The iBOT / SimDINOv2 patch head on its static buffer of S masked-token slots (padding included): `4·S·H`
+  (student forward + backward, teacher forward); S = objectives.registry.masked_token_slots, 0 without masks."""
+  from simdino_jax import objectives
+  from simdino_jax.objectives import registry
+
+  if not objectives.get_objective(config.objective).needs_masks:
+    return 0.0
+  return 4 * registry.masked_token_slots(config.batch_size, config, shards) * head_flops_per_token(head_params)
 
 
 def compile_step(config):
@@ -114,13 +131,22 @@ def compiled_cost(compiled) -> dict:
 
 
 def compile_figures(config) -> dict:
-  """XLA and analytic FLOPs per image, their ratio, and the peak memory of the compiled step (nothing runs)."""
+  """XLA's FLOPs per image against the analytic backbone + CLS heads and iBOT patch head, the iBOT buffer's slots
+  per global crop, the peak memory and the compile seconds of the compiled step (nothing runs)."""
+  from simdino_jax import parallel
+  from simdino_jax.objectives import registry
+
   trainer, compiled, compile_s = compile_step(config)
   cost = compiled_cost(compiled)
-  analytic = analytic_step_flops(config, trainer.state.student["head"])
+  head, shards = trainer.state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS]
+  backbone_cls, ibot = backbone_cls_flops(config, head), ibot_head_flops(config, head, shards)
   batch = config.batch_size
+  slots = registry.masked_token_slots(batch, config, shards) if ibot else 0
   return {"xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
-          "analytic_gflop_per_image": analytic / batch / 1e9, "ratio": cost["xla_flops"] / analytic,
+          "backbone_cls_gflop_per_image": backbone_cls / batch / 1e9, "ibot_gflop_per_image": ibot / batch / 1e9,
+          "ibot_slots_per_crop": slots / (2 * batch), "ibot_share": ibot / (backbone_cls + ibot),
+          "xla_over_backbone_cls": cost["xla_flops"] / backbone_cls,
+          "xla_over_analytic": cost["xla_flops"] / (backbone_cls + ibot),
           "peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
           "temp_gb": cost["temp_bytes"] / 1e9 if cost["temp_bytes"] is not None else None,
           "compile_s": compile_s}
@@ -161,7 +187,7 @@ def time_step(config, trainer, compiled, compile_s: float, *, steps: int, warmup
     seconds = median_seconds(one_step, steps)
 
   cost = compiled_cost(compiled)
-  analytic = analytic_step_flops(config, state.student["head"])
+  analytic = analytic_step_flops(config, state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS])
   stats = jax.devices()[0].memory_stats() or {}
   mfu = lambda flops: flops / seconds / 1e12 / peak_tflops if peak_tflops else None
   return {
@@ -196,8 +222,9 @@ def format_table(rows: list[tuple[str, object]]) -> str:
   return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
 
 
-COMPILE_COLUMNS = ("method", "model", "crops", "xla_gflop_per_image", "analytic_gflop_per_image", "ratio",
-                   "peak_gb", "temp_gb", "compile_s")
+COMPILE_COLUMNS = ("method", "model", "crops", "xla_gflop_per_image", "backbone_cls_gflop_per_image",
+                   "ibot_gflop_per_image", "ibot_slots_per_crop", "ibot_share", "xla_over_backbone_cls",
+                   "xla_over_analytic", "peak_gb", "temp_gb", "compile_s")
 
 
 def compile_table(methods, model_names, batch: int) -> list[dict]:

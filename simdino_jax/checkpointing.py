@@ -28,7 +28,8 @@ OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_st
 # whose config lacks such a field resumes as long as the current config keeps that value.
 ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "grad_accum_steps": 1,
                 "epoch_length_steps": 0, "objective.covariance_group_size": 0, "optim.layer_decay": 1.0,
-                "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0}
+                "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0,
+                "masking.group_size": 0}
 
 
 ITEMS = ("state", "data", "config")

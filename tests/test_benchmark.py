@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 from flax import nnx
 
 from simdino_jax import benchmark
@@ -29,12 +30,31 @@ def test_head_flops_count_every_matrix_of_the_head():
   d, (h, p, k) = 32, (config.model.head[f] for f in ("hidden_dim", "bottleneck_dim", "out_dim"))
   per_token = 2 * (d * h + h * h + h * p + p * k)  # 3-layer MLP, then the prototypes
   assert benchmark.head_flops_per_token(head) == per_token
-  # 2 globals of 16 px + 2 locals of 8 px, patch 4; the patch head scores max_masked_patches = 8 slots per crop.
+  # 2 globals of 16 px + 2 locals of 8 px, patch 4 (N = 16); the patch head scores DINOv2's upperbound of masked
+  # tokens per data shard: Σ_k int(N · p_k+1) over the int(0.5 · 2b) masked crops of its b images.
   vit = lambda size: benchmark.vit_forward_flops(size, width=d, depth=1, patch=4,
                                                 registers=config.model.num_registers)
-  student = 2 * vit(16) + 2 * vit(8) + (4 + 2 * 8) * per_token
-  teacher = 2 * vit(16) + (2 + 2 * 8) * per_token
-  assert benchmark.analytic_step_flops(config, head) == config.batch_size * (3 * student + teacher)
+  student = 2 * vit(16) + 2 * vit(8) + 4 * per_token
+  teacher = 2 * vit(16) + 2 * per_token
+  backbone_cls = config.batch_size * (3 * student + teacher)
+  assert benchmark.backbone_cls_flops(config, head) == backbone_cls
+  for shards in (1, 8):
+    b = config.batch_size // shards
+    slots = shards * sum(int(16 * p) for p in np.linspace(0.1, 0.5, b + 1)[1:])
+    assert benchmark.ibot_head_flops(config, head, shards) == 4 * slots * per_token
+    assert benchmark.analytic_step_flops(config, head, shards) == backbone_cls + 4 * slots * per_token
+  assert benchmark.ibot_head_flops(train_utils.tiny_config("dino"), head) == 0
+
+
+def test_compile_figures_show_the_ibot_share():
+  config = train_utils.tiny_config("dinov2")
+  figures = benchmark.compile_figures(config)
+  assert figures["compile_s"] > 0 and figures["peak_gb"] > 0
+  assert figures["ibot_slots_per_crop"] == sum(int(16 * p) for p in np.linspace(0.1, 0.5, 17)[1:]) / 32
+  total = figures["backbone_cls_gflop_per_image"] + figures["ibot_gflop_per_image"]
+  assert math.isclose(figures["ibot_share"], figures["ibot_gflop_per_image"] / total)
+  assert math.isclose(figures["xla_over_backbone_cls"] / figures["xla_over_analytic"],
+                      total / figures["backbone_cls_gflop_per_image"])
 
 
 def test_analytic_flops_match_the_reference_formula():

@@ -98,6 +98,7 @@ def parity_config():
   into visibly different trajectories; the parity tests compare the sharding, not that conditioning.
   """
   c = tiny_config("dinov2", **{"objective.koleo_scope": "global"})
+  c.masking.group_size = 2  # The same iBOT masks on 1, 4 and 8 devices (groups within every shard's batch).
   c.model.drop_path_rate = 0.0
   c.model.layerscale = 0.0
   return c

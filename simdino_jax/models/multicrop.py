@@ -15,10 +15,11 @@ class MultiCropModel(nnx.Module):
 
   `model(crops, masks=None, *, key=None, patch_index=None)` with `crops` a list of resolution groups
   `[n_views, B, H, W, 3]` (globals first), `masks [n_global, B, N]` bool (tokens of the global crops replaced by
-  the mask token), `key` the drop-path PRNG key (None = eval), `patch_index [n_global, B, M]` int (the patch
-  tokens of the global crops to score with the head, e.g. the masked ones from ibot.masked_patch_index; default:
-  all N when masks are given). Returns float32, view-major: `"cls" [V,B,D]`, `"head" [V,B,K|p]`,
-  `"patch_head" [n_global,B,M,K|p]` (only with masks or patch_index), `"prototypes" [K,p]` (DINO head only).
+  the mask token), `key` the drop-path PRNG key (None = eval), `patch_index [G, M]` int (the patch tokens of the
+  global crops to score with the head, per group of B/G consecutive images: positions in the group's
+  [n_global, B/G, N] tokens flattened, e.g. the masked ones from ibot.masked_token_buffer; default: all N when
+  masks are given). Returns float32: `"cls" [V,B,D]`, `"head" [V,B,K|p]`, `"patch_head" [G,M,K|p]` (or
+  [n_global,B,N,K|p] without patch_index; only with masks or patch_index), `"prototypes" [K,p]` (DINO head only).
   """
 
   def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead]):
@@ -46,10 +47,14 @@ class MultiCropModel(nnx.Module):
       if index == 0 and (masks is not None or patch_index is not None):
         global_patches = out["patch"].reshape(n_views, batch, *out["patch"].shape[1:])
         if patch_index is not None:
-          if patch_index.shape[:2] != (n_views, batch) or patch_index.ndim != 3:
-            raise ValueError(f"patch_index must be [{n_views}, {batch}, M] for the global group, got "
-                             f"{patch_index.shape}.")
-          global_patches = jnp.take_along_axis(global_patches, patch_index[..., None], axis=2)
+          if patch_index.ndim != 2 or batch % patch_index.shape[0]:
+            raise ValueError(f"patch_index must be [G, M] with G groups dividing the batch of {batch} global crops, "
+                             f"got {patch_index.shape}.")
+          groups = patch_index.shape[0]
+          # [n_views, B, N, D] -> [G, n_views · B/G · N, D]: each group's tokens (a data shard's, no communication).
+          per_group = jnp.moveaxis(global_patches.reshape(n_views, groups, -1, global_patches.shape[-1]), 1, 0)
+          global_patches = jnp.take_along_axis(per_group.reshape(groups, -1, per_group.shape[-1]),
+                                               patch_index[..., None], axis=1)
     cls = jnp.concatenate(cls_groups, axis=0)
     dim = cls.shape[-1]
     tokens = cls.reshape(-1, dim)
@@ -59,7 +64,7 @@ class MultiCropModel(nnx.Module):
     num_cls = cls.shape[0] * cls.shape[1]
     outputs = {"cls": cls, "head": head_out[:num_cls].reshape(*cls.shape[:2], -1)}
     if global_patches is not None:
-      outputs["patch_head"] = head_out[num_cls:].reshape(*global_patches.shape[:3], -1)
+      outputs["patch_head"] = head_out[num_cls:].reshape(*global_patches.shape[:-1], -1)
     prototypes = self.head.prototypes()
     if prototypes is not None:
       outputs["prototypes"] = prototypes

@@ -28,13 +28,19 @@ def check_views(student: jax.Array, teacher: jax.Array, what: str) -> None:
 
 
 def masked_image_mean(per_token: jax.Array, masks: jax.Array) -> jax.Array:
-  """(1/n_images) Σ_i (1/max(M_i, 1)) Σ_{j masked in i} per_token[i, j], over all leading (image) axes.
+  """(1/n_images) Σ_i (1/max(M_i, 1)) Σ_{j masked in i} per_token[i, j] = Σ w · per_token with w = image_mean_weights.
 
-  per_token and masks have shape [..., N]; images without masked tokens contribute 0 but count in n_images.
+  masks: bool [..., N] over all leading (image) axes, images without masked tokens contributing 0 but counting in
+  n_images; or float token weights w [..., M] already holding that normalization (a masked-token buffer).
   """
   if per_token.shape != masks.shape:
     raise ValueError(f"per-token values {per_token.shape} and masks {masks.shape} must have the same shape.")
+  weights = image_mean_weights(masks) if masks.dtype == bool else as_float32(masks)
+  return jnp.sum(jnp.where(weights > 0, weights * per_token, 0.0))
+
+
+def image_mean_weights(masks: jax.Array) -> jax.Array:
+  """w_ij = m_ij / (max(M_i, 1) · n_images) for bool masks [..., N] (n_images: the product of the leading axes)."""
   masks = masks.astype(bool)
-  n_masked = jnp.sum(masks, axis=-1).astype(jnp.float32)
-  per_image = jnp.sum(jnp.where(masks, per_token, 0.0), axis=-1) / jnp.maximum(n_masked, 1.0)
-  return jnp.mean(per_image)
+  n_masked = jnp.sum(masks, axis=-1, keepdims=True).astype(jnp.float32)
+  return jnp.where(masks, 1.0, 0.0) / (jnp.maximum(n_masked, 1.0) * (masks.size // masks.shape[-1]))

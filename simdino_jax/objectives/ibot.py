@@ -5,41 +5,52 @@ without masked tokens count in the denominator). Arrays are [2, B, N, K] (or fla
 the same shape without K. Teacher probabilities: dino.teacher_probs(patch logits, patch center, τ_t) with the
 center from update_patch_center, or ibot_sinkhorn_knopp.
 
-The head scores only the masked tokens: masked_patch_index gathers, per image, the positions of its masked tokens
-into a static number M ≥ max_i M_i of slots (the masking's bound, data.masking.max_masked_patches), so every
-function here runs on [2, B, M, K] with the slot masks it returns, which equals the dense [2, B, N, K] form.
+The head scores only the masked tokens, as DINOv2's collate does (docs/objectives.md#ibot-masked-patch-loss):
+masked_token_buffer gathers the masked tokens of each group of images (a data-parallel shard's local batch) into a
+static buffer of U slots, U = masking.masked_patch_bound of the group, with token weights w = 1/(M_i · n_images)
+on the used slots and 0 on the padding. Every function here takes such a buffer [G, U, K] with its weights [G, U]
+in place of the dense [2, B, N, K] and bool masks, and gives the same values: L = −Σ_slots w · Σ_k t log s.
 """
 
 import jax
 import jax.numpy as jnp
 
-from simdino_jax.objectives.common import as_float32, masked_image_mean
+from simdino_jax.objectives.common import as_float32, image_mean_weights, masked_image_mean
 from simdino_jax.objectives.dino import sinkhorn_knopp
 
 
 def _check_patches(logits: jax.Array, masks: jax.Array, what: str) -> None:
   if logits.ndim < 3 or logits.shape[:-1] != masks.shape:
-    raise ValueError(f"{what}: expected patch outputs [..., N, K] ([2, B, N, K] or [2B, N, K]) and masks [..., N] "
-                     f"with the same leading shape, got {logits.shape} and {masks.shape}.")
+    raise ValueError(f"{what}: expected patch outputs [..., N, K] ([2, B, N, K], [2B, N, K] or a buffer [G, U, K]) "
+                     f"and masks or token weights [..., N] with the same leading shape, got {logits.shape} and "
+                     f"{masks.shape}.")
 
 
-def masked_patch_index(masks: jax.Array, max_masked: int) -> tuple[jax.Array, jax.Array]:
-  """(index [..., M] int32, slot_masks [..., M] bool): the positions of each image's masked tokens, in order,
-  padded with unmasked positions; slot_masks marks the slots that hold a masked token. M = max_masked (static).
+def masked_token_buffer(masks: jax.Array, groups: int, size: int) -> tuple[jax.Array, jax.Array]:
+  """(index [G, U] int32, weights [G, U] float32): the masked tokens of each of G groups of B/G consecutive images.
 
-  Exact when no image has more than M masked tokens (block_masks guarantees it for M = max_masked_patches).
+  masks: bool [2, B, N]. Group g holds images g·B/G … (g+1)·B/G − 1 of both views; index[g] lists the positions of
+  its masked tokens in its [2, B/G, N] tokens flattened (view, image, token), in order, then padding (position 0);
+  weights = 1/(M_i · 2B) on a masked token of image i (image_mean_weights), 0 on the padding. U = size (static)
+  must be at least each group's masked-token count (masking.masked_patch_bound of 2B/G images guarantees it).
   """
-  if not 1 <= max_masked <= masks.shape[-1]:
-    raise ValueError(f"max_masked must be in [1, N={masks.shape[-1]}], got {max_masked}.")
-  index = jnp.argsort(~masks.astype(bool), axis=-1, stable=True)[..., :max_masked].astype(jnp.int32)
-  return index, jnp.take_along_axis(masks.astype(bool), index, axis=-1)
+  views, batch, n_patches = masks.shape
+  if size < 1 or batch % groups:
+    raise ValueError(f"masked_token_buffer: need size >= 1 and G dividing the batch; got size {size}, G {groups} "
+                     f"and masks {masks.shape}.")
+  to_groups = lambda x: jnp.moveaxis(x.reshape(views, groups, -1, n_patches), 1, 0).reshape(groups, -1)
+  flat_masks, flat_weights = to_groups(masks.astype(bool)), to_groups(image_mean_weights(masks))
+  index = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=0)[0])(flat_masks).astype(jnp.int32)
+  used = jnp.arange(size) < jnp.sum(flat_masks, axis=1, keepdims=True)
+  return index, jnp.where(used, jnp.take_along_axis(flat_weights, index, axis=1), 0.0)
 
 
 def ibot_patch_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array, masks: jax.Array, *,
                     student_temp=0.1) -> jax.Array:
   """iBOT loss over the masked tokens: per-image mean of −Σ_k t log_softmax(s/τ_s), averaged over all images.
 
-  student_patch_logits and teacher_patch_probs: [2, B, N, K] (or [2B, N, K]); masks: [2, B, N] (or [2B, N]) bool.
+  student_patch_logits and teacher_patch_probs: [2, B, N, K] (or [2B, N, K]) with masks [2, B, N] (or [2B, N])
+  bool; or a buffer [G, U, K] with its token weights [G, U] (masked_token_buffer).
   """
   _check_patches(student_patch_logits, masks, "ibot_patch_loss")
   if teacher_patch_probs.shape != student_patch_logits.shape:
@@ -60,7 +71,7 @@ def update_patch_center(center: jax.Array, teacher_patch_logits: jax.Array, mask
   """
   _check_patches(teacher_patch_logits, masks, "update_patch_center")
   logits = jax.lax.stop_gradient(as_float32(teacher_patch_logits))
-  weights = masks.astype(jnp.float32)[..., None]
+  weights = masks.astype(bool).astype(jnp.float32)[..., None]
   n_masked = jnp.sum(weights)
   masked_mean = jnp.sum(weights * logits, axis=tuple(range(logits.ndim - 1))) / jnp.maximum(n_masked, 1.0)
   center = as_float32(center)
@@ -69,8 +80,8 @@ def update_patch_center(center: jax.Array, teacher_patch_logits: jax.Array, mask
 
 def ibot_sinkhorn_knopp(teacher_patch_logits: jax.Array, masks: jax.Array, temperature,
                         n_iterations: int = 3) -> jax.Array:
-  """Sinkhorn-Knopp teacher over the masked tokens only (B = number of masked tokens in the global batch);
-  returns probabilities of the input shape, zero on unmasked tokens."""
+  """Sinkhorn-Knopp teacher over the masked tokens only (B = number of masked tokens in the global batch; masks or
+  token weights > 0); returns probabilities of the input shape, zero on unmasked tokens."""
   _check_patches(teacher_patch_logits, masks, "ibot_sinkhorn_knopp")
   n_prototypes = teacher_patch_logits.shape[-1]
   probabilities = sinkhorn_knopp(jax.lax.stop_gradient(teacher_patch_logits).reshape(-1, n_prototypes),

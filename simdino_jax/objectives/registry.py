@@ -17,11 +17,13 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import PartitionSpec as P
 
+from simdino_jax import parallel
 from simdino_jax.data import masking
 from simdino_jax.numerics import marginal_entropy, mean_entropy
 from simdino_jax.objectives.dino import cross_view_cross_entropy, sinkhorn_knopp, teacher_probs, update_center
-from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, masked_patch_index, update_patch_center
+from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, masked_token_buffer, update_patch_center
 from simdino_jax.objectives.koleo import koleo_on_global_crops, koleo_proto_loss
 from simdino_jax.objectives.simdino import mean_coding_rate, simdino_loss, simdinov2_loss
 from simdino_jax.registry import Registry
@@ -37,10 +39,12 @@ class StepContext(NamedTuple):
 
 
 class BatchInputs(NamedTuple):
-  """What an objective adds to a batch of crops; every array is view-major [2, B, ...] over the global crops."""
+  """What an objective adds to a batch of crops. Gradient accumulation over A micro-batches splits every array
+  along axis 1 into A interleaved parts (k, k + A, …: micro-batch k), like the crops' batch axis."""
   student_masks: jax.Array | None = None  # bool [2, B, N]: patch tokens the student sees as the mask token
-  patch_index: jax.Array | None = None    # int32 [2, B, M]: patch tokens both heads score
-  loss_masks: jax.Array | None = None     # bool [2, B, M]: the `masks` argument of the loss
+  patch_index: jax.Array | None = None    # int32 [G, A·U]: patch tokens both heads score, per shard (the model's
+                                          # patch_index after the split; masked_tokens)
+  loss_masks: jax.Array | None = None     # [G, A·U] float token weights: the `masks` argument of the loss
   metrics: dict | None = None             # scalars to log with the step's metrics
 
 
@@ -55,13 +59,64 @@ def no_batch_inputs(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
 
 
 def masked_tokens(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
-  """iBOT block masks of the global crops (`run_config.masking`) and the masked tokens the heads score: at most
-  `max_masked_patches` slots per image, the loss masks marking the used ones (objectives/ibot.py)."""
+  """iBOT block masks of the global crops (`run_config.masking`) and the buffer of masked tokens the heads score,
+  as DINOv2's collate per GPU (objectives/ibot.py; docs/objectives.md#ibot-masked-patch-loss).
+
+  The masks are drawn per group of b images (masking.group_size; 0: b = B/(A·G), each data-parallel shard's
+  micro-batch, with G shards in the ambient mesh and A = grad_accum_steps): each group's 2b global crops get their
+  own stratified ratios, so the group holds at most U = masking.masked_patch_bound(2b) masked tokens, gathered into
+  its U slots with weights 1/(M_i · 2B/A).
+  """
   side = run_config.aug.global_size // run_config.model.patch_size
-  masks = masking.block_masks(key, batch_size, (side, side), run_config.masking)
-  index, slots = masked_patch_index(masks, masking.max_masked_patches(side * side, run_config.masking))
-  return BatchInputs(student_masks=masks, patch_index=index, loss_masks=slots,
-                     metrics={"masked_fraction": jnp.mean(masks.astype(jnp.float32))})
+  n_patches = side * side
+  accum, local, groups = _mask_groups(batch_size, run_config, _data_shards())
+  size = max(1, masking.masked_patch_bound(2 * local, n_patches, run_config.masking))
+  keys = jax.random.split(key, (accum, groups)) if accum * groups > 1 else key[None, None]  # 1 group: B's masks
+  draw = lambda k: masking.block_masks(k, local, (side, side), run_config.masking)
+  drawn = _on_shards(jax.vmap(jax.vmap(draw))(_on_shards(keys, 1)), 1)  # [A, groups, 2, b, N]
+  # Group (k, g) holds rows k + A·(g·b + t) of the batch: rows g·b + t of micro-batch k (train.make_train_step).
+  masks = jnp.transpose(drawn, (2, 1, 3, 0, 4)).reshape(2, batch_size, n_patches)
+  micro = jnp.moveaxis(masks.reshape(2, batch_size // accum, accum, n_patches), 2, 0)
+  index, weights = jax.vmap(lambda m: masked_token_buffer(m, groups, size))(micro)  # [A, groups, U]
+  merge = lambda x: _on_shards(jnp.moveaxis(x, 0, 2).reshape(groups, size * accum), 0)
+  return BatchInputs(student_masks=masks, patch_index=merge(index), loss_masks=merge(weights),
+                     metrics={"masked_fraction": jnp.mean(masks.astype(jnp.float32)),
+                              "masked_slot_fraction": jnp.mean((weights > 0).astype(jnp.float32))})
+
+
+def masked_token_slots(batch_size: int, run_config, shards: int) -> int:
+  """The masked-token slots the head scores in one step of masked_tokens on `shards` data shards:
+  A · groups · max(1, U)."""
+  accum, local, groups = _mask_groups(batch_size, run_config, shards)
+  n_patches = (run_config.aug.global_size // run_config.model.patch_size) ** 2
+  return accum * groups * max(1, masking.masked_patch_bound(2 * local, n_patches, run_config.masking))
+
+
+def _mask_groups(batch_size: int, run_config, shards: int) -> tuple[int, int, int]:
+  """(A micro-batches, b images per mask group, groups per micro-batch) of masked_tokens."""
+  accum = run_config.get("grad_accum_steps", 1)
+  shard_batch, remainder = divmod(batch_size, accum * shards)
+  local = run_config.masking.get("group_size", 0) or shard_batch
+  if remainder or shard_batch % local:
+    raise ValueError(f"iBOT masks are drawn per group of config.masking.group_size={local} images of each data "
+                     f"shard's micro-batch, but batch {batch_size} does not split into grad_accum_steps={accum} × "
+                     f"{shards} shards × groups of {local}. Set config.batch_size to a multiple of "
+                     f"{accum * shards * local}, or config.masking.group_size to a divisor of {shard_batch} "
+                     "(0: one group per shard).")
+  return accum, local, batch_size // (accum * local)
+
+
+def _data_shards() -> int:
+  """The size of the ambient mesh's data axis (jax.set_mesh, as training and the benchmark run); 1 without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh.empty or parallel.DATA_AXIS not in mesh.axis_names else mesh.shape[parallel.DATA_AXIS]
+
+
+def _on_shards(x: jax.Array, axis: int) -> jax.Array:
+  """x with its `axis` laid out over the data axis of the ambient mesh (each shard draws and gathers its own)."""
+  if _data_shards() == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*([None] * axis), parallel.DATA_AXIS))
 
 
 @dataclasses.dataclass(frozen=True)
