@@ -6,9 +6,12 @@
 # (~/simdino_jax/.venv, made by uv on the first launch since stock TPU VM images ship Python 3.10, reinstalled only
 # when requirements.txt changes), with jax[tpu] and without TensorFlow (WITH_TF=1 adds it, for TensorBoard), then
 # starts the run detached (setsid nohup: an ssh drop does not stop it). jax.distributed finds the pod by itself
-# (--distributed=auto). Every worker logs to ~/simdino_jax/logs/RUN.worker<N>.log and writes its pid next to it:
+# (--distributed=auto). After a worker failure the whole job starts again, up to MAX_RESTARTS times (default 0),
+# resuming from the latest checkpoint: every worker runs under launch/restarts.sh (RESTART_DELAY_S between attempts).
+# Every worker logs to ~/simdino_jax/logs/RUN.worker<N>.log and writes its pid (that of its restart loop) next to it:
 #   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command 'tail -n 3 ~/simdino_jax/logs/*.log'
-#   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command 'kill $(cat ~/simdino_jax/logs/*.pid)'
+#   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \
+#     --command 'for f in ~/simdino_jax/logs/*.pid; do kill -TERM -- -$(cat $f); done'  # Saves, then stops.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 usage="usage: TPU_NAME=... ZONE=... launch/tpu_pod.sh CONFIG WORKDIR [--config.x=y ...]"
@@ -16,6 +19,9 @@ config=${1:?$usage}
 workdir=${2:?$usage}
 shift 2
 run=${RUN_NAME:-$(date +%Y%m%d-%H%M%S)}
+for n in "${MAX_RESTARTS:-0}" "${RESTART_DELAY_S:-45}"; do
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "MAX_RESTARTS and RESTART_DELAY_S take whole numbers, not '$n'." >&2; exit 2; }
+done
 tf_packages=""
 if [[ "${WITH_TF:-0}" == 1 ]]; then tf_packages="tensorflow-cpu tensorboard"; fi
 cd "$(dirname "$0")/.."
@@ -46,7 +52,8 @@ fi
 worker=\$(curl -sf -H Metadata-Flavor:Google \
   http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number || hostname)
 log=logs/$run.worker\$worker.log
-setsid nohup .venv/bin/python -m simdino_jax.main $train_args > "\$log" 2>&1 < /dev/null &
+MAX_RESTARTS=${MAX_RESTARTS:-0} RESTART_DELAY_S=${RESTART_DELAY_S:-45} \\
+  setsid nohup launch/restarts.sh .venv/bin/python -m simdino_jax.main $train_args > "\$log" 2>&1 < /dev/null &
 echo \$! > "logs/$run.worker\$worker.pid"
 echo "worker \$worker: started (pid \$!), log ~/simdino_jax/\$log"
 REMOTE

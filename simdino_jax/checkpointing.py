@@ -183,6 +183,16 @@ def _is_out_of_space(error: BaseException | None) -> bool:
   return False
 
 
+def last_finished_step(workdir: str) -> int | None:
+  """The newest step of `workdir` whose save finished (read from storage: Orbax's own list includes a save in
+  flight); None if there is none."""
+  directory = storage.path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return None
+  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p)),
+             default=None)
+
+
 class Checkpoints:
   """A thin layer over `ocp.CheckpointManager` with items `state`, `data` and `config`.
 

@@ -4,14 +4,29 @@ auto (the default) initializes `jax.distributed` where JAX's own cluster detecti
 processes (a Cloud TPU VM pod slice through its metadata server, GKE TPU, SLURM with several tasks, Open MPI);
 on (required) initializes it through the same detection and fails when none is found; off never does. Explicit
 `--coordinator_address/--num_processes/--process_id` always win. It must run before JAX touches a device.
+
+Under jax.distributed a watch thread notices a dead peer within PEER_TIMEOUT_S and stops this process with one line
+(`PeerWatch`): JAX's own heartbeat timeout would abort it later with a C++ stack dump.
 """
+
+import atexit
+import os
+import sys
+import threading
+import time
+from typing import Callable
 
 from absl import flags
 
 MODES = ("auto", "on", "off")
-# A process that sends no heartbeat for this long is dead to the others, which then stop (JAX's default: 100 s). On
-# CPU (gloo) a collective fails at once when a peer dies; on TPU and GPU the survivors learn it from this timeout.
+# A process that sends no heartbeat for this long is dead to JAX, which then aborts the others (JAX's default: 100 s):
+# the backstop of PeerWatch, which stops them first, with one line.
 HEARTBEAT_TIMEOUT_S = 30
+# A peer whose PeerWatch counter has not moved for this long is lost (its thread bumps it every PEER_BEAT_S).
+PEER_TIMEOUT_S = 10
+PEER_BEAT_S = 1.0
+_KEY = "simdino_jax/peer_watch/"
+_EXITED = "exited"
 
 
 def define_flags() -> dict:
@@ -56,6 +71,7 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
       raise ValueError("--distributed=off contradicts --coordinator_address; drop one of them.")
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+    _start_peer_watch()
     return True
   if mode == "off":
     return False
@@ -66,5 +82,91 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
                        "--num_processes=N --process_id=i.")
   if processes > 1 or (mode == "on" and processes):
     jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+    _start_peer_watch()
     return True
   return False
+
+
+class PeerWatch(threading.Thread):
+  """Notices a dead peer (SIGKILL, OOM kill, crash, host down) and stops this process with one line.
+
+  Every PEER_BEAT_S this daemon thread bumps its process's counter in the coordinator's key-value store and reads
+  the others'. A peer whose counter stays still for PEER_TIMEOUT_S (or a coordinator that stops answering) is lost:
+  the thread prints one line naming it and `describe()` (the training loop sets it to the last finished checkpoint),
+  then exits the process with status 1 at once: no save is started or finished after a peer's death, and JAX's
+  heartbeat abort (HEARTBEAT_TIMEOUT_S, a C++ stack dump) never comes. A process leaving through Python's exit
+  (a finished run, an exception) marks its counter `exited` and is not reported.
+  """
+
+  def __init__(self, client, process_id: int, num_processes: int):
+    super().__init__(name="simdino_jax.PeerWatch", daemon=True)
+    self.client, self.process_id, self.num_processes = client, process_id, num_processes
+    self.describe: Callable[[], str] = lambda: "Nothing is saved after the loss"
+    self.lost = threading.Event()
+    self._stopped = threading.Event()
+
+  def run(self) -> None:
+    seen = {}  # peer -> (counter, time.monotonic() when it last moved)
+    beat = 0
+    while not self._stopped.is_set():
+      beat += 1
+      try:
+        self.client.key_value_set(f"{_KEY}{self.process_id}", str(beat), allow_overwrite=True)
+        counters = dict(self.client.key_value_dir_get(_KEY))
+      except Exception:  # pylint: disable=broad-except  # The coordinator's RPC errors have several types.
+        if not self._stopped.is_set():
+          self._stop_process(0, "the coordinator stopped answering")
+        return
+      now = time.monotonic()
+      for peer in range(self.num_processes):
+        counter = counters.get(f"{_KEY}{peer}")
+        if peer == self.process_id or counter is None or counter == _EXITED:
+          continue
+        if seen.get(peer, (None,))[0] != counter:
+          seen[peer] = (counter, now)
+        elif now - seen[peer][1] > PEER_TIMEOUT_S:
+          self._stop_process(peer, f"no heartbeat for {PEER_TIMEOUT_S} s: killed, crashed or its host is down")
+      self._stopped.wait(PEER_BEAT_S)
+
+  def _stop_process(self, peer: int, why: str) -> None:
+    self.lost.set()
+    sys.stdout.flush()
+    print(f"error: lost process {peer} of {self.num_processes} ({why}); process {self.process_id} stops too. "
+          f"{self.describe()}. Restart every process to resume (MAX_RESTARTS of launch/local.sh and "
+          "launch/tpu_pod.sh does it; docs/operations.md, \"Dead workers and restarts\").", file=sys.stderr,
+          flush=True)
+    os._exit(1)  # pylint: disable=protected-access  # Now: no cleanup that would wait on the lost peer.
+
+  def mark_exited(self) -> None:
+    """Stops the thread and tells the peers this process leaves on purpose (before jax.distributed shuts down)."""
+    self._stopped.set()
+    try:
+      self.client.key_value_set(f"{_KEY}{self.process_id}", _EXITED, allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except  # The coordinator is gone already: nothing to tell.
+      pass
+
+
+_watch: PeerWatch | None = None
+
+
+def _start_peer_watch() -> None:
+  global _watch
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+
+  _watch = PeerWatch(distributed.global_state.client, jax.process_index(), jax.process_count())
+  atexit.register(_watch.mark_exited)  # Registered after JAX's shutdown hook, so it runs before it.
+  _watch.start()
+
+
+def describe_progress(describe: Callable[[], str]) -> None:
+  """Under jax.distributed: `describe()` (a sentence) is said when a lost peer stops this process."""
+  if _watch is not None:
+    _watch.describe = describe
+
+
+def stop_if_a_peer_is_lost() -> None:
+  """Under jax.distributed, after an error from JAX (a failed collective or barrier): gives PeerWatch the time to
+  find a lost peer, in which case this process stops there with its one line; returns otherwise."""
+  if _watch is not None and _watch.lost.wait(PEER_TIMEOUT_S + 3 * PEER_BEAT_S):
+    _watch.join()  # It is printing its line and exiting the process.

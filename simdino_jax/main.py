@@ -54,6 +54,9 @@ def main(argv) -> None:
     if jax.process_index() == 0:
       cli.fail(str(e), status=1)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError:
+    cluster.stop_if_a_peer_is_lost()  # A collective failed because a peer died: its one line instead.
+    raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from simdino_jax import checkpointing
+from simdino_jax import cluster
 from simdino_jax import collapse
 from simdino_jax import metrics as metrics_lib
 from simdino_jax import models
@@ -333,6 +334,7 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   validation.validate_config(config)
   storage.check_access(workdir)  # Cloud storage problems: one line, before anything is built or written.
   storage.check_data_dir(config.data)
+  cluster.describe_progress(lambda: _last_checkpoint_sentence(workdir))
   process_count = jax.process_count()
   iterator = data_lib.create_train_iterator(
       config.data, batch_size=config.batch_size // process_count, seed=config.seed,
@@ -397,6 +399,13 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
         f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "
         f"({int(state.skipped)} of {int(state.step)} skipped in total). {_how_to_go_on(last_good)}")
   return last
+
+
+def _last_checkpoint_sentence(workdir: str) -> str:
+  step = checkpointing.last_finished_step(workdir)
+  directory = storage.path(workdir) / "checkpoints"
+  return (f"No checkpoint has finished in {directory}" if step is None
+          else f"The last finished checkpoint is step {step} in {directory}")
 
 
 def startup_line(config, setup: TrainSetup, num_examples: int, workdir: str) -> str:

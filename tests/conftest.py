@@ -45,8 +45,8 @@ _create_mesh = parallel.create_mesh
 
 # The longest files first: pytest-xdist hands whole files to its 2 workers in collection order, so no long file starts
 # last and runs alone while the other worker waits.
-LONGEST_FIRST = ("test_distributed.py", "test_train.py", "test_gpu_check.py", "test_reproduce.py", "test_models.py",
-                 "test_imagenet_prepare.py", "test_convert.py", "test_guards.py")
+LONGEST_FIRST = ("test_distributed.py", "test_storage.py", "test_train.py", "test_gpu_check.py", "test_reproduce.py",
+                 "test_models.py", "test_imagenet_prepare.py", "test_convert.py", "test_guards.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -16,6 +16,7 @@ def calls(monkeypatch):
   recorded = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: recorded.append(args))
   monkeypatch.setattr(jax.config, "update", lambda *args: None)
+  monkeypatch.setattr(cluster, "_start_peer_watch", lambda: None)  # No runtime: no key-value store to watch.
   for name in CLUSTER_VARIABLES:
     monkeypatch.delenv(name, raising=False)
   return recorded

@@ -1,11 +1,13 @@
 """Many devices and processes: training on 8 devices, and on 2 processes × 2 CPU devices (jax.distributed with
-gloo on localhost), follows the trajectory of one device; SIGTERM reaching one process stops both at one saved step.
+gloo on localhost), follows the trajectory of one device; SIGTERM reaching one process stops both at one saved step;
+SIGKILL of one process stops the other in one line, and launch/local.sh restarts both to the uninterrupted result.
 
 All use the parity config (DINOv2: masks, centers, KoLeo), so each of its steps (1 device, 8 devices, 2 processes)
 compiles once for the file, and its one-device run is shared: the reference of both parity tests, and the DINO-head
 case of the per-step checks of test_train.py."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import time
 
 import jax
 import numpy as np
+import psutil
 import pytest
 
 from simdino_jax import checkpointing
+from simdino_jax import cluster
 from simdino_jax import parallel
 from simdino_jax import train
 from simdino_jax import train_state as train_state_lib
@@ -112,3 +116,68 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
   state, data_state = checkpointing.Checkpoints(str(workdir), config).restore_latest(template, shardings)
   assert int(state.step) == step and bool(train_state_lib.all_finite(state))
   assert isinstance(data_state, dict) and data_state
+
+
+def _local_job(workdir, max_restarts: int) -> subprocess.Popen:
+  """launch/local.sh: 2 processes × 2 CPU devices on the parity config (the 2-process step above, from the
+  compilation cache), 16 steps, an asynchronous checkpoint every 2."""
+  config = train_utils.parity_config()
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 16, 2, True
+  _, _, _, config_flag, _, *overrides = train_utils.main_command(workdir, config)
+  env = {**train_utils.subprocess_env(devices=2), "PYTHON": sys.executable, "NUM_PROCESSES": "2",
+         "MAX_RESTARTS": str(max_restarts)}
+  return subprocess.Popen(["bash", os.path.join(ROOT, "launch", "local.sh"), config_flag.split("=", 1)[1],
+                           str(workdir), *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both_to_the_uninterrupted_state(
+    tmp_path):
+  """Process 1 is SIGKILLed once a checkpoint has finished: process 0 stops within cluster.PEER_TIMEOUT_S with one
+  line naming process 1 and the last finished checkpoint, exits 1 and leaves no newer step directory; the launcher
+  restarts both, and the final state is bitwise that of an uninterrupted run."""
+  work = tmp_path / "work"
+  job = _local_job(work, max_restarts=1)
+  reference = _local_job(tmp_path / "reference", max_restarts=0)
+  deadline = time.time() + 300
+  while not ((work / "checkpoints" / "2" / "commit_success.txt").exists() or job.poll() is not None
+             or time.time() > deadline):
+    time.sleep(0.05)
+  workers = {next(a for a in p.cmdline() if a.startswith("--process_id=")): p
+             for p in psutil.Process(job.pid).children()}
+  workers["--process_id=1"].send_signal(signal.SIGKILL)
+  killed = time.time()
+  workers["--process_id=0"].wait(timeout=60)
+  stopped_after = time.time() - killed
+  steps_left = train_utils.checkpoint_steps(work)  # Before the restart writes anything.
+  output = job.communicate(timeout=600)[0]
+  assert job.returncode == 0, output[-4000:]
+  lost = [line for line in output.splitlines() if line.startswith("error: lost process")]
+  assert len(lost) == 1, output[-4000:]
+  last = int(re.search(r"The last finished checkpoint is step (\d+) in ", lost[0]).group(1))
+  assert lost[0] == (
+      f"error: lost process 1 of 2 (no heartbeat for {cluster.PEER_TIMEOUT_S} s: killed, crashed or its host is "
+      f"down); process 0 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart "
+      "every process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; "
+      'docs/operations.md, "Dead workers and restarts").')
+  assert 2 <= last < 16 and max(steps_left) == last, (last, steps_left)  # No partial newer checkpoint.
+  assert stopped_after < 45, stopped_after
+  print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed")
+  assert "launch/local.sh: a process failed (exit status 1); restart 1 of 1" in output, output[-4000:]
+  for noise in ("Traceback", "Fatal Python error", "Check failure"):
+    assert noise not in output, output[-4000:]
+  assert f"Resumed from the checkpoint of step {last} in {work}." in output
+  reference_output = reference.communicate(timeout=600)[0]
+  assert reference.returncode == 0, reference_output[-4000:]
+  final, expected = (_restore(tmp_path / name, 16) for name in ("work", "reference"))
+  jax.tree.map(np.testing.assert_array_equal, final, expected)
+
+
+def _restore(workdir, step: int):
+  config = train_utils.parity_config()
+  setup = train.build(config, num_examples=64)
+  checkpoints = checkpointing.Checkpoints(str(workdir), config)
+  try:
+    return checkpoints.restore(step, setup.state, setup.state_shardings)[0]
+  finally:
+    checkpoints.close()

@@ -17,10 +17,12 @@ import torch
 from etils.epath import backend as backend_lib
 
 from simdino_jax import checkpointing
+from simdino_jax import evaluate
 from simdino_jax import metrics
 from simdino_jax import reproduce
 from simdino_jax import storage
 from simdino_jax import train
+from simdino_jax.convert import torch_checkpoints
 from simdino_jax.data import sources
 from tests import train_utils
 
@@ -187,14 +189,17 @@ def test_tfds_data_on_a_bucket_is_refused_with_the_supported_ways(bucket, tmp_pa
   storage.check_data_dir(config.data)
 
 
-def _job(workdir, total_steps: int) -> list[str]:
-  config = train_utils.tiny_config("simdino")
-  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = total_steps, 2, True
-  return train_utils.main_command(workdir, config)
+STEPS = 8  # A checkpoint every 2 steps; the job is SIGKILLed after that of step 4.
+
+
+def _job_config():
+  config = train_utils.tiny_config("simdino")  # The tiny step of the other tests: compiled once per session.
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = STEPS, 2, True
+  return config
 
 
 def _final_state(workdir):
-  config = train_utils.tiny_config("simdino")
+  config = _job_config()
   setup = train.build(config, num_examples=64)
   checkpoints = checkpointing.Checkpoints(str(workdir), config)
   try:
@@ -206,14 +211,13 @@ def _final_state(workdir):
 
 def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_exports(bucket, tmp_path):
   """The production path on a bucket: asynchronous Orbax saves through tensorstore, everything else through gcsfs.
-  SIGKILL after the second checkpoint; the newest one is then damaged, so the resume moves it aside and continues
-  from the one before; the final state is bitwise that of an uninterrupted local run."""
+  SIGKILL after the checkpoint of step 4; that newest one is then damaged, so the resume moves it aside and
+  continues from the one before; the final state is bitwise that of an uninterrupted local run (started with the
+  resume: both find the step in the compilation cache), which the bucket's evaluation and export then read."""
   env = {**train_utils.subprocess_env(), **bucket}
-  steps, run = 12, "gs://bucket/digits"
-  reference = tmp_path / "reference"
-  subprocess.run(_job(reference, steps), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-
-  job = subprocess.Popen(_job(run, steps), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  run = "gs://bucket/digits"
+  job = subprocess.Popen(train_utils.main_command(run, _job_config()), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
   marker = storage.path(f"{run}/checkpoints/4/commit_success.txt")
   deadline = time.time() + 300
   while not marker.exists() and job.poll() is None and time.time() < deadline:
@@ -223,33 +227,32 @@ def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_e
   assert job.returncode == -signal.SIGKILL, output[-3000:]  # Killed mid-run, not finished.
   finished = sorted(int(p.name) for p in storage.path(f"{run}/checkpoints").iterdir() if p.name.isdigit()
                     and (p / "commit_success.txt").exists())
-  assert finished[-1] < steps and len(finished) >= 2, finished
+  assert finished[-1] < STEPS and len(finished) >= 2, finished
   newest = storage.path(f"{run}/checkpoints/{finished[-1]}")
   (newest / "state" / "manifest.ocdbt").unlink()
 
-  resumed = subprocess.run(_job(run, steps), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  reference = tmp_path / "reference"
+  runs = [subprocess.Popen(train_utils.main_command(workdir, _job_config()), cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for workdir in (run, reference)]
+  (resumed_out, resumed_err), (_, reference_err) = (p.communicate(timeout=300) for p in runs)
+  assert runs[1].returncode == 0, reference_err[-3000:]
+  assert runs[0].returncode == 0, resumed_err[-3000:]
   assert f"moved {newest} to {run}/unrestorable_checkpoints/{finished[-1]}; resuming from step {finished[-2]}." \
-      in resumed.stdout, resumed.stdout
+      in resumed_out, resumed_out
   assert storage.path(f"{run}/unrestorable_checkpoints/{finished[-1]}/state").is_dir()
   final, expected = _final_state(run), _final_state(reference)
-  assert int(final.step) == steps
+  assert int(final.step) == STEPS
   jax.tree.map(np.testing.assert_array_equal, final, expected)
   records = [json.loads(line) for line in _read(f"{run}/metrics.jsonl").decode().splitlines()]
   assert records == train_utils.strict_metrics(reference)
 
-  evaluated = subprocess.run([sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={run}", "--knn_k=5",
-                              "--max_train_examples=64", "--max_test_examples=32"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  results = json.loads(_read(f"{run}/eval_{steps}.json"))
-  assert results["step"] == steps and 0.0 <= results["knn_top1_k5"] <= 1.0
-  assert f"knn_top1_k5  {results['knn_top1_k5']:.4f}" in evaluated.stdout
-
+  # Evaluation and export read the bucket (the CLIs call these; test_evaluate.py and test_convert.py run the CLIs).
+  results = evaluate.evaluate_checkpoint(run, evaluate.protocol_evals("knn", {"knn": {"k": (5,)}}),
+                                         settings={"max_train_examples": 64, "max_test_examples": 32})
+  assert results["step"] == STEPS and 0.0 <= results["knn_top1_k5"] <= 1.0
+  assert json.loads(_read(f"{run}/eval_{STEPS}.json")) == results
   out = tmp_path / "teacher.pth"
-  exported = subprocess.run([sys.executable, "-m", "simdino_jax.convert", "to-torch", f"--workdir={run}",
-                             f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert exported.returncode == 0, exported.stderr[-3000:]
+  torch_checkpoints.to_torch(run, str(out))
   weights = torch.load(out)
   np.testing.assert_array_equal(weights["cls_token"].numpy(), np.asarray(final.teacher["backbone"]["cls_token"]))
   assert os.listdir(".") == []
