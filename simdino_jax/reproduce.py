@@ -64,12 +64,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "First seed.")
   flags.DEFINE_integer("seeds", 1, "Runs per method, with seeds seed, seed + 1, ...")
   flags.DEFINE_float("koleo_proto_weight", 0.1, "λ of the KoLeo-proto run.")
-  flags.DEFINE_string("sweep", None, "A robustness sweep around the evidence recipe instead of the curves: one of "
-                      "momentum, teacher_temp, batch, lr, model, prototypes, epochs, or all (simdino_jax/sweep.py).")
-  flags.DEFINE_enum("pair", "dino", ["dino", "dinov2"], "--sweep: dino (DINO vs SimDINO) or dinov2 "
-                    "(DINOv2 vs SimDINOv2).")
-  flags.DEFINE_integer("workers", 1, "--sweep: runs at a time, one CPU core each.")
-  flags.DEFINE_list("sweep_values", None, "--sweep: these values of the one sweep instead of its grid.")
 
 
 # Per preset: dataset, model, epochs, batch, kNN every this many epochs.
@@ -308,11 +302,6 @@ def run(workdir: str, *, preset: str, methods=METHODS, dataset=None, model=None,
 
 def main(argv) -> None:
   del argv
-  if FLAGS.sweep:
-    from simdino_jax import sweep  # pylint: disable=import-outside-toplevel
-    sweep.run(FLAGS.workdir, sweep=FLAGS.sweep, pair=FLAGS.pair, values=FLAGS.sweep_values, seed=FLAGS.seed,
-              seeds=FLAGS.seeds, workers=FLAGS.workers, preset="quick" if FLAGS.quick else "evidence", epochs=FLAGS.epochs)
-    return
   if FLAGS.quick and FLAGS.evidence:
     raise app.UsageError("--quick and --evidence are two presets: pass one of them (or neither: the full mode).")
   preset = "quick" if FLAGS.quick else "evidence" if FLAGS.evidence else "full"

@@ -1,7 +1,8 @@
 """Robustness sweeps: a pair of methods trained over one setting at a time around the evidence recipe.
 
-    python -m simdino_jax.reproduce --sweep=momentum --seeds=3 --workdir=/tmp/sweeps     # one sweep
-    python -m simdino_jax.reproduce --sweep=all --seeds=3 --workers=2 --workdir=/tmp/sweeps
+    python -m simdino_jax.sweep --sweep=momentum --seeds=3 --workdir=/tmp/sweeps     # one sweep
+    python -m simdino_jax.sweep --sweep=all --seeds=3 --workers=2 --workdir=/tmp/sweeps
+    python -m simdino_jax.sweep --sweep=lr --values=0.5,2 --pair=dinov2 --workdir=/tmp/sweeps_v2
 
 The SimDINO paper's claim is robustness: SimDINO trains over a wider range of hyper-parameters and design choices
 than DINO and does not collapse where DINO does (its Table 8: teacher = student). Each named sweep in `SWEEPS`
@@ -33,6 +34,7 @@ from absl import app
 from absl import flags
 
 from simdino_jax import metrics as metrics_lib
+from simdino_jax import reproduce
 from simdino_jax import storage
 
 PAIRS = {"dino": ("dino", "simdino"), "dinov2": ("dinov2", "simdinov2")}
@@ -102,8 +104,6 @@ def _check(sweep: str, pair: str) -> None:
 
 def run_config(method: str, sweep: str, value, seed: int, *, preset: str = "evidence", epochs=None):
   """The config of one run: `method`'s evidence recipe with the sweep's setting at `value`."""
-  from simdino_jax import reproduce  # pylint: disable=import-outside-toplevel
-
   spec = SWEEPS[sweep]
   defaults = reproduce.DEFAULTS[preset]
   sizes = dict(dataset=defaults["dataset"], model=defaults["model"], epochs=epochs or defaults["epochs"],
@@ -155,8 +155,8 @@ def plan(grids: dict[str, tuple], pair: str, seeds, *, preset: str = "evidence",
 
 def job_command(job: Job, workdir, *, preset: str, epochs=None) -> list[str]:
   command = [sys.executable, "-m", "simdino_jax.sweep", f"--job_dir={job.directory(workdir)}",
-             f"--method={job.method}", f"--sweep={job.sweep}", f"--value={job.value}", f"--seed={job.seed}",
-             f"--preset={preset}"]
+             f"--method={job.method}", f"--sweep={job.sweep}", f"--values={job.value}", f"--seed={job.seed}"]
+  command += ["--quick"] if preset == "quick" else []
   return command + ([f"--epochs={epochs}"] if epochs else [])
 
 
@@ -267,8 +267,6 @@ def summarize(rows: list[dict], name: str, pair: str, values) -> dict:
 
 def write_outputs(directory, name: str, pair: str, values, rows: list[dict]) -> dict:
   """sweep.csv, summary.json and sweep.png of one sweep in `directory`; returns the summary."""
-  from simdino_jax import reproduce  # pylint: disable=import-outside-toplevel
-
   reproduce.write_csv(rows, directory / "sweep.csv")
   summary = summarize(rows, name, pair, values)
   storage.write_shared(directory / "summary.json", json.dumps(summary, indent=2))
@@ -321,22 +319,34 @@ def _parse_value(sweep: str, text: str):
 
 
 def main(argv) -> None:
-  """One run of a sweep (what `run` starts as a subprocess)."""
+  """The sweep(s) of `--sweep`; with `--job_dir`, one run of a sweep (what `run` starts as a subprocess)."""
   del argv
   f = flags.FLAGS
-  train_one(f.job_dir, f.method, f.sweep, _parse_value(f.sweep, f.value), f.seed, preset=f.preset,
-            epochs=f.epochs)
+  preset = "quick" if f.quick else "evidence"
+  if f.job_dir:
+    train_one(f.job_dir, f.method, f.sweep, _parse_value(f.sweep, f.values[0]), f.seed, preset=preset,
+              epochs=f.epochs)
+  else:
+    run(f.workdir, sweep=f.sweep, pair=f.pair, values=f.values, seed=f.seed, seeds=f.seeds, workers=f.workers,
+        preset=preset, epochs=f.epochs)
 
 
 def _define_flags() -> None:
-  """Flags of one run, defined only when run as a program (reproduce.py imports this module)."""
-  flags.DEFINE_string("job_dir", None, "The run's directory.", required=True)
-  flags.DEFINE_string("method", None, "Objective recipe.", required=True)
-  flags.DEFINE_string("sweep", None, f"One of {', '.join(SWEEPS)}.", required=True)
-  flags.DEFINE_string("value", None, "The setting's value.", required=True)
-  flags.DEFINE_integer("seed", 0, "Seed.")
-  flags.DEFINE_string("preset", "evidence", "reproduce preset the sweep is centred on.")
-  flags.DEFINE_float("epochs", None, "Epochs (default: the preset's).")
+  """Command-line flags, defined only when run as a program."""
+  flags.DEFINE_string("workdir", None, "Output directory (runs/, one folder per sweep).")
+  flags.DEFINE_string("sweep", "all", f"One of {', '.join(SWEEPS)}, or all.")
+  flags.DEFINE_enum("pair", "dino", list(PAIRS), "dino: DINO vs SimDINO; dinov2: DINOv2 vs SimDINOv2.")
+  flags.DEFINE_list("values", None, "These values of the one sweep instead of its grid.")
+  flags.DEFINE_integer("seed", 0, "First seed.")
+  flags.DEFINE_integer("seeds", 3, "Runs per method and value, with seeds seed, seed + 1, ...")
+  flags.DEFINE_integer("workers", 1, "Runs at a time, one CPU core each.")
+  flags.DEFINE_bool("quick", False, "Centre on the reproduction's --quick preset (a pipeline check) instead of "
+                    "--evidence.")
+  flags.DEFINE_float("epochs", None, "Epochs per run (default: the preset's).")
+  flags.DEFINE_string("job_dir", None, "Internal: train the one run of --method, --sweep, --values, --seed here.")
+  flags.DEFINE_string("method", None, "Internal, with --job_dir: the objective recipe.")
+  flags.register_validator("workdir", lambda w: w or flags.FLAGS.job_dir,
+                           "--workdir is required (the sweep's output directory).")
 
 
 if __name__ == "__main__":

@@ -78,8 +78,8 @@ def test_unknown_sweep_lists_the_valid_ones():
 def test_one_sweep_cell_end_to_end(tmp_path):
   env = train_utils.subprocess_env()
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.reproduce", "--sweep=model", "--sweep_values=vit_nano", "--quick",
-       "--epochs=1", "--seeds=1", f"--workdir={tmp_path}"],
+      [sys.executable, "-m", "simdino_jax.sweep", "--sweep=model", "--values=vit_nano", "--quick", "--epochs=1",
+       "--seeds=1", f"--workdir={tmp_path}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   with open(tmp_path / "model" / "sweep.csv") as f:
