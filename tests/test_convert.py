@@ -354,7 +354,7 @@ def test_convert_then_knn_on_digits_equals_pytorch(converted_digits):
   backbone, _, _, workdir, summary = converted_digits
   assert summary["imported"] == ["student/backbone", "student/head", "teacher/backbone", "teacher/head"]
   config = digits_config()
-  results = evaluate.evaluate_checkpoint(workdir, knn_k=(10, 20))
+  results = evaluate.evaluate_checkpoint(workdir, evaluate.protocol_evals("knn", {"knn": {"k": (10, 20)}}))
   mesh = parallel.create_mesh()
   params = evaluate.restore_backbone(config, workdir, 0, "teacher", mesh)
   feature_fn = features_lib.make_feature_fn(config)

@@ -1,4 +1,4 @@
-"""ImageNet preparation as the README shows it, on a miniature of the manual download with its real layout, then
+"""ImageNet preparation as docs/data.md shows it, on a miniature of the manual download with its real layout, then
 2 training steps on 8 simulated devices, the offline evaluation and a resumption on the prepared data."""
 
 import io
@@ -75,7 +75,7 @@ def test_prepared_miniature_reads_without_tensorflow_with_the_real_labels(imagen
   train_split = sources.open_split(config, "train")
   images, labels = sources.load_split(config, "validation")
   assert len(train_split) == 20 and images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
-  with open(os.path.join(ROOT, "README.md")) as f:
+  with open(os.path.join(ROOT, "docs", "data.md")) as f:
     assert "python -m simdino_jax.data.prepare_imagenet --manual_dir" in f.read()
   import tensorflow_datasets as tfds  # The label ids of TFDS's synset list, as in the real dataset.
   synsets = tfds.builder("imagenet2012", data_dir=str(data_dir)).info.features["label"].names
