@@ -35,9 +35,11 @@ def path(location: str | os.PathLike) -> epath.Path:
 
 def move(source: epath.Path, target: epath.Path) -> None:
   """Renames file or folder `source` to `target`; on cloud storage, which has neither renames nor empty folders,
-  gcsfs copies the objects and deletes the originals."""
+  the objects are copied (server-side rewrites) and the originals deleted."""
   if is_remote(source):
-    backend.fsspec_backend.fs(source).mv(os.fspath(source), os.fspath(target), recursive=True)
+    fs = backend.fsspec_backend.fs(source)
+    fs.copy(os.fspath(source), os.fspath(target), recursive=True)
+    fs.rm(os.fspath(source), recursive=True)
   else:
     source.rename(target)
 

@@ -120,9 +120,9 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
 
 def _local_job(workdir, max_restarts: int) -> subprocess.Popen:
   """launch/local.sh: 2 processes × 2 CPU devices on the parity config (the 2-process step above, from the
-  compilation cache), 16 steps, an asynchronous checkpoint every 2."""
+  compilation cache), 10 steps, an asynchronous checkpoint every 2."""
   config = train_utils.parity_config()
-  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 16, 2, True
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 10, 2, True
   _, _, _, config_flag, _, *overrides = train_utils.main_command(workdir, config)
   env = {**train_utils.subprocess_env(devices=2), "PYTHON": sys.executable, "NUM_PROCESSES": "2",
          "MAX_RESTARTS": str(max_restarts)}
@@ -160,7 +160,7 @@ def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both
       f"down); process 0 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart "
       "every process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; "
       'docs/operations.md, "Dead workers and restarts").')
-  assert 2 <= last < 16 and max(steps_left) == last, (last, steps_left)  # No partial newer checkpoint.
+  assert 2 <= last < 10 and max(steps_left) == last, (last, steps_left)  # No partial newer checkpoint.
   assert stopped_after < 45, stopped_after
   print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed")
   assert "launch/local.sh: a process failed (exit status 1); restart 1 of 1" in output, output[-4000:]
@@ -169,7 +169,7 @@ def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both
   assert f"Resumed from the checkpoint of step {last} in {work}." in output
   reference_output = reference.communicate(timeout=600)[0]
   assert reference.returncode == 0, reference_output[-4000:]
-  final, expected = (_restore(tmp_path / name, 16) for name in ("work", "reference"))
+  final, expected = (_restore(tmp_path / name, 10) for name in ("work", "reference"))
   jax.tree.map(np.testing.assert_array_equal, final, expected)
 
 
