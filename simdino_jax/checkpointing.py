@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import shutil
+import sys
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -171,6 +173,21 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+def _ignore_reads_of_a_failed_restore() -> None:
+  """After a restore fails, TensorStore finishes the reads still in flight and hands each result to Orbax's event
+  loop, which is closed by then: every one would print a "RuntimeError: Event loop is closed" traceback. Those are
+  dropped; any other unraisable error still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.ignores_closed_loop = True
+  sys.unraisablehook = hook
+
+
 def _directory_bytes(path: str) -> int:
   return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
@@ -250,6 +267,7 @@ class Checkpoints:
       try:
         restored = self.restore(step, state_template, shardings)
       except Exception as e:
+        _ignore_reads_of_a_failed_restore()
         failed.append((step, _reason(e)))
         continue
       for bad_step, reason in failed:
