@@ -25,7 +25,6 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from simdino_jax import cli
@@ -45,6 +44,7 @@ def host_images_per_second(config, batch: int, n_batches: int) -> float:
 def device_images_per_second(config, split: np.ndarray, rows: np.ndarray, patch_size: int,
                              repeats: int) -> tuple[float, float]:
   """(images/s, compile seconds) of jitted gather of `rows` from the device-held split + multicrop + masks."""
+  import jax  # pylint: disable=import-outside-toplevel  # not in the workers this module's runs spawn
   batch = rows.shape[0]
   grid = (config.aug.global_size // patch_size,) * 2
 
@@ -213,6 +213,7 @@ def run_feed(*, photos: str | None = None, method: str = "dino", model: str = "V
   """Feeds the real train step (`method`'s recipe at the ImageNet sizes) from the host-crop path with each worker
   count and prints the fraction of the loop's time spent waiting for data; then how many cores of that path one
   accelerator needs at each rate of `STEP_RATES`."""
+  import jax  # pylint: disable=import-outside-toplevel  # not in the workers this module's runs spawn
   import grain  # pylint: disable=import-outside-toplevel
   from simdino_jax import configs  # pylint: disable=import-outside-toplevel
   from simdino_jax import train  # pylint: disable=import-outside-toplevel
@@ -252,6 +253,7 @@ def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: i
                repeats: int = 10, patch_size: int = 4, image_size: int | None = None, global_size: int | None = None,
                local_size: int | None = None, n_local: int = 10) -> None:
   """Prints the figures of the square path: host, host with the split on device, device multicrop."""
+  import jax  # pylint: disable=import-outside-toplevel  # not in the workers this module's runs spawn
   config = data.default_config()
   config.data.name, config.data.data_dir = dataset, data_dir
   config.aug.n_local = n_local
