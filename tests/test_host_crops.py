@@ -383,6 +383,7 @@ def test_benchmark_compares_with_torchvisions_way_on_the_same_boxes():
   plan = _plan(global_size=224, local_size=96, n_local=10)
   figures = benchmark.side_by_side(_photos(), plan, n_images=2, repeats=1)
   assert figures["host_crops"] > 0 and figures["torchvision"] > 0
+  assert figures["ratio"] == pytest.approx(figures["torchvision"] / figures["host_crops"])  # One round: its ratio.
   assert 0 < figures["worst_crop_mad"] <= MAD_LIMIT  # Not bit-equal to PIL, within the bound.
   boxes = plan.draw_boxes(np.random.default_rng(0), 427, 640)
   for ours, theirs in zip(benchmark.torchvision_crops(_photos()[0], boxes, plan.sizes()),
