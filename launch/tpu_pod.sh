@@ -4,7 +4,7 @@
 #     --config.data.data_dir=gs://bucket/tfds
 # Copies this checkout to ~/simdino_jax on every worker, keeps one Python >= 3.11 environment there
 # (~/simdino_jax/.venv, made by uv on the first launch since stock TPU VM images ship Python 3.10, reinstalled only
-# when requirements.txt changes), with jax[tpu] and without TensorFlow (WITH_TF=1 adds it, for TensorBoard), then
+# when requirements.txt changes), with jax[tpu] and without TensorFlow (WITH_TF=1 adds it, for dataset preparation), then
 # starts the run detached (setsid nohup: an ssh drop does not stop it). jax.distributed finds the pod by itself
 # (--distributed=auto). After a worker failure the whole job starts again, up to MAX_RESTARTS times (default 0),
 # resuming from the latest checkpoint: every worker runs under launch/restarts.sh (RESTART_DELAY_S between attempts).
@@ -23,7 +23,7 @@ for n in "${MAX_RESTARTS:-0}" "${RESTART_DELAY_S:-45}"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "MAX_RESTARTS and RESTART_DELAY_S take whole numbers, not '$n'." >&2; exit 2; }
 done
 tf_packages=""
-if [[ "${WITH_TF:-0}" == 1 ]]; then tf_packages="tensorflow-cpu tensorboard"; fi
+if [[ "${WITH_TF:-0}" == 1 ]]; then tf_packages="-r requirements-tf.txt"; fi
 cd "$(dirname "$0")/.."
 
 archive=$(mktemp /tmp/simdino_jax.XXXXXX.tgz)
@@ -44,9 +44,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=\$(sha256sum < requirements.txt | cut -c1-16)-tf${WITH_TF:-0}
 if [[ "\$(cat .venv/.installed 2>/dev/null)" != "\$stamp" ]]; then
-  grep -vE '^(tensorflow|tensorboard)' requirements.txt > /tmp/simdino_requirements.txt
-  ~/.local/bin/uv pip install --python .venv/bin/python -q -r /tmp/simdino_requirements.txt 'jax[tpu]' \
-    gcsfs google-cloud-storage $tf_packages
+  ~/.local/bin/uv pip install --python .venv/bin/python -q -r requirements.txt 'jax[tpu]' $tf_packages
   echo "\$stamp" > .venv/.installed
 fi
 worker=\$(curl -sf -H Metadata-Flavor:Google \

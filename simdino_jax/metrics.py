@@ -1,22 +1,21 @@
-"""Metrics: the per-log-point average, the writers (JSONL always, TensorBoard through `tf.summary` when TensorFlow
-is installed: requirements-tf.txt) and the console lines. Training never imports TensorFlow otherwise.
+"""Metrics: the per-log-point average, the writers (JSONL always; TensorBoard event files, written without
+TensorFlow) and the console lines.
 
 `metrics.jsonl` is strict JSON, one object per line: `{"step": s, name: value, ...}` where a non-finite value is
 written as the string "NaN", "Infinity" or "-Infinity" (`read_metrics` turns them back into floats). On resume from
 the checkpoint of step s, the records of later steps (written after that checkpoint, then replayed) are dropped.
 """
 
-import contextlib
 import importlib.util
 import json
 import math
 import os
-import sys
+import socket
+import struct
 import time
 
 import jax
 import numpy as np
-from absl import logging as absl_logging
 
 from simdino_jax import storage
 
@@ -105,51 +104,60 @@ class JsonlWriter:
       self._file.close()
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet():
-  """Hides what native code writes to stderr (TensorFlow's start-up notices) unless --verbosity is 0 or more."""
-  if absl_logging.get_verbosity() >= 0:
-    yield
-    return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with open(os.devnull, "w") as devnull:
-    os.dup2(devnull.fileno(), 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
 class TensorBoardWriter:
-  """TensorBoard scalars through `tf.summary` (process 0); used only when TensorFlow is installed."""
+  """TensorBoard scalars (process 0) without TensorFlow: `Event` records (TensorBoard's own protos) framed as
+  TFRecords in `workdir/tensorboard/events.out.tfevents.*`, written through `storage` paths, so a gs:// workdir
+  takes the same client as every other file (gcsfs).
 
-  def __init__(self, workdir: str):
-    with _native_stderr_quiet():
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    self._tf = tf
-    self._writer = (tf.summary.create_file_writer(os.fspath(storage.path(workdir) / "tensorboard"))
-                    if jax.process_index() == 0 else None)
+  A cloud object is written whole, so records are buffered and each flush (at most every `flush_every_s` seconds,
+  and at close) writes them as the next event file; TensorBoard reads a folder's event files in name order.
+  """
+
+  def __init__(self, workdir: str, flush_every_s: float = 60.0):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._folder = storage.path(workdir) / "tensorboard"
+    self._stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    self._flush_every_s, self._last_flush, self._files = flush_every_s, time.monotonic(), 0
+    self._records = []
+    if jax.process_index() == 0:
+      self._folder.mkdir(parents=True, exist_ok=True)
+      self._records.append(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    if self._writer is not None:
-      with self._writer.as_default(step=int(step)):
-        for name, value in scalars.items():
-          self._tf.summary.scalar(name, _scalar(value))
+    if jax.process_index() != 0:
+      return
+    values = [self._summary.Value(tag=name, simple_value=_scalar(value)) for name, value in scalars.items()]
+    event = self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
+    self._records.append(event.SerializeToString())
+    if time.monotonic() - self._last_flush >= self._flush_every_s:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._records:
+      name = f"{self._stem}.{self._files:06d}"
+      (self._folder / name).write_bytes(b"".join(_tf_record(r) for r in self._records))
+      self._records, self._files = [], self._files + 1
+    self._last_flush = time.monotonic()
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-      self._writer.close()
+    self.flush()
+
+
+def _tf_record(data: bytes) -> bytes:
+  """TFRecord framing: length (uint64), its masked CRC-32C, the data, its masked CRC-32C (little-endian)."""
+  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=import-outside-toplevel
+  header = struct.pack("<Q", len(data))
+  return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class MultiWriter:
-  """Writes to every backend: JSONL always, TensorBoard when asked and TensorFlow + TensorBoard are installed."""
+  """Writes to every backend: JSONL always, TensorBoard when asked (and the tensorboard package is installed)."""
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0):
     self.writers = [JsonlWriter(workdir, resume_step)]
-    if tensorboard and all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
+    if tensorboard and importlib.util.find_spec("tensorboard"):
       self.writers.append(TensorBoardWriter(workdir))
 
   def write_scalars(self, step: int, scalars: dict) -> None:

@@ -28,8 +28,8 @@ def test_tpu_pod_launch_keeps_quoting_runs_detached_and_logs_per_worker(tmp_path
   assert calls[0].startswith("compute tpus tpu-vm scp") and "--worker=all" in calls[0]
   assert calls[1].startswith("compute tpus tpu-vm ssh pod") and "--worker=all" in calls[1]
   remote = (tmp_path / "record.remote").read_text()
-  assert "uv venv --python 3.11 .venv" in remote and "'jax[tpu]'" in remote and "tensorflow" in remote  # filtered
-  assert "tensorflow-cpu tensorboard" not in remote  # Only with WITH_TF=1.
+  assert "uv venv --python 3.11 .venv" in remote and "-r requirements.txt 'jax[tpu]'" in remote
+  assert "requirements-tf.txt" not in remote  # TensorFlow only with WITH_TF=1.
   launch = next(line for line in remote.splitlines() if line.strip().startswith("setsid nohup "))
   assert '> "$log" 2>&1 < /dev/null &' in launch and "log=logs/run1.worker$worker.log" in remote
   assert "MAX_RESTARTS=3 RESTART_DELAY_S=45 \\\n  setsid nohup launch/restarts.sh " in remote

@@ -102,11 +102,26 @@ def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
   assert os.listdir(".") == []  # Nothing written to a local folder named "gs:".
 
 
-def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket):
-  writer = metrics.MultiWriter("gs://bucket/run", tensorboard=False)
+def _tensorboard_scalars(folder: str, tmp_path, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of `tag` as TensorBoard's own reader loads the event files of `folder` (copied here)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  local = tmp_path / "tensorboard_copy"
+  local.mkdir()
+  for event_file in storage.path(folder).iterdir():
+    (local / event_file.name).write_bytes(event_file.read_bytes())
+  accumulator = event_accumulator.EventAccumulator(str(local))
+  accumulator.Reload()
+  return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket, tmp_path):
+  writer = metrics.MultiWriter("gs://bucket/run", tensorboard=True)
   writer.write_scalars(2, {"loss": 1.5})
+  writer.writers[1].flush()  # TensorBoard: one event file per flush (a cloud object is written whole).
   writer.write_scalars(4, {"loss": 1.25})
   writer.close()
+  assert len(list(storage.path("gs://bucket/run/tensorboard").iterdir())) == 2
+  assert _tensorboard_scalars("gs://bucket/run/tensorboard", tmp_path, "loss") == [(2, 1.5), (4, 1.25)]
   resumed = metrics.JsonlWriter("gs://bucket/run", resume_step=4)  # A resume keeps the lines up to its step.
   resumed.write_scalars(6, {"loss": 1.0})
   lines = _read("gs://bucket/run/metrics.jsonl").decode().splitlines()
@@ -195,6 +210,7 @@ STEPS = 8  # A checkpoint every 2 steps; the job is SIGKILLed after that of step
 def _job_config():
   config = train_utils.tiny_config("simdino")  # The tiny step of the other tests: compiled once per session.
   config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = STEPS, 2, True
+  config.tensorboard = True
   return config
 
 
@@ -246,6 +262,8 @@ def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_e
   jax.tree.map(np.testing.assert_array_equal, final, expected)
   records = [json.loads(line) for line in _read(f"{run}/metrics.jsonl").decode().splitlines()]
   assert records == train_utils.strict_metrics(reference)
+  logged = _tensorboard_scalars(f"{run}/tensorboard", tmp_path, "loss")  # The resumed run's, from its checkpoint.
+  assert [step for step, _ in logged] == [r["step"] for r in records if r["step"] > finished[-2] and "loss" in r]
 
   # Evaluation and export read the bucket (the CLIs call these; test_evaluate.py and test_convert.py run the CLIs).
   results = evaluate.evaluate_checkpoint(run, evaluate.protocol_evals("knn", {"knn": {"k": (5,)}}),

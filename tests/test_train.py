@@ -91,9 +91,13 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
 def test_training_imports_neither_tensorflow_nor_torch():
   """requirements.txt holds no TensorFlow and no PyTorch: the training and evaluation paths must not import them."""
   result = train_utils.run_python(
-      "import sys\n"
+      "import sys, tempfile\n"
       "from simdino_jax import data, evaluate, main, metrics, train\n"
       "metrics.MetricsWindow().flush()\n"
+      "writer = metrics.MultiWriter(tempfile.mkdtemp(), tensorboard=True)\n"  # TensorBoard files, without TF
+      "writer.write_scalars(1, {'loss': 1.0})\n"
+      "writer.close()\n"
+      "assert len(writer.writers) == 2\n"
       "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n")
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
