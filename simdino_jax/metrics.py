@@ -7,11 +7,11 @@ the checkpoint of step s, the records of later steps (written after that checkpo
 """
 
 import importlib.util
+import io
 import json
 import math
 import os
 import socket
-import struct
 import time
 
 import jax
@@ -116,40 +116,36 @@ class TensorBoardWriter:
   def __init__(self, workdir: str, flush_every_s: float = 60.0):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+    from tensorboard.summary.writer import record_writer  # pylint: disable=import-outside-toplevel
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._buffer = io.BytesIO()
+    self._records = record_writer.RecordWriter(self._buffer)  # TFRecord framing, into the buffer.
     self._folder = storage.path(workdir) / "tensorboard"
     self._stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
     self._flush_every_s, self._last_flush, self._files = flush_every_s, time.monotonic(), 0
-    self._records = []
     if jax.process_index() == 0:
       self._folder.mkdir(parents=True, exist_ok=True)
-      self._records.append(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+      self._records.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if jax.process_index() != 0:
       return
     values = [self._summary.Value(tag=name, simple_value=_scalar(value)) for name, value in scalars.items()]
-    event = self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
-    self._records.append(event.SerializeToString())
+    self._records.write(self._event(wall_time=time.time(), step=int(step),
+                                    summary=self._summary(value=values)).SerializeToString())
     if time.monotonic() - self._last_flush >= self._flush_every_s:
       self.flush()
 
   def flush(self) -> None:
-    if self._records:
-      name = f"{self._stem}.{self._files:06d}"
-      (self._folder / name).write_bytes(b"".join(_tf_record(r) for r in self._records))
-      self._records, self._files = [], self._files + 1
+    if self._buffer.tell():
+      (self._folder / f"{self._stem}.{self._files:06d}").write_bytes(self._buffer.getvalue())
+      self._buffer.seek(0)
+      self._buffer.truncate()
+      self._files += 1
     self._last_flush = time.monotonic()
 
   def close(self) -> None:
     self.flush()
-
-
-def _tf_record(data: bytes) -> bytes:
-  """TFRecord framing: length (uint64), its masked CRC-32C, the data, its masked CRC-32C (little-endian)."""
-  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=import-outside-toplevel
-  header = struct.pack("<Q", len(data))
-  return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class MultiWriter:

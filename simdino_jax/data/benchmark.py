@@ -190,7 +190,8 @@ def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64
         f"{plan.local_size} crops (scales {plan.global_scale}, {plan.local_scale}), batch {batch}, "
         f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
   both = side_by_side(encoded, plan, parts_images)
-  print(f"one image, all {2 + plan.n_local} views, CPU ms in this process (medians of 9 rounds): host_crops {both['host_crops']:.2f} "
+  print(f"one image, all {2 + plan.n_local} views, CPU ms in this process (medians of rounds): host_crops "
+        f"{both['host_crops']:.2f} "
         f"({1e3 / both['host_crops']:.0f} images/s per core), torchvision's way {both['torchvision']:.2f} "
         f"({1e3 / both['torchvision']:.0f}); ratio {both['ratio']:.2f}x; worst crop "
         f"MAD from PIL's resize {both['worst_crop_mad']:.2f}/255")
