@@ -10,6 +10,7 @@ opens the workdir through `checkpoint_manager`.
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import sys
@@ -173,10 +174,19 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+class _UnretrievedReadErrors(logging.Filter):
+  """asyncio's "Task / Future exception was never retrieved" for the failed restore's other reads."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith(("Task exception was never retrieved",
+                                           "Future exception was never retrieved"))
+
+
 def _ignore_reads_of_a_failed_restore() -> None:
-  """After a restore fails, TensorStore finishes the reads still in flight and hands each result to Orbax's event
-  loop, which is closed by then: every one would print a "RuntimeError: Event loop is closed" traceback. Those are
-  dropped; any other unraisable error still reaches the previous hook."""
+  """After a restore fails, TensorStore finishes the reads still in flight: each result goes to Orbax's event loop,
+  closed by then ("RuntimeError: Event loop is closed", an unraisable error), and each other failed read is logged
+  by asyncio as never retrieved; either prints a traceback per array. Both are dropped (the restore's own error is
+  reported in one line); any other unraisable error or asyncio log still gets through."""
   previous = sys.unraisablehook
   if getattr(previous, "ignores_closed_loop", False):
     return
@@ -186,6 +196,7 @@ def _ignore_reads_of_a_failed_restore() -> None:
       previous(unraisable)
   hook.ignores_closed_loop = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
 
 
 def _directory_bytes(path: str) -> int:
