@@ -26,5 +26,5 @@ def mean_entropy(probabilities: jax.Array) -> jax.Array:
 def marginal_entropy(probabilities: jax.Array) -> jax.Array:
   """H(p̄) = −Σ_k p̄[k] log p̄[k] of the mean probability p̄ over the samples of [..., K]: log K when the samples
   spread uniformly over the K entries on average, 0 when they all pick the same one."""
-  mean_probs = jnp.mean(probabilities.reshape(-1, probabilities.shape[-1]), axis=0)
+  mean_probs = jnp.mean(probabilities, axis=tuple(range(probabilities.ndim - 1)))  # no merge of sharded axes
   return -jnp.sum(jax.scipy.special.xlogy(mean_probs, mean_probs))

@@ -1,8 +1,11 @@
 """Device mesh, parameter shardings and host-local → global batches.
 
 One mesh axis, "data": the batch is sharded over it; parameters are replicated, or FSDP-sharded along their
-largest divisible dimension on the same axis (`config.fsdp`). Batch-wide reductions in the objectives then run
-mesh-wide under jit's global-array semantics.
+largest divisible dimension on the same axis (`config.fsdp`). The per-image work of a step (augmentation, the
+networks) runs per data shard under `jax.shard_map`: each device sees only its own images,
+and the parameters' gradients leave it all-reduced (replicated parameters) or reduce-scattered (FSDP: the
+transpose of `gather_params`' all-gather). Batch-wide reductions in the objectives run mesh-wide under jit's
+global-array semantics.
 """
 
 from typing import Any
@@ -46,6 +49,22 @@ def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, fsdp_min_siz
       return NamedSharding(mesh, fsdp_spec(x.shape, size, fsdp_min_size))
     return NamedSharding(mesh, P())
   return jax.tree.map(spec, abstract_state)
+
+
+def gather_params(params: Any, specs: Any) -> Any:
+  """Inside `shard_map`: each FSDP-sharded parameter (spec with DATA_AXIS on one dimension) all-gathered whole;
+  replicated ones as they are. Its transpose reduce-scatters the gradients back onto their shards."""
+  def gather(x, spec):
+    for dim, axis in enumerate(spec):
+      if axis == DATA_AXIS:
+        return jax.lax.all_gather(x, DATA_AXIS, axis=dim, tiled=True)
+    return x
+  return jax.tree.map(gather, params, specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def param_specs(shardings: Any) -> Any:
+  """The PartitionSpecs of a pytree of NamedShardings (shard_map's in_specs for parameters)."""
+  return jax.tree.map(lambda s: s.spec, shardings)
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from simdino_jax import checkpointing
 from simdino_jax import cluster
@@ -46,11 +47,18 @@ def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
   return lambda rngs: models.create_model(config.model, head_kind=objective.head_kind, rngs=rngs)
 
 
-def make_train_step(config, graphdef, objective, tx):
+def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
   """The pure step `(state, images, schedules) -> (state, metrics)`: images uint8 [B,S,S,3] are cropped here; a
   dict of crops cut on the host ({"global": uint8 [B,2,G,G,3], "local": uint8 [B,L,l,l,3]}) gets only the
   photometric part. `schedules` (optim.Schedules) is traced: the compiled step does not depend on the run's length,
   learning rate or warm-up.
+
+  Data parallel over `mesh`: the augmentation and both networks run under `jax.shard_map`, each device on its own
+  images only (crops, tokens and activations never cross devices); the parameters (`param_specs`: replicated, or
+  FSDP-sharded and all-gathered inside) get their gradients all-reduced (reduce-scattered) on the way out. The
+  objective runs on the global outputs, so its batch statistics (DINO's center, Sinkhorn-Knopp's sums, the coding
+  rate's and KoLeo's groups) are the only other collectives. With several shards, shard d draws its drop path from
+  fold_in(key, d).
 
   With `config.grad_accum_steps` = A > 1 the batch is processed as A micro-batches of B/A images (`lax.scan`):
   gradients, losses and the objective's new state (e.g. DINO's center, linear in the batch mean) are averaged over
@@ -60,8 +68,33 @@ def make_train_step(config, graphdef, objective, tx):
   """
   accum_steps = config.get("grad_accum_steps", 1)
 
+  shards = mesh.shape[parallel.DATA_AXIS]
+  batch_axis, view_major = P(parallel.DATA_AXIS), P(None, parallel.DATA_AXIS)
+
   def apply(params, crops, masks, key, patch_index):
-    return nnx.merge(graphdef, params)(crops, masks, key=key, patch_index=patch_index)
+    """The model on each data shard's own crops [V, b, ...]; outputs as the model's, batch-sharded."""
+    def local(params, crops, masks, key, patch_index):
+      if key is not None and shards > 1:
+        key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
+      model = nnx.merge(graphdef, parallel.gather_params(params, param_specs))
+      out = model(crops, masks, key=key, patch_index=patch_index)
+      out.pop("prototypes", None)  # of the parameters, not of the shard: taken outside
+      return out
+
+    out_specs = {"cls": view_major, "head": view_major}
+    if masks is not None or patch_index is not None:
+      out_specs["patch_head"] = view_major if patch_index is None else batch_axis
+    out = jax.shard_map(local, mesh=mesh, out_specs=out_specs,
+                        in_specs=(param_specs, view_major, view_major, P(), batch_axis))(
+                            params, crops, masks, key, patch_index)
+    prototypes = models.prototypes(graphdef, params)
+    return out if prototypes is None else {**out, "prototypes": prototypes}
+
+  def augment_on_shards(key, images):
+    """Crops [V, B, ...] (batch-sharded) of images or host crops: one global draw, each shard crops its own."""
+    u = jax.lax.with_sharding_constraint(augment.uniforms(key, images, config.aug), NamedSharding(mesh, view_major))
+    return jax.shard_map(lambda u, images: augment.from_uniforms(u, images, config.aug), mesh=mesh,
+                         in_specs=(view_major, batch_axis), out_specs=view_major)(u, images)
 
   def micro_step(state, context, crops, inputs: objectives.BatchInputs, drop_key):
     """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and the objective's
@@ -98,8 +131,7 @@ def make_train_step(config, graphdef, objective, tx):
 
   def step_fn(state: train_state_lib.TrainState, images: jax.Array, schedules: optim.Schedules):
     aug_key, inputs_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    crops = (augment.photometric(aug_key, images, config.aug) if isinstance(images, dict)
-             else augment.multicrop(aug_key, images, config.aug))
+    crops = augment_on_shards(aug_key, images)
     batch_size = crops["global"].shape[1]
     scheduled = schedules(state.step)
     context = objectives.StepContext(teacher_temp=scheduled.teacher_temp, global_batch_size=batch_size)
@@ -166,14 +198,16 @@ def build(config, *, num_examples: int, mesh=None) -> TrainSetup:
   tx = optim.make_optimizer(config, abstract_params)
   with jax.set_mesh(mesh):
     state, graphdef, shardings = train_state_lib.create(
-        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp)
-  step = make_train_step(config, graphdef, objective, tx)
+        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp, fsdp_min_size=config.fsdp_min_size)
+  step = make_train_step(config, graphdef, objective, tx, mesh, parallel.param_specs(shardings.student))
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  # The dataset held on device: each device gathers its own rows of the replicated split, no communication.
+  own_rows = jax.shard_map(lambda dataset, rows: jnp.take(dataset, rows, axis=0), mesh=mesh,
+                           in_specs=(P(), P(parallel.DATA_AXIS)), out_specs=P(parallel.DATA_AXIS))
   step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
                     out_shardings=(shardings, replicated), donate_argnums=(0,))
-  # The dataset held on device: each device gathers its own rows of the replicated split, no communication.
   indexed_step_fn = jax.jit(
-      lambda state, dataset, rows, schedules: step(state, jnp.take(dataset, rows, axis=0), schedules),
+      lambda state, dataset, rows, schedules: step(state, own_rows(dataset, rows), schedules),
       in_shardings=(shardings, replicated, batch_sharding, replicated),
       out_shardings=(shardings, replicated), donate_argnums=(0,))
   return TrainSetup(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,

@@ -37,7 +37,7 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 
 def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int, mesh, *,
-           fsdp: bool) -> tuple[TrainState, Any, PyTree]:
+           fsdp: bool, fsdp_min_size: int = 2 ** 18) -> tuple[TrainState, Any, PyTree]:
   """Builds the state directly with its shardings: `eval_shape`, then a jitted init with `out_shardings`.
 
   The objective state is sized by the model's head (`model.head.out_dim`). Returns (state, graphdef,
@@ -54,7 +54,7 @@ def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int,
 
   rng = jax.random.PRNGKey(seed)  # raw uint32 key: checkpoints as a plain array
   abstract = jax.eval_shape(init, rng)
-  shardings = parallel.state_shardings(abstract, mesh, fsdp=fsdp)
+  shardings = parallel.state_shardings(abstract, mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
   state = jax.jit(init, out_shardings=shardings)(rng)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
   return state, graphdef, shardings

@@ -121,7 +121,7 @@ def test_the_step_gives_the_objective_its_inputs_and_a_typed_context():
   objective = dataclasses.replace(base, loss=loss, batch_inputs=batch_inputs)
   trainer = train.build(config, num_examples=64)
   step = train.make_train_step(config, trainer.graphdef, objective, optim.make_optimizer(
-      config, trainer.state.student))
+      config, trainer.state.student), trainer.mesh, parallel.param_specs(trainer.state_shardings.student))
   images = jax.ShapeDtypeStruct((16, config.data.image_size, config.data.image_size, 3), jnp.uint8)
   _, metrics = jax.eval_shape(step, trainer.state, images, trainer.schedules)
   assert seen["batch_size"] == 16 and seen["masks"] is None and "custom_input" in metrics

@@ -41,6 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.total_steps = 0              # > 0 overrides total_examples and total_epochs.
   c.epoch_length_steps = 0       # > 0: an "epoch" of the schedules is this many steps (DINOv2: 1250), not a pass.
   c.fsdp = False                 # Shard large parameters and optimizer state over the data axis.
+  c.fsdp_min_size = 2 ** 18      # FSDP shards tensors of at least this many elements; smaller ones stay replicated.
   c.model = models.default_config()
   c.objective = objectives.default_config()
   data_sections = data_lib.default_config()

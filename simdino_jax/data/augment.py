@@ -31,8 +31,8 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
   """Two global and `n_local` local crops of a batch of images.
 
   Args:
-    key: PRNG key. All random numbers come from one draw of shape [2 + L, B, 54]: each view of each example
-      has its own independent vector (one call site keeps the compile fast; threefry dominates it otherwise).
+    key: PRNG key. All random numbers come from one draw of shape [2 + L, B, 54] (`uniforms`): each view of each
+      example has its own independent vector (one call site keeps the compile fast; threefry dominates it otherwise).
     images: uint8 [B, H, W, 3]; crops are sampled in pixels of this image.
     config: the `aug` config section (attribute access).
 
@@ -40,9 +40,49 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
     {"global": float32 [2, B, G, G, 3], "local": float32 [L, B, l, l, 3]}, normalized. When `n_local` is 0 the
     "local" key is absent (no empty group is returned).
   """
+  return from_uniforms(uniforms(key, images, config), images, config)
+
+
+def photometric(key: jax.Array, crops: dict, config) -> dict[str, jax.Array]:
+  """Everything after the crop, for crops cut on the host (`host_crops`).
+
+  Args:
+    key: PRNG key; one draw of shape [2 + L, B, 14] (`uniforms`; each view of each example its own vector).
+    crops: {"global": uint8 [B, 2, G, G, 3], "local": uint8 [B, L, l, l, 3]} (batch-major, as the host batches
+      them; "local" may be absent).
+    config: the `aug` config section.
+
+  Returns:
+    multicrop's output: {"global": float32 [2, B, G, G, 3], "local": float32 [L, B, l, l, 3]}, normalized.
+  """
+  return from_uniforms(uniforms(key, crops, config), crops, config)
+
+
+def uniforms(key: jax.Array, images: jax.Array | dict, config) -> jax.Array:
+  """The batch's one draw, float32 [2 + L, B, n]: n = 54 for images (`multicrop`: crop tries, then the photometric
+  numbers), 14 for host crops (`photometric`). Each view of each example reads only its own vector, so a data shard
+  augments its own images from its slice [:, rows] (the train step: `from_uniforms` per shard)."""
+  if isinstance(images, dict):
+    n_local = images["local"].shape[1] if "local" in images else 0
+    shape = (2 + n_local, images["global"].shape[0], _N_PHOTOMETRIC)
+  else:
+    shape = (2 + config.n_local, images.shape[0], _N_UNIFORM)
+  return jax.random.uniform(key, shape)
+
+
+def from_uniforms(u: jax.Array, images: jax.Array | dict, config) -> dict[str, jax.Array]:
+  """`multicrop` (images uint8 [B, H, W, 3]) or `photometric` (a dict of host crops) from their `uniforms` u."""
+  if isinstance(images, dict):
+    def one(u_example, crop, blur_p, solarize_p):
+      return photometric_view(u_example, crop.astype(jnp.float32) / 255.0, config, blur_p=blur_p,
+                              solarize_p=solarize_p)
+    out = {"global": _views(one, u[:2], images["global"], 1, *_view_probabilities(config, "global", 2))}
+    if "local" in images:
+      out["local"] = _views(one, u[2:], images["local"], 1,
+                            *_view_probabilities(config, "local", images["local"].shape[1]))
+    return out
+
   x = images.astype(jnp.float32) / 255.0
-  n_local = config.n_local
-  u = jax.random.uniform(key, (2 + n_local, x.shape[0], _N_UNIFORM))
 
   def crop_and_augment(size, scale):
     def one(u_example, image, blur_p, solarize_p):
@@ -51,34 +91,9 @@ def multicrop(key: jax.Array, images: jax.Array, config) -> dict[str, jax.Array]
 
   out = {"global": _views(crop_and_augment(config.global_size, tuple(config.global_scale)), u[:2], x, None,
                           *_view_probabilities(config, "global", 2))}
-  if n_local > 0:
+  if config.n_local > 0:
     out["local"] = _views(crop_and_augment(config.local_size, tuple(config.local_scale)), u[2:], x, None,
-                          *_view_probabilities(config, "local", n_local))
-  return out
-
-
-def photometric(key: jax.Array, crops: dict, config) -> dict[str, jax.Array]:
-  """Everything after the crop, for crops cut on the host (`host_crops`).
-
-  Args:
-    key: PRNG key; one draw of shape [2 + L, B, 14] (each view of each example its own vector).
-    crops: {"global": uint8 [B, 2, G, G, 3], "local": uint8 [B, L, l, l, 3]} (batch-major, as the host batches
-      them; "local" may be absent).
-    config: the `aug` config section.
-
-  Returns:
-    multicrop's output: {"global": float32 [2, B, G, G, 3], "local": float32 [L, B, l, l, 3]}, normalized.
-  """
-  n_local = crops["local"].shape[1] if "local" in crops else 0
-  u = jax.random.uniform(key, (2 + n_local, crops["global"].shape[0], _N_PHOTOMETRIC))
-
-  def one(u_example, crop, blur_p, solarize_p):
-    return photometric_view(u_example, crop.astype(jnp.float32) / 255.0, config, blur_p=blur_p,
-                            solarize_p=solarize_p)
-
-  out = {"global": _views(one, u[:2], crops["global"], 1, *_view_probabilities(config, "global", 2))}
-  if n_local > 0:
-    out["local"] = _views(one, u[2:], crops["local"], 1, *_view_probabilities(config, "local", n_local))
+                          *_view_probabilities(config, "local", config.n_local))
   return out
 
 

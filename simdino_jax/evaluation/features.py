@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from simdino_jax import models
 from simdino_jax import parallel
@@ -55,9 +56,12 @@ def eval_batch_size(requested: int, devices: int) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _jitted(feature_fn: Callable, mesh) -> Callable:
-  """jit of (params, images, labels, valid) -> the same rows' (features, labels, valid), replicated."""
-  return jax.jit(lambda params, images, labels, valid: (feature_fn(params, images), labels, valid),
-                 out_shardings=parallel.replicated(mesh))
+  """jit of (params, images, labels, valid) -> the same rows' (features, labels, valid), replicated: each device
+  computes the features of its own images only (shard_map), then the rows are gathered for the host."""
+  rows = P(parallel.DATA_AXIS)
+  per_shard = jax.shard_map(lambda params, images, labels, valid: (feature_fn(params, images), labels, valid),
+                            mesh=mesh, in_specs=(P(), rows, rows, rows), out_specs=rows)
+  return jax.jit(per_shard, out_shardings=parallel.replicated(mesh))
 
 
 def extract_features(feature_fn: Callable, params: Any, batches, *, mesh) -> tuple[np.ndarray, np.ndarray]:

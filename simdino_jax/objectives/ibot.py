@@ -83,7 +83,4 @@ def ibot_sinkhorn_knopp(teacher_patch_logits: jax.Array, masks: jax.Array, tempe
   """Sinkhorn-Knopp teacher over the masked tokens only (B = number of masked tokens in the global batch; masks or
   token weights > 0); returns probabilities of the input shape, zero on unmasked tokens."""
   _check_patches(teacher_patch_logits, masks, "ibot_sinkhorn_knopp")
-  n_prototypes = teacher_patch_logits.shape[-1]
-  probabilities = sinkhorn_knopp(jax.lax.stop_gradient(teacher_patch_logits).reshape(-1, n_prototypes),
-                                 temperature, n_iterations, sample_mask=masks.reshape(-1))
-  return probabilities.reshape(teacher_patch_logits.shape)
+  return sinkhorn_knopp(jax.lax.stop_gradient(teacher_patch_logits), temperature, n_iterations, sample_mask=masks)

@@ -185,8 +185,7 @@ def _dino_teacher(teacher_logits, state, context, config):
   """(teacher probabilities, new state entries) for the CLS teacher: centered softmax or Sinkhorn-Knopp."""
   temperature = context.teacher_temp
   if config.centering == "sinkhorn_knopp":
-    flat = sinkhorn_knopp(teacher_logits.reshape(-1, teacher_logits.shape[-1]), temperature)
-    return flat.reshape(teacher_logits.shape), {}
+    return sinkhorn_knopp(teacher_logits, temperature), {}
   probabilities = teacher_probs(teacher_logits, state["center"], temperature)
   return probabilities, {"center": update_center(state["center"], teacher_logits, config.center_momentum)}
 
