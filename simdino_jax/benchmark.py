@@ -40,6 +40,14 @@ def _define_flags() -> None:
                     "print XLA's cost analysis and memory per recipe.")
   flags.DEFINE_list("methods", ["dino", "simdino", "dinov2"], "Recipes for --compile_only.")
   flags.DEFINE_list("models", ["ViT-S/16", "ViT-B/16"], "Models for --compile_only.")
+  flags.DEFINE_string("topology", None, "With --compile_only: compile for this Cloud TPU slice (e.g. v5e:4x4, "
+                      "v4:2x2x2, v5p:2x2x4) on this machine, through libtpu, and print per chip: HBM, FLOPs, "
+                      "collective bytes, compile seconds.")
+  flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices, data parallel across them (DCN).")
+  flags.DEFINE_list("set", [], "With --compile_only: config overrides field=value, e.g. fsdp=True,model.remat=True.")
+  flags.DEFINE_bool("data_parallel", False, "With --compile_only: each recipe's step on all local devices at "
+                    "--batch per device against one device at --batch (per-device FLOPs and temporaries, "
+                    "collectives), on devices cut on the device and on the host.")
 
 
 def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=None):
@@ -244,6 +252,128 @@ def compile_table(methods, model_names, batch: int) -> list[dict]:
   return rows
 
 
+# Capacity of one chip's HBM, GiB (Cloud TPU system architecture pages).
+TPU_HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
+
+
+def tpu_devices(topology: str, num_slices: int = 1) -> list:
+  """The devices of a Cloud TPU slice (`v5e:4x4`) described by libtpu, with no TPU attached."""
+  try:
+    import libtpu  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise SystemExit(f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
+                     f"{jax.__version__}' (docs/benchmarks.md, Pod table).") from None
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-16")  # quiets libtpu's probe of the absent host
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices).devices
+
+
+def apply_overrides(config, overrides) -> None:
+  """field=value strings (dotted paths; values parsed as Python literals where they are) onto `config`."""
+  import ast  # pylint: disable=import-outside-toplevel
+
+  for item in overrides:
+    key, _, text = item.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+
+
+def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
+  """Per chip: HBM (arguments, temporaries, total against the capacity), TFLOPs and collective bytes of the
+  step compiled for `devices`, or the compiler's refusal when it does not fit. The step is ImageNet's: crops cut
+  on the host from the original images (data.host_crops), the photometric part on the chip."""
+  from simdino_jax import parallel, step_cost  # pylint: disable=import-outside-toplevel
+
+  mesh = parallel.create_mesh(devices)
+  row = {"chips": len(devices), "per_chip_batch": config.batch_size // len(devices)}
+  try:
+    _, compiled, seconds = step_cost.compile_train_step(config, mesh, host_crops=True)
+  except Exception as error:  # pylint: disable=broad-except
+    message = str(error)
+    if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+      raise
+    import re  # pylint: disable=import-outside-toplevel
+    needed = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", message)
+    return {**row, "fits": False, "temp_gib": needed.group(1) if needed else "?", "message": message.splitlines()[0]}
+  cost = step_cost.step_cost(compiled, seconds)
+  gib = 2 ** 30
+  moved = cost.collective_bytes()
+  return {**row, "fits": capacity_gib is None or cost.total_bytes / gib <= capacity_gib,
+          "arguments_gib": cost.argument_bytes / gib, "temp_gib": cost.temp_bytes / gib,
+          "total_gib": cost.total_bytes / gib, "capacity_gib": capacity_gib, "tflop_per_chip": cost.flops / 1e12,
+          "all_reduce_mib": moved["all-reduce"] / 2 ** 20, "all_gather_mib": moved["all-gather"] / 2 ** 20,
+          "reduce_scatter_mib": moved["reduce-scatter"] / 2 ** 20,
+          "other_collectives_mib": (moved["all-to-all"] + moved["collective-permute"]) / 2 ** 20,
+          "collectives_in_loops": sum(c.in_loop for c in cost.collectives), "compile_s": seconds}
+
+
+POD_COLUMNS = ("method", "model", "batch", "chips", "per_chip_batch", "fits", "arguments_gib", "temp_gib",
+               "total_gib", "capacity_gib", "tflop_per_chip", "all_reduce_mib", "all_gather_mib",
+               "reduce_scatter_mib", "other_collectives_mib", "compile_s")
+
+
+def pod_table(methods, model_names, batch: int, topology: str, num_slices: int, overrides) -> list[dict]:
+  """pod_figures of every method × model recipe at global batch `batch` on the TPU slice, a Markdown table."""
+  devices = tpu_devices(topology, num_slices)
+  capacity = TPU_HBM_GIB.get(topology.split(":")[0].lower())
+  print(f"{num_slices} x {topology} ({len(devices)} chips, {devices[0].device_kind}, {capacity} GiB HBM each), "
+        f"global batch {batch}, compile only{', ' + ', '.join(overrides) if overrides else ''}")
+  print("| " + " | ".join(POD_COLUMNS) + " |\n|" + "---|" * len(POD_COLUMNS), flush=True)
+  rows = []
+  for model in model_names:
+    for method in methods:
+      config = recipe_config(method, model, batch=batch)
+      apply_overrides(config, overrides)
+      row = {"method": method, "model": model, "batch": batch, **pod_figures(config, devices, capacity_gib=capacity)}
+      fmt = lambda v: f"{v:,.2f}" if isinstance(v, float) else ("" if v is None else str(v))
+      print("| " + " | ".join(fmt(row.get(c)) for c in POD_COLUMNS) + " |", flush=True)
+      rows.append(row)
+  return rows
+
+
+DATA_PARALLEL_COLUMNS = ("method", "crops cut on", "devices", "flops_ratio", "temp_ratio", "collectives")
+
+
+def data_parallel_table(methods, model: str, per_device: int, overrides) -> list[dict]:
+  """Each recipe's step on every local device at `per_device` images a device against one device at
+  `per_device`: the per-device FLOPs and temporaries ratios and the collectives (kind: count)."""
+  from simdino_jax import parallel, step_cost  # pylint: disable=import-outside-toplevel
+
+  devices = jax.devices()
+  print(f"{len(devices)} x {devices[0].device_kind} against 1, {per_device} images per device, model {model}"
+        f"{', ' + ', '.join(overrides) if overrides else ''}")
+  print("| " + " | ".join(DATA_PARALLEL_COLUMNS) + " |\n|" + "---|" * len(DATA_PARALLEL_COLUMNS), flush=True)
+  rows = []
+  for method in methods:
+    for host_crops in (False, True):
+      costs = {}
+      for n in (1, len(devices)):
+        config = recipe_config(method, model, batch=n * per_device)
+        apply_overrides(config, overrides)
+        config.batch_size = n * per_device * config.grad_accum_steps
+        _, compiled, _ = step_cost.compile_train_step(config, parallel.create_mesh(devices[:n]), host_crops=host_crops)
+        costs[n] = step_cost.step_cost(compiled)
+      one, many = costs[1], costs[len(devices)]
+      kinds = {}
+      for c in many.collectives:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+      row = {"method": method, "crops cut on": "host" if host_crops else "device", "devices": len(devices),
+             "flops_ratio": many.flops / one.flops, "temp_ratio": many.temp_bytes / one.temp_bytes,
+             "collectives": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))}
+      fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+      print("| " + " | ".join(fmt(row[c]) for c in DATA_PARALLEL_COLUMNS) + " |", flush=True)
+      rows.append(row)
+  return rows
+
+
 # Nothing runs with --compile_only: skip LLVM's optimizations. The optimized HLO, its cost analysis and its buffer
 # assignment (the memory analysis) are the same; only the machine code is slower, and it compiles much faster.
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -253,7 +383,12 @@ def main(argv) -> None:
   del argv
   if FLAGS.compile_only:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
-    compile_table(FLAGS.methods, FLAGS.models, FLAGS.batch or 64)
+    if FLAGS.topology:
+      pod_table(FLAGS.methods, FLAGS.models, FLAGS.batch or 64, FLAGS.topology, FLAGS.num_slices, FLAGS.set)
+    elif FLAGS.data_parallel:
+      data_parallel_table(FLAGS.methods, FLAGS.models[0], FLAGS.batch or 4, FLAGS.set)
+    else:
+      compile_table(FLAGS.methods, FLAGS.models, FLAGS.batch or 64)
     return
   config = FLAGS.config
   if FLAGS.batch:

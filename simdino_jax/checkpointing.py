@@ -32,7 +32,8 @@ OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_st
 ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "grad_accum_steps": 1,
                 "epoch_length_steps": 0, "objective.covariance_group_size": 0, "optim.layer_decay": 1.0,
                 "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0,
-                "masking.group_size": 0}
+                "masking.group_size": 0, "model.remat_policy": "nothing_saveable",
+                "optim.freeze_rule": "drop_gradient"}
 
 
 ITEMS = ("state", "data", "config")

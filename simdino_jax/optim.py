@@ -153,9 +153,25 @@ def path_strings(tree: PyTree) -> PyTree:
       lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
 
 
-def weight_decay_mask(params: PyTree) -> PyTree:
-  """True where weight decay applies: not biases and not 1-D parameters (DINO's `get_params_groups`)."""
-  return jax.tree.map(lambda p, n: p.ndim > 1 and not n.endswith("bias"), params, path_strings(params))
+FREEZE_RULES = ("drop_gradient", "zero_lr")
+# The prototypes' gain: 1-D here, the official [K, 1] `last_layer.weight_g` of both PyTorch codes.
+_GAIN = r"(^|/)last_layer/g$"
+
+
+def weight_decay_mask(params: PyTree, *, trained_gain: bool = True) -> PyTree:
+  """True where weight decay applies: every tensor but the biases and the 1-D ones of the official PyTorch layout.
+
+  DINO's `utils.get_params_groups` exempts `name.endswith(".bias") or len(param.shape) == 1`; DINOv2's
+  `utils/param_groups.py` (line 80) exempts names ending in `.bias` or holding `norm` or `gamma`. On a ViT and its
+  heads both rules exempt the same tensors (biases, LayerNorm scales, LayerScale gammas) and both decay the
+  prototypes' gain when it is trained (`trained_gain`: `norm_last_layer=False`): it is `weight_g` [K, 1] there,
+  1-D `g` [K] here. A fixed gain (`norm_last_layer=True`: `requires_grad=False`, in no group) never decays.
+  """
+  def decays(p, name):
+    if re.search(_GAIN, name):
+      return trained_gain
+    return p.ndim > 1 and not name.endswith("bias")
+  return jax.tree.map(decays, params, path_strings(params))
 
 
 def frozen_mask(params: PyTree, pattern: str = r"(^|/)last_layer(/|$)") -> PyTree:
@@ -214,33 +230,44 @@ def clip_per_module(max_norm: float, labels: PyTree) -> optax.GradientTransforma
 FROZEN_AT_START, TRAINED = "frozen_at_start", "trained"
 
 
-def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree, lr_scale: PyTree = None
-                    ) -> optax.GradientTransformationExtraArgs:
+def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree, lr_scale: PyTree = None,
+                    freeze_rule: str = "drop_gradient") -> optax.GradientTransformationExtraArgs:
   """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args; `lr_scale` (a float per
   parameter, default 1) multiplies each parameter's lr, weight decay included (PyTorch's per-group lr).
 
-  optax's `scale_by_adam`, `add_decayed_weights(mask=decay_mask)` and `scale_by_learning_rate`, partitioned into
-  the tensors in `frozen` and the rest, each group with its own Adam step count. While `train_last_layer` is False
-  the frozen group's update is zero and its moments and count stay untouched (`conditionally_mask`: PyTorch skips
-  parameters whose `grad` is None), so its count starts when it is released.
+  optax's `scale_by_adam`, `add_decayed_weights(mask=decay_mask)` and `scale_by_learning_rate`. While
+  `train_last_layer` is False the tensors in `frozen` do not move, by `freeze_rule`:
+  - "drop_gradient" (DINO, SimDINO: `cancel_gradients_last_layer` sets their `grad` to None, so PyTorch's AdamW
+    skips them): they form their own group whose moments and step count stay untouched (`conditionally_mask`),
+    so its count starts when it is released;
+  - "zero_lr" (DINOv2: `train.py` sets the last layer's lr to 0 and `optimizer.step()` still runs on its
+    gradient): one Adam over every tensor, the moments and count of the frozen ones moving every step; only
+    their update (weight decay included) is multiplied by 0.
   """
   scales = jax.tree.map(lambda _: 1.0, decay_mask) if lr_scale is None else lr_scale
-  labels = jax.tree.map(lambda is_frozen: FROZEN_AT_START if is_frozen else TRAINED, frozen)
 
   def adamw(lr, wd) -> optax.GradientTransformation:
     return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.add_decayed_weights(wd, mask=decay_mask),
                        optax.scale_by_learning_rate(lr))
 
-  def transform(lr, wd) -> optax.GradientTransformationExtraArgs:
+  def scale(updates, factors):
+    return jax.tree.map(jnp.multiply, updates, factors)
+
+  def transform(lr, wd, train_last_layer=True) -> optax.GradientTransformationExtraArgs:
+    if freeze_rule == "zero_lr":
+      factors = jax.tree.map(lambda s, is_frozen: s * jnp.where(train_last_layer, 1.0, 0.0) if is_frozen else s,
+                             scales, frozen)
+      return optax.chain(adamw(lr, wd), optax.stateless(lambda updates, params: scale(updates, factors)))
+    labels = jax.tree.map(lambda is_frozen: FROZEN_AT_START if is_frozen else TRAINED, frozen)
     released = lambda _, train_last_layer, **unused: train_last_layer
     return optax.chain(
         optax.partition({TRAINED: adamw(lr, wd), FROZEN_AT_START: optax.conditionally_mask(
             adamw(lr, wd), released, forward_extra_args=True)}, labels),
-        optax.stateless(lambda updates, params: jax.tree.map(jnp.multiply, updates, scales)))
+        optax.stateless(lambda updates, params: scale(updates, scales)))
 
   def update(grads, state, params, *, lr, wd, train_last_layer, **unused):
     del unused
-    return transform(lr, wd).update(grads, state, params, train_last_layer=train_last_layer)
+    return transform(lr, wd, train_last_layer).update(grads, state, params, train_last_layer=train_last_layer)
 
   return optax.GradientTransformationExtraArgs(transform(0.0, 0.0).init, update)
 
@@ -257,6 +284,6 @@ def make_optimizer(config, params: PyTree) -> optax.GradientTransformationExtraA
     raise ValueError(f"Unknown config.optim.clip_mode {o.clip_mode!r}; valid: {', '.join(clippers)}.")
   scales = lr_multipliers(params, layer_decay=o.get("layer_decay", 1.0),
                           patch_embed_lr_mult=o.get("patch_embed_lr_mult", 1.0))
-  adamw = scheduled_adamw(b1=o.b1, b2=o.b2, eps=o.eps, decay_mask=weight_decay_mask(params),
-                          frozen=frozen_mask(params), lr_scale=scales)
+  adamw = scheduled_adamw(b1=o.b1, b2=o.b2, eps=o.eps, decay_mask=weight_decay_mask(params, trained_gain=not config.model.head.norm_last_layer),
+                          frozen=frozen_mask(params), lr_scale=scales, freeze_rule=o.freeze_rule)
   return optax.chain(clippers[o.clip_mode](), adamw)

@@ -12,15 +12,24 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
 def create_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all (global) devices with an Auto axis named "data"."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+  """A 1-D mesh over all (global) devices with an Auto axis named "data", laid out by JAX's mesh_utils: devices
+  in the order of the slice's torus (create_device_mesh), and over several TPU slices each slice's devices
+  together, slices joined over the data-center network (create_hybrid_device_mesh: only the gradients' reduction
+  crosses it)."""
+  devices = list(jax.devices() if devices is None else np.asarray(devices).reshape(-1))
+  slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+  if len(slices) > 1:
+    grid = mesh_utils.create_hybrid_device_mesh((len(devices) // len(slices),), (len(slices),), devices)
+  else:
+    grid = mesh_utils.create_device_mesh((len(devices),), devices)
+  return Mesh(grid.reshape(-1), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

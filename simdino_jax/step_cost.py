@@ -98,19 +98,21 @@ def compile_train_step(config, mesh, *, host_crops: bool = False, resident_examp
   """
   from simdino_jax import train  # pylint: disable=import-outside-toplevel
 
-  setup = train.build(config, num_examples=max(config.batch_size * 1000, resident_examples), mesh=mesh)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.state,
-                                setup.state_shardings)
+  setup = train.build(config, num_examples=max(config.batch_size * 1000, resident_examples), mesh=mesh,
+                      abstract=True)
+  abstract_state = setup.state
+  schedules = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                                          sharding=parallel.replicated(mesh)), setup.schedules)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     if resident_examples:
       size = config.data.image_size
       dataset = jax.ShapeDtypeStruct((resident_examples, size, size, 3), np.uint8, sharding=parallel.replicated(mesh))
       rows = jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=parallel.batch_sharding(mesh))
-      lowered = setup.indexed_step_fn.lower(abstract_state, dataset, rows, setup.schedules)
+      lowered = setup.indexed_step_fn.lower(abstract_state, dataset, rows, schedules)
     else:
       lowered = setup.step_fn.lower(abstract_state, abstract_images(config, mesh, host_crops=host_crops),
-                                    setup.schedules)
+                                    schedules)
     compiled = lowered.compile()
   return setup, compiled, time.perf_counter() - start
 

@@ -184,10 +184,11 @@ class TrainSetup:
   steps_per_epoch: int
 
 
-def build(config, *, num_examples: int, mesh=None) -> TrainSetup:
+def build(config, *, num_examples: int, mesh=None, abstract: bool = False) -> TrainSetup:
   """Builds the parts for a dataset of `num_examples` training images (an epoch is a real pass over them).
 
-  The config is assumed valid (validation.validate_config).
+  The config is assumed valid (validation.validate_config). `abstract`: the state as sharded ShapeDtypeStructs
+  (nothing allocated: to lower and compile the steps for devices this process does not have).
   """
   mesh = parallel.create_mesh() if mesh is None else mesh
   objective = objectives.get_objective(config.objective)
@@ -198,7 +199,8 @@ def build(config, *, num_examples: int, mesh=None) -> TrainSetup:
   tx = optim.make_optimizer(config, abstract_params)
   with jax.set_mesh(mesh):
     state, graphdef, shardings = train_state_lib.create(
-        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp, fsdp_min_size=config.fsdp_min_size)
+        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp, fsdp_min_size=config.fsdp_min_size,
+        abstract=abstract)
   step = make_train_step(config, graphdef, objective, tx, mesh, parallel.param_specs(shardings.student))
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   # The dataset held on device: each device gathers its own rows of the replicated split, no communication.

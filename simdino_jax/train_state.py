@@ -37,11 +37,12 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 
 def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int, mesh, *,
-           fsdp: bool, fsdp_min_size: int = 2 ** 18) -> tuple[TrainState, Any, PyTree]:
+           fsdp: bool, fsdp_min_size: int = 2 ** 18, abstract: bool = False) -> tuple[TrainState, Any, PyTree]:
   """Builds the state directly with its shardings: `eval_shape`, then a jitted init with `out_shardings`.
 
   The objective state is sized by the model's head (`model.head.out_dim`). Returns (state, graphdef,
-  state_shardings). The teacher starts as an exact copy of the student.
+  state_shardings). The teacher starts as an exact copy of the student. `abstract`: the state as sharded
+  ShapeDtypeStructs, nothing allocated (to compile for devices this process does not have, e.g. a TPU slice).
   """
   def init(rng):
     model_rng, state_rng = jax.random.split(rng)
@@ -52,10 +53,13 @@ def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int,
         opt_state=tx.init(params), objective_state=objective.init_state(model.head.out_dim), rng=state_rng,
         skipped=jnp.zeros([], jnp.int32), consecutive_skipped=jnp.zeros([], jnp.int32))
 
-  rng = jax.random.PRNGKey(seed)  # raw uint32 key: checkpoints as a plain array
-  abstract = jax.eval_shape(init, rng)
-  shardings = parallel.state_shardings(abstract, mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
-  state = jax.jit(init, out_shardings=shardings)(rng)
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32) if abstract else jax.random.PRNGKey(seed)  # raw key: a plain array
+  shapes = jax.eval_shape(init, rng)
+  shardings = parallel.state_shardings(shapes, mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
+  if abstract:
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  else:
+    state = jax.jit(init, out_shardings=shardings)(rng)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
   return state, graphdef, shardings
 

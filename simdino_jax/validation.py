@@ -7,7 +7,11 @@ import jax
 import numpy as np
 
 from simdino_jax import objectives
+from simdino_jax import optim
 from simdino_jax.objectives import koleo, registry, simdino
+
+
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -99,6 +103,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
            "config.model.dtype='float16' is not supported: training has no loss scaling, so float16 gradients "
            "underflow or overflow. Use --config.model.dtype=bfloat16 (float32's range, the same speed on TPUs and "
            "recent GPUs) or float32.")
+  _require_choice("model.remat_policy", config.model.remat_policy, REMAT_POLICIES)
+  _require_choice("optim.freeze_rule", config.optim.freeze_rule, optim.FREEZE_RULES)
   micro_batch = config.batch_size // config.get("grad_accum_steps", 1)
   if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:
     _require(micro_batch % obj.koleo_group_size == 0,

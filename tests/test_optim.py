@@ -19,8 +19,9 @@ def _config(**optim_overrides):
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=2.0, warmup_from_min_lr=False,
       weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
-      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
+      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8, freeze_rule="drop_gradient"))
   c.optim.update(optim_overrides)
+  c.model = ml_collections.ConfigDict(dict(head=dict(norm_last_layer=False)))
   c.teacher = ml_collections.ConfigDict(dict(
       momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=4))
   return c
@@ -94,7 +95,8 @@ def test_weight_decay_mask_excludes_biases_and_1d_parameters():
   mask = optim.weight_decay_mask(_params())
   assert mask["backbone"]["dense"]["kernel"] and mask["backbone"]["pos_embed"] and mask["head"]["last_layer"]["v"]
   assert not mask["backbone"]["dense"]["bias"] and not mask["backbone"]["norm"]["scale"]
-  assert not mask["head"]["last_layer"]["g"]
+  assert mask["head"]["last_layer"]["g"]  # the official weight_g is [K, 1]: decayed by DINO's and DINOv2's rules
+  assert not optim.weight_decay_mask(_params(), trained_gain=False)["head"]["last_layer"]["g"]  # fixed: untouched
   frozen = optim.frozen_mask(_params())
   assert frozen["head"]["last_layer"]["v"] and frozen["head"]["last_layer"]["g"]
   assert not frozen["backbone"]["dense"]["kernel"]
@@ -235,3 +237,76 @@ def test_fixed_epoch_length_overrides_passes_over_the_data():
   assert optim.epoch_length(config, num_examples=1000, batch_size=64) == 15
   config.epoch_length_steps = 1250  # DINOv2's OFFICIAL_EPOCH_LENGTH
   assert optim.epoch_length(config, num_examples=1000, batch_size=64) == 1250
+
+
+def _official_groups(named: dict, family: str) -> tuple[set, set]:
+  """(decayed names, last-layer names) by the official rules on the official names and shapes: DINO's
+  utils.get_params_groups (`.bias` or 1-D: no decay) and DINOv2's utils/param_groups.py (`.bias`, `norm` or
+  `gamma` in the name: no decay); `last_layer` in the name marks the frozen layer."""
+  if family == "dino":
+    decayed = {n for n, p in named.items() if not (n.endswith(".bias") or p.dim() == 1)}
+  else:
+    decayed = {n for n in named if not (n.endswith(".bias") or "norm" in n or "gamma" in n)}
+  return decayed, {n for n in named if "last_layer" in n}
+
+
+@pytest.mark.parametrize("family,freeze_rule", [("dino", "drop_gradient"), ("dinov2", "zero_lr")])
+def test_freeze_and_decay_match_torch_adamw_with_the_official_groups(family, freeze_rule):
+  """One frozen step, then two trained ones, against torch.optim.AdamW on the same gradients with the official
+  parameter groups and freeze: DINO cancels the last layer's gradient (its moments and count wait), DINOv2 sets its
+  lr to 0 (its moments and count move)."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  params = _params()
+  params["backbone"]["blocks"] = {"0": {"ls1": {"gamma": jnp.full((3,), 0.5, jnp.float32)}}}
+  flat = {jax.tree_util.keystr(k, simple=True, separator="."): v
+          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  torch_shape = lambda name, x: x.reshape(-1, 1) if name.endswith("last_layer.g") else x  # weight_g [K, 1]
+  named = {n: torch.nn.Parameter(torch.tensor(np.asarray(torch_shape(n, v)), dtype=torch.float64))
+           for n, v in flat.items()}
+  decayed, last_layer = _official_groups(named, family)
+  assert ("head.last_layer.g" in decayed) and ("backbone.norm.scale" not in decayed)
+  assert "backbone.blocks.0.ls1.gamma" not in decayed and "backbone.dense.bias" not in decayed
+  groups = [{"params": [named[n] for n in named if (n in decayed) == d and (n in last_layer) == l],
+             "decay": d, "last": l} for d in (True, False) for l in (True, False)]
+  groups = [g for g in groups if g["params"]]
+  reference = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+  tx = optim.scheduled_adamw(decay_mask=optim.weight_decay_mask(params), frozen=optim.frozen_mask(params),
+                             freeze_rule=freeze_rule)
+  state, p = tx.init(params), params
+  rng = np.random.default_rng(3)
+  for step, (lr, wd) in enumerate([(1e-2, 0.1), (2e-2, 0.2), (3e-2, 0.3)]):
+    train_last_layer = step > 0
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    updates, state = tx.update(grads, state, p, lr=lr, wd=wd, train_last_layer=train_last_layer)
+    p = optax.apply_updates(p, updates)
+
+    grad_of = {jax.tree_util.keystr(k, simple=True, separator="."): v
+               for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    for name, parameter in named.items():
+      parameter.grad = torch.tensor(np.asarray(torch_shape(name, grad_of[name])), dtype=torch.float64)
+      if family == "dino" and name in last_layer and not train_last_layer:
+        parameter.grad = None  # cancel_gradients_last_layer
+    for group in groups:
+      frozen_now = group["last"] and not train_last_layer
+      group["lr"] = 0.0 if frozen_now else lr  # DINOv2's train.py: last_layer_lr 0 during the freeze
+      group["weight_decay"] = wd if group["decay"] else 0.0
+    reference.step()
+
+    ours = {jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}
+    for name, parameter in named.items():
+      np.testing.assert_allclose(np.asarray(ours[name]).reshape(-1), parameter.detach().numpy().reshape(-1),
+                                 rtol=2e-5, atol=1e-6, err_msg=f"{family} step {step} {name}")
+    if step == 0:  # the freeze: do the last layer's moments move?
+      torch_state = reference.state[named["head.last_layer.v"]]
+      if family == "dino":
+        assert not torch_state
+        adam = state[0].inner_states[optim.FROZEN_AT_START].inner_state.inner_state[0]
+        np.testing.assert_array_equal(adam.mu["head"]["last_layer"]["v"], 0.0)
+        assert int(adam.count) == 0
+      else:
+        assert int(torch_state["step"]) == 1
+        adam = state[0][0]
+        np.testing.assert_allclose(adam.mu["head"]["last_layer"]["v"], torch_state["exp_avg"].numpy(), rtol=1e-5)
+        assert int(adam.count) == 1

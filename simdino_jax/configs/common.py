@@ -52,7 +52,10 @@ def base() -> ml_collections.ConfigDict:
       base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10.0, warmup_from_min_lr=False,
       weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
       layer_decay=1.0, patch_embed_lr_mult=1.0,  # DINOv2-style lr multipliers; 1.0 = off.
-      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8))
+      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8,
+      # How the last layer is frozen: DINO's cancelled gradients (drop_gradient: Adam's moments wait) or DINOv2's
+      # lr of 0 (zero_lr: the moments move); docs/recipes.md, "Optimizer rules".
+      freeze_rule="drop_gradient"))
   c.teacher = ml_collections.ConfigDict(dict(
       momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30,
       warmup_temp_per_iteration=False))  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.

@@ -55,6 +55,7 @@ def recipe():
   c.optim.clip_grad = 3.0
   c.optim.clip_mode = "per_module"
   c.optim.freeze_last_layer_epochs = 1.0
+  c.optim.freeze_rule = "zero_lr"                      # train/train.py: the last layer's lr set to 0
   c.optim.patch_embed_lr_mult = 0.2
   c.optim.layer_decay = 0.9
   c.aug.n_local = 10

@@ -70,7 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
       "layerscale": 0.0,            # 0.0 = off; 1e-5 DINOv2, 0.1 SimDINOv2
       "dtype": "bfloat16",          # compute dtype; parameters are always float32
       "attention_impl": ml_collections.config_dict.placeholder(str),  # None/"xla" or "cudnn" (padded tokens)
-      "remat": False,
+      "remat": False,               # recompute each block's activations in the backward pass (memory for FLOPs)
+      "remat_policy": "nothing_saveable",  # what a rematerialized block keeps: a jax.checkpoint_policies name
+                                    # (nothing_saveable: only its input; dots_with_no_batch_dims_saveable: the
+                                    # outputs of its weight matmuls too)
       "scan_blocks": False,         # one lax.scan over the blocks: one block to compile instead of depth
       "interpolate_offset": 0.1,    # position embeddings at another grid: PyTorch bicubic, scale (h + offset)/M
       "interpolate_antialias": False,  # (DINO, DINOv2: 0.1, False; the SimDINO repository's DINOv2: 0.0, True)
@@ -110,7 +113,8 @@ def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Vis
       patch_size=_patch_size(config, architecture), image_size=config.image_size,
       num_registers=config.num_registers, drop_path_rate=config.drop_path_rate,
       drop_path_schedule=config.drop_path_schedule, layerscale=config.layerscale, dtype=_dtype(config.dtype),
-      attention_impl=config.attention_impl, remat=config.remat, scan_blocks=config.scan_blocks,
+      attention_impl=config.attention_impl, remat=config.remat, remat_policy=config.remat_policy,
+      scan_blocks=config.scan_blocks,
       interpolate_offset=config.interpolate_offset, interpolate_antialias=config.interpolate_antialias, rngs=rngs)
 
 

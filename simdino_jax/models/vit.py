@@ -212,7 +212,8 @@ class VisionTransformer(nnx.Module):
                mlp_ratio: float = 4.0, num_registers: int = 0, drop_path_rate: float = 0.0,
                drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
                attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
-               remat: bool = False, scan_blocks: bool = False, interpolate_offset: float = 0.1,
+               remat: bool = False, remat_policy: str = "nothing_saveable", scan_blocks: bool = False,
+               interpolate_offset: float = 0.1,
                interpolate_antialias: bool = False, rngs: nnx.Rngs):
     """Builds the backbone.
 
@@ -221,6 +222,7 @@ class VisionTransformer(nnx.Module):
       attention_token_multiple: pad the token axis of q/k/v to this multiple inside attention; defaults to 64
         for "cudnn" and 1 (no padding) otherwise.
       remat: rematerialize each block in the backward pass.
+      remat_policy: what a rematerialized block saves, by `jax.checkpoint_policies` name.
       scan_blocks: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles one block
         instead of `depth` (much faster compiles of deep models; same parameters, outputs and drop-path draws).
       interpolate_offset, interpolate_antialias: how position embeddings are resized to another grid
@@ -242,6 +244,7 @@ class VisionTransformer(nnx.Module):
     self.patch_size = patch_size
     self.num_registers = num_registers
     self.remat = remat
+    self.remat_policy = getattr(jax.checkpoint_policies, remat_policy)
     self.scan_blocks = scan_blocks
     self.interpolate_offset = interpolate_offset
     self.interpolate_antialias = interpolate_antialias
@@ -300,7 +303,7 @@ class VisionTransformer(nnx.Module):
 
   def _unrolled_blocks(self, x: jax.Array, key: Optional[jax.Array], n_last: int) -> tuple[jax.Array, jax.Array]:
     """(output tokens, CLS of the last n_last blocks [n_last, B, D]), one traced copy of each block."""
-    apply_block = nnx.remat(_apply_block) if self.remat else _apply_block
+    apply_block = nnx.remat(_apply_block, policy=self.remat_policy) if self.remat else _apply_block
     last_outputs: list[jax.Array] = []
     for index, block in enumerate(self.blocks):
       block_key = None if key is None or block.drop_path_rate == 0.0 else jax.random.fold_in(key, index)
@@ -324,7 +327,7 @@ class VisionTransformer(nnx.Module):
       tokens = nnx.merge(graphdef, block_params)(tokens, block_key, rate)
       return tokens, tokens[:, 0]
 
-    x, cls_per_block = jax.lax.scan(jax.checkpoint(body) if self.remat else body, x,
+    x, cls_per_block = jax.lax.scan(jax.checkpoint(body, policy=self.remat_policy) if self.remat else body, x,
                                     (params, jnp.asarray(rates, jnp.float32), keys))
     return x, cls_per_block[len(self.blocks) - n_last:]
 
