@@ -317,7 +317,7 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
 
 POD_COLUMNS = ("method", "model", "batch", "chips", "per_chip_batch", "fits", "arguments_gib", "temp_gib",
                "total_gib", "capacity_gib", "tflop_per_chip", "all_reduce_mib", "all_gather_mib",
-               "reduce_scatter_mib", "other_collectives_mib", "compile_s")
+               "reduce_scatter_mib", "other_collectives_mib", "collectives_in_loops", "compile_s")
 
 
 def pod_table(methods, model_names, batch: int, topology: str, num_slices: int, overrides) -> list[dict]:

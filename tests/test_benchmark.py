@@ -70,3 +70,22 @@ def test_data_benchmark_prints_host_and_device_throughput(capsys):
   for line in ("host pipeline", "host with the split on device", "device gather + multicrop"):
     [figure] = [l for l in out.splitlines() if l.startswith(line)]
     assert float(figure.split(": ")[1].split()[0].replace(",", "")) > 0, figure
+
+
+def test_compiling_for_a_tpu_slice_without_libtpu_says_how_to_install_it():
+  """`--compile_only --topology=...` needs libtpu (not in the requirements): one line naming the install command."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  assert importlib.util.find_spec("libtpu") is None, "this test checks the message of a machine without libtpu"
+  result = subprocess.run(
+      [sys.executable, "-m", "simdino_jax.benchmark", "--compile_only", "--topology=v5e:2x2", "--methods=dino",
+       "--models=ViT-S/16", "--batch=64"], capture_output=True, text=True, timeout=300, env=train_utils.subprocess_env())
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines[-1] == (f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
+                       f"{jax.__version__}' (docs/benchmarks.md, Pod table)."), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
