@@ -26,7 +26,8 @@ from simdino_jax import train_state as train_state_lib
 # Config fields that may change between a run and its resumption without making it another run.
 OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
                     "tensorboard", "allow_config_mismatch", "async_checkpointing", "max_consecutive_skips",
-                    "data.data_dir", "data.path", "eval", "evals", "collapse", "fsdp_min_size")
+                    "data.data_dir", "data.path", "eval", "evals", "collapse", "fsdp_min_size",
+                    "compilation_cache")
 # Fields added after the first release, with the value that reproduces the runs that predate them: a checkpoint
 # whose config lacks such a field resumes as long as the current config keeps that value.
 ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "grad_accum_steps": 1,

@@ -7,7 +7,9 @@ before anything runs (docs/operations.md, "Cloud storage").
 """
 
 import functools
+import getpass
 import os
+import pathlib
 import socket
 from urllib import parse
 
@@ -98,10 +100,36 @@ def check_access(location: str | os.PathLike) -> None:
                        f"create gs://{bucket} --location=REGION, in the TPU's region) or fix the path.")
 
 
+def _nearest_existing(location: str, what: str) -> pathlib.Path:
+  """The nearest existing folder of a local path (itself or an ancestor); StorageError when it is a file."""
+  target = pathlib.Path(location).expanduser().absolute()
+  ancestor = next(p for p in (target, *target.parents) if p.exists())
+  if not ancestor.is_dir():
+    raise StorageError(f"{what}={location}: {ancestor} is a file, not a folder. Choose a {what} whose parents are "
+                       "folders, or move that file away.")
+  return ancestor
+
+
+def check_writable_folder(location: str | os.PathLike, what: str = "--workdir") -> None:
+  """Raises StorageError, in one line naming the path and the fix, when a folder cannot be created or written
+  there: a file where a folder of its path should be, no write permission on its nearest existing folder, or (for
+  gs://) what check_access finds."""
+  location = os.fspath(location)
+  if is_remote(location):
+    check_access(location)
+    return
+  ancestor = _nearest_existing(location, what)
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise StorageError(f"{what}={location}: no permission to write in {ancestor} (user {getpass.getuser()}). "
+                       f"Choose a {what} you can write, or grant write access to {ancestor}.")
+
+
 def check_data_dir(data_config) -> None:
   """Raises StorageError when `data_config` reads a TFDS array_record dataset from cloud storage: array_record's
   reader (under grain) opens local files only. The built-in datasets and npz files (data.path) read gs:// paths."""
   data_dir = data_config.get("data_dir")
+  if data_dir and not is_remote(data_dir):
+    _nearest_existing(data_dir, "--config.data.data_dir")
   if not data_dir or not is_remote(data_dir):
     return
   from simdino_jax.data import sources  # pylint: disable=import-outside-toplevel

@@ -368,8 +368,9 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
   validation.validate_config(config)
-  storage.check_access(workdir)  # Cloud storage problems: one line, before anything is built or written.
+  storage.check_writable_folder(workdir)  # A bad path or bucket: one line, before anything is built or written.
   storage.check_data_dir(config.data)
+  use_compilation_cache(config.compilation_cache, workdir)
   cluster.describe_progress(lambda: _last_checkpoint_sentence(workdir))
   process_count = jax.process_count()
   iterator = data_lib.create_train_iterator(
@@ -435,6 +436,24 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
         f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "
         f"({int(state.skipped)} of {int(state.step)} skipped in total). {_how_to_go_on(last_good)}")
   return last
+
+
+def compilation_cache_dir(setting: str, workdir: str) -> str | None:
+  """Where JAX's persistent compilation cache lives for `config.compilation_cache` = `setting` (None: off)."""
+  if not setting:
+    return None
+  if setting != "auto":
+    return setting
+  if storage.is_remote(workdir):  # every host compiles the same program: each keeps its own copy, on local disk
+    return os.path.join(os.path.expanduser("~"), ".cache", "simdino_jax", "xla_cache")
+  return os.fspath(storage.path(workdir) / "xla_cache")
+
+
+def use_compilation_cache(setting: str, workdir: str) -> None:
+  """Turns JAX's persistent compilation cache on at `compilation_cache_dir` unless the environment already set one."""
+  directory = compilation_cache_dir(setting, workdir)
+  if directory and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def _last_checkpoint_sentence(workdir: str) -> str:

@@ -370,3 +370,23 @@ def test_running_out_of_space_mid_save_is_one_line_and_the_partial_save_is_remov
   assert _snapshot(workdir) == before and sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 
 
+
+
+def test_bad_workdirs_and_data_dirs_are_one_line_before_anything_is_built(tmp_path, monkeypatch):
+  """A file where a folder of the workdir's or data_dir's path should be, or a workdir the user cannot write (as
+  a non-root user sees it: os.access says no): one StorageError naming the path and the fix."""
+  from simdino_jax import storage  # pylint: disable=import-outside-toplevel
+
+  blocker = tmp_path / "afile"
+  blocker.write_text("not a folder\n")
+  config = train_utils.tiny_config()
+  with pytest.raises(storage.StorageError, match=r"--workdir=.*afile/run: .*afile is a file, not a folder"):
+    train.run(config, str(blocker / "run"))
+  data_config = train_utils.tiny_config(**{"data.data_dir": str(blocker / "tfds")})
+  with pytest.raises(storage.StorageError, match=r"--config.data.data_dir=.*afile/tfds: .*is a file, not a folder"):
+    train.run(data_config, str(tmp_path / "work"))
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(storage.StorageError, match=r"--workdir=.*/run: no permission to write in .*"
+                                                 r"Choose a --workdir you can write"):
+    train.run(config, str(tmp_path / "readonly" / "run"))
+  assert not (tmp_path / "work").exists() and not (tmp_path / "readonly").exists()

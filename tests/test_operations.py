@@ -79,6 +79,24 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
 # --- SIGTERM (reaching one process of two: test_distributed.py) ------------------------------------------------
 
 
+def test_compilation_cache_defaults_to_the_workdir_and_a_restart_reads_it(tmp_path):
+  """config.compilation_cache="auto": the run's compiled programs land in WORKDIR/xla_cache (a gs:// workdir: each
+  host's ~/.cache), so a restarted job finds its train step there; JAX_COMPILATION_CACHE_DIR, when set, wins."""
+  assert train.compilation_cache_dir("auto", "/runs/a") == "/runs/a/xla_cache"
+  assert train.compilation_cache_dir("auto", "gs://bucket/run").endswith("/.cache/simdino_jax/xla_cache")
+  assert train.compilation_cache_dir("/fast/cache", "gs://bucket/run") == "/fast/cache"
+  assert train.compilation_cache_dir("", "/runs/a") is None
+  config = train_utils.tiny_config("dino")  # The suite's tiny DINO step (its compile is over a second).
+  config.total_steps = 1
+  env = {k: v for k, v in train_utils.subprocess_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  workdir = tmp_path / "work"
+  result = subprocess.run(train_utils.main_command(workdir, config), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  entries = os.listdir(workdir / "xla_cache")
+  assert any("jit_step" in name for name in entries), entries
+
+
 def test_sigterm_during_start_up_exits_with_a_message(tmp_path):
   workdir = tmp_path / "work"
   proc = subprocess.Popen([sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py",

@@ -76,6 +76,10 @@ def base() -> ml_collections.ConfigDict:
   c.collapse = ml_collections.ConfigDict(dict(patience=10, dino_rel_tol=0.02, min_feature_std=1e-3))
   c.allow_config_mismatch = False
   c.init_from = ""               # A workdir (e.g. a converted official checkpoint) whose networks start the run.
+  # JAX's persistent compilation cache, so a restarted or resumed job skips the compile: "auto" = WORKDIR/xla_cache
+  # for a local workdir, ~/.cache/simdino_jax/xla_cache on each host for a gs:// one; a path; "" = off. The
+  # JAX_COMPILATION_CACHE_DIR environment variable, when set, wins.
+  c.compilation_cache = "auto"
   return c
 
 

@@ -29,6 +29,7 @@ split, drawn exactly as the in-memory sources draw their images.
 numpy is the only import at module level: tensorflow_datasets and grain are imported for TFDS datasets only.
 """
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -303,12 +304,14 @@ def _tfds_source(config, split: str, decoders=None):
   tfds, _ = _import_tfds_and_grain()
   try:
     data_dir = None if config.data_dir is None else os.fspath(storage.path(config.data_dir))
-    builder = tfds.builder(config.name, data_dir=data_dir)
+    with _quiet_absl():  # TFDS logs a warning for a data_dir without the prepared set; the error below says it
+      builder = tfds.builder(config.name, data_dir=data_dir)
+      prepared = builder.is_prepared()
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
         f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), nor a TFDS "
         f"dataset prepared in data_dir {config.data_dir!r}. {_prepare_hint(config)}") from e
-  if not builder.is_prepared():
+  if not prepared:
     raise FileNotFoundError(
         f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
         f"{builder.data_dir}). {_prepare_hint(config)}")
@@ -318,6 +321,19 @@ def _tfds_source(config, split: str, decoders=None):
     raise ValueError(
         f"TFDS dataset {config.name!r} in {builder.data_dir} is not in the array_record format. Convert it: "
         f"tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record") from e
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """absl's log level raised to ERROR for the block."""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
 
 
 def _prepare_hint(config) -> str:
