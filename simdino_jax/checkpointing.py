@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from flax import traverse_util
 
 from simdino_jax import storage
@@ -236,6 +237,7 @@ class Checkpoints:
     self.workdir = storage.path(workdir)
     self.directory = self.workdir / "checkpoints"
     self._writer = jax.process_index() == 0
+    self._remove_unfinished_saves()
     self.manager = checkpoint_manager(workdir, ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_checkpoints, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=config.async_checkpointing))
@@ -248,6 +250,25 @@ class Checkpoints:
       for path in self.directory.iterdir():
         if ocp.utils.is_tmp_checkpoint(path):
           path.rmtree()
+
+  def _remove_unfinished_saves(self) -> None:
+    """At start-up, removes each save a kill interrupted, with one line: on a local disk Orbax's temporary
+    `S.orbax-checkpoint-tmp-*` directory; on gs://, where Orbax writes into the step directory itself and marks it
+    finished last (`commit_success.txt`), a step directory without that mark. Left there, the next save of the same
+    step would write into the old one's files (OCDBT's manifest refuses it: `Malformed StorageGeneration`).
+    Every process waits for process 0 to have done it."""
+    if self._writer and self.directory.is_dir():
+      for path in sorted(self.directory.iterdir()):
+        unfinished = ocp.utils.is_tmp_checkpoint(path) or (path.name.isdigit() and path.is_dir()
+                                                           and not ocp.step.is_path_finalized(path))
+        if unfinished:
+          try:
+            path.rmtree()
+          except FileNotFoundError:  # gone already (a listing cached before another process removed it)
+            continue
+          print(f"Removed {path}: a save interrupted before it finished.", flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("simdino_jax: unfinished saves removed")
 
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
