@@ -81,7 +81,7 @@ def save_phase(workdir: str) -> str:
     if temporary or (path.name.isdigit() and not (path / "commit_success.txt").exists()
                      and storage.is_remote(workdir)):
       parts = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-      state = path / "state"
+      state = next((p for p in path.iterdir() if p.name.startswith("state")), path / "state")
       written = "state manifest written" if (state / "manifest.ocdbt").exists() else "state manifest not written"
       return f"inside the save of step {path.name.split('.')[0]} ({', '.join(parts) or 'empty'}; {written})"
   return "between saves"
