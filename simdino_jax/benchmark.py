@@ -265,7 +265,8 @@ def tpu_devices(topology: str, num_slices: int = 1) -> list:
                      f"{jax.__version__}' (docs/benchmarks.md, Pod table).") from None
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
 
-  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-16")  # quiets libtpu's probe of the absent host
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-16")  # quiet libtpu's probes of the absent host
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices).devices
 
 

@@ -27,11 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
 
 
-def job_config():
+def job_config(steps: int = STEPS):
   """The suite's tiny SimDINO step, a checkpoint after every step (asynchronous, the production path): most of the
   job's time is spent saving, so random kills land inside saves."""
   config = train_utils.tiny_config("simdino")
-  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = STEPS, 1, True
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = steps, 1, True
   config.log_every_steps = 1
   return config
 
@@ -87,13 +87,14 @@ def save_phase(workdir: str) -> str:
   return "between saves"
 
 
-def run_until_done(workdir: str, env: dict, kills: int, seed: int, window_s: float = 2.0) -> tuple[list, str]:
+def run_until_done(workdir: str, env: dict, kills: int, seed: int, window_s: float = 2.0,
+                   steps: int = STEPS) -> tuple[list, str]:
   """Starts the job, SIGKILLs it `kills` times at uniform instants in the `window_s` seconds after its first step
   (seeded), restarting it each time; returns (the phase of each kill, the last run's output)."""
   rng = random.Random(seed)
   phases = []
   while True:
-    job = subprocess.Popen(train_utils.main_command(workdir, job_config()), cwd=ROOT, env=env, text=True,
+    job = subprocess.Popen(train_utils.main_command(workdir, job_config(steps)), cwd=ROOT, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines, stepped = [], threading.Event()
 
@@ -123,11 +124,11 @@ def run_until_done(workdir: str, env: dict, kills: int, seed: int, window_s: flo
       return phases, output
 
 
-def final_state(workdir: str):
+def final_state(workdir: str, steps: int = STEPS):
   from simdino_jax import checkpointing, train  # pylint: disable=import-outside-toplevel
 
   _fresh_listings()
-  config = job_config()
+  config = job_config(steps)
   setup = train.build(config, num_examples=64)
   checkpoints = checkpointing.Checkpoints(workdir, config)
   try:
