@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import jax
 import numpy as np
@@ -34,28 +33,6 @@ def job_config(steps: int = STEPS):
   config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = steps, 1, True
   config.log_every_steps = 1
   return config
-
-
-def start_emulator() -> tuple[subprocess.Popen, dict]:
-  """The GCS emulator of the suite (tests/gcs_emulator.py) with a bucket `bucket`; (server, environment)."""
-  port = train_utils.free_port()
-  url = f"http://localhost:{port}"
-  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 60
-  while True:
-    try:
-      urllib.request.urlopen(url, timeout=1).close()
-      break
-    except OSError:
-      if server.poll() is not None or time.time() > deadline:
-        raise RuntimeError("the GCS emulator did not start") from None
-      time.sleep(0.1)
-  request = urllib.request.Request(f"{url}/storage/v1/b", data=b'{"name": "bucket"}', method="POST",
-                                   headers={"Content-Type": "application/json"})
-  urllib.request.urlopen(request, timeout=10).close()
-  return server, {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 def _fresh_listings() -> None:
@@ -148,7 +125,7 @@ def main() -> None:
   server = None
   scratch = tempfile.mkdtemp(prefix="kill_restart_")
   if args.backend == "gs":
-    server, emulator = start_emulator()
+    server, emulator = train_utils.start_emulator()
     env.update(emulator)
     os.environ.update(emulator)
   try:

@@ -11,6 +11,7 @@ import pytest
 from simdino_jax import configs
 from simdino_jax import parallel
 from simdino_jax import step_cost
+from tests import train_utils
 
 PER_DEVICE = 4
 
@@ -24,13 +25,7 @@ def tiny_recipe(recipe: str, **overrides):
   for group in ("koleo_group_size", "covariance_group_size"):  # the published per-GPU groups: one device's batch
     if c.objective[group]:
       c.objective[group] = PER_DEVICE
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return train_utils.set_fields(c, overrides)
 
 
 def cost_at(config, devices: int, **kwargs) -> step_cost.StepCost:

@@ -30,7 +30,7 @@ def test_kills_at_random_instants_resume_bitwise(backend, tmp_path, reference, m
   if backend == "gs":
     from etils.epath import backend as backend_lib  # pylint: disable=import-outside-toplevel
 
-    server, emulator = kill_restart.start_emulator()
+    server, emulator = train_utils.start_emulator()
     env.update(emulator)
     for key, value in emulator.items():
       monkeypatch.setenv(key, value)

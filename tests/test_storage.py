@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import jax
 import numpy as np
@@ -29,33 +28,13 @@ from tests import train_utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _create_bucket(url: str, name: str) -> None:
-  request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-                                   headers={"Content-Type": "application/json"}, method="POST")
-  with urllib.request.urlopen(request, timeout=10) as response:
-    assert json.load(response)["name"] == name
-
-
 @pytest.fixture(scope="module")
 def emulator():
   """The environment that points gcsfs, tensorstore and google-cloud-storage at a fresh emulator with buckets
   `bucket` and `denied-bucket` (every request to the latter answers 403)."""
-  port = train_utils.free_port()
-  url = f"http://localhost:{port}"
-  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  server, environment = train_utils.start_emulator(("bucket", "denied-bucket"))
   try:
-    deadline = time.time() + 60
-    while True:
-      try:
-        urllib.request.urlopen(url, timeout=1).close()
-        break
-      except OSError:
-        assert server.poll() is None and time.time() < deadline, "the GCS emulator did not start"
-        time.sleep(0.1)
-    for name in ("bucket", "denied-bucket"):
-      _create_bucket(url, name)
-    yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    yield environment
   finally:
     server.kill()
     server.wait()

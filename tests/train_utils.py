@@ -5,11 +5,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
 from configs import digits
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(method: str = "simdino", **overrides):
@@ -31,13 +35,45 @@ def tiny_config(method: str = "simdino", **overrides):
   c.checkpoint_every_steps = 0
   c.tensorboard = False
   c.async_checkpointing = False
-  for key, value in overrides.items():
-    node = c
+  return set_fields(c, overrides)
+
+
+def set_fields(config, fields: dict):
+  """`config` with each dotted field of `fields` ("objective.name": "dino") set; returns it."""
+  for key, value in fields.items():
+    node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
+
+
+def start_emulator(buckets=("bucket",)) -> tuple[subprocess.Popen, dict]:
+  """The GCS emulator of tests/gcs_emulator.py on a free port with `buckets`: (server, the environment that points
+  gcsfs, tensorstore and google-cloud-storage at it). Kill the server when done."""
+  import urllib.request  # pylint: disable=import-outside-toplevel
+
+  url = f"http://localhost:{free_port()}"
+  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", url.rsplit(":", 1)[1]], cwd=_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while True:
+    try:
+      urllib.request.urlopen(url, timeout=1).close()
+      break
+    except OSError:
+      if server.poll() is not None or time.time() > deadline:
+        server.kill()
+        raise RuntimeError("the GCS emulator did not start") from None
+      time.sleep(0.1)
+  for name in buckets:
+    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+      assert json.load(response)["name"] == name
+  return server, {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 def run_steps(config, steps: int, mesh=None, seed: int = 0):
