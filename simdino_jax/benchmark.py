@@ -302,7 +302,8 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
     import re  # pylint: disable=import-outside-toplevel
-    needed = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", message)
+    needed = (re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", message)
+              or re.search(r"Used ([0-9.]+[KMGT]?) of [0-9.]+[KMGT]? hbm", message))
     return {**row, "fits": False, "temp_gib": needed.group(1) if needed else "?", "message": message.splitlines()[0]}
   cost = step_cost.step_cost(compiled, seconds)
   gib = 2 ** 30
