@@ -267,7 +267,11 @@ def tpu_devices(topology: str, num_slices: int = 1) -> list:
 
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-16")  # quiet libtpu's probes of the absent host
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-  return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices).devices
+  # v4 chips have two TensorCores; Cloud TPU runs them as one JAX device ("megacore"), libtpu's default
+  # description does not.
+  megacore = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices,
+                                      **megacore).devices
 
 
 def apply_overrides(config, overrides) -> None:

@@ -98,6 +98,41 @@ def check_access(location: str | os.PathLike) -> None:
   if not exists:
     raise StorageError(f"{location}: the bucket gs://{bucket} does not exist. Create it (gcloud storage buckets "
                        f"create gs://{bucket} --location=REGION, in the TPU's region) or fix the path.")
+  _first_tensorstore_request(location, bucket)
+
+
+# What tensorstore's C++ logger prints, once a process, when it looks for credentials where a TPU VM (or the
+# emulator) keeps none, before it takes the VM's service account: noise, not an error.
+_TENSORSTORE_CREDENTIALS_NOISE = ("google_auth_provider", "Could not find the credentials file")
+
+
+def _first_tensorstore_request(location: str, bucket: str) -> None:
+  """Makes this process's first request through tensorstore's GCS driver (Orbax writes array data through it)
+  with the file descriptor of stderr caught, so that the line its C++ logger prints while it looks for
+  credentials is dropped; anything else written meanwhile is passed on. A failed request is a StorageError."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      ts.KvStore.open({"driver": "gcs", "bucket": bucket}).result().read("simdino_jax_probe").result()
+      error = None
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    caught.seek(0)
+    lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+  sys.stderr.write("".join(l for l in lines if not any(n in l for n in _TENSORSTORE_CREDENTIALS_NOISE)))
+  if error is not None:
+    raise StorageError(f"{location}: tensorstore, which writes the checkpoints' arrays, cannot read "
+                       f"gs://{bucket}: {str(error).splitlines()[0]}")
 
 
 def _nearest_existing(location: str, what: str) -> pathlib.Path:
