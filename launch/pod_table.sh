@@ -2,7 +2,7 @@
 # The pod table of docs/benchmarks.md: each recipe's train step compiled for Cloud TPU slices from a CPU machine
 # (libtpu beside the pinned jax: pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')").
 #   launch/pod_table.sh [ROWS_REGEX]   one Markdown row for each line of ROWS below that matches ROWS_REGEX
-# A row: topology recipe model global_batch [config overrides, comma-separated]. Rows run one after another (a ViT-L
+# SKIP=REGEX leaves out the rows that match it. A row: topology recipe model global_batch [config overrides, comma-separated]. Rows run one after another (a ViT-L
 # compile holds a CPU core for minutes and ~10 GiB of memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ v5p:2x2x2 simdinov2        ViT-L/16 1024
 v4:2x2x2  simdinov2        ViT-L/16 1024
 v4:2x2x2  simdinov2        ViT-L/16 1024 model.remat=True
 "
-echo "$ROWS" | grep -E -e "${1:-.}" | while read -r topology recipe model batch overrides; do
+echo "$ROWS" | grep -E -e "${1:-.}" | grep -E -v -e "${SKIP:-^$}" | while read -r topology recipe model batch overrides; do
   [ -n "$topology" ] || continue
   ${PYTHON:-python} -m simdino_jax.benchmark --compile_only --topology="$topology" --methods="$recipe" \
     --models="$model" --batch="$batch" ${overrides:+--set="$overrides"} 2>&1 | grep -E '^\||chips' | grep -v -- '---'

@@ -158,7 +158,7 @@ def collect(workdir: str, methods, steps_per_epoch: dict, seeds=None) -> list[di
         run_dir = run_dir / f"seed_{seed}"
       for record in metrics_lib.read_metrics(run_dir / "metrics.jsonl"):
         tag = {"method": method} if seed is None else {"method": method, "seed": seed}
-        rows.append({**tag, "epoch": record["step"] / steps_per_epoch[method], **record})
+        rows.append({**tag, "epoch": record["step"] / steps_per_epoch[method], **metrics_lib.without_goodput(record)})
   return rows
 
 

@@ -324,10 +324,11 @@ class LogPoints:
     self.monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
                                             min_feature_std=config.collapse.min_feature_std)
 
-  def log(self, done: int, state, last_good: int | None) -> dict:
-    """The averaged metrics since the last log point; raises FloatingPointError after too many skipped steps."""
+  def log(self, done: int, state, last_good: int | None, goodput: metrics_lib.Goodput) -> dict:
+    """The averaged metrics since the last log point, with where the time went; raises FloatingPointError after too
+    many skipped steps."""
     last = {**self.window.flush(), "skipped_total": int(state.skipped)}
-    self.writer.write_scalars(done, last)
+    self.writer.write_scalars(done, {**last, **goodput.scalars()})
     _stop_if_diverged(state, last, done, self.config.max_consecutive_skips, last_good)
     warning = self.monitor.update(done, last)
     _say_on_process_0(self.progress.line(done, last))
@@ -367,24 +368,28 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   """
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
+  goodput = metrics_lib.Goodput()
   validation.validate_config(config)
   storage.check_writable_folder(workdir)  # A bad path or bucket: one line, before anything is built or written.
   storage.check_data_dir(config.data)
   use_compilation_cache(config.compilation_cache, workdir)
   cluster.describe_progress(lambda: _last_checkpoint_sentence(workdir))
   process_count = jax.process_count()
-  iterator = data_lib.create_train_iterator(
-      config.data, batch_size=config.batch_size // process_count, seed=config.seed,
-      process_index=jax.process_index(), process_count=process_count, aug=config.aug)
-  setup = build(config, num_examples=iterator.num_examples)
-  train_step = make_host_step(setup, iterator.resident_images)
-  total_steps = setup.schedules.total_steps
-  checkpoints = checkpointing.Checkpoints(workdir, config)
-  state, last_good = restore_or_initialize(config, setup, checkpoints, iterator, workdir)
+  with goodput.timed("setup"):
+    iterator = data_lib.create_train_iterator(
+        config.data, batch_size=config.batch_size // process_count, seed=config.seed,
+        process_index=jax.process_index(), process_count=process_count, aug=config.aug)
+    setup = build(config, num_examples=iterator.num_examples)
+    train_step = make_host_step(setup, iterator.resident_images)
+    total_steps = setup.schedules.total_steps
+    checkpoints = checkpointing.Checkpoints(workdir, config)
+  with goodput.timed("restore"):
+    state, last_good = restore_or_initialize(config, setup, checkpoints, iterator, workdir)
   start_step = int(state.step)
   _say_on_process_0(startup_line(config, setup, iterator.num_examples, workdir))
 
   log_points = LogPoints(config, workdir, total_steps, start_step)
+  goodput.steps_retrained = log_points.writer.jsonl.steps_retrained
   profiler = StepProfiler(workdir, start_step, profile_steps)
   preemption = PreemptionFlag()
   resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
@@ -393,7 +398,8 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   last, started = {}, time.perf_counter()
 
   def evaluate(step: int, due) -> dict:
-    results = evaluators_lib.run_all(due, state.teacher)
+    with goodput.timed("eval"):
+      results = evaluators_lib.run_all(due, state.teacher)
     log_points.writer.write_scalars(step, results)
     _say_on_process_0(eval_line(step, step / setup.steps_per_epoch, results))
     return results
@@ -403,34 +409,40 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
       if evaluators and start_step == 0:  # The untrained network: the baseline every curve starts from.
         evaluate(0, evaluators)
       for step in range(start_step, total_steps):
+        with goodput.timed("data"):
+          batch = next(iterator)
         if step == start_step:
           _say_on_process_0("compiling the train step…")
-          compile_started = time.perf_counter()
-        state, step_metrics = train_step(state, next(iterator))
+          with goodput.timed("compile"):
+            state, step_metrics = train_step(state, batch)
+            jax.block_until_ready(state.step)
+          _say_on_process_0(f"compiled and ran the first step in {goodput.seconds['compile']:.1f} s")
+          log_points.progress.restart(step + 1)
+        else:
+          state, step_metrics = train_step(state, batch)
         log_points.window.add(step_metrics)
         done = step + 1
-        if step == start_step:
-          jax.block_until_ready(state.step)
-          _say_on_process_0(f"compiled and ran the first step in {time.perf_counter() - compile_started:.1f} s")
-          log_points.progress.restart(done)
         profiler.after_step(done, state)
         if done % config.log_every_steps == 0 or done == total_steps:
-          last = log_points.log(done, state, last_good)
+          last = log_points.log(done, state, last_good, goodput)
         due = [e for e in evaluators if done % e.every_steps == 0 or done == total_steps]
         if due:
           last.update(evaluate(done, due))
           log_points.progress.restart(done)
-        last_good, stopping = checkpoint_or_preempt(checkpoints, preemption, config, state, iterator, done,
-                                                    total_steps, last_good)
+        with goodput.timed("save"):
+          last_good, stopping = checkpoint_or_preempt(checkpoints, preemption, config, state, iterator, done,
+                                                      total_steps, last_good)
         if stopping:
           break
   finally:
     # Whatever stopped the loop, let pending asynchronous saves land and flush the logs.
-    checkpoints.wait()
-    checkpoints.close()
+    with goodput.timed("save"):
+      checkpoints.wait()
+      checkpoints.close()
     log_points.writer.close()
   trained = int(state.step) - start_step
   _say_on_process_0(summary_line(state, last, trained, time.perf_counter() - started, workdir, last_good))
+  _say_on_process_0(goodput.summary())
   if trained and int(state.consecutive_skipped):
     raise FloatingPointError(
         f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "

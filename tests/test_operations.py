@@ -6,6 +6,7 @@ What stops a run cleanly (non-finite steps, bad input, damaged checkpoints, full
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from simdino_jax import checkpointing
 from simdino_jax import collapse as collapse_lib
+from simdino_jax import metrics as metrics_lib
 from simdino_jax import train
 from tests import train_utils
 
@@ -53,9 +55,16 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   os.makedirs(resumed / "checkpoints")
   shutil.copytree(straight / "checkpoints" / "2", resumed / "checkpoints" / "2")
   with open(resumed / "metrics.jsonl", "w") as f:
-    f.writelines(json.dumps(m) + "\n" for m in train_utils.strict_metrics(straight) if m["step"] <= 3)
+    f.writelines(line for line in open(straight / "metrics.jsonl") if json.loads(line)["step"] <= 3)
   train.run(config, str(resumed))
-  assert "Resumed from the checkpoint of step 2" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "Resumed from the checkpoint of step 2" in out
+  # Where the time went: step 3, logged by the killed attempt, is trained again.
+  assert re.search(r"^goodput \d+% of [\d.]+ min \(train \d+ s, setup \d+ s, restore \d+ s, compile \d+ s, data "
+                   r"\d+ s, eval \d+ s, save \d+ s\); steps retrained after restarts: 1$", out, re.M), out
+  raw = metrics_lib.read_metrics(str(resumed / "metrics.jsonl"))
+  assert [r["goodput/steps_retrained"] for r in raw] == [0, 0, 1, 1]  # Steps 1-2 from before; 3-4 resumed.
+  assert all(0 < r["goodput/compile_s"] <= r["goodput/total_s"] and 0 <= r["goodput/fraction"] <= 1 for r in raw)
   assert train_utils.checkpoint_steps(resumed) == [2, 4]
 
   template, shardings = _template(config)
@@ -74,6 +83,17 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   for s, r in zip(straight_log, resumed_log):
     assert s["loss"] == r["loss"] and s["dino"] == r["dino"] and s["grad_norm"] == r["grad_norm"]
   assert all(math.isfinite(m["loss"]) for m in straight_log)
+
+
+def test_steps_retrained_add_up_over_restarts():
+  """Each attempt adds the steps an earlier one logged beyond its resume step to the count it keeps."""
+  first = [{"step": 2}, {"step": 4}, {"step": 6}]  # Killed after logging step 6; resumes at 4.
+  assert metrics_lib.steps_retrained(first, 4) == 2
+  second = [{"step": 2}, {"step": 4}, {"step": 6, "goodput/steps_retrained": 2}, {"step": 8, "goodput/steps_retrained": 2},
+            {"step": 10, "goodput/steps_retrained": 2}]  # Resumed at 4, killed after 10, resumes at 8.
+  assert metrics_lib.steps_retrained(second, 8) == 4
+  assert metrics_lib.steps_retrained(second, 0) == 10  # No checkpoint had finished: all again.
+  assert metrics_lib.steps_retrained([], 0) == 0
 
 
 # --- SIGTERM (reaching one process of two: test_distributed.py) ------------------------------------------------

@@ -201,9 +201,12 @@ def _refuse_constant(constant):
 
 
 def strict_metrics(workdir) -> list[dict]:
-  """The records of `workdir`'s metrics.jsonl, read by a strict JSON parser (no bare NaN / Infinity)."""
+  """The records of `workdir`'s metrics.jsonl, read by a strict JSON parser (no bare NaN / Infinity), without their
+  wall-time fields (`goodput/...`, which no two runs share)."""
+  from simdino_jax import metrics  # pylint: disable=import-outside-toplevel
+
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line, parse_constant=_refuse_constant) for line in f]
+    return [metrics.without_goodput(json.loads(line, parse_constant=_refuse_constant)) for line in f]
 
 
 def free_port() -> int:
