@@ -27,12 +27,13 @@ from simdino_jax import models
 from simdino_jax import parallel
 from simdino_jax import storage
 from simdino_jax.evaluation import evaluators
+from simdino_jax.evaluation import protocols
 
 # --protocol: the evaluators (simdino_jax/evaluation/evaluators.py) it runs.
 PROTOCOLS = {"knn": ("knn",), "linear": ("linear_probe",), "both": ("knn", "linear_probe")}
 BACKBONES = ("teacher", "student")
 # config.eval's shared settings for an offline evaluation: every image of both splits.
-OFFLINE_SETTINGS = {"batch_size": 256, "max_train_examples": 0, "max_test_examples": 0}
+OFFLINE_SETTINGS = {"batch_size": 256, "max_train_examples": 0, "max_test_examples": 0, "feature_dtype": "float32"}
 FLAGS = flags.FLAGS
 
 
@@ -40,7 +41,10 @@ def _define_flags() -> dict:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
   flags.DEFINE_string("workdir", None, "The training run's workdir (holds checkpoints/).", required=True)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_enum("protocol", "knn", list(PROTOCOLS), "Which evaluation to run.")
+  flags.DEFINE_enum("protocol", "knn", [*protocols.PROTOCOLS, *PROTOCOLS],
+                    "Which evaluation to run: a published protocol as its official code runs it (dino_knn, "
+                    "dino_linear, dinov2_knn, dinov2_linear, simdinov2_linear; docs/objectives.md, \"Evaluation "
+                    "protocols\"), or knn / linear / both with the flags below.")
   flags.DEFINE_enum("backbone", "teacher", BACKBONES, "Which network's backbone to evaluate.")
   flags.DEFINE_list("knn_k", ["10", "20", "100", "200"], "Neighbour counts of the weighted kNN.")
   flags.DEFINE_float("knn_temperature", 0.07, "T of the kNN vote weights exp(cos / T).")
@@ -58,9 +62,12 @@ def _define_flags() -> dict:
 
 
 def protocol_evals(protocol: str, options: dict | None = None) -> ml_collections.ConfigDict:
-  """The `config.evals` of a --protocol: its evaluators, each with its `options` entry (default: none)."""
+  """The `config.evals` of a --protocol: a published protocol (evaluation/protocols.py) as the official code runs
+  it, or one of knn / linear / both with `options` (default: none) for their evaluators."""
+  if protocol in protocols.PROTOCOLS:
+    return protocols.protocol_options(protocol)
   if protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
+    raise ValueError(f"Unknown protocol {protocol!r}; valid: {', '.join([*protocols.PROTOCOLS, *PROTOCOLS])}.")
   options = options or {}
   return ml_collections.ConfigDict({name: options.get(name, {}) for name in PROTOCOLS[protocol]})
 

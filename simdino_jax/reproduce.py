@@ -116,7 +116,7 @@ def raw_pixel_knn(config) -> dict[str, float]:
     return inputs.reshape(inputs.shape[0], -1)
 
   mesh = parallel.create_mesh()
-  splits = [features_lib.split_features(pixels, None, data_lib.open_split(config.data, split),
+  splits = [features_lib.split_features(pixels, None, data_lib.open_split(config.data, split, crop_size=config.aug.global_size),
                                         batch_size=config.eval.batch_size, mesh=mesh, max_examples=max_examples)
             for split, max_examples in ((config.data.train_split, config.eval.max_train_examples),
                                         (config.data.eval_split, config.eval.max_test_examples))]

@@ -99,6 +99,9 @@ def validate_config(config, num_devices: int | None = None) -> None:
            f"{tiny:.3g}): the coding rate would overflow. Use a value like 0.05 (the SimDINO recipe).")
   _require(o.eps == 0 or o.eps >= tiny, f"config.optim.eps={o.eps} must be 0 or at least {tiny:.3g} (float32 "
            "resolution); AdamW's usual value is 1e-8.")
+  _require(config.eval.feature_dtype in ("float32", "bfloat16"),
+           f"config.eval.feature_dtype={config.eval.feature_dtype!r} is not a feature precision: use float32 (as "
+           "DINO evaluates) or bfloat16 (as the run trains).")
   _require(config.model.dtype != "float16",
            "config.model.dtype='float16' is not supported: training has no loss scaling, so float16 gradients "
            "underflow or overflow. Use --config.model.dtype=bfloat16 (float32's range, the same speed on TPUs and "

@@ -67,7 +67,7 @@ def test_evaluation_errors_name_the_fix(tmp_path, trained_workdir):
     evaluate.evaluate_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match=r"No checkpoint of step 3 .* available: \[4\]"):
     evaluate.evaluate_checkpoint(trained_workdir[0], step=3)
-  with pytest.raises(ValueError, match="Unknown protocol 'svm'; valid: knn, linear, both"):
+  with pytest.raises(ValueError, match="Unknown protocol 'svm'; valid: dino_knn, dinov2_knn, dino_linear, dinov2_linear, simdinov2_linear, knn, linear, both"):
     evaluate.protocol_evals("svm")
 
 

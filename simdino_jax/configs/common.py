@@ -61,7 +61,7 @@ def base() -> ml_collections.ConfigDict:
       warmup_temp_per_iteration=False))  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=(20,), knn_temperature=0.07, max_train_examples=0, max_test_examples=0, batch_size=256,
-      prototype_threshold=0.025))
+      prototype_threshold=0.025, feature_dtype="float32"))  # float32 features, as DINO evaluates; or "bfloat16".
   c.log_every_steps = 50
   c.eval_every_epochs = 10.0     # 0 disables the in-training kNN.
   # Evaluators (simdino_jax/evaluation/evaluators.py): name -> options; every_epochs -1: eval_every_epochs, 0: off.

@@ -87,26 +87,36 @@ def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def open_split(config, split: str):
+def open_split(config, split: str, crop_size: int | None = None):
   """Random access to a split, decoding nothing yet: `len(source)`, `source.image_shape` (S, S, 3) and
-  `source.read(rows) -> (images uint8 [r, S, S, 3], labels int32 [r])`."""
+  `source.read(rows) -> (images uint8 [r, S, S, 3], labels int32 [r])`.
+
+  `crop_size` None: the training images (S = config.image_size, `resize_square`). An int: the evaluation view of
+  every image, `evaluation_image(image, config.image_size, crop_size)` (S = crop_size): of the original photo for
+  TFDS datasets, of the stored S x S image for the in-memory ones."""
   if config.name in _SOURCES:
-    return ArraySplit(*_SOURCES.get(config.name)(config, split))
-  return _TfdsSplit(_tfds_source(config, split), config.image_size)
+    return ArraySplit(*_SOURCES.get(config.name)(config, split), crop_size=crop_size)
+  return _TfdsSplit(_tfds_source(config, split), config.image_size, crop_size)
 
 
 class ArraySplit:
-  """A split held in host arrays, read by rows like a lazily decoded one."""
+  """A split held in host arrays, read by rows like a lazily decoded one; with `crop_size`, each image read is
+  its centre crop (`evaluation_image` of an image whose shorter side is already the resize size)."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, crop_size: int | None = None):
     self.images, self.labels = images, np.asarray(labels, np.int32)
-    self.image_shape = images.shape[1:]
+    self.crop_size = None if crop_size in (None, images.shape[1]) else crop_size
+    self.image_shape = images.shape[1:] if self.crop_size is None else (self.crop_size, self.crop_size, 3)
+    self.num_classes = int(self.labels.max(initial=-1)) + 1
 
   def __len__(self) -> int:
     return len(self.images)
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return self.images[rows], self.labels[rows]
+    images = self.images[rows]
+    if self.crop_size is not None:
+      images = np.stack([evaluation_image(image, min(image.shape[:2]), self.crop_size) for image in images])
+    return images, self.labels[rows]
 
 
 def eval_batches(source, *, batch_size: int, process_index: int = 0, process_count: int = 1,
@@ -215,6 +225,30 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
   resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return resized[top:top + size, left:left + size]
+
+
+def evaluation_image(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
+  """The official evaluation view, torchvision's `Resize(resize, BICUBIC)` + `CenterCrop(crop)` (DINO's and
+  DINOv2's kNN and linear evaluations: 256 and 224): uint8 [H, W, C] -> [crop, crop, 3], the shorter side to
+  `resize` and the longer to int(resize · long / short) (PIL's antialiased bicubic), then the crop at
+  round((side − crop) / 2) from the top and the left."""
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  height, width = image.shape[:2]
+  short, long = min(height, width), max(height, width)
+  if short != resize:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    new_long = int(resize * long / short)
+    height, width = (resize, new_long) if height <= width else (new_long, resize)
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+  if crop > min(height, width):
+    raise ValueError(f"Evaluation crop {crop} is larger than the resized image ({height} x {width}): make "
+                     f"config.data.image_size at least config.aug.global_size.")
+  top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+  return image[top:top + crop, left:left + crop]
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
@@ -347,14 +381,17 @@ def _prepare_hint(config) -> str:
 
 
 class _Decode:
-  """Per-record transform: image resized to S x S RGB uint8, label int32 (-1 when the dataset has none)."""
+  """Per-record transform: image resized to S x S RGB uint8 (`resize_square`; with `crop`, the evaluation view
+  `evaluation_image(image, S, crop)`), label int32 (-1 when the dataset has none)."""
 
-  def __init__(self, size: int):
-    self.size = size
+  def __init__(self, size: int, crop: int | None = None):
+    self.size, self.crop = size, crop
 
   def __call__(self, record: dict) -> dict[str, np.ndarray]:
-    return {"image": resize_square(np.asarray(record["image"]), self.size),
-            "label": np.int32(record.get("label", -1))}
+    image = np.asarray(record["image"])
+    image = (resize_square(image, self.size) if self.crop is None
+             else evaluation_image(image, self.size, self.crop))
+    return {"image": image, "label": np.int32(record.get("label", -1))}
 
 
 class TfdsIterator:
@@ -420,9 +457,11 @@ def _usable_cpus() -> int:
 class _TfdsSplit:
   """A TFDS data source read by rows, each record decoded by `_Decode` when read."""
 
-  def __init__(self, source, size: int):
-    self._source, self._decode = source, _Decode(size)
-    self.image_shape = (size, size, 3)
+  def __init__(self, source, size: int, crop: int | None = None):
+    self._source, self._decode = source, _Decode(size, crop)
+    self.image_shape = (crop or size, crop or size, 3)
+    label = getattr(getattr(source, "dataset_info", None), "features", {}).get("label")
+    self.num_classes = int(getattr(label, "num_classes", 0) or 0)
 
   def __len__(self) -> int:
     return len(self._source)

@@ -15,6 +15,7 @@ import numpy as np
 
 from simdino_jax import models
 from simdino_jax.data import sources
+from simdino_jax.evaluation import augmented_probe
 from simdino_jax.evaluation import diagnostics
 from simdino_jax.evaluation import features as features_lib
 from simdino_jax.evaluation import knn
@@ -32,6 +33,7 @@ class EvalInputs(NamedTuple):
   test_source: Any                   # the labelled test split
   graphdef: Any = None               # the whole model's graph (prototype diagnostics); None: a backbone alone
   cls_feature_fn: Callable | None = None  # features_lib.make_feature_fn(config), shared by the evaluators
+  train_images: Any = None           # the training split's uncropped images when the run holds them (resident)
 
 
 EVALUATORS: Registry[Callable[[ml_collections.ConfigDict, EvalInputs], Run]] = Registry("evaluator")
@@ -42,10 +44,12 @@ def open_inputs(config, mesh, graphdef=None, resident: tuple[np.ndarray, np.ndar
   (images, labels) is a training split the run already holds whole (`config.data.on_device`)."""
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
-  train_source = (sources.ArraySplit(*resident) if resident is not None
-                  else data_lib.open_split(config.data, config.data.train_split))
+  crop = config.aug.global_size  # The evaluation view: Resize(data.image_size) + CenterCrop(global_size).
+  train_source = (sources.ArraySplit(*resident, crop_size=crop) if resident is not None
+                  else data_lib.open_split(config.data, config.data.train_split, crop_size=crop))
   return EvalInputs(config=config, mesh=mesh, train_source=train_source,
-                    test_source=data_lib.open_split(config.data, config.data.eval_split), graphdef=graphdef,
+                    test_source=data_lib.open_split(config.data, config.data.eval_split, crop_size=crop),
+                    graphdef=graphdef, train_images=None if resident is None else sources.ArraySplit(*resident),
                     cls_feature_fn=features_lib.make_feature_fn(config))
 
 
@@ -102,8 +106,13 @@ def diagnostics_evaluator(options, inputs: EvalInputs) -> Run:
 
 
 def linear_probe_evaluator(options, inputs: EvalInputs) -> Run:
-  """DINO's / DINOv2's linear probe on frozen features (evaluation/linear_probe.py): options epochs, learning_rates,
-  batch_size, n_last_blocks and avgpool."""
+  """A linear probe on the frozen backbone. `augment=True`: the official probes (evaluation/augmented_probe.py:
+  augmented images through the backbone at every step, a grid of heads; options interpolation, epochs,
+  steps_per_epoch, batch_size, learning_rates, blocks, avgpools, per_epoch_schedule, report; protocols.py holds
+  the published ones). Else the quick probe on one precomputed evaluation view per image (linear_probe.py): options
+  epochs, learning_rates, batch_size, n_last_blocks and avgpool."""
+  if options.get("augment", False):
+    return _augmented_probe_evaluator(options, inputs)
   feature_fn = features_lib.make_feature_fn(inputs.config, n_last_blocks=int(options.get("n_last_blocks", 4)),
                                             avgpool=bool(options.get("avgpool", False)))
 
@@ -115,6 +124,31 @@ def linear_probe_evaluator(options, inputs: EvalInputs) -> Run:
         learning_rates=tuple(float(lr) for lr in options.get("learning_rates", (1e-3,))),
         seed=int(inputs.config.seed))
     return probe.metrics()
+
+  return run
+
+
+def _augmented_probe_evaluator(options, inputs: EvalInputs) -> Run:
+  from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+
+  grid = augmented_probe.ProbeGrid(blocks=tuple(int(n) for n in options.blocks),
+                                   avgpools=tuple(bool(a) for a in options.avgpools),
+                                   learning_rates=tuple(float(lr) for lr in options.learning_rates))
+  config = inputs.config
+  # Training images as the data pipeline decodes them (data.image_size squares), cropped anew at every step.
+  train_images = (data_lib.open_split(config.data, config.data.train_split) if inputs.train_images is None
+                  else inputs.train_images)
+
+  def run(params: dict) -> dict:
+    result = augmented_probe.train_augmented_probe(
+        config, inputs.mesh, params["backbone"], train_images, inputs.test_source,
+        num_classes=max(train_images.num_classes, inputs.test_source.num_classes), grid=grid,
+        interpolation=options.interpolation, epochs=int(options.epochs),
+        steps_per_epoch=int(options.steps_per_epoch), batch_size=int(options.batch_size),
+        per_epoch_schedule=bool(options.per_epoch_schedule), report=options.report,
+        eval_batch_size=int(config.eval.batch_size), max_train_examples=int(config.eval.max_train_examples),
+        max_test_examples=int(config.eval.max_test_examples))
+    return result.metrics()
 
   return run
 

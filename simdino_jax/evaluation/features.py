@@ -22,12 +22,20 @@ from simdino_jax.evaluation import linear_probe
 
 
 def evaluation_inputs(config, images: jax.Array) -> jax.Array:
-  """uint8 images [b,S,S,3] -> normalized float32 at the global-crop resolution (no augmentation)."""
-  size = config.aug.global_size
-  x = augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
-  if x.shape[1] != size:
-    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
-  return x
+  """uint8 evaluation views [b,S,S,3] (S = the global-crop size: `sources.evaluation_image`) -> normalized float32."""
+  if images.shape[1:3] != (config.aug.global_size,) * 2:
+    raise ValueError(f"Evaluation images are {images.shape[1]} x {images.shape[2]}, the model evaluates "
+                     f"{config.aug.global_size} x {config.aug.global_size} views: open the split with "
+                     "open_split(..., crop_size=config.aug.global_size).")
+  return augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
+
+
+def feature_backbone_graph(config):
+  """The backbone's graph computing in `config.eval.feature_dtype` (float32 by default, as DINO evaluates;
+  "bfloat16" as the run trains)."""
+  model = config.model.copy_and_resolve_references()
+  model.dtype = config.eval.feature_dtype
+  return nnx.graphdef(nnx.eval_shape(lambda: models.create_backbone(model, rngs=nnx.Rngs(0))))
 
 
 def make_feature_fn(config, *, n_last_blocks: int = 0, avgpool: bool = False) -> Callable:
@@ -36,7 +44,7 @@ def make_feature_fn(config, *, n_last_blocks: int = 0, avgpool: bool = False) ->
   n_last_blocks = 0: the backbone CLS (kNN, F = D); else the linear-probe features of `linear_probe.probe_features`
   (CLS of the last n blocks[, mean patch token]).
   """
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0))))
+  graphdef = feature_backbone_graph(config)
 
   def feature_fn(params, images):
     backbone = nnx.merge(graphdef, params)
