@@ -1,8 +1,14 @@
 """Offline evaluation of a training run's checkpoint: weighted kNN and the linear probe (docs/architecture.md).
 
     python -m simdino_jax.evaluate --workdir=/tmp/digits                         # kNN, k ∈ {10, 20, 100, 200}
+    python -m simdino_jax.evaluate --workdir=/tmp/digits --protocol=dino_linear  # DINO's eval_linear.py
+    python -m simdino_jax.evaluate --workdir=runs/dino --protocol=dinov2_linear  # DINOv2's grid of 52 heads
     python -m simdino_jax.evaluate --workdir=/tmp/digits --protocol=linear --linear_epochs=100
     python -m simdino_jax.evaluate --workdir=runs/dino --protocol=both --backbone=student --step=10000
+
+`--protocol` names a published protocol (dino_knn, dino_linear, dinov2_knn, dinov2_linear, simdinov2_linear:
+evaluation/protocols.py, docs/objectives.md "Evaluation protocols"), or knn / linear / both set by the flags
+(`linear`: the quick probe on one precomputed view per image).
 
 The evaluators are those the training loop runs (simdino_jax/evaluation/evaluators.py; `--protocol` picks them).
 The run's config is read from the checkpoint itself (the same model, data and crop size), so only the workdir is
@@ -52,8 +58,11 @@ def _define_flags() -> dict:
   flags.DEFINE_list("linear_lrs", ["1e-3"], "Linear-probe base learning rates (scaled by batch/256), trained "
                     "together; DINO uses 1e-3, DINOv2 a grid.")
   flags.DEFINE_integer("linear_batch", 1024, "Linear-probe batch size.")
-  flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks in the probe features (ViT-B: 1).")
-  flags.DEFINE_bool("avgpool", False, "Append the mean patch token to the probe features (ViT-B: True).")
+  flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks in the probe features (DINO's "
+                       "ViT-S, and SimDINO's ViT-B runs: 4; DINO's ViT-B: 1). Given with --protocol=dino_linear, "
+                       "it replaces the protocol's.")
+  flags.DEFINE_bool("avgpool", False, "Append the mean patch token to the probe features (DINO's ViT-B: True). "
+                    "Given with --protocol=dino_linear, it replaces the protocol's.")
   flags.DEFINE_integer("batch_size", 256, "Images per feature-extraction call (rounded to the device count).")
   flags.DEFINE_integer("max_train_examples", 0, "Use only the first n training images (0: all).")
   flags.DEFINE_integer("max_test_examples", 0, "Use only the first n test images (0: all).")
@@ -80,7 +89,13 @@ def evals_from_flags() -> tuple[ml_collections.ConfigDict, dict]:
                               "avgpool": FLAGS.avgpool}}
   settings = {"batch_size": FLAGS.batch_size, "max_train_examples": FLAGS.max_train_examples,
               "max_test_examples": FLAGS.max_test_examples}
-  return protocol_evals(FLAGS.protocol, options), settings
+  evals = protocol_evals(FLAGS.protocol, options)
+  if FLAGS.protocol in protocols.PROTOCOLS and "linear_probe" in evals:
+    if FLAGS["n_last_blocks"].present:
+      evals.linear_probe.blocks = (FLAGS.n_last_blocks,)
+    if FLAGS["avgpool"].present:
+      evals.linear_probe.avgpools = (FLAGS.avgpool,)
+  return evals, settings
 
 
 def read_run_config(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
