@@ -35,7 +35,9 @@ ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "
                 "epoch_length_steps": 0, "objective.covariance_group_size": 0, "optim.layer_decay": 1.0,
                 "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0,
                 "masking.group_size": 0, "model.remat_policy": "nothing_saveable",
-                "optim.freeze_rule": "drop_gradient"}
+                "optim.freeze_rule": "drop_gradient", "model.ffn": "mlp", "model.ibot_head.separate": False,
+                "model.ibot_head.out_dim": 65536, "model.ibot_head.hidden_dim": 2048,
+                "model.ibot_head.bottleneck_dim": 256, "model.ibot_head.n_layers": 3}
 
 
 ITEMS = ("state", "data", "config")

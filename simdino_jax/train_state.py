@@ -50,7 +50,8 @@ def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int,
     params = nnx.to_pure_dict(nnx.state(model))
     return TrainState(
         step=jnp.zeros([], jnp.int32), student=params, teacher=jax.tree.map(jnp.copy, params),
-        opt_state=tx.init(params), objective_state=objective.init_state(model.head.out_dim), rng=state_rng,
+        opt_state=tx.init(params), objective_state=objective.init_state(
+            model.head.out_dim, None if model.ibot_head is None else model.ibot_head.out_dim), rng=state_rng,
         skipped=jnp.zeros([], jnp.int32), consecutive_skipped=jnp.zeros([], jnp.int32))
 
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32) if abstract else jax.random.PRNGKey(seed)  # raw key: a plain array

@@ -99,6 +99,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
            f"{tiny:.3g}): the coding rate would overflow. Use a value like 0.05 (the SimDINO recipe).")
   _require(o.eps == 0 or o.eps >= tiny, f"config.optim.eps={o.eps} must be 0 or at least {tiny:.3g} (float32 "
            "resolution); AdamW's usual value is 1e-8.")
+  _require(config.model.ffn in ("mlp", "swiglu"),
+           f"config.model.ffn={config.model.ffn!r} is not a feed-forward: use mlp (GELU) or swiglu (DINOv2's ViT-g).")
   _require(config.eval.feature_dtype in ("float32", "bfloat16"),
            f"config.eval.feature_dtype={config.eval.feature_dtype!r} is not a feature precision: use float32 (as "
            "DINO evaluates) or bfloat16 (as the run trains).")

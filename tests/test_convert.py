@@ -60,6 +60,19 @@ class TorchMlp(nn.Module):
     return self.fc2(self.act(self.fc1(x)))
 
 
+class TorchSwiGLUFFNFused(nn.Module):
+  """dinov2/layers/swiglu_ffn.py: hidden (int(h · 2/3) + 7) // 8 · 8, `w12` then `silu(x1) * x2` then `w3`."""
+
+  def __init__(self, dim, hidden):
+    super().__init__()
+    hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+    self.w12, self.w3 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    x1, x2 = self.w12(x).chunk(2, dim=-1)
+    return self.w3(nn.functional.silu(x1) * x2)
+
+
 class TorchLayerScale(nn.Module):
 
   def __init__(self, dim):
@@ -72,13 +85,13 @@ class TorchLayerScale(nn.Module):
 
 class TorchBlock(nn.Module):
 
-  def __init__(self, dim, num_heads, layerscale):
+  def __init__(self, dim, num_heads, layerscale, swiglu=False):
     super().__init__()
     self.norm1 = nn.LayerNorm(dim, eps=1e-6)
     self.attn = TorchAttention(dim, num_heads)
     self.ls1 = TorchLayerScale(dim) if layerscale else nn.Identity()
     self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-    self.mlp = TorchMlp(dim, 4 * dim)
+    self.mlp = (TorchSwiGLUFFNFused if swiglu else TorchMlp)(dim, 4 * dim)
     self.ls2 = TorchLayerScale(dim) if layerscale else nn.Identity()
 
   def forward(self, x):
@@ -100,7 +113,7 @@ class TorchViT(nn.Module):
   """DINO's ViT (`mask_token=False`) or DINOv2's (mask token `[1, D]`, registers, LayerScale)."""
 
   def __init__(self, *, dim, depth, num_heads, patch, img_size, registers=0, layerscale=False, mask_token=False,
-               interpolate_offset=0.1, interpolate_antialias=False):
+               interpolate_offset=0.1, interpolate_antialias=False, swiglu=False):
     super().__init__()
     self.patch, self.offset, self.antialias = patch, interpolate_offset, interpolate_antialias
     self.patch_embed = TorchPatchEmbed(dim, patch)
@@ -108,7 +121,7 @@ class TorchViT(nn.Module):
     self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (img_size // patch) ** 2, dim))
     self.register_tokens = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None
     self.mask_token = nn.Parameter(torch.zeros(1, dim)) if mask_token else None
-    self.blocks = nn.ModuleList([TorchBlock(dim, num_heads, layerscale) for _ in range(depth)])
+    self.blocks = nn.ModuleList([TorchBlock(dim, num_heads, layerscale, swiglu) for _ in range(depth)])
     self.norm = nn.LayerNorm(dim, eps=1e-6)
 
   def interpolate_pos_encoding(self, height, width):
@@ -180,12 +193,17 @@ def randomize(module: nn.Module, seed: int) -> nn.Module:
   return module.eval()
 
 
-def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(64, 48, 16)):
-  """config.model of one of our registered architectures, float32, with a small DINO head."""
+def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(64, 48, 16), ffn="mlp",
+                 ibot_head=None):
+  """config.model of one of our registered architectures, float32, with a small DINO head (and a separate iBOT
+  head of sizes `ibot_head` = (K, hidden, bottleneck))."""
   config = models.default_config()
   config.name, config.patch_size, config.image_size = name, patch, image_size
-  config.num_registers, config.layerscale, config.dtype = registers, layerscale, "float32"
+  config.num_registers, config.layerscale, config.dtype, config.ffn = registers, layerscale, "float32", ffn
   config.head.out_dim, config.head.hidden_dim, config.head.bottleneck_dim = head
+  if ibot_head:
+    config.ibot_head.separate = True
+    config.ibot_head.out_dim, config.ibot_head.hidden_dim, config.ibot_head.bottleneck_dim = ibot_head
   return config
 
 
@@ -426,3 +444,42 @@ def test_the_training_path_never_imports_torch():
   code = "import sys; import simdino_jax.train, simdino_jax.evaluate; print('torch' in sys.modules)"
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
   assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_dinov2_training_checkpoint_with_swiglu_and_a_separate_ibot_head_in_and_out():
+  """Meta's vitl14.yaml / vitg14.yaml layout on ViT-T/14: SwiGLU blocks (`mlp.w12`, `mlp.w3`), LayerScale, the
+  mask token, `dino_head.*` and a separate `ibot_head.*` of other sizes, in a training checkpoint (`model` with
+  `student.` / `teacher.` keys, FSDP block chunks). Our CLS, patch tokens, DINO logits and iBOT logits of the
+  patch tokens equal PyTorch's; the export loads strictly back into the PyTorch modules."""
+  torch_vit = dict(dim=192, depth=12, num_heads=3, patch=14, img_size=56, layerscale=True, mask_token=True,
+                   swiglu=True)
+  backbone = randomize(TorchViT(**torch_vit), seed=5)
+  dino_head = randomize(TorchDINOHead(192, 64, 48, 16, parametrizations=True), seed=6)
+  ibot_head = randomize(TorchDINOHead(192, 80, 40, 24, parametrizations=True), seed=7)
+  config = model_config("ViT-T/14", patch=14, image_size=56, layerscale=1e-5, ffn="swiglu",
+                        ibot_head=(80, 40, 24))
+  network = {}
+  for key, value in to_numpy_state_dict(backbone).items():
+    if key.startswith("blocks."):
+      index = int(key.split(".")[1])
+      key = f"blocks.{index // 3}.{key[len('blocks.'):]}"
+    network["backbone." + key] = value
+  network.update({"dino_head." + k: v for k, v in to_numpy_state_dict(dino_head).items()})
+  network.update({"ibot_head." + k: v for k, v in to_numpy_state_dict(ibot_head).items()})
+  checkpoint = {"model": {f"{name}.{k}": v for name in ("student", "teacher") for k, v in network.items()}}
+  params = import_clean(torch_layout.networks(checkpoint)["teacher"], config)
+  assert params["backbone"]["blocks"][0]["mlp"]["w12"]["kernel"].shape == (192, 2 * 512)  # (int(768·2/3)+7)//8·8
+  compare_features(config, params, backbone, dino_head, size=56)
+  images = images_nchw(2, 56)
+  with torch.no_grad():
+    _, patch_ref = backbone.forward_features(images)
+    ibot_ref = ibot_head(patch_ref)
+  model = our_model(config, params)
+  patch = model.backbone(jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))["patch"]
+  np.testing.assert_allclose(model.ibot_head(patch), ibot_ref.numpy(), atol=TOL, rtol=TOL)
+  exported = torch_checkpoints.export_state_dict(params, ml_config(config), head=True)
+  assert any(k.startswith("ibot_head.last_layer") for k in exported)
+  holder = nn.Module()
+  holder.backbone, holder.dino_head, holder.ibot_head = (
+      TorchViT(**torch_vit), TorchDINOHead(192, 64, 48, 16), TorchDINOHead(192, 80, 40, 24))
+  holder.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)

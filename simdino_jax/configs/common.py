@@ -84,10 +84,28 @@ def base() -> ml_collections.ConfigDict:
 
 
 def apply_model(c: ml_collections.ConfigDict, model: str) -> None:
-  """`ViT-S/16`-style names fix the patch size; `vit_small` keeps config.model.patch_size."""
+  """`ViT-S/16`-style names fix the patch size; `vit_small` keeps config.model.patch_size. The local crops take
+  the nearest multiple of the patch size (a /14 model: 98 pixels for 96, as DINOv2's vitl14.yaml and vitg14.yaml
+  set `local_crops_size: 98`)."""
   c.model.name = model
   if "/" in model:
     c.model.patch_size = int(model.split("/")[1])
+  if model.startswith(("ViT-g/", "vit_giant2")):
+    c.model.ffn = "swiglu"  # DINOv2 builds vit_giant2 with its fused SwiGLU (hubconf.py, vitg14.yaml)
+  patch = c.model.patch_size
+  if c.aug.local_size % patch:
+    c.aug.local_size = max(1, round(c.aug.local_size / patch)) * patch
+
+
+def apply_registers(c: ml_collections.ConfigDict, registers: int) -> None:
+  """DINOv2's backbones with `registers` register tokens (4) or none (0), with the position-embedding
+  interpolation each release uses (hubconf.py: `_reg4` models offset 0 with antialiasing, the others offset 0.1
+  without); -1 keeps the recipe's."""
+  if registers < 0:
+    return
+  c.model.num_registers = registers
+  c.model.interpolate_offset = 0.0 if registers else 0.1
+  c.model.interpolate_antialias = bool(registers)
 
 
 def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:

@@ -65,4 +65,7 @@ def recipe():
 
 
 def get_config(arg=None):
-  return common.finish(recipe(), common.arguments(arg), model="ViT-L/16")
+  args = common.arguments(arg, registers=-1)  # registers=0|4: DINOv2's release without or with registers
+  c = common.finish(recipe(), args, model="ViT-L/16")
+  common.apply_registers(c, args.registers)
+  return c

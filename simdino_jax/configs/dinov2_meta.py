@@ -12,7 +12,8 @@ Sources of every value: docs/recipes.md. Examples:
 from simdino_jax.configs import common
 
 
-def get_config(arg=None):
+def recipe():
+  """Meta's recipe on ImageNet before the run's arguments (the full-size recipes start from it)."""
   c = common.base()
   c.objective.name = "dinov2"
   c.objective.student_temp = 0.1
@@ -59,4 +60,12 @@ def get_config(arg=None):
   c.aug.n_local = 8
   c.aug.global_scale = (0.32, 1.0)
   c.aug.local_scale = (0.05, 0.32)
-  return common.finish(c, common.arguments(arg), model="ViT-L/16")
+  return c
+
+
+def get_config(arg=None):
+  c = recipe()
+  args = common.arguments(arg, registers=-1)  # registers=0|4: DINOv2's release without or with registers
+  c = common.finish(c, args, model="ViT-L/16")
+  common.apply_registers(c, args.registers)
+  return c

@@ -35,10 +35,10 @@ def import_network(state_dict: dict, template: dict, *, prefix: str, report: tor
   `template` is our pure dict `{"backbone": ..., "head": ...}` of the config's model; the head and the mask token
   keep its values when the checkpoint has none.
   """
-  backbone, head, other = torch_layout.parts(state_dict)
+  backbone, head, ibot_head, other = torch_layout.parts(state_dict)
   resize = functools.partial(torch_layout.interpolate_pos_embed, offset=interpolate_offset,
                              antialias=interpolate_antialias)
-  backbone_prefix = prefix + ("backbone." if head or other else "")
+  backbone_prefix = prefix + ("backbone." if head or ibot_head or other else "")
   params = {}
   params["backbone"], used_backbone = torch_layout.import_part(
       backbone, template["backbone"], torch_layout.backbone_layout(template["backbone"]), prefix=backbone_prefix,
@@ -50,8 +50,19 @@ def import_network(state_dict: dict, template: dict, *, prefix: str, report: tor
         report=report)
   else:
     params["head"] = template["head"]
+  used_ibot = set()
+  if "ibot_head" in template:  # The config's model has a separate iBOT head: DINOv2's `ibot_head.*`.
+    if ibot_head:
+      params["ibot_head"], used_ibot = torch_layout.import_part(
+          ibot_head, template["ibot_head"], torch_layout.head_layout(template["ibot_head"]),
+          prefix=prefix + torch_layout.IBOT_HEAD_PREFIX, report=report)
+    else:
+      params["ibot_head"] = template["ibot_head"]
+      report.notes.append(f"{prefix or 'The checkpoint'} has no ibot_head: the separate iBOT head starts fresh.")
   unknown = ([backbone_prefix + k for k in backbone if k not in used_backbone]
-             + [prefix + "head." + k for k in head if k not in used_head] + [prefix + k for k in other])
+             + [prefix + "head." + k for k in head if k not in used_head]
+             + [prefix + torch_layout.IBOT_HEAD_PREFIX + k for k in ibot_head if k not in used_ibot]
+             + [prefix + k for k in other])
   unknown = [k for k in unknown if not any(k[len(prefix):].startswith(p) for p in ignore_keys)]
   return params, unknown, bool(head)
 
@@ -115,15 +126,21 @@ def from_torch(checkpoint: str, config, workdir: str, *, ignore_keys: Sequence[s
 def export_state_dict(params: dict, config, *, head: bool = False, layout: Optional[str] = None
                       ) -> dict[str, np.ndarray]:
   """Our network's params -> the official state dict (backbone alone, or `backbone.*` and the head's keys)."""
-  layout = layout or ("dinov2" if config.model.num_registers or config.model.layerscale else "dino")
-  if layout == "dino" and (config.model.num_registers or config.model.layerscale):
-    raise ValueError("DINO's ViT has no registers and no LayerScale: export this model with --layout=dinov2.")
+  dinov2_only = (config.model.num_registers or config.model.layerscale or config.model.ffn != "mlp"
+                 or config.model.ibot_head.separate)
+  layout = layout or ("dinov2" if dinov2_only else "dino")
+  if layout == "dino" and dinov2_only:
+    raise ValueError("DINO's ViT has no registers, LayerScale, SwiGLU or separate iBOT head: export this model "
+                     "with --layout=dinov2.")
   params = jax.device_get(params)
   out = torch_layout.export_part(params["backbone"], torch_layout.backbone_layout(params["backbone"], layout),
                                  prefix="backbone." if head else "")
   if head:
     head_prefix = "head." if layout == "dino" else "dino_head."
     out.update(torch_layout.export_part(params["head"], torch_layout.head_layout(params["head"]), head_prefix))
+    if "ibot_head" in params:
+      out.update(torch_layout.export_part(params["ibot_head"], torch_layout.head_layout(params["ibot_head"]),
+                                          torch_layout.IBOT_HEAD_PREFIX))
   return out
 
 

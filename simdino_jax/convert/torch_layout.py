@@ -5,10 +5,12 @@ Official names (the `state_dict` keys of the reference code) and shapes, ours in
   mask_token [1,D] (DINOv2; absent in DINO) [1,1,D],
   patch_embed.proj.weight [D,3,p,p] (a Conv2d) [patch_embed/kernel [p*p*3,D], rows in (row, column, channel) order],
   blocks.<i>.{norm1,norm2}.{weight,bias} [scale, bias], blocks.<i>.attn.{qkv,proj}.{weight [out,in],bias}
-  [kernel [in,out], bias], blocks.<i>.ls{1,2}.gamma [D] (DINOv2 LayerScale), blocks.<i>.mlp.{fc1,fc2}.*, norm.*;
+  [kernel [in,out], bias], blocks.<i>.ls{1,2}.gamma [D] (DINOv2 LayerScale), blocks.<i>.mlp.{fc1,fc2}.* (or DINOv2's
+  SwiGLU `mlp.{w12,w3}.*`), norm.*;
   head: mlp.<2j>.{weight,bias} (Linear layers of an nn.Sequential with GELUs between; `mlp.weight` for one layer)
   [mlp/layers/<j>/*], last_layer.weight_g [K,1] and last_layer.weight_v [K,p] (torch.nn.utils.weight_norm) or
-  last_layer.parametrizations.weight.original{0,1} (its parametrizations form) [last_layer/g [K], last_layer/v].
+  last_layer.parametrizations.weight.original{0,1} (its parametrizations form) [last_layer/g [K], last_layer/v];
+  DINOv2's separate iBOT head `ibot_head.*`, laid out as the DINO head [ibot_head/...].
 
 Torch is imported inside the functions that need it: it is a conversion dependency, never a training one.
 """
@@ -28,6 +30,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Prefixes of the parts inside a network's state dict (DINO's MultiCropWrapper, DINOv2's SSLMetaArch).
 BACKBONE_PREFIX = "backbone."
 HEAD_PREFIXES = ("head.", "dino_head.")
+IBOT_HEAD_PREFIX = "ibot_head."  # DINOv2's separate iBOT head (`ibot.separate_head: true`)
 NETWORKS = ("student", "teacher")
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
@@ -214,23 +217,26 @@ def networks(checkpoint: dict) -> dict[str, dict[str, np.ndarray]]:
                    "'model' / 'state_dict' entries holding state dicts.")
 
 
-def parts(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
-  """(backbone, head, other) keys of one network: `backbone.*` and `head.*` / `dino_head.*`, or all backbone.
+def parts(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict]:
+  """(backbone, head, iBOT head, other) keys of one network: `backbone.*`, `head.*` / `dino_head.*` and
+  `ibot_head.*`, or all backbone.
 
   Backbone keys come with chunked blocks numbered flat.
   """
   if not any(key.startswith(BACKBONE_PREFIX) for key in state_dict):
-    return {_unchunk(key): value for key, value in state_dict.items()}, {}, {}
-  backbone, head, other = {}, {}, {}
+    return {_unchunk(key): value for key, value in state_dict.items()}, {}, {}, {}
+  backbone, head, ibot_head, other = {}, {}, {}, {}
   for key, value in state_dict.items():
     head_prefix = next((p for p in HEAD_PREFIXES if key.startswith(p)), None)
     if key.startswith(BACKBONE_PREFIX):
       backbone[_unchunk(key[len(BACKBONE_PREFIX):])] = value
     elif head_prefix:
       head[key[len(head_prefix):]] = value
+    elif key.startswith(IBOT_HEAD_PREFIX):
+      ibot_head[key[len(IBOT_HEAD_PREFIX):]] = value
     else:
       other[key] = value
-  return backbone, head, other
+  return backbone, head, ibot_head, other
 
 
 @dataclasses.dataclass

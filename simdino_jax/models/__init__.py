@@ -45,8 +45,9 @@ class ViTArchitecture:
 
 
 MODELS: Registry[ViTArchitecture] = Registry("model")
+# DINOv2's vit_giant2: width 1536, 40 blocks, 24 heads (64 per head), its ViT-g/14 with `ffn="swiglu"`.
 _SIZES = {"tiny": ("T", 192, 12, 3), "small": ("S", 384, 12, 6), "base": ("B", 768, 12, 12),
-          "large": ("L", 1024, 24, 16)}
+          "large": ("L", 1024, 24, 16), "giant2": ("g", 1536, 40, 24)}
 for _size, (_letter, _dim, _depth, _heads) in _SIZES.items():
   MODELS.add(f"vit_{_size}", ViTArchitecture(_dim, _depth, _heads))
   for _patch in (4, 8, 14, 16):
@@ -61,13 +62,14 @@ MODELS.add("vit_mini", ViTArchitecture(96, 4, 3))
 def default_config() -> ml_collections.ConfigDict:
   """Defaults for `config.model`."""
   return ml_collections.ConfigDict({
-      "name": "vit_small",          # vit_{tiny,small,base,large} or ViT-{T,S,B,L}/{4,8,14,16}
+      "name": "vit_small",          # vit_{tiny,small,base,large,giant2} or ViT-{T,S,B,L,g}/{4,8,14,16}
       "patch_size": 16,             # must equal the patch size in a ViT-X/P name
       "image_size": 224,            # resolution of the stored position embeddings
       "num_registers": 0,
       "drop_path_rate": 0.1,
       "drop_path_schedule": "linear",  # "linear" over depth (DINO) or "uniform" (DINOv2)
       "layerscale": 0.0,            # 0.0 = off; 1e-5 DINOv2, 0.1 SimDINOv2
+      "ffn": "mlp",                 # the blocks' feed-forward: "mlp" (GELU) or "swiglu" (DINOv2's ViT-g/14)
       "dtype": "bfloat16",          # compute dtype; parameters are always float32
       "attention_impl": ml_collections.config_dict.placeholder(str),  # None/"xla" or "cudnn" (padded tokens)
       "remat": False,               # recompute each block's activations in the backward pass (memory for FLOPs)
@@ -83,6 +85,15 @@ def default_config() -> ml_collections.ConfigDict:
           "bottleneck_dim": 256,    # p
           "n_layers": 3,
           "norm_last_layer": True,
+      },
+      # DINOv2's `ibot.separate_head`: the masked patch tokens get their own DINO head (its own MLP, bottleneck
+      # and prototypes, `ibot_head/...`); off: they go through `head` (DINOv2's default, iBOT's shared head).
+      "ibot_head": {
+          "separate": False,
+          "out_dim": 65536,
+          "hidden_dim": 2048,
+          "bottleneck_dim": 256,
+          "n_layers": 3,
       },
   })
 
@@ -114,7 +125,7 @@ def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Vis
       num_registers=config.num_registers, drop_path_rate=config.drop_path_rate,
       drop_path_schedule=config.drop_path_schedule, layerscale=config.layerscale, dtype=_dtype(config.dtype),
       attention_impl=config.attention_impl, remat=config.remat, remat_policy=config.remat_policy,
-      scan_blocks=config.scan_blocks,
+      scan_blocks=config.scan_blocks, ffn=config.ffn,
       interpolate_offset=config.interpolate_offset, interpolate_antialias=config.interpolate_antialias, rngs=rngs)
 
 
@@ -136,7 +147,20 @@ def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx
     head = SimDINOHead(backbone.embed_dim, hidden_dim=head_config.hidden_dim,
                        bottleneck_dim=head_config.bottleneck_dim, n_layers=head_config.n_layers, dtype=dtype,
                        rngs=rngs)
-  return MultiCropModel(backbone, head)
+  ibot_head = None
+  if config.ibot_head.separate:
+    if head_kind != "dino":
+      raise ValueError("config.model.ibot_head.separate=True needs a DINO head (dino or dinov2 objectives).")
+    ibot = config.ibot_head
+    ibot_head = DINOHead(backbone.embed_dim, out_dim=ibot.out_dim, hidden_dim=ibot.hidden_dim,
+                         bottleneck_dim=ibot.bottleneck_dim, n_layers=ibot.n_layers,
+                         norm_last_layer=head_config.norm_last_layer, dtype=dtype, rngs=rngs)
+  return MultiCropModel(backbone, head, ibot_head)
+
+
+def patch_head_out_dim(config: ml_collections.ConfigDict) -> int:
+  """The size of the patch tokens' head output: the separate iBOT head's prototypes, else the head's."""
+  return config.ibot_head.out_dim if config.ibot_head.separate else config.head.out_dim
 
 
 def prototypes(graphdef: nnx.GraphDef, params) -> jax.Array | None:

@@ -18,13 +18,16 @@ class MultiCropModel(nnx.Module):
   the mask token), `key` the drop-path PRNG key (None = eval), `patch_index [G, M]` int (the patch tokens of the
   global crops to score with the head, per group of B/G consecutive images: positions in the group's
   [n_global, B/G, N] tokens flattened, e.g. the masked ones from ibot.masked_token_buffer; default: all N when
-  masks are given). Returns float32: `"cls" [V,B,D]`, `"head" [V,B,K|p]`, `"patch_head" [G,M,K|p]` (or
+  masks are given; scored by the separate `ibot_head` when the model has one). Returns float32: `"cls" [V,B,D]`,
+  `"head" [V,B,K|p]`, `"patch_head" [G,M,K|p]` (or
   [n_global,B,N,K|p] without patch_index; only with masks or patch_index), `"prototypes" [K,p]` (DINO head only).
   """
 
-  def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead]):
+  def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead],
+               ibot_head: Optional[DINOHead] = None):
     self.backbone = backbone
     self.head = head
+    self.ibot_head = ibot_head  # DINOv2's separate iBOT head for the patch tokens; None: `head` scores them
 
   def __call__(self, crops: Sequence[jax.Array], masks: Optional[jax.Array] = None, *,
                key: Optional[jax.Array] = None, patch_index: Optional[jax.Array] = None) -> dict[str, jax.Array]:
@@ -58,13 +61,15 @@ class MultiCropModel(nnx.Module):
     cls = jnp.concatenate(cls_groups, axis=0)
     dim = cls.shape[-1]
     tokens = cls.reshape(-1, dim)
-    if global_patches is not None:
+    shared = global_patches is not None and self.ibot_head is None
+    if shared:
       tokens = jnp.concatenate([tokens, global_patches.reshape(-1, dim)], axis=0)
     head_out = self.head(tokens)
     num_cls = cls.shape[0] * cls.shape[1]
     outputs = {"cls": cls, "head": head_out[:num_cls].reshape(*cls.shape[:2], -1)}
     if global_patches is not None:
-      outputs["patch_head"] = head_out[num_cls:].reshape(*global_patches.shape[:-1], -1)
+      patch_out = head_out[num_cls:] if shared else self.ibot_head(global_patches.reshape(-1, dim))
+      outputs["patch_head"] = patch_out.reshape(*global_patches.shape[:-1], -1)
     prototypes = self.head.prototypes()
     if prototypes is not None:
       outputs["prototypes"] = prototypes

@@ -5,7 +5,7 @@ every LayerNorm stay float32, as PyTorch autocast does in the reference code. Pa
 backbone): `patch_embed/{kernel,bias}` (a Linear on flattened `p x p x 3` patches, kernel `[p*p*3, D]`),
 `cls_token [1,1,D]`, `pos_embed [1,1+N0,D]` (N0 patches at `image_size`), `register_tokens [1,R,D]` (only when
 R > 0), `mask_token [1,1,D]`, `blocks/<i>/{norm1,attn/qkv,attn/proj,ls1/gamma,norm2,mlp/fc1,mlp/fc2,ls2/gamma}`
-and `norm/{scale,bias}`. Token order inside the blocks: `[CLS, registers, patches]`.
+(`mlp/{w12,w3}` with the SwiGLU feed-forward) and `norm/{scale,bias}`. Token order inside the blocks: `[CLS, registers, patches]`.
 """
 
 import math
@@ -21,6 +21,7 @@ TRUNC_NORMAL = jax.nn.initializers.truncated_normal(stddev=0.02)
 TORCH_DEFAULT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 LAYERNORM_EPS = 1e-6
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+FFNS = ("mlp", "swiglu")  # GELU MLP (DINO, DINOv2 ViT-S/B/L) or DINOv2's fused SwiGLU (ViT-g/14, vitl14.yaml)
 DROP_PATH_SCHEDULES = ("linear", "uniform")
 CUDNN_TOKEN_MULTIPLE = 64
 
@@ -169,18 +170,39 @@ class Mlp(nnx.Module):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
+def swiglu_hidden_dim(hidden_dim: int) -> int:
+  """DINOv2's `SwiGLUFFNFused` width: (int(hidden · 2/3) + 7) // 8 · 8 (4096 for ViT-g's 4 · 1536)."""
+  return (int(hidden_dim * 2 / 3) + 7) // 8 * 8
+
+
+class SwiGLU(nnx.Module):
+  """DINOv2's fused SwiGLU feed-forward: `w3(silu(x1) · x2)` with `[x1, x2] = w12(x)` (layers/swiglu_ffn.py)."""
+
+  def __init__(self, dim: int, hidden_dim: int, *, dtype, rngs: nnx.Rngs):
+    hidden = swiglu_hidden_dim(hidden_dim)
+    self.w12 = _linear(dim, 2 * hidden, dtype, rngs)
+    self.w3 = _linear(hidden, dim, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(self.w12(x), 2, axis=-1)
+    return self.w3(jax.nn.silu(x1) * x2)
+
+
 class Block(nnx.Module):
-  """Pre-norm transformer block with optional LayerScale and per-sample drop path on both branches."""
+  """Pre-norm transformer block with optional LayerScale and per-sample drop path on both branches; the
+  feed-forward `ffn` is a GELU MLP or DINOv2's SwiGLU."""
 
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, drop_path_rate: float, layerscale: float,
-               dtype, attention_impl: Optional[str], token_multiple: int, rngs: nnx.Rngs):
+               dtype, attention_impl: Optional[str], token_multiple: int, rngs: nnx.Rngs, ffn: str = "mlp"):
     self.drop_path_rate = drop_path_rate
     self.norm1 = _layer_norm(dim, rngs)
     self.attn = Attention(dim, num_heads, dtype=dtype, implementation=attention_impl,
                           token_multiple=token_multiple, rngs=rngs)
     self.ls1 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
     self.norm2 = _layer_norm(dim, rngs)
-    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    if ffn not in FFNS:
+      raise ValueError(f"Unknown ffn {ffn!r}; valid: {', '.join(FFNS)}.")
+    self.mlp = (SwiGLU if ffn == "swiglu" else Mlp)(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.ls2 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
 
   def __call__(self, x: jax.Array, key: Optional[jax.Array] = None, rate=None) -> jax.Array:
@@ -213,7 +235,7 @@ class VisionTransformer(nnx.Module):
                drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
                attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
                remat: bool = False, remat_policy: str = "nothing_saveable", scan_blocks: bool = False,
-               interpolate_offset: float = 0.1,
+               ffn: str = "mlp", interpolate_offset: float = 0.1,
                interpolate_antialias: bool = False, rngs: nnx.Rngs):
     """Builds the backbone.
 
@@ -225,6 +247,7 @@ class VisionTransformer(nnx.Module):
       remat_policy: what a rematerialized block saves, by `jax.checkpoint_policies` name.
       scan_blocks: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles one block
         instead of `depth` (much faster compiles of deep models; same parameters, outputs and drop-path draws).
+      ffn: the blocks' feed-forward, "mlp" (GELU) or "swiglu" (DINOv2's fused SwiGLU).
       interpolate_offset, interpolate_antialias: how position embeddings are resized to another grid
         (`interpolate_pos_embed`; DINO and DINOv2: 0.1, False; the SimDINO repository's DINOv2 family: 0, True).
     """
@@ -259,7 +282,7 @@ class VisionTransformer(nnx.Module):
     rates = drop_path_rates(drop_path_rate, depth, drop_path_schedule)
     self.blocks = nnx.List([
         Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path_rate=rate, layerscale=layerscale, dtype=dtype,
-              attention_impl=attention_impl, token_multiple=attention_token_multiple, rngs=rngs)
+              attention_impl=attention_impl, token_multiple=attention_token_multiple, rngs=rngs, ffn=ffn)
         for rate in rates])
     self.norm = _layer_norm(embed_dim, rngs)
 

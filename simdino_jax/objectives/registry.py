@@ -125,13 +125,14 @@ class Objective:
   adds to a batch.
 
   head_kind: "dino" (prototype logits [.., K]) or "simdino" (l2-normalized embeddings [.., p]);
-  init_state(head output size) -> state pytree; loss(student_out, teacher_out, state, context, masks);
+  init_state(head output size, patch head output size=None) -> state pytree; loss(student_out, teacher_out, state,
+  context, masks);
   batch_inputs(key, batch_size, run config) -> BatchInputs.
   """
   name: str
   head_kind: str
   needs_masks: bool
-  init_state: Callable[[int], dict]
+  init_state: Callable[..., dict]
   loss: LossFn
   batch_inputs: BatchInputsFn = no_batch_inputs
 
@@ -198,8 +199,11 @@ def _dino_diagnostics(dino, probabilities) -> dict:
 
 
 def _center_state(keys):
-  def init_state(out_dim: int) -> dict:
-    return {key: jnp.zeros((out_dim,), jnp.float32) for key in keys}
+  def init_state(out_dim: int, patch_out_dim: int | None = None) -> dict:
+    """Zero centers: the CLS center over the head's `out_dim` outputs, the patch center over `patch_out_dim`
+    (a separate iBOT head's prototypes; default `out_dim`)."""
+    sizes = {"center": out_dim, "patch_center": patch_out_dim or out_dim}
+    return {key: jnp.zeros((sizes[key],), jnp.float32) for key in keys}
   return init_state
 
 
