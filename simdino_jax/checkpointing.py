@@ -81,9 +81,18 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
     step = max(steps) if step is None else step
     if step not in steps:
       raise ValueError(f"No checkpoint of step {step} in {directory}; available: {sorted(steps)}.")
-    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"], step
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return with_added_fields(config), step
   finally:
     manager.close()
+
+
+def with_added_fields(config: dict) -> dict:
+  """A saved config dict with the fields added since it was written (ADDED_FIELDS) at the values that reproduce
+  it: every later reader sees a complete config."""
+  flat = _flat_config(config)
+  flat.update({k: v for k, v in ADDED_FIELDS.items() if k not in flat})
+  return traverse_util.unflatten_dict(flat, sep=".")
 
 
 def restore_part(workdir: str, step: int, target: dict) -> dict:

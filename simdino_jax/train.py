@@ -66,7 +66,7 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
   the loss (Sinkhorn-Knopp, KoLeo neighbours, a 'global' covariance) span one micro-batch; SimDINO's α and γ still
   use the global batch B.
   """
-  accum_steps = config.get("grad_accum_steps", 1)
+  accum_steps = config.grad_accum_steps
 
   shards = mesh.shape[parallel.DATA_AXIS]
   batch_axis, view_major = P(parallel.DATA_AXIS), P(None, parallel.DATA_AXIS)

@@ -76,7 +76,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
   num_devices = jax.device_count() if num_devices is None else num_devices
   t, o, a, obj = config.teacher, config.optim, config.aug, config.objective
   _require(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
-  check_batch_split(config.batch_size, config.get("grad_accum_steps", 1), num_devices)
+  check_batch_split(config.batch_size, config.grad_accum_steps, num_devices)
   for name, value in (("teacher.temp", t.temp), ("teacher.warmup_temp", t.warmup_temp)):
     _require(value > 0, f"config.{name}={value} must be a positive temperature.")
   for name, value in (("teacher.momentum", t.momentum), ("teacher.momentum_end", t.momentum_end)):
@@ -110,7 +110,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
            "recent GPUs) or float32.")
   _require_choice("model.remat_policy", config.model.remat_policy, REMAT_POLICIES)
   _require_choice("optim.freeze_rule", config.optim.freeze_rule, optim.FREEZE_RULES)
-  micro_batch = config.batch_size // config.get("grad_accum_steps", 1)
+  micro_batch = config.batch_size // config.grad_accum_steps
   if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:
     _require(micro_batch % obj.koleo_group_size == 0,
              f"config.objective.koleo_group_size={obj.koleo_group_size} does not divide the (micro-)batch of "

@@ -9,6 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
+from simdino_jax import configs
 from simdino_jax import models
 from simdino_jax.models import heads, vit
 from simdino_jax.numerics import l2_normalize
@@ -454,3 +455,49 @@ def test_scanned_blocks_equal_unrolled_blocks():
   np.testing.assert_allclose(loss_scanned, loss_unrolled, rtol=1e-5)  # drop path on: the same samples dropped
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_scanned, grad_unrolled)
   assert float(jnp.abs(grad_unrolled["blocks"][2]["mlp"]["fc2"]["kernel"][...]).max()) > 0
+
+
+def test_swiglu_feed_forward_equals_float64_numpy():
+  """DINOv2's fused SwiGLU: hidden (int(h · 2/3) + 7) // 8 · 8, out = W3 (silu(x W1) ⊙ x W2) with [W1 W2] = W12."""
+  from simdino_jax.models import vit  # pylint: disable=import-outside-toplevel
+
+  assert vit.swiglu_hidden_dim(4 * 1536) == 4096 and vit.swiglu_hidden_dim(4 * 192) == 512
+  ffn = vit.SwiGLU(24, 96, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).normal(size=(3, 5, 24))
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(ffn)))
+  hidden = x @ p["w12"]["kernel"] + p["w12"]["bias"]
+  x1, x2 = hidden[..., :64], hidden[..., 64:]
+  expected = (x1 / (1 + np.exp(-x1)) * x2) @ p["w3"]["kernel"] + p["w3"]["bias"]
+  np.testing.assert_allclose(ffn(jnp.asarray(x, jnp.float32)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_giant2_is_dinov2s_vit_g14_with_swiglu():
+  config = configs.load("dinov2_meta_vitg14")
+  assert (config.model.name, config.model.ffn, config.aug.local_size) == ("ViT-g/14", "swiglu", 98)
+  backbone = nnx.eval_shape(lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0)))
+  state = nnx.to_pure_dict(nnx.state(backbone))
+  assert len(state["blocks"]) == 40 and backbone.blocks[0].attn.num_heads == 24
+  assert state["blocks"][0]["mlp"]["w12"]["kernel"].shape == (1536, 8192)
+  assert state["blocks"][0]["mlp"]["w3"]["kernel"].shape == (4096, 1536)
+  # vit_giant2 at 518 px has 1,136,480,768 parameters (mask token included) in DINOv2's released file; ours at 224
+  # px differs by the position embeddings: (37² − 16²) · 1536.
+  count = sum(x.size for x in jax.tree.leaves(state))
+  assert count + (37 ** 2 - 16 ** 2) * 1536 == 1_136_480_768
+
+
+def test_separate_ibot_head_scores_the_patch_tokens():
+  config = models.default_config()
+  config.name, config.patch_size, config.image_size, config.dtype = "vit_nano", 4, 16, "float32"
+  config.head.out_dim, config.head.hidden_dim, config.head.bottleneck_dim = 64, 32, 16
+  config.ibot_head.separate = True
+  config.ibot_head.out_dim, config.ibot_head.hidden_dim, config.ibot_head.bottleneck_dim = 48, 24, 8
+  model = models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0))
+  crops = [jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 16, 16, 3)), jnp.float32)]
+  masks = jnp.zeros((2, 3, 16), bool).at[:, :, :5].set(True)
+  out = model(crops, masks)
+  assert out["head"].shape == (2, 3, 64) and out["patch_head"].shape == (2, 3, 16, 48)
+  patch = model.backbone(crops[0].reshape(6, 16, 16, 3), masks.reshape(6, 16))["patch"]
+  np.testing.assert_allclose(out["patch_head"].reshape(6, 16, 48), model.ibot_head(patch), rtol=1e-5, atol=1e-5)
+  assert models.patch_head_out_dim(config) == 48
+  with pytest.raises(ValueError, match="needs a DINO head"):
+    models.create_model(config, head_kind="simdino", rngs=nnx.Rngs(0))

@@ -27,6 +27,24 @@ def test_simdino_steps_run_and_update_the_teacher():
                                             objective_state=False)
 
 
+def test_dinov2_steps_with_a_separate_ibot_head_and_sinkhorn_knopp():
+  """Meta's full-size recipes' iBOT: the patch tokens scored by their own head (other prototypes), Sinkhorn-Knopp
+  teachers: both heads learn, the state holds no centers, and the iBOT head's last layer freezes like the DINO
+  head's."""
+  config = train_utils.tiny_config("dinov2", **{"model.ibot_head.separate": True, "model.ibot_head.out_dim": 48,
+                                                "model.ibot_head.hidden_dim": 24, "model.ibot_head.bottleneck_dim": 8,
+                                                "objective.centering": "sinkhorn_knopp"})
+  setup, before, after, metrics = train_utils.run_steps(config, steps=2)
+  train_utils.assert_steps_update_the_state(setup, before, after, metrics, objective_state=False)
+  assert after.student["ibot_head"]["last_layer"]["v"].shape == (48, 8)
+  assert np.all(np.isfinite([m["ibot"] for m in metrics])) and metrics[-1]["ibot"] > 0
+  moved = lambda part: max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(before.student[part]), jax.tree.leaves(after.student[part])))
+  assert moved("ibot_head") > 0 and moved("head") > 0
+  frozen = optim.frozen_mask(after.student)
+  assert frozen["ibot_head"]["last_layer"]["v"] and not frozen["ibot_head"]["mlp"]["layers"][0]["kernel"]
+
+
 def test_non_finite_step_is_skipped_without_changing_the_state():
   config = train_utils.tiny_config("simdino")
   trainer = train.build(config, num_examples=64)

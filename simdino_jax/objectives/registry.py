@@ -94,7 +94,7 @@ def masked_token_slots(batch_size: int, run_config, shards: int) -> int:
 
 def _mask_groups(batch_size: int, run_config, shards: int) -> tuple[int, int, int]:
   """(A micro-batches, b images per mask group, groups per micro-batch) of masked_tokens."""
-  accum = run_config.get("grad_accum_steps", 1)
+  accum = run_config.grad_accum_steps
   shard_batch, remainder = divmod(batch_size, accum * shards)
   local = run_config.masking.get("group_size", 0) or shard_batch
   if remainder or shard_batch % local:
