@@ -64,11 +64,17 @@ def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=No
   return config
 
 
-def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0) -> float:
-  """`L·n·(24d² + 4nd) + N_p·2·(3p²)·d`: qkv, projection and MLP matmuls, attention, and the patch embedding."""
+def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0,
+                      ffn: str = "mlp") -> float:
+  """`L·n·(8d² + 2F + 4nd) + N_p·2·(3p²)·d`: qkv and projection matmuls, the feed-forward's F multiply-adds per
+  token (GELU MLP: 8d²; SwiGLU: 3·d·h with h = swiglu_hidden_dim(4d)), attention, and the patch embedding."""
+  from simdino_jax.models import vit  # pylint: disable=import-outside-toplevel
+
   patches = (size // patch) ** 2
   tokens = patches + 1 + registers
-  return depth * tokens * (24 * width ** 2 + 4 * tokens * width) + patches * 2 * (patch * patch * 3) * width
+  ffn_macs = 3 * width * vit.swiglu_hidden_dim(4 * width) if ffn == "swiglu" else 8 * width ** 2
+  return (depth * tokens * (8 * width ** 2 + 2 * ffn_macs + 4 * tokens * width)
+          + patches * 2 * (patch * patch * 3) * width)
 
 
 def head_flops_per_token(head_params) -> float:
@@ -76,9 +82,10 @@ def head_flops_per_token(head_params) -> float:
   return float(sum(2 * math.prod(leaf.shape) for leaf in jax.tree.leaves(head_params) if leaf.ndim == 2))
 
 
-def analytic_step_flops(config, head_params, shards: int = 1) -> float:
-  """Matmul FLOPs of one step on `shards` data shards: backbone_cls_flops + ibot_head_flops."""
-  return backbone_cls_flops(config, head_params) + ibot_head_flops(config, head_params, shards)
+def analytic_step_flops(config, head_params, shards: int = 1, patch_head_params=None) -> float:
+  """Matmul FLOPs of one step on `shards` data shards: backbone_cls_flops + ibot_head_flops (the patch tokens
+  through `patch_head_params`, a separate iBOT head, or the CLS head)."""
+  return backbone_cls_flops(config, head_params) + ibot_head_flops(config, head_params, shards, patch_head_params)
 
 
 def backbone_cls_flops(config, head_params) -> float:
@@ -93,22 +100,24 @@ def backbone_cls_flops(config, head_params) -> float:
   a, m = config.aug, config.model
   architecture = models.MODELS.get(m.name)
   vit = lambda size: vit_forward_flops(size, width=architecture.embed_dim, depth=architecture.depth,
-                                       patch=m.patch_size, registers=m.num_registers)
+                                       patch=m.patch_size, registers=m.num_registers, ffn=m.ffn)
   head = head_flops_per_token(head_params)
   student = 2 * vit(a.global_size) + a.n_local * vit(a.local_size) + (2 + a.n_local) * head
   teacher = 2 * vit(a.global_size) + 2 * head
   return config.batch_size * (3 * student + teacher)
 
 
-def ibot_head_flops(config, head_params, shards: int = 1) -> float:
+def ibot_head_flops(config, head_params, shards: int = 1, patch_head_params=None) -> float:
   """The iBOT / SimDINOv2 patch head on its static buffer of S masked-token slots (padding included): `4·S·H`
-  (student forward + backward, teacher forward); S = objectives.registry.masked_token_slots, 0 without masks."""
+  (student forward + backward, teacher forward); S = objectives.registry.masked_token_slots, 0 without masks. H is
+  `patch_head_params`' (a separate iBOT head) when given, else the CLS head's."""
   from simdino_jax import objectives
   from simdino_jax.objectives import registry
 
   if not objectives.get_objective(config.objective).needs_masks:
     return 0.0
-  return 4 * registry.masked_token_slots(config.batch_size, config, shards) * head_flops_per_token(head_params)
+  head = head_params if patch_head_params is None else patch_head_params
+  return 4 * registry.masked_token_slots(config.batch_size, config, shards) * head_flops_per_token(head)
 
 
 def compile_step(config):
@@ -147,7 +156,8 @@ def compile_figures(config) -> dict:
   trainer, compiled, compile_s = compile_step(config)
   cost = compiled_cost(compiled)
   head, shards = trainer.state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS]
-  backbone_cls, ibot = backbone_cls_flops(config, head), ibot_head_flops(config, head, shards)
+  backbone_cls = backbone_cls_flops(config, head)
+  ibot = ibot_head_flops(config, head, shards, trainer.state.student.get("ibot_head"))
   batch = config.batch_size
   slots = registry.masked_token_slots(batch, config, shards) if ibot else 0
   return {"xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
@@ -195,7 +205,8 @@ def time_step(config, trainer, compiled, compile_s: float, *, steps: int, warmup
     seconds = median_seconds(one_step, steps)
 
   cost = compiled_cost(compiled)
-  analytic = analytic_step_flops(config, state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS])
+  analytic = analytic_step_flops(config, state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS],
+                                 state.student.get("ibot_head"))
   stats = jax.devices()[0].memory_stats() or {}
   mfu = lambda flops: flops / seconds / 1e12 / peak_tflops if peak_tflops else None
   return {
@@ -300,7 +311,7 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
   mesh = parallel.create_mesh(devices)
   row = {"chips": len(devices), "per_chip_batch": config.batch_size // len(devices)}
   try:
-    _, compiled, seconds = step_cost.compile_train_step(config, mesh, host_crops=True)
+    setup, compiled, seconds = step_cost.compile_train_step(config, mesh, host_crops=True)
   except Exception as error:  # pylint: disable=broad-except
     message = str(error)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
@@ -315,6 +326,8 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
   return {**row, "fits": capacity_gib is None or cost.total_bytes / gib <= capacity_gib,
           "arguments_gib": cost.argument_bytes / gib, "temp_gib": cost.temp_bytes / gib,
           "total_gib": cost.total_bytes / gib, "capacity_gib": capacity_gib, "tflop_per_chip": cost.flops / 1e12,
+          "xla_over_analytic": cost.flops * len(devices) / analytic_step_flops(
+              config, setup.state.student["head"], len(devices), setup.state.student.get("ibot_head")),
           "all_reduce_mib": moved["all-reduce"] / 2 ** 20, "all_gather_mib": moved["all-gather"] / 2 ** 20,
           "reduce_scatter_mib": moved["reduce-scatter"] / 2 ** 20,
           "other_collectives_mib": (moved["all-to-all"] + moved["collective-permute"]) / 2 ** 20,
@@ -322,7 +335,7 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
 
 
 POD_COLUMNS = ("method", "model", "batch", "chips", "per_chip_batch", "fits", "arguments_gib", "temp_gib",
-               "total_gib", "capacity_gib", "tflop_per_chip", "all_reduce_mib", "all_gather_mib",
+               "total_gib", "capacity_gib", "tflop_per_chip", "xla_over_analytic", "all_reduce_mib", "all_gather_mib",
                "reduce_scatter_mib", "other_collectives_mib", "collectives_in_loops", "compile_s")
 
 

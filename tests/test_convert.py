@@ -483,3 +483,37 @@ def test_dinov2_training_checkpoint_with_swiglu_and_a_separate_ibot_head_in_and_
   holder.backbone, holder.dino_head, holder.ibot_head = (
       TorchViT(**torch_vit), TorchDINOHead(192, 64, 48, 16), TorchDINOHead(192, 80, 40, 24))
   holder.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_released_dinov2_vits14_files_convert_as_docs_convert_md_writes(registers, tmp_path):
+  """docs/convert.md's command for DINOv2's released ViT-S/14 (with and without registers), run as written on a
+  file with the release's keys and shapes (518 px: 37 x 37 positions; random weights); the converted teacher
+  backbone's forward at 224 px equals the PyTorch ViT's, which interpolates its stored grid at run time."""
+  name = "dinov2_vits14_reg4_pretrain.pth" if registers else "dinov2_vits14_pretrain.pth"
+  workdir = "/tmp/dinov2_vits14_reg4" if registers else "/tmp/dinov2_vits14"
+  command = (f"--checkpoint={name} --config=configs/dinov2.py:model=ViT-S/14,registers={registers} "
+             f"--workdir={workdir}")
+  with open(os.path.join(ROOT, "docs", "convert.md")) as f:
+    assert f"python -m simdino_jax.convert from-torch {command}\n" in f.read()
+  torch_model = randomize(TorchViT(dim=384, depth=12, num_heads=6, patch=14, img_size=518, registers=registers,
+                                   layerscale=True, mask_token=True, interpolate_offset=0.0 if registers else 0.1,
+                                   interpolate_antialias=bool(registers)), seed=8 + registers)
+  torch.save({k: torch.from_numpy(v) for k, v in to_numpy_state_dict(torch_model).items()}, tmp_path / name)
+  os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")  # The command runs beside the downloaded file.
+  args = command.replace(f"--workdir={workdir}", f"--workdir={tmp_path / 'converted'}").split()
+  result = subprocess.run([sys.executable, "-m", "simdino_jax.convert", "from-torch", *args], cwd=tmp_path,
+                          env={**train_utils.subprocess_env(), "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pos_embed interpolated from 1369 to 16x16 patch positions" in result.stdout, result.stdout
+  config, params = torch_checkpoints.restore_network(str(tmp_path / "converted"), 0, "teacher")
+  images = images_nchw(2, 224, seed=registers)
+  with torch.no_grad():
+    cls_ref, patch_ref = torch_model.forward_features(images)
+  config.model.dtype = "float32"
+  backbone = our_model(config.model, params).backbone
+  out = backbone(jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
+  scale = float(np.max(np.abs(patch_ref.numpy())))
+  assert float(np.max(np.abs(np.asarray(out["cls"]) - cls_ref.numpy()))) <= 1e-5 * scale * 10
+  assert float(np.max(np.abs(np.asarray(out["patch"]) - patch_ref.numpy()))) <= 1e-5 * scale * 10

@@ -24,10 +24,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "from-torch: where to write the 
                                "to-torch: the run whose checkpoint to export.")
 _IGNORE = flags.DEFINE_list("ignore_keys", [], "from-torch: official key prefixes to leave out on purpose, e.g. "
                             "ibot_head. (relative to a network).")
-_OFFSET = flags.DEFINE_float("interpolate_offset", 0.1, "from-torch: the reference's position-embedding "
-                             "interpolation offset (0.1: DINO, DINOv2; 0: DINOv2's register models).")
-_ANTIALIAS = flags.DEFINE_bool("interpolate_antialias", False, "from-torch: antialiased interpolation (True for "
-                               "DINOv2's register models).")
+_OFFSET = flags.DEFINE_float("interpolate_offset", None, "from-torch: the reference's position-embedding "
+                             "interpolation offset (default: the config's model.interpolate_offset; DINOv2's _reg4 "
+                             "releases: 0, the others 0.1).")
+_ANTIALIAS = flags.DEFINE_bool("interpolate_antialias", None, "from-torch: antialiased interpolation (default: the "
+                               "config's model.interpolate_antialias; True for DINOv2's _reg4 releases).")
 _OUT = flags.DEFINE_string("out", None, "to-torch: the file to write.")
 _FORMAT = flags.DEFINE_enum("format", "pth", ("pth", "safetensors"), "to-torch: file format.")
 _NETWORK = flags.DEFINE_enum("network", "teacher", ("teacher", "student"), "to-torch: which network.")

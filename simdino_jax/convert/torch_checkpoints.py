@@ -68,15 +68,20 @@ def import_network(state_dict: dict, template: dict, *, prefix: str, report: tor
 
 
 def from_torch(checkpoint: str, config, workdir: str, *, ignore_keys: Sequence[str] = (),
-               interpolate_offset: float = 0.1, interpolate_antialias: bool = False) -> dict:
+               interpolate_offset: Optional[float] = None, interpolate_antialias: Optional[bool] = None) -> dict:
   """Converts an official checkpoint into `workdir/checkpoints` (step 0) under `config`; returns what it imported.
 
   Student and teacher come from the checkpoint's `student` / `teacher` networks, or both from its single network
   (a backbone file); heads come along where the checkpoint has them and start fresh otherwise. The optimizer and
   the objective state (e.g. DINO's center) start fresh. Every missing, unknown or misshapen tensor is listed in one
-  error; `ignore_keys` (prefixes, e.g. "ibot_head.") leaves keys out on purpose.
+  error; `ignore_keys` (prefixes, e.g. "ibot_head.") leaves keys out on purpose. The position embeddings are
+  resized with `interpolate_offset` / `interpolate_antialias`, by default the config's model's.
   """
   validation.validate_config(config)
+  # The stored position grid is resized to the config's as the model resizes it at run time.
+  interpolate_offset = config.model.interpolate_offset if interpolate_offset is None else interpolate_offset
+  interpolate_antialias = (config.model.interpolate_antialias if interpolate_antialias is None
+                           else interpolate_antialias)
   directory = storage.path(workdir) / "checkpoints"
   if directory.exists() and any(directory.iterdir()):
     raise FileExistsError(f"{directory} already holds checkpoints; convert into an empty --workdir.")
