@@ -7,38 +7,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS="
-v5e:2x4   dino_vanilla     ViT-S/16 512
-v5p:2x2x2 dino_vanilla     ViT-S/16 512
-v4:2x2x2  dino_vanilla     ViT-S/16 512
-v5e:4x4   dino_boosted     ViT-S/16 1024
-v5p:2x2x4 dino_boosted     ViT-S/16 1024
-v4:2x2x4  dino_boosted     ViT-S/16 1024
-v5e:2x4   dino             ViT-B/16 512
-v5e:4x4   dino             ViT-B/16 512
-v5p:2x2x2 dino             ViT-B/16 512
-v4:2x2x2  dino             ViT-B/16 512
-v5e:2x4   dino_koleo_proto ViT-B/16 512
-v5e:4x4   dino_koleo_proto ViT-B/16 512
-v5p:2x2x2 dino_koleo_proto ViT-B/16 512
-v4:2x2x2  dino_koleo_proto ViT-B/16 512
-v5e:2x4   simdino          ViT-B/16 512
-v5p:2x2x2 simdino          ViT-B/16 512
-v4:2x2x2  simdino          ViT-B/16 512
-v5e:2x4   dinov2           ViT-L/16 1024
-v5e:8x16  dinov2           ViT-L/16 1024
-v5p:2x2x2 dinov2           ViT-L/16 1024
-v4:2x2x2  dinov2           ViT-L/16 1024
-v4:2x2x2  dinov2           ViT-L/16 1024 model.remat=True
-v5e:4x8   dinov2_meta      ViT-L/16 2048
-v5e:8x16  dinov2_meta      ViT-L/16 2048
-v5p:2x4x4 dinov2_meta      ViT-L/16 2048
-v4:2x4x4  dinov2_meta      ViT-L/16 2048
-v4:2x4x4  dinov2_meta      ViT-L/16 2048 model.remat=True
-v5e:2x4   simdinov2        ViT-L/16 1024
-v5e:8x16  simdinov2        ViT-L/16 1024
-v5p:2x2x2 simdinov2        ViT-L/16 1024
-v4:2x2x2  simdinov2        ViT-L/16 1024
-v4:2x2x2  simdinov2        ViT-L/16 1024 model.remat=True
+v5e:2x4   dino_vanilla       ViT-S/16 512
+v5p:2x2x2 dino_vanilla       ViT-S/16 512
+v4:2x2x2  dino_vanilla       ViT-S/16 512
+v5e:4x4   dino_boosted       ViT-S/16 1024
+v5p:2x2x4 dino_boosted       ViT-S/16 1024
+v4:2x2x4  dino_boosted       ViT-S/16 1024
+v5e:2x4   dino               ViT-B/16 512
+v5e:4x4   dino               ViT-B/16 512
+v5p:2x2x2 dino               ViT-B/16 512
+v4:2x2x2  dino               ViT-B/16 512
+v5p:4x4x6 dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True
+v5e:2x4   simdino            ViT-B/16 512
+v5p:2x2x2 simdino            ViT-B/16 512
+v4:2x2x2  simdino            ViT-B/16 512
+v5e:2x4   dinov2             ViT-L/16 1024
+v5e:8x16  dinov2             ViT-L/16 1024
+v5p:2x2x2 dinov2             ViT-L/16 1024
+v4:2x2x2  dinov2             ViT-L/16 1024 model.remat=True
+v5e:8x16  dinov2_meta        ViT-L/16 2048
+v5p:2x4x4 dinov2_meta        ViT-L/16 2048
+v4:2x4x4  dinov2_meta        ViT-L/16 2048 model.remat=True
+v5e:8x16  simdinov2          ViT-L/16 1024
+v5p:2x2x2 simdinov2          ViT-L/16 1024
+v4:2x2x2  simdinov2          ViT-L/16 1024 model.remat=True
+v4:4x4x6  dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True,model.remat=True
+v5e:8x16  dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True,model.remat=True
+v5e:2x4   dino_koleo_proto   ViT-B/16 512
+v5e:4x4   dino_koleo_proto   ViT-B/16 512
+v5p:2x2x2 dino_koleo_proto   ViT-B/16 512
+v4:2x2x2  dino_koleo_proto   ViT-B/16 512
+v4:2x2x2  dinov2             ViT-L/16 1024
+v5e:4x8   dinov2_meta        ViT-L/16 2048
+v4:2x4x4  dinov2_meta        ViT-L/16 2048
+v5e:2x4   simdinov2          ViT-L/16 1024
+v4:2x2x2  simdinov2          ViT-L/16 1024
 "
 echo "$ROWS" | grep -E -e "${1:-.}" | grep -E -v -e "${SKIP:-^$}" | while read -r topology recipe model batch overrides; do
   [ -n "$topology" ] || continue

@@ -460,8 +460,8 @@ class _TfdsSplit:
   def __init__(self, source, size: int, crop: int | None = None):
     self._source, self._decode = source, _Decode(size, crop)
     self.image_shape = (crop or size, crop or size, 3)
-    label = getattr(getattr(source, "dataset_info", None), "features", {}).get("label")
-    self.num_classes = int(getattr(label, "num_classes", 0) or 0)
+    features = source.dataset_info.features
+    self.num_classes = int(getattr(features["label"], "num_classes", 0) or 0) if "label" in features else 0
 
   def __len__(self) -> int:
     return len(self._source)
