@@ -28,6 +28,7 @@ from absl import flags
 from flax import nnx
 
 from simdino_jax import checkpointing
+from simdino_jax import cli
 from simdino_jax import cluster
 from simdino_jax import models
 from simdino_jax import parallel
@@ -154,4 +155,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   _DISTRIBUTED = _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -97,7 +97,8 @@ def test_evaluation_features_are_computed_per_device():
     mesh = parallel.create_mesh(jax.devices()[:devices])
     batch = devices * PER_DEVICE
     rows = jax.ShapeDtypeStruct((batch,), np.int32, sharding=parallel.batch_sharding(mesh))
-    images = jax.ShapeDtypeStruct((batch, 32, 32, 3), np.uint8, sharding=parallel.batch_sharding(mesh))
+    size = config.aug.global_size  # The evaluation view
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8, sharding=parallel.batch_sharding(mesh))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
                             params)
     with jax.set_mesh(mesh):

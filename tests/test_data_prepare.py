@@ -214,3 +214,23 @@ def test_interrupted_build_leaves_nothing_that_looks_prepared(tmp_path):
 def test_unprepared_cifar10_error_says_how_to_prepare(tmp_path):
   with pytest.raises(FileNotFoundError, match="python -m simdino_jax.data.prepare cifar10 --source"):
     sources.create_train_iterator(data_config(tmp_path), batch_size=4, seed=0, process_index=0, process_count=1)
+
+
+def test_evaluation_batches_of_a_tfds_split_decode_in_grain_workers_in_order(cifar_dir):
+  """The evaluation view of a prepared split read by grain (2 worker processes, or threads): the same batches, in
+  the same order, as row-by-row reads; the padding slots zero and invalid."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags (parsed by app.run in a run)
+    flags.FLAGS.mark_as_parsed()
+  split = sources.open_split(data_config(cifar_dir, image_size=32), "test", crop_size=28)
+  expected_images, expected_labels = split.read(np.arange(len(split)))
+  assert expected_images.shape[1:] == (28, 28, 3) and split.num_classes == 10
+  for workers in (0, 2):
+    batches = list(sources.eval_batches(split, batch_size=7, workers=workers))
+    valid = np.concatenate([b["valid"] for b in batches])
+    assert len(batches) == -(-len(split) // 7) and valid.sum() == len(split) and not valid[len(split):].any()
+    images = np.concatenate([b["image"] for b in batches])
+    np.testing.assert_array_equal(images[:len(split)], expected_images)
+    assert not images[len(split):].any()
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:len(split)], expected_labels)

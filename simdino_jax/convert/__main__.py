@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from simdino_jax import cli
 from simdino_jax.convert import torch_layout
 
 COMMANDS = ("from-torch", "to-torch")
@@ -65,4 +66,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

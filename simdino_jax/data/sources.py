@@ -120,24 +120,38 @@ class ArraySplit:
 
 
 def eval_batches(source, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 max_examples: int = 0):
+                 max_examples: int = 0, workers: int = 0):
   """Host batches {"image" uint8 [b,S,S,3], "label" int32 [b], "valid" bool [b]} of this process's rows.
 
   `source` is a split of `open_split` (any object with `len`, `image_shape` and `read(rows)`). Only its first
   `max_examples` rows (0: all) are read; process p takes rows p, p + P, ... of them, and every process yields the
   same number of batches, the last ones padded with zero images marked `valid=False`. `batch_size` is per
-  process; one batch is decoded at a time.
+  process; a TFDS split decodes in `workers` grain workers (`read_batches`).
   """
   total = min(len(source), max_examples) if max_examples else len(source)
   if total == 0 or batch_size < 1:
     raise ValueError(f"Need a non-empty split and batch_size >= 1; got {total} examples, batch_size {batch_size}.")
   rows = np.arange(process_index, total, process_count)
-  for start in range(0, -(-total // process_count), batch_size):
-    chunk = rows[start:start + batch_size]
-    batch = {"image": np.zeros((batch_size, *source.image_shape), np.uint8),
-             "label": np.full((batch_size,), -1, np.int32), "valid": np.arange(batch_size) < len(chunk)}
-    if len(chunk):
-      batch["image"][:len(chunk)], batch["label"][:len(chunk)] = source.read(chunk)
+  num_batches = -(-(-(-total // process_count)) // batch_size)
+  padded = np.full(num_batches * batch_size, -1, np.int64)
+  padded[:len(rows)] = rows
+  yield from read_batches(source, padded.reshape(num_batches, batch_size), workers=workers)
+
+
+def read_batches(source, rows: np.ndarray, *, workers: int = 0):
+  """Host batches {"image" uint8 [b, S, S, 3], "label" int32 [b], "valid" bool [b]} of `source`'s rows [n, b]
+  (-1: a padding slot, a zero image marked invalid), in order. A TFDS split decodes in `workers` grain worker
+  processes (-1: one per usable CPU; 0: threads of this process), a few batches ahead; host memory O(batch)."""
+  workers = _usable_cpus() if workers < 0 else workers
+  if isinstance(source, _TfdsSplit):
+    yield from source.batches(rows, workers=workers)
+    return
+  for chunk in rows:
+    valid = chunk >= 0
+    batch = {"image": np.zeros((len(chunk), *source.image_shape), np.uint8),
+             "label": np.full((len(chunk),), -1, np.int32), "valid": valid}
+    if valid.any():
+      batch["image"][valid], batch["label"][valid] = source.read(chunk[valid])
     yield batch
 
 
@@ -454,6 +468,35 @@ def _usable_cpus() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+class _RowBatches:
+  """A grain data source whose i-th element is the records of `rows[i]` (None at -1) of `source`."""
+
+  def __init__(self, source, rows: np.ndarray):
+    self._source, self._rows = source, rows
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, index: int):
+    return [None if row < 0 else self._source[int(row)] for row in self._rows[index]]
+
+
+class _DecodeBatch:
+  """Records (None: padding) -> one host batch {"image", "label", "valid"} through `decode`."""
+
+  def __init__(self, decode, image_shape):
+    self._decode, self._shape = decode, image_shape
+
+  def __call__(self, records) -> dict[str, np.ndarray]:
+    batch = {"image": np.zeros((len(records), *self._shape), np.uint8),
+             "label": np.full((len(records),), -1, np.int32), "valid": np.zeros((len(records),), bool)}
+    for i, record in enumerate(records):
+      if record is not None:
+        example = self._decode(record)
+        batch["image"][i], batch["label"][i], batch["valid"][i] = example["image"], example["label"], True
+    return batch
+
+
 class _TfdsSplit:
   """A TFDS data source read by rows, each record decoded by `_Decode` when read."""
 
@@ -465,6 +508,19 @@ class _TfdsSplit:
 
   def __len__(self) -> int:
     return len(self._source)
+
+  def batches(self, rows: np.ndarray, *, workers: int):
+    """`read_batches` of this split: each element of the grain pipeline is one whole batch (so worker processes
+    keep the order and the batch boundaries), decoded in `workers` processes or, with 0, in 4 threads."""
+    import grain  # pylint: disable=import-outside-toplevel
+
+    batches = grain.MapDataset.source(_RowBatches(self._source, rows)).map(
+        _DecodeBatch(self._decode, self.image_shape))
+    read = grain.ReadOptions(num_threads=1 if workers else 4, prefetch_buffer_size=2 if workers else 4)
+    batches = batches.to_iter_dataset(read)
+    if workers:
+      batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    yield from batches
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     examples = [self._decode(record) for record in self._source.__getitems__([int(r) for r in rows])]

@@ -167,34 +167,27 @@ def _init_heads(key, grid: ProbeGrid, width: int, num_classes: int) -> list[dict
   return heads
 
 
-def train_batches(source, *, batch_size: int, steps: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, num_rows: int = 0):
-  """`steps` host batches {"image", "label"} of this process's share (batch_size / processes images) of global
-  batches drawn without replacement from seeded per-pass permutations of the split's first `num_rows` rows (0: all;
-  an epoch is a pass; DINOv2's epochs of 1,250 iterations run across passes like its infinite sampler)."""
-  n, per_process = num_rows or len(source), batch_size // process_count
-  order = np.empty(0, np.int64)
-  for epoch in itertools.count():
-    while len(order) < batch_size:
-      order = np.concatenate([order, np.random.default_rng([seed, epoch]).permutation(n)])
-      epoch += 1
-    rows, order = order[:batch_size], order[batch_size:]
-    mine = rows[process_index * per_process:(process_index + 1) * per_process]
-    images, labels = source.read(mine)
-    yield {"image": images, "label": labels}
-    steps -= 1
-    if not steps:
-      return
+def train_rows(num_rows: int, *, batch_size: int, steps: int, seed: int, process_index: int = 0,
+               process_count: int = 1) -> np.ndarray:
+  """[steps, batch_size / processes] rows of this process's share of each global batch, drawn without replacement
+  from seeded per-pass permutations of `num_rows` rows (an epoch is a pass; DINOv2's epochs of 1,250 iterations run
+  across passes like its infinite sampler). Integers only: host memory O(steps · batch), never O(images)."""
+  order, passes = [], 0
+  while sum(len(o) for o in order) < steps * batch_size:
+    order.append(np.random.default_rng([seed, passes]).permutation(num_rows))
+    passes += 1
+  rows = np.concatenate(order)[:steps * batch_size].reshape(steps, process_count, batch_size // process_count)
+  return rows[:, process_index]
 
 
 def train_augmented_probe(config, mesh, backbone_params: Any, train_source, val_source, *, num_classes: int,
                           grid: ProbeGrid, interpolation: str, epochs: int, steps_per_epoch: int, batch_size: int,
                           per_epoch_schedule: bool, report: str, eval_batch_size: int = 256,
-                          max_train_examples: int = 0, max_test_examples: int = 0,
+                          max_train_examples: int = 0, max_test_examples: int = 0, workers: int = 0,
                           log: Callable[[str], None] = lambda line: None) -> AugmentedProbeResult:
   """Trains the grid's heads for `epochs` × `steps_per_epoch` steps (0: one pass over the training split) of
   `batch_size` augmented images and evaluates every head on the validation split after each epoch (each split
-  capped at its first max_*_examples rows, 0: all)."""
+  capped at its first max_*_examples rows, 0: all; a TFDS split decoded in `workers` grain workers)."""
   train_total = min(len(train_source), max_train_examples) if max_train_examples else len(train_source)
   val_total = min(len(val_source), max_test_examples) if max_test_examples else len(val_source)
   process_count, process_index = jax.process_count(), jax.process_index()
@@ -213,19 +206,20 @@ def train_augmented_probe(config, mesh, backbone_params: Any, train_source, val_
   heads = jax.device_put(heads, replicated)
   velocity = jax.device_put(probe.momentum.init(heads), replicated)
   history = []
-  batches = train_batches(train_source, batch_size=batch_size, steps=total, seed=int(config.seed),
-                          process_index=process_index, process_count=process_count, num_rows=train_total)
+  rows = train_rows(train_total, batch_size=batch_size, steps=total, seed=int(config.seed),
+                    process_index=process_index, process_count=process_count)
+  batches = sources.read_batches(train_source, rows, workers=workers)
   eval_rows = features_lib.eval_batch_size(eval_batch_size, devices)
   with jax.set_mesh(mesh):
     for step, host in enumerate(batches):
-      batch = parallel.global_batch(host, mesh)
+      batch = parallel.global_batch({"image": host["image"], "label": host["label"]}, mesh)
       heads, velocity, loss = probe.train_step(heads, velocity, backbone_params, batch["image"], batch["label"],
                                                jnp.int32(step))
       if (step + 1) % steps_per_epoch == 0:
         correct = np.zeros(len(grid.head_names()), np.int64)
         for val in sources.eval_batches(val_source, batch_size=eval_rows // process_count,
                                         process_index=process_index, process_count=process_count,
-                                        max_examples=val_total):
+                                        max_examples=val_total, workers=workers):
           val = parallel.global_batch(val, mesh)
           correct += np.asarray(probe.val_correct(heads, backbone_params, val["image"], val["label"], val["valid"]))
         history.append(correct / val_total)

@@ -9,6 +9,7 @@ A new evaluator is a factory `(options, inputs: EvalInputs) -> run` in its own f
 
 from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -61,7 +62,8 @@ def labelled_features(inputs: EvalInputs, feature_fn: Callable, backbone: dict, 
 
   def extract(source, max_examples):
     return features_lib.split_features(feature_fn, backbone, source, batch_size=settings.batch_size,
-                                       mesh=inputs.mesh, max_examples=max_examples)
+                                       mesh=inputs.mesh, max_examples=max_examples,
+                                       workers=int(inputs.config.data.workers))
 
   test_features, test_labels = extract(inputs.test_source, settings.max_test_examples)
   train_features, train_labels = (extract(inputs.train_source, settings.max_train_examples) if train
@@ -147,10 +149,16 @@ def _augmented_probe_evaluator(options, inputs: EvalInputs) -> Run:
         steps_per_epoch=int(options.steps_per_epoch), batch_size=int(options.batch_size),
         per_epoch_schedule=bool(options.per_epoch_schedule), report=options.report,
         eval_batch_size=int(config.eval.batch_size), max_train_examples=int(config.eval.max_train_examples),
-        max_test_examples=int(config.eval.max_test_examples))
+        max_test_examples=int(config.eval.max_test_examples), workers=int(config.data.workers),
+        log=_say_on_process_0)
     return result.metrics()
 
   return run
+
+
+def _say_on_process_0(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
 
 EVALUATORS.add("knn", knn_evaluator)

@@ -102,15 +102,16 @@ def _keep_valid(result, features: list, labels: list) -> None:
 
 
 def split_features(feature_fn: Callable, params: Any, source, *, batch_size: int, mesh,
-                   max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   max_examples: int = 0, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """`extract_features` of a split (`simdino_jax.data.open_split`), `batch_size` images per global batch.
 
-  Each process reads its own rows; `max_examples` caps the split before any image is read.
+  Each process reads its own rows (a TFDS split decoded in `workers` grain workers, `sources.read_batches`);
+  `max_examples` caps the split before any image is read.
   """
   process_count = jax.process_count()
   batch_size = eval_batch_size(batch_size, mesh.devices.size)
   if batch_size % process_count:
     raise ValueError(f"Evaluation batch size {batch_size} is not divisible by the {process_count} processes.")
   batches = sources.eval_batches(source, batch_size=batch_size // process_count, process_index=jax.process_index(),
-                                 process_count=process_count, max_examples=max_examples)
+                                 process_count=process_count, max_examples=max_examples, workers=workers)
   return extract_features(feature_fn, params, batches, mesh=mesh)
