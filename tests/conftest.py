@@ -45,8 +45,9 @@ _create_mesh = parallel.create_mesh
 
 # The longest files first: pytest-xdist hands whole files to its 2 workers in collection order, so no long file starts
 # last and runs alone while the other worker waits.
-LONGEST_FIRST = ("test_distributed.py", "test_train.py", "test_storage.py", "test_models.py", "test_gpu_check.py",
-                 "test_convert.py", "test_sweep.py", "test_masked_patch_head.py", "test_reproduce.py",
+LONGEST_FIRST = ("test_distributed.py", "test_convert.py", "test_data_parallel.py", "test_train.py",
+                 "test_storage.py", "test_preemption.py", "test_models.py", "test_gpu_check.py", "test_sweep.py",
+                 "test_eval_protocols.py", "test_masked_patch_head.py", "test_reproduce.py",
                  "test_imagenet_prepare.py", "test_benchmark.py", "test_data_augment.py", "test_evaluate.py",
                  "test_guards.py", "test_operations.py")
 

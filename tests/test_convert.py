@@ -512,8 +512,7 @@ def test_released_dinov2_vits14_files_convert_as_docs_convert_md_writes(register
   with torch.no_grad():
     cls_ref, patch_ref = torch_model.forward_features(images)
   config.model.dtype = "float32"
-  backbone = our_model(config.model, params).backbone
-  out = backbone(jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
+  cls, patch, _ = _forward(our_model(config.model, params), jnp.asarray(images.numpy().transpose(0, 2, 3, 1)), None)
   scale = float(np.max(np.abs(patch_ref.numpy())))
-  assert float(np.max(np.abs(np.asarray(out["cls"]) - cls_ref.numpy()))) <= 1e-5 * scale * 10
-  assert float(np.max(np.abs(np.asarray(out["patch"]) - patch_ref.numpy()))) <= 1e-5 * scale * 10
+  assert float(np.max(np.abs(np.asarray(cls) - cls_ref.numpy()))) <= 1e-4 * scale
+  assert float(np.max(np.abs(np.asarray(patch) - patch_ref.numpy()))) <= 1e-4 * scale

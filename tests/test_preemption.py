@@ -39,7 +39,9 @@ def test_kills_at_random_instants_resume_bitwise(backend, tmp_path, reference, m
     workdir = "gs://bucket/run" if backend == "gs" else str(tmp_path / "run")
     phases, output = kill_restart.run_until_done(workdir, env, kills=1, seed=1, steps=STEPS)
     assert len(phases) == 1 and "done: step" in output, (phases, output[-2000:])
-    assert phases[0].startswith("inside the save"), phases  # seed 1 lands inside a save on both backends
+    # Where the kill lands depends on the box's speed (seed 1 landed inside a save on both backends, and between
+    # saves on an idle box); `python -m tests.kill_restart --kills=10` covers the phases (docs/operations.md).
+    assert phases[0].startswith(("inside the save", "between saves", "before the first save")), phases
     final = kill_restart.final_state(workdir, STEPS)
   finally:
     if server is not None:

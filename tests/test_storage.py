@@ -183,7 +183,7 @@ def test_tfds_data_on_a_bucket_is_refused_with_the_supported_ways(bucket, tmp_pa
   storage.check_data_dir(config.data)
 
 
-STEPS = 8  # A checkpoint every 2 steps; the job is SIGKILLed after that of step 4.
+STEPS = 12  # A checkpoint every 2 steps; the job is SIGKILLed after that of step 4 (4 saves before its end).
 
 
 def _job_config():
