@@ -1,6 +1,7 @@
 """What the command-line entry points share: absl flag parsing that turns bad input into one line, a quiet console
-(third-party INFO and WARNING logging off unless `--verbosity=0` or higher asks for it: the storage libraries'
-notices on a bucket, Orbax's save timings; the project's own messages are printed), and the installed console
+(third-party logging off unless `--verbosity=0` or higher asks for it: the storage libraries' notices on a
+bucket, Orbax's save timings and the reads of a damaged checkpoint it gives up; the project prints its own
+messages, and every failure that matters reaches it as an exception, said in one line), and the installed console
 scripts.
 
 Every entry point is also a module: `simdino-train` runs exactly `python -m simdino_jax.main`, and so on.
@@ -75,7 +76,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"--config: no config file {path!r} (from {os.getcwd()}); the experiment configs are in configs/, "
              "e.g. --config=configs/digits.py.")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.FATAL)
   return remaining
 
 
