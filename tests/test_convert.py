@@ -235,6 +235,16 @@ def import_clean(state_dict, config, **kwargs) -> dict:
   return params
 
 
+def chunked_backbone(backbone, *, blocks_per_chunk: int) -> dict:
+  """`backbone.*` keys of a DINOv2 training checkpoint: FSDP block chunks `blocks.<chunk>.<i>.` (i over all blocks)."""
+  out = {}
+  for key, value in to_numpy_state_dict(backbone).items():
+    if key.startswith("blocks."):
+      key = f"blocks.{int(key.split('.')[1]) // blocks_per_chunk}.{key[len('blocks.'):]}"
+    out["backbone." + key] = value
+  return out
+
+
 def images_nchw(batch, size, seed=0):
   return torch.from_numpy(np.random.default_rng(seed).normal(size=(batch, 3, size, size)).astype(np.float32))
 
@@ -312,12 +322,7 @@ def test_dinov2_style_registers_layerscale_and_interpolation_equal_pytorch(offse
   head = randomize(TorchDINOHead(192, 64, 48, 16, parametrizations=True), seed=4)
   config = model_config("ViT-T/14", patch=14, image_size=56, registers=4, layerscale=1e-5)
   # DINOv2's teacher_checkpoint.pth: backbone with FSDP block chunks (blocks.<chunk>.<i>.), dino_head.
-  state_dict = {}
-  for key, value in to_numpy_state_dict(backbone).items():
-    if key.startswith("blocks."):
-      index = int(key.split(".")[1])
-      key = f"blocks.{index // 4}.{key[len('blocks.'):]}"
-    state_dict["backbone." + key] = value
+  state_dict = chunked_backbone(backbone, blocks_per_chunk=4)
   state_dict.update({"dino_head." + k: v for k, v in to_numpy_state_dict(head).items()})
   networks = torch_layout.networks({"teacher": state_dict})
   params = import_clean(networks["teacher"], config, interpolate_offset=offset, interpolate_antialias=antialias)
@@ -458,12 +463,7 @@ def test_dinov2_training_checkpoint_with_swiglu_and_a_separate_ibot_head_in_and_
   ibot_head = randomize(TorchDINOHead(192, 80, 40, 24, parametrizations=True), seed=7)
   config = model_config("ViT-T/14", patch=14, image_size=56, layerscale=1e-5, ffn="swiglu",
                         ibot_head=(80, 40, 24))
-  network = {}
-  for key, value in to_numpy_state_dict(backbone).items():
-    if key.startswith("blocks."):
-      index = int(key.split(".")[1])
-      key = f"blocks.{index // 3}.{key[len('blocks.'):]}"
-    network["backbone." + key] = value
+  network = chunked_backbone(backbone, blocks_per_chunk=3)
   network.update({"dino_head." + k: v for k, v in to_numpy_state_dict(dino_head).items()})
   network.update({"ibot_head." + k: v for k, v in to_numpy_state_dict(ibot_head).items()})
   checkpoint = {"model": {f"{name}.{k}": v for name in ("student", "teacher") for k, v in network.items()}}
