@@ -11,6 +11,8 @@ import getpass
 import os
 import pathlib
 import socket
+import sys
+import tempfile
 from urllib import parse
 
 import jax
@@ -110,9 +112,6 @@ def _first_tensorstore_request(location: str, bucket: str) -> None:
   """Makes this process's first request through tensorstore's GCS driver (Orbax writes array data through it)
   with the file descriptor of stderr caught, so that the line its C++ logger prints while it looks for
   credentials is dropped; anything else written meanwhile is passed on. A failed request is a StorageError."""
-  import tempfile  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-
   import tensorstore as ts  # pylint: disable=import-outside-toplevel
 
   sys.stderr.flush()
