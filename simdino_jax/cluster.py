@@ -6,11 +6,16 @@ on (required) initializes it through the same detection and fails when none is f
 `--coordinator_address/--num_processes/--process_id` always win. It must run before JAX touches a device.
 
 Under jax.distributed a watch thread notices a dead peer within PEER_TIMEOUT_S and stops this process with one line
-(`PeerWatch`): JAX's own heartbeat timeout would abort it later with a C++ stack dump.
+(`PeerWatch`): JAX's own heartbeat timeout would abort it later with a C++ stack dump. The coordinator's death is
+different: JAX's client aborts the process the moment its connection to the coordinator breaks; a SIGABRT handler
+(`_stop_on_runtime_abort`) then says the same line before the process exits.
 """
 
 import atexit
+import ctypes
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -27,6 +32,7 @@ PEER_TIMEOUT_S = 10
 PEER_BEAT_S = 1.0
 _KEY = "simdino_jax/peer_watch/"
 _EXITED = "exited"
+_COORDINATOR_LOST = "the coordinator: it stopped answering; killed, crashed or its host is down"
 
 
 def define_flags() -> dict:
@@ -104,6 +110,7 @@ class PeerWatch(threading.Thread):
     self.describe: Callable[[], str] = lambda: "Nothing is saved after the loss"
     self.lost = threading.Event()
     self._stopped = threading.Event()
+    self._stopping = threading.Lock()  # Taken once, never released: the first to stop the process says why.
 
   def run(self) -> None:
     seen = {}  # peer -> (counter, time.monotonic() when it last moved)
@@ -115,7 +122,7 @@ class PeerWatch(threading.Thread):
         counters = dict(self.client.key_value_dir_get(_KEY))
       except Exception:  # pylint: disable=broad-except  # The coordinator's RPC errors have several types.
         if not self._stopped.is_set():
-          self._stop_process(0, "the coordinator stopped answering")
+          self._stop_process(0, _COORDINATOR_LOST)
         return
       now = time.monotonic()
       for peer in range(self.num_processes):
@@ -129,6 +136,7 @@ class PeerWatch(threading.Thread):
       self._stopped.wait(PEER_BEAT_S)
 
   def _stop_process(self, peer: int, why: str) -> None:
+    self._stopping.acquire()  # A second caller (the abort handler and this thread at once) waits for the exit.
     self.lost.set()
     sys.stdout.flush()
     print(f"error: lost process {peer} of {self.num_processes} ({why}); process {self.process_id} stops too. "
@@ -157,6 +165,36 @@ def _start_peer_watch() -> None:
   _watch = PeerWatch(distributed.global_state.client, jax.process_index(), jax.process_count())
   atexit.register(_watch.mark_exited)  # Registered after JAX's shutdown hook, so it runs before it.
   _watch.start()
+  if jax.process_index() != 0:
+    _stop_on_runtime_abort(_watch, distributed.global_state.coordinator_address)
+
+
+_ABORT_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+_abort_handler = None  # Referenced here for the life of the process: libc holds only its address.
+
+
+def _stop_on_runtime_abort(watch: PeerWatch, coordinator_address: str) -> None:
+  """When process 0 dies, JAX's client in every other process calls abort() from a C++ thread within a second
+  (its error poll to the coordinator fails; no Python hook exists: a Python `missed_heartbeat_callback` cannot take
+  the C++ status and aborts too). Python's own signal handlers run too late, after abort() has ended the process, so
+  this installs a C-level SIGABRT handler through libc: when the coordinator's port no longer accepts a connection,
+  it says PeerWatch's one line (process 0, the last finished checkpoint) and exits with status 1. Any other abort
+  goes on as before."""
+  global _abort_handler
+  host, port = coordinator_address.rsplit(":", 1)
+
+  def on_abort(signum: int) -> None:
+    del signum
+    try:
+      socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+      watch._stop_process(0, _COORDINATOR_LOST)  # pylint: disable=protected-access
+    # The coordinator answers: not its death. Returning lets abort() go on (default action: exit status 134).
+
+  libc = ctypes.CDLL(None)
+  libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, _ABORT_HANDLER]
+  _abort_handler = _ABORT_HANDLER(on_abort)
+  libc.signal(signal.SIGABRT, _abort_handler)
 
 
 def describe_progress(describe: Callable[[], str]) -> None:

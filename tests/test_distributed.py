@@ -1,6 +1,7 @@
 """Many devices and processes: training on 8 devices, and on 2 processes × 2 CPU devices (jax.distributed with
 gloo on localhost), follows the trajectory of one device; SIGTERM reaching one process stops both at one saved step;
-SIGKILL of one process stops the other in one line, and launch/local.sh restarts both to the uninterrupted result.
+SIGKILL of one process stops the other in one line, and launch/local.sh restarts both to the uninterrupted result;
+SIGKILL of the coordinator stops the other with the same line.
 
 All use the parity config (DINOv2: masks, centers, KoLeo), so each of its steps (1 device, 8 devices, 2 processes)
 compiles once for the file, and its one-device run is shared: the reference of both parity tests, and the DINO-head
@@ -171,6 +172,43 @@ def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both
   assert reference.returncode == 0, reference_output[-4000:]
   final, expected = (_restore(tmp_path / name, 10) for name in ("work", "reference"))
   jax.tree.map(np.testing.assert_array_equal, final, expected)
+
+
+def test_the_coordinators_death_stops_the_other_process_in_one_line(tmp_path):
+  """Process 0 (the coordinator: JAX's distributed service lives in it) is SIGKILLed once a checkpoint has finished:
+  process 1 stops within seconds, its last line the project's, naming process 0 and the last finished checkpoint,
+  exits 1 and saves nothing more. (JAX's client prints its C++ fatal message first: it aborts the process the moment
+  the coordinator's connection breaks, and cluster.py's SIGABRT handler says the line.)"""
+  config = train_utils.parity_config()  # The 2-process step above, from its compilation cache.
+  config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 10_000, 2, True
+  work = tmp_path / "work"
+  port = str(train_utils.free_port())
+  procs = [subprocess.Popen(train_utils.main_command(work, config) + [
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=train_utils.subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  deadline = time.time() + 300
+  while not ((work / "checkpoints" / "2" / "commit_success.txt").exists() or procs[1].poll() is not None
+             or time.time() > deadline):
+    time.sleep(0.05)
+  procs[0].send_signal(signal.SIGKILL)
+  killed = time.time()
+  entries_at_the_kill = set(os.listdir(work / "checkpoints"))
+  output = procs[1].communicate(timeout=60)[0]
+  stopped_after = time.time() - killed
+  procs[0].communicate(timeout=60)
+  assert procs[1].returncode == 1, output[-4000:]
+  last_line = output.rstrip("\n").splitlines()[-1]
+  last = int(re.search(r"The last finished checkpoint is step (\d+) in ", last_line).group(1))
+  assert last_line == (
+      "error: lost process 0 of 2 (the coordinator: it stopped answering; killed, crashed or its host is down); "
+      f"process 1 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart every "
+      'process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; docs/operations.md, "Dead '
+      'workers and restarts").'), output[-4000:]
+  assert sum(line.startswith("error: lost process") for line in output.splitlines()) == 1, output[-4000:]
+  assert last >= 2 and set(os.listdir(work / "checkpoints")) == entries_at_the_kill
+  assert stopped_after < 15, stopped_after
+  print(f"process 1 stopped {stopped_after:.1f} s after process 0 was killed")
 
 
 def _restore(workdir, step: int):
