@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator check: every figure of one GPU in one command (see launch/README.md and simdino_jax/gpu_check.py).
+# The accelerator check: every figure of one GPU in one command (see launch/README.md and simdino_jax/tools/gpu_check.py).
 #   launch/gpu_check.sh prepare DIR     here, once: wheels the GPU image lacks + the compact CIFAR-10 of DIR
 #                                       (train.npz, test.npz) into .gpu_check/
 #   launch/gpu_check.sh run OUT [...]   on the GPU machine (carry .gpu_check): installs the wheels, runs the check
@@ -24,7 +24,7 @@ case "${1:-}" in
       export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
     fi
     mkdir -p "$OUT_DIR"
-    PYTHONUNBUFFERED=1 python3 -m simdino_jax.gpu_check --out="$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/log.txt"
+    PYTHONUNBUFFERED=1 python3 -m simdino_jax.tools.gpu_check --out="$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/log.txt"
     ;;
   *)
     echo "usage: launch/gpu_check.sh prepare COMPACT_CIFAR10_DIR | run OUT_DIR [flags...]" >&2

@@ -45,6 +45,6 @@ v4:2x2x2  simdinov2          ViT-L/16 1024
 "
 echo "$ROWS" | grep -E -e "${1:-.}" | grep -E -v -e "${SKIP:-^$}" | while read -r topology recipe model batch overrides; do
   [ -n "$topology" ] || continue
-  ${PYTHON:-python} -m simdino_jax.benchmark --compile_only --topology="$topology" --methods="$recipe" \
+  ${PYTHON:-python} -m simdino_jax.tools.benchmark --compile_only --topology="$topology" --methods="$recipe" \
     --models="$model" --batch="$batch" ${overrides:+--set="$overrides"} 2>&1 | grep -E '^\||chips' | grep -v -- '---'
 done

@@ -89,5 +89,5 @@ def _module(name: str):
 
 train = _module("simdino_jax.main")
 evaluate = _module("simdino_jax.evaluate")
-reproduce = _module("simdino_jax.reproduce")
-prepare = _module("simdino_jax.data.prepare")
+reproduce = _module("simdino_jax.tools.reproduce")
+prepare = _module("simdino_jax.tools.prepare")

@@ -5,7 +5,7 @@ and compiles it for the mesh's devices, which may be the devices of a TPU slice 
 (`tpu_devices("v5e:4x4")`, through libtpu). `StepCost` reads what XLA reports per device: FLOPs
 (`cost_analysis`), arguments / outputs / temporaries (`memory_analysis`), and every collective of the optimized HLO
 with the bytes it moves. The data-parallel test (tests/test_data_parallel.py) and the pod table of
-docs/benchmarks.md (`python -m simdino_jax.benchmark --compile_only --topology=...`) are built on it.
+docs/benchmarks.md (`python -m simdino_jax.tools.benchmark --compile_only --topology=...`) are built on it.
 """
 
 import dataclasses

@@ -2,7 +2,7 @@
 
 `path("gs://bucket/run")` keeps its scheme (epath reads and writes it through gcsfs, see simdino_jax/__init__.py);
 a local path becomes absolute (Orbax wants absolute paths). Shared files are written by process 0 only
-(`write_shared`). `check_access` and `check_data_dir` turn what would fail mid-run on cloud storage into one line
+(`write_shared`). `check_access` and `check_writable_folder` turn what would fail mid-run on cloud storage into one line
 before anything runs (docs/operations.md, "Cloud storage").
 """
 
@@ -134,7 +134,7 @@ def _first_tensorstore_request(location: str, bucket: str) -> None:
                        f"gs://{bucket}: {str(error).splitlines()[0]}")
 
 
-def _nearest_existing(location: str, what: str) -> pathlib.Path:
+def nearest_existing_folder(location: str, what: str) -> pathlib.Path:
   """The nearest existing folder of a local path (itself or an ancestor); StorageError when it is a file."""
   target = pathlib.Path(location).expanduser().absolute()
   ancestor = next(p for p in (target, *target.parents) if p.exists())
@@ -152,26 +152,7 @@ def check_writable_folder(location: str | os.PathLike, what: str = "--workdir") 
   if is_remote(location):
     check_access(location)
     return
-  ancestor = _nearest_existing(location, what)
+  ancestor = nearest_existing_folder(location, what)
   if not os.access(ancestor, os.W_OK | os.X_OK):
     raise StorageError(f"{what}={location}: no permission to write in {ancestor} (user {getpass.getuser()}). "
                        f"Choose a {what} you can write, or grant write access to {ancestor}.")
-
-
-def check_data_dir(data_config) -> None:
-  """Raises StorageError when `data_config` reads a TFDS array_record dataset from cloud storage: array_record's
-  reader (under grain) opens local files only. The built-in datasets and npz files (data.path) read gs:// paths."""
-  data_dir = data_config.get("data_dir")
-  if data_dir and not is_remote(data_dir):
-    _nearest_existing(data_dir, "--config.data.data_dir")
-  if not data_dir or not is_remote(data_dir):
-    return
-  from simdino_jax.data import sources  # pylint: disable=import-outside-toplevel
-
-  if data_config.name in sources.source_names():
-    return
-  raise StorageError(
-      f"--config.data.data_dir={data_dir}: the TFDS array_record files of {data_config.name!r} are read by "
-      "array_record, which opens local files only. Copy the dataset to local disk (gcloud storage cp -r "
-      f"{data_dir}/{data_config.name} /data/tfds/ and --config.data.data_dir=/data/tfds), or mount the bucket "
-      "with GCSFuse and pass the mount's path (docs/operations.md, \"Cloud storage\").")

@@ -371,7 +371,7 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   goodput = metrics_lib.Goodput()
   validation.validate_config(config)
   storage.check_writable_folder(workdir)  # A bad path or bucket: one line, before anything is built or written.
-  storage.check_data_dir(config.data)
+  data_lib.sources.check_data_dir(config.data)
   use_compilation_cache(config.compilation_cache, workdir)
   cluster.describe_progress(lambda: _last_checkpoint_sentence(workdir))
   process_count = jax.process_count()

@@ -5,10 +5,10 @@ import math
 import numpy as np
 from flax import nnx
 
-from simdino_jax import benchmark
+from simdino_jax.tools import benchmark
 from simdino_jax import objectives
 from simdino_jax import train
-from simdino_jax.data import benchmark as data_benchmark
+from simdino_jax.tools import benchmark_data as data_benchmark
 from tests import train_utils
 
 
@@ -82,7 +82,7 @@ def test_compiling_for_a_tpu_slice_without_libtpu_says_how_to_install_it():
 
   assert importlib.util.find_spec("libtpu") is None, "this test checks the message of a machine without libtpu"
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.benchmark", "--compile_only", "--topology=v5e:2x2", "--methods=dino",
+      [sys.executable, "-m", "simdino_jax.tools.benchmark", "--compile_only", "--topology=v5e:2x2", "--methods=dino",
        "--models=ViT-S/16", "--batch=64"], capture_output=True, text=True, timeout=300, env=train_utils.subprocess_env())
   assert result.returncode != 0
   lines = [line for line in result.stderr.splitlines() if line.strip()]

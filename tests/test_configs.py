@@ -12,9 +12,9 @@ import pytest
 from simdino_jax import configs
 from simdino_jax import objectives
 from simdino_jax import optim
-from simdino_jax import reproduce
 from simdino_jax import validation
 from simdino_jax.objectives import registry
+from simdino_jax.tools import reproduce
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,7 +170,7 @@ def test_reproduction_pairs_differ_only_in_the_objective_and_the_papers_changes(
 
 def test_recipes_load_by_name_outside_the_repository(tmp_path):
   env = {**train_utils.subprocess_env(), "PYTHONPATH": ROOT}
-  code = ("from simdino_jax import configs, reproduce; "
+  code = ("from simdino_jax import configs; from simdino_jax.tools import reproduce; "
           "print(sorted(configs.load(n).objective.name for n in configs.names())); "
           "print(reproduce.method_config('simdino', preset='quick', dataset='digits', model='vit_micro', epochs=1.0, "
           "batch=64, eval_every=1.0, seed=0).objective.name)")

@@ -19,12 +19,12 @@ import torch
 from flax import nnx
 from torch import nn
 
-from configs import digits
 from simdino_jax import data as data_lib
 from simdino_jax import evaluate
 from simdino_jax import models
 from simdino_jax import parallel
 from simdino_jax import train
+from simdino_jax.configs import digits
 from simdino_jax.convert import torch_checkpoints
 from simdino_jax.convert import torch_layout
 from simdino_jax.evaluation import features as features_lib

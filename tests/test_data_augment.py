@@ -232,7 +232,7 @@ def test_multicrop_without_local_crops_has_no_local_key():
 
 
 def test_show_crops_writes_a_picture_of_real_cifar10_crops(tmp_path):
-  from simdino_jax.data import prepare, show_crops  # pylint: disable=import-outside-toplevel
+  from simdino_jax.tools import prepare, show_crops  # pylint: disable=import-outside-toplevel
   images, _ = prepare.read_cifar10_batch(train_utils.shared_data("cifar10", "test_batch"))
   show_crops.render(images[:2], str(tmp_path / "crops.png"))
   picture = np.asarray(Image.open(tmp_path / "crops.png"))

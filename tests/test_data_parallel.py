@@ -35,7 +35,7 @@ def cost_at(config, devices: int, **kwargs) -> step_cost.StepCost:
   return step_cost.step_cost(compiled)
 
 
-# One case per distinct path (every recipe at every path: `python -m simdino_jax.benchmark --compile_only
+# One case per distinct path (every recipe at every path: `python -m simdino_jax.tools.benchmark --compile_only
 # --data_parallel`, docs/benchmarks.md): DINO's center on images cut on the device; DINOv2's Sinkhorn-Knopp, iBOT
 # buffer and KoLeo groups; SimDINOv2's coding rate on crops cut on the host; the resident split; FSDP with 2
 # micro-batches.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simdino_jax.data import prepare, sources
+from simdino_jax.tools import prepare, sources
 from tests import train_utils
 
 CIFAR = train_utils.shared_data("cifar10")
@@ -186,7 +186,7 @@ def test_missing_and_malformed_sources(tmp_path):
   with pytest.raises(prepare.SourceError, match="No images"):
     prepare.prepare_folder(str(tmp_path / "empty"), "x", str(tmp_path / "tfds"))
   # The CLI exits with the message on one line instead of a traceback.
-  result = subprocess.run([sys.executable, "-m", "simdino_jax.data.prepare", "folder", "--source",
+  result = subprocess.run([sys.executable, "-m", "simdino_jax.tools.prepare", "folder", "--source",
                            str(tmp_path / "nope"), "--name", "x", "--data_dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
@@ -203,7 +203,7 @@ def test_interrupted_build_leaves_nothing_that_looks_prepared(tmp_path):
   with pytest.raises(prepare.SourceError, match="Cannot decode image"):
     prepare.prepare_folder(str(root), "broken", str(data_dir))
   assert not (data_dir / "broken" / "1.0.0").exists()
-  with pytest.raises(ValueError, match="nor a TFDS dataset prepared.*python -m simdino_jax.data.prepare folder"):
+  with pytest.raises(ValueError, match="nor a TFDS dataset prepared.*python -m simdino_jax.tools.prepare folder"):
     sources.load_split(data_config(data_dir, name="broken"), "train")
   # Fixed source: the rebuild succeeds.
   Image.fromarray(np.full((8, 8, 3), 3, np.uint8)).save(root / "3.png")
@@ -212,7 +212,7 @@ def test_interrupted_build_leaves_nothing_that_looks_prepared(tmp_path):
 
 
 def test_unprepared_cifar10_error_says_how_to_prepare(tmp_path):
-  with pytest.raises(FileNotFoundError, match="python -m simdino_jax.data.prepare cifar10 --source"):
+  with pytest.raises(FileNotFoundError, match="python -m simdino_jax.tools.prepare cifar10 --source"):
     sources.create_train_iterator(data_config(tmp_path), batch_size=4, seed=0, process_index=0, process_count=1)
 
 

@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKED = ("tensorflow", "tensorflow_datasets", "grain")
 RUNNER = ("import runpy, sys\n"
           f"for name in {BLOCKED!r}: sys.modules[name] = None\n"  # importing any of them now raises ImportError
-          "import simdino_jax.benchmark\n"  # the steps part's module (its figures: tests/test_benchmark.py)
+          "import simdino_jax.tools.benchmark\n"  # the steps part's module (its figures: tests/test_benchmark.py)
           "sys.argv = ['gpu_check'] + sys.argv[1:]\n"
-          "runpy.run_module('simdino_jax.gpu_check', run_name='__main__', alter_sys=True)\n")
+          "runpy.run_module('simdino_jax.tools.gpu_check', run_name='__main__', alter_sys=True)\n")
 
 
 def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
@@ -44,7 +44,7 @@ def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
 
 
 def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
-  from simdino_jax import gpu_check
+  from simdino_jax.tools import gpu_check
 
   def broken(**_):
     raise RuntimeError("no cuDNN here")
@@ -71,7 +71,7 @@ def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
 def test_step_rows_run_in_plan_order_within_the_budget(monkeypatch, tmp_path):
   """Six CPU rows (XLA attention), each compiled and timed alone in plan order: a failing compile is an error row,
   and once the budget left is below the slowest compile so far, the remaining rows are skipped."""
-  from simdino_jax import benchmark, gpu_check
+  from simdino_jax.tools import benchmark, gpu_check
 
   compiled_names = []
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits
+from simdino_jax.configs import digits
 from simdino_jax import checkpointing
 from simdino_jax import data as data_lib
 from simdino_jax import metrics as metrics_lib
@@ -118,14 +118,14 @@ def test_unknown_model_lists_the_valid_names(tmp_path):
 def test_unknown_dataset_says_what_is_valid_and_how_to_prepare(tmp_path):
   config = train_utils.tiny_config(**{"data.name": "no_such_dataset", "data.data_dir": str(tmp_path / "tfds")})
   _assert_refused(config, tmp_path / "work", ValueError, "Unknown dataset 'no_such_dataset'", "digits",
-                  "python -m simdino_jax.data.prepare")
+                  "python -m simdino_jax.tools.prepare")
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
   os.makedirs(tmp_path / "tfds")
   config = train_utils.tiny_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path / "tfds")})
   _assert_refused(config, tmp_path / "work", FileNotFoundError, "'cifar10' is not prepared",
-                  str(tmp_path / "tfds"), "python -m simdino_jax.data.prepare cifar10")
+                  str(tmp_path / "tfds"), "python -m simdino_jax.tools.prepare cifar10")
 
 
 def test_negative_teacher_temperature(tmp_path):

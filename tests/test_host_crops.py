@@ -15,7 +15,7 @@ from scipy import stats
 from simdino_jax import data
 from simdino_jax.data import augment
 from simdino_jax.data import host_crops
-from simdino_jax.data import prepare
+from simdino_jax.tools import prepare
 from simdino_jax.data import sources
 
 RED = (255, 0, 0)
@@ -379,7 +379,7 @@ def test_train_step_takes_host_crops():
 
 
 def test_benchmark_compares_with_torchvisions_way_on_the_same_boxes():
-  from simdino_jax.data import benchmark  # pylint: disable=import-outside-toplevel
+  from simdino_jax.tools import benchmark_data as benchmark  # pylint: disable=import-outside-toplevel
   plan = _plan(global_size=224, local_size=96, n_local=10)
   figures = benchmark.side_by_side(_photos(), plan, n_images=2, repeats=1)
   assert figures["host_crops"] > 0 and figures["torchvision"] > 0

@@ -11,8 +11,8 @@ from PIL import Image
 
 from simdino_jax import evaluate
 from simdino_jax import train
-from simdino_jax.data import prepare
-from simdino_jax.data import prepare_imagenet
+from simdino_jax.tools import prepare
+from simdino_jax.tools import prepare_imagenet
 from simdino_jax.data import sources
 from tests import train_utils
 
@@ -76,7 +76,7 @@ def test_prepared_miniature_reads_without_tensorflow_with_the_real_labels(imagen
   images, labels = sources.load_split(config, "validation")
   assert len(train_split) == 20 and images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
   with open(os.path.join(ROOT, "docs", "data.md")) as f:
-    assert "python -m simdino_jax.data.prepare_imagenet --manual_dir" in f.read()
+    assert "python -m simdino_jax.tools.prepare_imagenet --manual_dir" in f.read()
   import tensorflow_datasets as tfds  # The label ids of TFDS's synset list, as in the real dataset.
   synsets = tfds.builder("imagenet2012", data_dir=str(data_dir)).info.features["label"].names
   assert sorted(synsets[label] for label in labels) == sorted(VAL_SYNSETS)  # Stored in TFDS's shuffled order.

@@ -174,9 +174,9 @@ def test_training_loop_reports_collapse_in_the_log(tmp_path, capsys):
 
 # --- Command-line entry points -----------------------------------------------------------------------------------
 
-ENTRY_POINTS = ("simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.reproduce", "simdino_jax.benchmark",
-                "simdino_jax.convert", "simdino_jax.data.prepare", "simdino_jax.data.prepare_imagenet",
-                "simdino_jax.data.compact", "simdino_jax.objectives.benchmark_koleo_proto")
+ENTRY_POINTS = ("simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.tools.reproduce", "simdino_jax.tools.benchmark",
+                "simdino_jax.convert", "simdino_jax.tools.prepare", "simdino_jax.tools.prepare_imagenet",
+                "simdino_jax.tools.compact", "simdino_jax.tools.benchmark_koleo_proto")
 
 # Runs `python -m MODULE --help` for every module in one process: each module runs as __main__ (as with -m), its
 # flags are removed afterwards so the next one can define flags of the same names.

@@ -89,8 +89,8 @@ def parse_only(monkeypatch):
 
 def test_readme_shows_the_entry_points():
   modules = {module for module, _ in readme_commands(["README.md"])}
-  assert {"simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.reproduce",
-          "simdino_jax.data.prepare"} <= modules, modules
+  assert {"simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.tools.reproduce",
+          "simdino_jax.tools.prepare"} <= modules, modules
 
 
 @pytest.mark.parametrize("module,argv", readme_commands(), ids=[f"{i}-{m}" for i, (m, _) in enumerate(readme_commands())])

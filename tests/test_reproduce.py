@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from simdino_jax import configs
-from simdino_jax import reproduce
+from simdino_jax.tools import reproduce
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def test_collect_and_write_csv_keep_each_seed(tmp_path):
 def test_quick_reproduction_writes_curves_and_baselines(tmp_path):
   env = train_utils.subprocess_env()  # One CPU device, as on a user's machine.
   result = subprocess.run(  # One method (SimDINO compiles fastest): the pipeline, not the comparison.
-      [sys.executable, "-m", "simdino_jax.reproduce", "--quick", f"--workdir={tmp_path}", "--methods=simdino",
+      [sys.executable, "-m", "simdino_jax.tools.reproduce", "--quick", f"--workdir={tmp_path}", "--methods=simdino",
        "--epochs=1", "--model=vit_nano"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -18,11 +18,11 @@ from etils.epath import backend as backend_lib
 from simdino_jax import checkpointing
 from simdino_jax import evaluate
 from simdino_jax import metrics
-from simdino_jax import reproduce
 from simdino_jax import storage
 from simdino_jax import train
 from simdino_jax.convert import torch_checkpoints
 from simdino_jax.data import sources
+from simdino_jax.tools import reproduce
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +180,7 @@ def test_tfds_data_on_a_bucket_is_refused_with_the_supported_ways(bucket, tmp_pa
   assert "gcloud storage cp -r gs://bucket/tfds/imagenet2012" in message and "GCSFuse" in message
   assert "\n" not in message and not (tmp_path / "work").exists()
   config.data.name = "digits"  # Built-in data (and npz files, data.path) need no local copy.
-  storage.check_data_dir(config.data)
+  sources.check_data_dir(config.data)
 
 
 STEPS = 12  # A checkpoint every 2 steps; the job is SIGKILLed after that of step 4 (4 saves before its end).

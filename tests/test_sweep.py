@@ -1,4 +1,4 @@
-"""Robustness sweeps (simdino_jax/sweep.py): which runs are shared, what a cell's figures are, resuming, and one
+"""Robustness sweeps (simdino_jax/tools/sweep.py): which runs are shared, what a cell's figures are, resuming, and one
 tiny sweep cell end to end as users run it."""
 
 import csv
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from simdino_jax import sweep
+from simdino_jax.tools import sweep
 from tests import train_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def test_unknown_sweep_lists_the_valid_ones():
 def test_one_sweep_cell_end_to_end(tmp_path):
   env = train_utils.subprocess_env()
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.sweep", "--sweep=model", "--values=vit_nano", "--quick", "--epochs=1",
+      [sys.executable, "-m", "simdino_jax.tools.sweep", "--sweep=model", "--values=vit_nano", "--quick", "--epochs=1",
        "--seeds=1", f"--workdir={tmp_path}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from configs import digits
+from simdino_jax.configs import digits
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -140,7 +140,7 @@ PRESETS = ("", "quick", "evidence", "full", "dry_run")
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
-  """The run-size presets of `python -m simdino_jax.reproduce` and `gpu_check` (each keeps the method's objective,
+  """The run-size presets of `python -m simdino_jax.tools.reproduce` and `gpu_check` (each keeps the method's objective,
   temperatures, centering and loss weights):
   quick: the smallest digits run, a pipeline check; evidence: the small-image recipe of docs/small_image_recipe.md
   (16-pixel crops, 4 locals, 128/32/4096 head, base lr 2e-3, teacher momentum 0.95); full: the 32-pixel

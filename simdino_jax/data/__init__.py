@@ -2,7 +2,7 @@
 
 `sources` and `host_crops` import only numpy (and, lazily, PIL, OpenCV, libjpeg-turbo's simplejpeg, grain and
 TFDS): they run in grain's worker processes, which never import JAX. `augment` and `masking` run on the accelerator
-(jax); `prepare` needs tensorflow-datasets and TensorFlow; `default_config` needs ml_collections. The names below
+(jax); `default_config` needs ml_collections. Preparing datasets is a program: `simdino_jax/tools/prepare.py`. The names below
 are imported from their modules when first used, so importing one submodule imports nothing else.
 """
 

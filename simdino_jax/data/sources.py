@@ -6,7 +6,7 @@ Sources by `config.data.name`:
 - "npz": `config.data.path`, a .npz with "image" uint8 [N, H, W, C] (C = 1 or 3) and optionally "label" (else -1);
   a "{split}" in the path is replaced by the split name.
 - any other name: a TFDS dataset prepared in the array_record layout under `config.data.data_dir` (see
-  `simdino_jax.data.prepare`), read with `tfds.data_source` through grain, without TensorFlow.
+  `simdino_jax.tools.prepare`), read with `tfds.data_source` through grain, without TensorFlow.
 
 Train iterators shard by process (each process reads its own strided slice of equal size), reshuffle every epoch
 (deterministically from seed and epoch), repeat forever, and yield host-local batches
@@ -153,6 +153,27 @@ def read_batches(source, rows: np.ndarray, *, workers: int = 0):
     if valid.any():
       batch["image"][valid], batch["label"][valid] = source.read(chunk[valid])
     yield batch
+
+
+def check_data_dir(data_config) -> None:
+  """Raises storage.StorageError, in one line, when `data_config.data_dir` has a file where a folder should be, or
+  reads a TFDS array_record dataset from cloud storage: array_record's reader (under grain) opens local files only.
+  The built-in datasets and npz files (data.path) read gs:// paths."""
+  from simdino_jax import storage  # pylint: disable=import-outside-toplevel
+
+  data_dir = data_config.get("data_dir")
+  if not data_dir:
+    return
+  if not storage.is_remote(data_dir):
+    storage.nearest_existing_folder(data_dir, "--config.data.data_dir")
+    return
+  if data_config.name in source_names():
+    return
+  raise storage.StorageError(
+      f"--config.data.data_dir={data_dir}: the TFDS array_record files of {data_config.name!r} are read by "
+      "array_record, which opens local files only. Copy the dataset to local disk (gcloud storage cp -r "
+      f"{data_dir}/{data_config.name} /data/tfds/ and --config.data.data_dir=/data/tfds), or mount the bucket "
+      "with GCSFuse and pass the mount's path (docs/operations.md, \"Cloud storage\").")
 
 
 def source_names() -> list[str]:
@@ -387,9 +408,9 @@ def _quiet_absl():
 def _prepare_hint(config) -> str:
   data_dir = config.data_dir or "DIR"
   if config.name == "cifar10":
-    return ("Prepare it with: python -m simdino_jax.data.prepare cifar10 --source PATH/TO/cifar-10-batches-py "
+    return ("Prepare it with: python -m simdino_jax.tools.prepare cifar10 --source PATH/TO/cifar-10-batches-py "
             f"--data_dir {data_dir}")
-  return (f"Prepare it with: python -m simdino_jax.data.prepare folder --source IMAGE_ROOT --name {config.name} "
+  return (f"Prepare it with: python -m simdino_jax.tools.prepare folder --source IMAGE_ROOT --name {config.name} "
           f"--data_dir {data_dir}  (or: tfds build {config.name} --file_format=array_record "
           f"--data_dir {data_dir})")
 

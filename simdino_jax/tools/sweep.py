@@ -1,8 +1,8 @@
 """Robustness sweeps: a pair of methods trained over one setting at a time around the evidence recipe.
 
-    python -m simdino_jax.sweep --sweep=momentum --seeds=3 --workdir=/tmp/sweeps     # one sweep
-    python -m simdino_jax.sweep --sweep=all --seeds=3 --workers=2 --workdir=/tmp/sweeps
-    python -m simdino_jax.sweep --sweep=lr --values=0.5,2 --pair=dinov2 --workdir=/tmp/sweeps_v2
+    python -m simdino_jax.tools.sweep --sweep=momentum --seeds=3 --workdir=/tmp/sweeps     # one sweep
+    python -m simdino_jax.tools.sweep --sweep=all --seeds=3 --workers=2 --workdir=/tmp/sweeps
+    python -m simdino_jax.tools.sweep --sweep=lr --values=0.5,2 --pair=dinov2 --workdir=/tmp/sweeps_v2
 
 The SimDINO paper's claim is robustness: SimDINO trains over a wider range of hyper-parameters and design choices
 than DINO and does not collapse where DINO does (its Table 8: teacher = student). Each named sweep in `SWEEPS`
@@ -34,7 +34,7 @@ from absl import app
 from absl import flags
 
 from simdino_jax import metrics as metrics_lib
-from simdino_jax import reproduce
+from simdino_jax.tools import reproduce
 from simdino_jax import storage
 
 PAIRS = {"dino": ("dino", "simdino"), "dinov2": ("dinov2", "simdinov2")}
@@ -154,7 +154,7 @@ def plan(grids: dict[str, tuple], pair: str, seeds, *, preset: str = "evidence",
 
 
 def job_command(job: Job, workdir, *, preset: str, epochs=None) -> list[str]:
-  command = [sys.executable, "-m", "simdino_jax.sweep", f"--job_dir={job.directory(workdir)}",
+  command = [sys.executable, "-m", "simdino_jax.tools.sweep", f"--job_dir={job.directory(workdir)}",
              f"--method={job.method}", f"--sweep={job.sweep}", f"--values={job.value}", f"--seed={job.seed}"]
   command += ["--quick"] if preset == "quick" else []
   return command + ([f"--epochs={epochs}"] if epochs else [])

@@ -1,10 +1,10 @@
 """One command for the SimDINO-vs-DINO curves: trains each pair of methods, evaluates kNN every epoch, and writes a
 CSV and PNG plots.
 
-    python -m simdino_jax.reproduce --quick --workdir=/tmp/repro                    # pipeline check, 2 CPU cores
-    python -m simdino_jax.reproduce --evidence --workdir=/tmp/evidence --seeds=3    # the digits comparison, CPU
-    python -m simdino_jax.reproduce --workdir=runs/repro --dataset=cifar10 --data_dir=DIR     # one GPU, CIFAR-10
-    python -m simdino_jax.reproduce --workdir=runs/repro --dataset=npz --data_path=DIR/cifar10_{split}.npz
+    python -m simdino_jax.tools.reproduce --quick --workdir=/tmp/repro                    # pipeline check, 2 CPU cores
+    python -m simdino_jax.tools.reproduce --evidence --workdir=/tmp/evidence --seeds=3    # the digits comparison, CPU
+    python -m simdino_jax.tools.reproduce --workdir=runs/repro --dataset=cifar10 --data_dir=DIR     # one GPU, CIFAR-10
+    python -m simdino_jax.tools.reproduce --workdir=runs/repro --dataset=npz --data_path=DIR/cifar10_{split}.npz
 
 Runs: the registered objectives with their recipe files (simdino_jax/configs/<method>.py): dino vs simdino and
 dinov2 vs simdinov2, each pair differing only in the objective and the settings the SimDINO paper changes with it
@@ -94,7 +94,7 @@ def method_config(method: str, *, preset: str, dataset: str, model: str, epochs:
   if dataset == "npz":
     if not data_path:
       raise ValueError("--dataset=npz needs --data_path (e.g. DIR/cifar10_{split}.npz from "
-                       "`python -m simdino_jax.data.compact`).")
+                       "`python -m simdino_jax.tools.compact`).")
     c.data.path = data_path
   if data_dir:
     c.data.data_dir = data_dir

@@ -1,8 +1,8 @@
 """Throughput of the data pipeline.
 
-  python -m simdino_jax.data.benchmark --mode=host_crops [--photos=DIR] [--workers=1,2]
-  python -m simdino_jax.data.benchmark --mode=feed [--model=ViT-T/16] [--batch=8] [--workers=1,2]
-  python -m simdino_jax.data.benchmark [--dataset=digits|cifar10|NAME] [--data_dir=DIR] [--batch=64]
+  python -m simdino_jax.tools.benchmark_data --mode=host_crops [--photos=DIR] [--workers=1,2]
+  python -m simdino_jax.tools.benchmark_data --mode=feed [--model=ViT-T/16] [--batch=8] [--workers=1,2]
+  python -m simdino_jax.tools.benchmark_data [--dataset=digits|cifar10|NAME] [--data_dir=DIR] [--batch=64]
 
 --mode=host_crops: the crops of natural images cut on the host from the originals (`host_crops`, the path of
 ImageNet and image folders), on a folder of photos (default: the two photos scikit-learn ships, china.jpg and
@@ -84,7 +84,7 @@ def read_photos(folder: str | None) -> tuple[list[bytes], list[str]]:
   if folder is None:
     import sklearn.datasets  # pylint: disable=import-outside-toplevel
     folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
-  from simdino_jax.data.prepare import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
+  from simdino_jax.tools.prepare import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
   names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
   if not names:
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")

@@ -1,7 +1,7 @@
 """One accelerator run that brings back every figure: the step benchmark, the input pipeline, DINO vs SimDINO.
 
     launch/gpu_check.sh prepare          # here: wheels + CIFAR-10 into .gpu_check/ (see launch/README.md)
-    launch/gpu_check.sh run OUT_DIR      # on the GPU machine: python -m simdino_jax.gpu_check --out=OUT_DIR
+    launch/gpu_check.sh run OUT_DIR      # on the GPU machine: python -m simdino_jax.tools.gpu_check --out=OUT_DIR
 
 Writes at most 8 files into --out:
   steps.csv      the train step of dino, simdino and dinov2 at ViT-S/16 and ViT-B/16, batch 64, XLA and cuDNN
@@ -11,7 +11,7 @@ Writes at most 8 files into --out:
                  is the row's own.
   pipeline.csv   images/s of the host pipeline and of the on-device gather + multi-crop + masks (CIFAR-10).
   curves.csv, knn.png, losses.png, prototypes.png
-                 DINO vs SimDINO on CIFAR-10 (ViT-T/4, the full-mode recipe of simdino_jax.reproduce, split held
+                 DINO vs SimDINO on CIFAR-10 (ViT-T/4, the full-mode recipe of simdino_jax.tools.reproduce, split held
                  on the device): the same number of epochs for both, as many as fit in --train_seconds each
                  (both steps compile first, at once; then each run loads its step from the compilation cache,
                  evaluates kNN six times and trains), kNN every sixth of the run.
@@ -70,7 +70,8 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
   """
   import jax
 
-  from simdino_jax import benchmark, configs
+  from simdino_jax import configs
+  from simdino_jax.tools import benchmark
 
   plan = [(method, model, attention) for attention in ATTENTIONS for model in STEP_MODELS for method in STEP_METHODS]
   if dry_run or jax.default_backend() != "gpu":  # the cuDNN kernel needs a GPU
@@ -103,7 +104,7 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
 def decode_cifar(source: str, scratch: str, *, dry_run: bool) -> str:
   """The npz source's `path` pattern for CIFAR-10 decoded from the compact bundle (a 256/128 subset in
   a dry run)."""
-  from simdino_jax.data import compact
+  from simdino_jax.tools import compact
 
   out = os.path.join(scratch, "data")
   for split, limit in (("train", 256), ("test", 128)):
@@ -122,7 +123,7 @@ def decode_cifar(source: str, scratch: str, *, dry_run: bool) -> str:
 
 def pipeline_row(data_path: str, *, dry_run: bool) -> dict:
   """benchmark_pipeline on CIFAR-10 with the full-mode crops (batch 256)."""
-  from simdino_jax import benchmark, reproduce
+  from simdino_jax.tools import benchmark, reproduce
 
   config = reproduce.method_config("dino", preset="quick" if dry_run else "full", dataset="npz", model="ViT-T/4",
                                    epochs=1.0, batch=64 if dry_run else 256, eval_every=1.0, seed=0,
@@ -133,7 +134,7 @@ def pipeline_row(data_path: str, *, dry_run: bool) -> dict:
 
 def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, eval_every: float):
   """The full-mode reproduction recipe (quick sizes in a dry run), no checkpoints or TensorBoard."""
-  from simdino_jax import reproduce
+  from simdino_jax.tools import reproduce
 
   config = reproduce.method_config(method, preset="quick" if dry_run else "full", dataset="npz",
                                    model="vit_nano" if dry_run else "ViT-T/4", epochs=epochs,
@@ -175,7 +176,7 @@ def seconds_per_epoch(step: IndexedStep) -> float:
   """Seconds per epoch of a compiled step (the median of a few timed steps)."""
   import jax
 
-  from simdino_jax import benchmark
+  from simdino_jax.tools import benchmark
 
   state = step.trainer.state
 
@@ -196,7 +197,8 @@ def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_secon
   Both methods' steps compile at once first (into the persistent cache, which the runs then load) and the slower
   step's epoch time sets the epochs: train_seconds = cache load + kNN evaluations + epochs.
   """
-  from simdino_jax import reproduce, train
+  from simdino_jax import train
+  from simdino_jax.tools import reproduce
 
   calibration = {m: curve_config(m, data_path, dry_run=dry_run, epochs=1.0, eval_every=1.0) for m in CURVE_METHODS}
   with concurrent.futures.ThreadPoolExecutor(max_workers=len(CURVE_METHODS)) as pool:

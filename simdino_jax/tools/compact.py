@@ -1,6 +1,6 @@
 """Converts the compact CIFAR-10 bundle (shared-header JPEG slices) into the npz source's arrays.
 
-    python -m simdino_jax.data.compact --source COMPACT_DIR --out DIR
+    python -m simdino_jax.tools.compact --source COMPACT_DIR --out DIR
 
 writes DIR/cifar10_train.npz and DIR/cifar10_test.npz with "image" uint8 [N, 32, 32, 3] and "label" int32 [N],
 read with `config.data.name = "npz"`, `config.data.path = "DIR/cifar10_{split}.npz"`. Needs numpy and Pillow only

@@ -1,6 +1,6 @@
 """ImageNet-1k (ILSVRC 2012) from its manual download into TFDS's `imagenet2012`, array_record layout.
 
-    python -m simdino_jax.data.prepare_imagenet --manual_dir=/data/imagenet --data_dir=$HOME/tfds
+    python -m simdino_jax.tools.prepare_imagenet --manual_dir=/data/imagenet --data_dir=$HOME/tfds
 
 `--manual_dir` holds the two archives of image-net.org as downloaded: ILSVRC2012_img_train.tar (one tar of JPEGs per
 class, n01440764.tar ...) and ILSVRC2012_img_val.tar (ILSVRC2012_val_00000001.JPEG ...; the validation labels ship
@@ -14,7 +14,7 @@ import os
 from absl import app
 from absl import flags
 
-from simdino_jax.data import prepare
+from simdino_jax.tools import prepare
 
 TRAIN_ARCHIVE, VAL_ARCHIVE = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 

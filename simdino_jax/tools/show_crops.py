@@ -1,7 +1,7 @@
 """Draws the multi-crop views the training step sees (de-normalized for display).
 
-  python -m simdino_jax.data.show_crops --source=cifar-10-batches-py [--out=docs/crops.png]   # on the device
-  python -m simdino_jax.data.show_crops --mode=photo [--photo=FILE] [--out=docs/crops_photo.png]   # on the host
+  python -m simdino_jax.tools.show_crops --source=cifar-10-batches-py [--out=docs/crops.png]   # on the device
+  python -m simdino_jax.tools.show_crops --mode=photo [--photo=FILE] [--out=docs/crops_photo.png]   # on the host
 
 --mode=cifar10: a few real CIFAR-10 test images (read from the python batches), cropped on the device from the
 32x32 image (`augment.multicrop`). --mode=photo: one photo (default: scikit-learn's china.jpg, 640x427), its
@@ -21,7 +21,7 @@ from simdino_jax import cli
 from simdino_jax import data
 from simdino_jax.data import augment
 from simdino_jax.data import host_crops
-from simdino_jax.data import prepare
+from simdino_jax.tools import prepare
 
 
 def render(images: np.ndarray, out: str, seed: int = 0) -> None:

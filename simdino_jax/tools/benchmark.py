@@ -1,7 +1,7 @@
 """The train step's compiled cost and speed: FLOPs (XLA's and analytic), peak memory, images/s, MFU.
 
-    python -m simdino_jax.benchmark --config=configs/dino.py:model=ViT-B/16 --batch=64
-    python -m simdino_jax.benchmark --compile_only --methods=dino,simdino,dinov2 --models=ViT-S/16,ViT-B/16
+    python -m simdino_jax.tools.benchmark --config=configs/dino.py:model=ViT-B/16 --batch=64
+    python -m simdino_jax.tools.benchmark --compile_only --methods=dino,simdino,dinov2 --models=ViT-S/16,ViT-B/16
 
 The step is exactly the training step (on-device augmentation and masks, teacher and student forward, objective,
 backward, AdamW, EMA), fed with synthetic uint8 images already on the device. Timing: `--warmup` steps, then the
@@ -223,7 +223,7 @@ def time_step(config, trainer, compiled, compile_s: float, *, steps: int, warmup
 def benchmark_pipeline(config, *, batches: int) -> dict:
   """images/s of the host input pipeline and of the on-device gather + multi-crop + masks (data/benchmark.py)."""
   from simdino_jax import data
-  from simdino_jax.data import benchmark as data_benchmark
+  from simdino_jax.tools import benchmark_data as data_benchmark
 
   host = data_benchmark.host_images_per_second(config.data, config.batch_size, batches)
   resident = config.data.copy_and_resolve_references()

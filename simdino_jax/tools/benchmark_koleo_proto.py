@@ -1,6 +1,6 @@
 """Time and peak memory of koleo_proto_loss (value and gradient) and unique_prototypes at K × d on this host.
 
-  python -m simdino_jax.objectives.benchmark_koleo_proto [--k=65536] [--d=256] [--chunk_size=4096]
+  python -m simdino_jax.tools.benchmark_koleo_proto [--k=65536] [--d=256] [--chunk_size=4096]
 
 Each measurement runs in a fresh process, so its peak resident memory (getrusage max RSS) is its own; "baseline"
 is a process that has only imported JAX and built the Gaussian random prototypes.

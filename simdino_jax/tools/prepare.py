@@ -1,7 +1,7 @@
 """Offline preparation of datasets into the TFDS array_record layout (needs tensorflow-datasets and TensorFlow).
 
-  python -m simdino_jax.data.prepare cifar10 --source PATH/TO/cifar-10-batches-py --data_dir DIR
-  python -m simdino_jax.data.prepare folder --source ROOT --name NAME --data_dir DIR [--test_fraction F]
+  python -m simdino_jax.tools.prepare cifar10 --source PATH/TO/cifar-10-batches-py --data_dir DIR
+  python -m simdino_jax.tools.prepare folder --source ROOT --name NAME --data_dir DIR [--test_fraction F]
 
 `cifar10` reads the python version of CIFAR-10 (cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/
 cifar.html, extracted) and writes it with TFDS's own cifar10 builder (same name, version, splits, features and
@@ -200,7 +200,7 @@ def prepare_folder(source: str, name: str, data_dir: str, *, test_fraction: floa
   builder = FolderBuilder(
       name=name, version="1.0.0", features=tfds.features.FeaturesDict(features),
       split_datasets={split: examples(indices) for split, indices in split_files.items()},
-      data_dir=data_dir, description=f"Images imported from {source} by simdino_jax.data.prepare.")
+      data_dir=data_dir, description=f"Images imported from {source} by simdino_jax.tools.prepare.")
   _check_not_prepared(builder)
   builder.download_and_prepare(download_config=_download_config(tfds), file_format="array_record")
   return os.fspath(builder.data_dir)
