@@ -1,3 +1,3 @@
-"""Thin copy of simdino_jax/configs/dinov2.py, so `--config=configs/dinov2.py` works from the repository root."""
+"""Thin copy of simdino_jax/configs/dinov2.py: `--config=configs/dinov2.py` from the repository root."""
 
 from simdino_jax.configs.dinov2 import get_config  # noqa: F401  pylint: disable=unused-import

@@ -1,3 +1,3 @@
-"""Thin copy of simdino_jax/configs/dinov2_meta_vitg14.py, so `--config=configs/dinov2_meta_vitg14.py` works from the repository root."""
+"""Thin copy of simdino_jax/configs/dinov2_meta_vitg14.py: `--config=configs/dinov2_meta_vitg14.py`."""
 
 from simdino_jax.configs.dinov2_meta_vitg14 import get_config  # noqa: F401  pylint: disable=unused-import

@@ -1,3 +1,3 @@
-"""Thin copy of simdino_jax/configs/simdino.py, so `--config=configs/simdino.py` works from the repository root."""
+"""Thin copy of simdino_jax/configs/simdino.py: `--config=configs/simdino.py` from the repository root."""
 
 from simdino_jax.configs.simdino import get_config  # noqa: F401  pylint: disable=unused-import

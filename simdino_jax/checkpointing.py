@@ -25,26 +25,52 @@ from simdino_jax import storage
 from simdino_jax import train_state as train_state_lib
 
 # Config fields that may change between a run and its resumption without making it another run.
-OPERATIONAL_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
-                    "tensorboard", "allow_config_mismatch", "async_checkpointing", "max_consecutive_skips",
-                    "data.data_dir", "data.path", "eval", "evals", "collapse", "fsdp_min_size",
-                    "compilation_cache")
+OPERATIONAL_KEYS = (
+  "log_every_steps",
+  "eval_every_epochs",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "tensorboard",
+  "allow_config_mismatch",
+  "async_checkpointing",
+  "max_consecutive_skips",
+  "data.data_dir",
+  "data.path",
+  "eval",
+  "evals",
+  "collapse",
+  "fsdp_min_size",
+  "compilation_cache",
+)
 # Fields added after the first release, with the value that reproduces the runs that predate them: a checkpoint
 # whose config lacks such a field resumes as long as the current config keeps that value.
-ADDED_FIELDS = {"total_examples": 0, "data.on_device": False, "init_from": "", "grad_accum_steps": 1,
-                "epoch_length_steps": 0, "objective.covariance_group_size": 0, "optim.layer_decay": 1.0,
-                "optim.patch_embed_lr_mult": 1.0, "data.crops_on_host": "auto", "data.workers": 0,
-                "masking.group_size": 0, "model.remat_policy": "nothing_saveable",
-                "optim.freeze_rule": "drop_gradient", "model.ffn": "mlp", "model.ibot_head.separate": False,
-                "model.ibot_head.out_dim": 65536, "model.ibot_head.hidden_dim": 2048,
-                "model.ibot_head.bottleneck_dim": 256, "model.ibot_head.n_layers": 3}
+ADDED_FIELDS = {
+  "total_examples": 0,
+  "data.on_device": False,
+  "init_from": "",
+  "grad_accum_steps": 1,
+  "epoch_length_steps": 0,
+  "objective.covariance_group_size": 0,
+  "optim.layer_decay": 1.0,
+  "optim.patch_embed_lr_mult": 1.0,
+  "data.crops_on_host": "auto",
+  "data.workers": 0,
+  "masking.group_size": 0,
+  "model.remat_policy": "nothing_saveable",
+  "optim.freeze_rule": "drop_gradient",
+  "model.ffn": "mlp",
+  "model.ibot_head.separate": False,
+  "model.ibot_head.out_dim": 65536,
+  "model.ibot_head.hidden_dim": 2048,
+  "model.ibot_head.bottleneck_dim": 256,
+  "model.ibot_head.n_layers": 3,
+}
 
 
 ITEMS = ("state", "data", "config")
 
 
-def checkpoint_manager(workdir: str, options: ocp.CheckpointManagerOptions | None = None
-                       ) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str, options: ocp.CheckpointManagerOptions | None = None) -> ocp.CheckpointManager:
   """The Orbax manager of `workdir/checkpoints` (gs://... keeps its scheme), items `state`, `data` and `config`."""
   storage.check_access(workdir)
   return ocp.CheckpointManager(storage.path(workdir) / "checkpoints", options=options, item_names=ITEMS)
@@ -71,8 +97,10 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
   """(config dict, step) saved with checkpoint `step` (default: the latest) of `workdir`."""
   directory = storage.path(workdir) / "checkpoints"
   if not directory.is_dir():
-    raise FileNotFoundError(f"No checkpoints in {directory}: pass the --workdir of a training run "
-                            "(python -m simdino_jax.main --config=... --workdir=DIR).")
+    raise FileNotFoundError(
+      f"No checkpoints in {directory}: pass the --workdir of a training run "
+      "(python -m simdino_jax.main --config=... --workdir=DIR)."
+    )
   manager = checkpoint_manager(workdir)
   try:
     steps = list(manager.all_steps())
@@ -100,8 +128,14 @@ def restore_part(workdir: str, step: int, target: dict) -> dict:
   shardings, e.g. `{"teacher": {"backbone": ...}}`); nothing else is read."""
   manager = checkpoint_manager(workdir)
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        )
+      ),
+    )
   finally:
     manager.close()
   return restored["state"]
@@ -113,14 +147,18 @@ PARTS = ("backbone", "head")
 
 def _shapes(tree) -> dict[tuple, tuple]:
   """{path with str keys: shape} of a pure dict (int keys) or of Orbax's metadata tree (str keys)."""
-  return {tuple(str(k) for k in path): tuple(leaf.shape)
-          for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
+  return {
+    tuple(str(k) for k in path): tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(dict(tree)).items()
+  }
 
 
 def _shape_differences(saved: dict, current: dict) -> list[str]:
   names = sorted(set(saved) | set(current))
-  return ["/".join(p) + f": {saved.get(p, 'absent')} in the checkpoint, {current.get(p, 'absent')} here"
-          for p in names if saved.get(p) != current.get(p)]
+  return [
+    "/".join(p) + f": {saved.get(p, 'absent')} in the checkpoint, {current.get(p, 'absent')} here"
+    for p in names
+    if saved.get(p) != current.get(p)
+  ]
 
 
 def initialize_from(workdir: str, state, shardings):
@@ -134,8 +172,10 @@ def initialize_from(workdir: str, state, shardings):
   """
   directory = storage.path(workdir) / "checkpoints"
   if not directory.exists():
-    raise FileNotFoundError(f"config.init_from={workdir!r} holds no checkpoints/: give the --workdir of a "
-                            "conversion (python -m simdino_jax.convert from-torch) or of a training run.")
+    raise FileNotFoundError(
+      f"config.init_from={workdir!r} holds no checkpoints/: give the --workdir of a "
+      "conversion (python -m simdino_jax.convert from-torch) or of a training run."
+    )
   manager = checkpoint_manager(workdir)
   try:
     step = manager.latest_step()
@@ -150,17 +190,22 @@ def initialize_from(workdir: str, state, shardings):
         current_tree = getattr(state, network)[part]
         differences = _shape_differences(_shapes(metadata[network][part]), _shapes(current_tree))
         if part == "backbone" and differences:
-          raise ValueError(f"config.init_from: the {network} backbone in {directory} does not match "
-                           f"config.model ({len(differences)} difference(s): {'; '.join(differences[:6])}). "
-                           "Use the config the checkpoint was converted or trained with.")
+          raise ValueError(
+            f"config.init_from: the {network} backbone in {directory} does not match "
+            f"config.model ({len(differences)} difference(s): {'; '.join(differences[:6])}). "
+            "Use the config the checkpoint was converted or trained with."
+          )
         if f"{network}/{part}" not in available or differences:
           why = "its shapes differ" if differences else "the checkpoint has none"
           print(f"init_from: the {network} {part} starts fresh ({why}).", flush=True)
           continue
         part_shardings = traverse_util.flatten_dict(getattr(shardings, network)[part])
-        abstract.setdefault(network, {})[part] = traverse_util.unflatten_dict({
+        abstract.setdefault(network, {})[part] = traverse_util.unflatten_dict(
+          {
             tuple(str(k) for k in path): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=part_shardings[path])
-            for path, leaf in traverse_util.flatten_dict(current_tree).items()})
+            for path, leaf in traverse_util.flatten_dict(current_tree).items()
+          }
+        )
         taken.append(f"{network}/{part}")
   finally:
     manager.close()
@@ -170,11 +215,13 @@ def initialize_from(workdir: str, state, shardings):
     params = dict(getattr(state, network))
     for part in restored.get(network, {}):
       by_name = traverse_util.flatten_dict(restored[network][part])
-      params[part] = traverse_util.unflatten_dict({
-          path: by_name[tuple(str(k) for k in path)] for path in traverse_util.flatten_dict(params[part])})
+      params[part] = traverse_util.unflatten_dict(
+        {path: by_name[tuple(str(k) for k in path)] for path in traverse_util.flatten_dict(params[part])}
+      )
     updates[network] = params
-  print(f"init_from: {', '.join(taken)} from step {step} of {workdir}; optimizer and objective state fresh.",
-        flush=True)
+  print(
+    f"init_from: {', '.join(taken)} from step {step} of {workdir}; optimizer and objective state fresh.", flush=True
+  )
   return state.replace(**updates)
 
 
@@ -192,8 +239,9 @@ class _UnretrievedReadErrors(logging.Filter):
   """asyncio's "Task / Future exception was never retrieved" for the failed restore's other reads."""
 
   def filter(self, record):
-    return not str(record.msg).startswith(("Task exception was never retrieved",
-                                           "Future exception was never retrieved"))
+    return not str(record.msg).startswith(
+      ("Task exception was never retrieved", "Future exception was never retrieved")
+    )
 
 
 def _ignore_reads_of_a_failed_restore() -> None:
@@ -208,6 +256,7 @@ def _ignore_reads_of_a_failed_restore() -> None:
   def hook(unraisable):
     if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
       previous(unraisable)
+
   hook.ignores_closed_loop = True
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
@@ -231,8 +280,9 @@ def last_finished_step(workdir: str) -> int | None:
   directory = storage.path(workdir) / "checkpoints"
   if not directory.is_dir():
     return None
-  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p)),
-             default=None)
+  return max(
+    (int(p.name) for p in directory.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p)), default=None
+  )
 
 
 class Checkpoints:
@@ -249,9 +299,15 @@ class Checkpoints:
     self.directory = self.workdir / "checkpoints"
     self._writer = jax.process_index() == 0
     self._remove_unfinished_saves()
-    self.manager = checkpoint_manager(workdir, ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=config.async_checkpointing))
+    self.manager = checkpoint_manager(
+      workdir,
+      ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=config.async_checkpointing,
+      ),
+    )
     self._last_bytes = 0
     self._saving_step = None
 
@@ -270,8 +326,9 @@ class Checkpoints:
     Every process waits for process 0 to have done it."""
     if self._writer and self.directory.is_dir():
       for path in sorted(self.directory.iterdir()):
-        unfinished = ocp.utils.is_tmp_checkpoint(path) or (path.name.isdigit() and path.is_dir()
-                                                           and not ocp.step.is_path_finalized(path))
+        unfinished = ocp.utils.is_tmp_checkpoint(path) or (
+          path.name.isdigit() and path.is_dir() and not ocp.step.is_path_finalized(path)
+        )
         if unfinished:
           try:
             path.rmtree()
@@ -291,9 +348,10 @@ class Checkpoints:
       before, after = _flat_config(saved), _flat_config(self.config.to_dict())
       details = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in diffs[:10])
       raise ValueError(
-          f"The checkpoints in {self.directory} belong to another config ({len(diffs)} field(s) differ: "
-          f"{details}). Use another --workdir, or pass --config.allow_config_mismatch=True to resume anyway. "
-          "Nothing in the workdir was changed.")
+        f"The checkpoints in {self.directory} belong to another config ({len(diffs)} field(s) differ: "
+        f"{details}). Use another --workdir, or pass --config.allow_config_mismatch=True to resume anyway. "
+        "Nothing in the workdir was changed."
+      )
 
   def restore_latest(self, state_template, shardings):
     """(state, data_state) of the latest checkpoint that restores, after the config check; None if there is none.
@@ -323,8 +381,9 @@ class Checkpoints:
     if failed:
       listing = "; ".join(f"step {s}: {r}" for s, r in failed)
       raise CheckpointError(
-          f"No checkpoint in {self.directory} restores ({listing}). Nothing was changed; resume with another "
-          "--workdir, or move the damaged step directories away to start this one from scratch.")
+        f"No checkpoint in {self.directory} restores ({listing}). Nothing was changed; resume with another "
+        "--workdir, or move the damaged step directories away to start this one from scratch."
+      )
     return None
 
   def _move_aside(self, step: int, reason: str, resumed_step: int) -> None:
@@ -338,15 +397,18 @@ class Checkpoints:
         suffix += 1
         target = aside / f"{step}.{suffix}"
       storage.move(source, target)
-    print(f"Checkpoint of step {step} does not restore ({reason}); moved {source} to {target}; resuming from "
-          f"step {resumed_step}.", flush=True)
+    print(
+      f"Checkpoint of step {step} does not restore ({reason}); moved {source} to {target}; resuming from "
+      f"step {resumed_step}.",
+      flush=True,
+    )
 
   def restore(self, step: int, state_template, shardings):
     """(state, data_state) of checkpoint `step`, restored directly into `shardings` (no config check)."""
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_template, shardings)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_template, shardings)
+    restored = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+    )
     return restored["state"], restored["data"]
 
   def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
@@ -361,9 +423,15 @@ class Checkpoints:
     self._check_free_space(step)
     self._saving_step = step
     with self._out_of_space_as_error():
-      return self.manager.save(step, force=force, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-          config=ocp.args.JsonSave(_normalize(self.config.to_dict()))))
+      return self.manager.save(
+        step,
+        force=force,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(_normalize(self.config.to_dict())),
+        ),
+      )
 
   def _check_free_space(self, step: int) -> None:
     if not self._writer or storage.is_remote(self.directory):  # Buckets do not fill up.
@@ -378,9 +446,11 @@ class Checkpoints:
 
   def _no_space_message(self, step: int, needed: int, free: int | None = None) -> str:
     have = f"{free / 2**20:.1f} MiB free, " if free is not None else ""
-    return (f"No space left to save the checkpoint of step {step} in {self.workdir}: {have}about "
-            f"{needed / 2**20:.1f} MiB needed. Free space there (or use another --workdir) and start again: the "
-            f"run resumes from the checkpoint of step {self.manager.latest_step()}.")
+    return (
+      f"No space left to save the checkpoint of step {step} in {self.workdir}: {have}about "
+      f"{needed / 2**20:.1f} MiB needed. Free space there (or use another --workdir) and start again: the "
+      f"run resumes from the checkpoint of step {self.manager.latest_step()}."
+    )
 
   @contextlib.contextmanager
   def _out_of_space_as_error(self):

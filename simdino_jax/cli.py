@@ -53,11 +53,13 @@ def _unknown_field(argv: list[str]) -> str | None:
     if not arg.startswith("--config."):
       continue
     node, walked = config, "config"
-    for key in arg[len("--"):].split("=", 1)[0].split(".")[1:]:
+    for key in arg[len("--") :].split("=", 1)[0].split(".")[1:]:
       fields = list(node.keys()) if hasattr(node, "keys") else []
       if key not in fields:
-        return (f"unknown config field {walked}.{key} (from {arg.split('=', 1)[0]}); {walked} has: "
-                f"{', '.join(sorted(fields)) or 'no fields'}.")
+        return (
+          f"unknown config field {walked}.{key} (from {arg.split('=', 1)[0]}); {walked} has: "
+          f"{', '.join(sorted(fields)) or 'no fields'}."
+        )
       node, walked = node[key], f"{walked}.{key}"
   return None
 
@@ -73,8 +75,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].partition(":")[0]
       if not os.path.isfile(path):
-        fail(f"--config: no config file {path!r} (from {os.getcwd()}); the experiment configs are in configs/, "
-             "e.g. --config=configs/digits.py.")
+        fail(
+          f"--config: no config file {path!r} (from {os.getcwd()}); the experiment configs are in configs/, "
+          "e.g. --config=configs/digits.py."
+        )
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.FATAL)
   return remaining
@@ -83,6 +87,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _module(name: str):
   def run() -> None:
     runpy.run_module(name, run_name="__main__", alter_sys=True)
+
   run.__doc__ = f"The console script of `python -m {name}`."
   return run
 

@@ -38,33 +38,53 @@ _COORDINATOR_LOST = "the coordinator: it stopped answering; killed, crashed or i
 def define_flags() -> dict:
   """Defines the flags on absl's global registry; returns their holders for `initialize_from_flags`."""
   return {
-      "mode": flags.DEFINE_enum("distributed", "auto", MODES,
-                                "auto: start jax.distributed when JAX detects a cluster of several processes (TPU "
-                                "pod slice, SLURM with several tasks); on: require it; off: one process."),
-      "coordinator_address": flags.DEFINE_string("coordinator_address", None,
-                                                 "host:port of process 0 (explicit multi-host)."),
-      "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host)."),
-      "process_id": flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host)."),
+    "mode": flags.DEFINE_enum(
+      "distributed",
+      "auto",
+      MODES,
+      "auto: start jax.distributed when JAX detects a cluster of several processes (TPU "
+      "pod slice, SLURM with several tasks); on: require it; off: one process.",
+    ),
+    "coordinator_address": flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0 (explicit multi-host)."
+    ),
+    "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host)."),
+    "process_id": flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host)."),
   }
 
 
 def initialize_from_flags(holders: dict) -> bool:
   """`initialize` with the values of the flags made by `define_flags`."""
-  return initialize(holders["mode"].value, coordinator_address=holders["coordinator_address"].value,
-                    num_processes=holders["num_processes"].value, process_id=holders["process_id"].value)
+  return initialize(
+    holders["mode"].value,
+    coordinator_address=holders["coordinator_address"].value,
+    num_processes=holders["num_processes"].value,
+    process_id=holders["process_id"].value,
+  )
 
 
 def detected_process_count() -> int:
   """Processes of the cluster JAX's own detection finds (the one `jax.distributed.initialize()` uses); 0: none."""
   from jax._src import clusters  # pylint: disable=import-outside-toplevel
 
-  env = next((e for e in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
-              if not e.opt_in_only_method and e.is_env_present()), None)
+  env = next(
+    (
+      e
+      for e in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+      if not e.opt_in_only_method and e.is_env_present()
+    ),
+    None,
+  )
   return 0 if env is None else int(env.get_process_count())
 
 
-def initialize(mode: str = "auto", *, coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+  mode: str = "auto",
+  *,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Initializes `jax.distributed` as `mode` says; returns whether it did."""
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -75,17 +95,20 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
   if coordinator_address:
     if mode == "off":
       raise ValueError("--distributed=off contradicts --coordinator_address; drop one of them.")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+    jax.distributed.initialize(
+      coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S
+    )
     _start_peer_watch()
     return True
   if mode == "off":
     return False
   processes = detected_process_count()
   if mode == "on" and not processes:
-    raise RuntimeError("--distributed=on: JAX detected no cluster (TPU pod slice, SLURM, Open MPI). Start one "
-                       "process per host under such a launcher, or pass --coordinator_address=host:port "
-                       "--num_processes=N --process_id=i.")
+    raise RuntimeError(
+      "--distributed=on: JAX detected no cluster (TPU pod slice, SLURM, Open MPI). Start one "
+      "process per host under such a launcher, or pass --coordinator_address=host:port "
+      "--num_processes=N --process_id=i."
+    )
   if processes > 1 or (mode == "on" and processes):
     jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
     _start_peer_watch()
@@ -139,10 +162,13 @@ class PeerWatch(threading.Thread):
     self._stopping.acquire()  # A second caller (the abort handler and this thread at once) waits for the exit.
     self.lost.set()
     sys.stdout.flush()
-    print(f"error: lost process {peer} of {self.num_processes} ({why}); process {self.process_id} stops too. "
-          f"{self.describe()}. Restart every process to resume (MAX_RESTARTS of launch/local.sh and "
-          "launch/tpu_pod.sh does it; docs/operations.md, \"Dead workers and restarts\").", file=sys.stderr,
-          flush=True)
+    print(
+      f"error: lost process {peer} of {self.num_processes} ({why}); process {self.process_id} stops too. "
+      f"{self.describe()}. Restart every process to resume (MAX_RESTARTS of launch/local.sh and "
+      "launch/tpu_pod.sh does it; docs/operations.md, \"Dead workers and restarts\").",
+      file=sys.stderr,
+      flush=True,
+    )
     os._exit(1)  # pylint: disable=protected-access  # Now: no cleanup that would wait on the lost peer.
 
   def mark_exited(self) -> None:

@@ -34,12 +34,18 @@ class CollapseMonitor:
 
     reasons = []
     if self.dino_streak >= self.patience:
-      reasons.append(f"the DINO loss has stayed within {self.dino_rel_tol:.0%} of log K (a uniform teacher; "
-                     f"loss / log K = {float(ratio):.4f}) for {self.dino_streak} log steps")
+      reasons.append(
+        f"the DINO loss has stayed within {self.dino_rel_tol:.0%} of log K (a uniform teacher; "
+        f"loss / log K = {float(ratio):.4f}) for {self.dino_streak} log steps"
+      )
     if self.std_streak >= self.patience:
-      reasons.append(f"the teacher feature std {float(std):.2e} has stayed below {self.min_feature_std:g} "
-                     f"(all images map to one point) for {self.std_streak} log steps")
+      reasons.append(
+        f"the teacher feature std {float(std):.2e} has stayed below {self.min_feature_std:g} "
+        f"(all images map to one point) for {self.std_streak} log steps"
+      )
     if not reasons:
       return None
-    return (f"Possible collapse at step {step}: {'; '.join(reasons)}. Check the teacher temperature, the "
-            "centering / coding-rate settings and the learning rate.")
+    return (
+      f"Possible collapse at step {step}: {'; '.join(reasons)}. Check the teacher temperature, the "
+      "centering / coding-rate settings and the learning rate."
+    )

@@ -48,22 +48,37 @@ def _define_flags() -> dict:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
   flags.DEFINE_string("workdir", None, "The training run's workdir (holds checkpoints/).", required=True)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_enum("protocol", "knn", [*protocols.PROTOCOLS, *PROTOCOLS],
-                    "Which evaluation to run: a published protocol as its official code runs it (dino_knn, "
-                    "dino_linear, dinov2_knn, dinov2_linear, simdinov2_linear; docs/objectives.md, \"Evaluation "
-                    "protocols\"), or knn / linear / both with the flags below.")
+  flags.DEFINE_enum(
+    "protocol",
+    "knn",
+    [*protocols.PROTOCOLS, *PROTOCOLS],
+    "Which evaluation to run: a published protocol as its official code runs it (dino_knn, "
+    "dino_linear, dinov2_knn, dinov2_linear, simdinov2_linear; docs/objectives.md, \"Evaluation "
+    "protocols\"), or knn / linear / both with the flags below.",
+  )
   flags.DEFINE_enum("backbone", "teacher", BACKBONES, "Which network's backbone to evaluate.")
   flags.DEFINE_list("knn_k", ["10", "20", "100", "200"], "Neighbour counts of the weighted kNN.")
   flags.DEFINE_float("knn_temperature", 0.07, "T of the kNN vote weights exp(cos / T).")
   flags.DEFINE_integer("linear_epochs", 100, "Linear-probe epochs.")
-  flags.DEFINE_list("linear_lrs", ["1e-3"], "Linear-probe base learning rates (scaled by batch/256), trained "
-                    "together; DINO uses 1e-3, DINOv2 a grid.")
+  flags.DEFINE_list(
+    "linear_lrs",
+    ["1e-3"],
+    "Linear-probe base learning rates (scaled by batch/256), trained together; DINO uses 1e-3, DINOv2 a grid.",
+  )
   flags.DEFINE_integer("linear_batch", 1024, "Linear-probe batch size.")
-  flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks in the probe features (DINO's "
-                       "ViT-S, and SimDINO's ViT-B runs: 4; DINO's ViT-B: 1). Given with --protocol=dino_linear, "
-                       "it replaces the protocol's.")
-  flags.DEFINE_bool("avgpool", False, "Append the mean patch token to the probe features (DINO's ViT-B: True). "
-                    "Given with --protocol=dino_linear, it replaces the protocol's.")
+  flags.DEFINE_integer(
+    "n_last_blocks",
+    4,
+    "CLS tokens of the last n blocks in the probe features (DINO's "
+    "ViT-S, and SimDINO's ViT-B runs: 4; DINO's ViT-B: 1). Given with --protocol=dino_linear, "
+    "it replaces the protocol's.",
+  )
+  flags.DEFINE_bool(
+    "avgpool",
+    False,
+    "Append the mean patch token to the probe features (DINO's ViT-B: True). "
+    "Given with --protocol=dino_linear, it replaces the protocol's.",
+  )
   flags.DEFINE_integer("batch_size", 256, "Images per feature-extraction call (rounded to the device count).")
   flags.DEFINE_integer("max_train_examples", 0, "Use only the first n training images (0: all).")
   flags.DEFINE_integer("max_test_examples", 0, "Use only the first n test images (0: all).")
@@ -84,12 +99,21 @@ def protocol_evals(protocol: str, options: dict | None = None) -> ml_collections
 
 def evals_from_flags() -> tuple[ml_collections.ConfigDict, dict]:
   """(config.evals, config.eval settings) of the command line."""
-  options = {"knn": {"k": FLAGS.knn_k, "temperature": FLAGS.knn_temperature},
-             "linear_probe": {"epochs": FLAGS.linear_epochs, "learning_rates": FLAGS.linear_lrs,
-                              "batch_size": FLAGS.linear_batch, "n_last_blocks": FLAGS.n_last_blocks,
-                              "avgpool": FLAGS.avgpool}}
-  settings = {"batch_size": FLAGS.batch_size, "max_train_examples": FLAGS.max_train_examples,
-              "max_test_examples": FLAGS.max_test_examples}
+  options = {
+    "knn": {"k": FLAGS.knn_k, "temperature": FLAGS.knn_temperature},
+    "linear_probe": {
+      "epochs": FLAGS.linear_epochs,
+      "learning_rates": FLAGS.linear_lrs,
+      "batch_size": FLAGS.linear_batch,
+      "n_last_blocks": FLAGS.n_last_blocks,
+      "avgpool": FLAGS.avgpool,
+    },
+  }
+  settings = {
+    "batch_size": FLAGS.batch_size,
+    "max_train_examples": FLAGS.max_train_examples,
+    "max_test_examples": FLAGS.max_test_examples,
+  }
   evals = protocol_evals(FLAGS.protocol, options)
   if FLAGS.protocol in protocols.PROTOCOLS and "linear_probe" in evals:
     if FLAGS["n_last_blocks"].present:
@@ -109,16 +133,25 @@ def restore_backbone(config, workdir: str, step: int, backbone: str, mesh) -> di
   """The teacher's or student's backbone parameters of checkpoint `step` (nothing else is read)."""
   if backbone not in BACKBONES:
     raise ValueError(f"Unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}.")
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0)))))
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0)))))
   shardings = parallel.state_shardings(abstract, mesh, fsdp=bool(config.get("fsdp", False)))
-  target = {backbone: {"backbone": jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)}}
+  target = {
+    backbone: {
+      "backbone": jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    }
+  }
   return checkpointing.restore_part(workdir, step, target)[backbone]["backbone"]
 
 
-def evaluate_checkpoint(workdir: str, evals=None, *, step: int | None = None, backbone: str = "teacher",
-                        settings: dict | None = None, data_dir: str | None = None) -> dict:
+def evaluate_checkpoint(
+  workdir: str,
+  evals=None,
+  *,
+  step: int | None = None,
+  backbone: str = "teacher",
+  settings: dict | None = None,
+  data_dir: str | None = None,
+) -> dict:
   """Runs the evaluators `evals` (a `config.evals`; default the kNN with k ∈ {10, 20, 100, 200}) on one
   checkpoint's backbone; returns the metrics and writes `<workdir>/eval_<step>.json`.
 
@@ -133,8 +166,13 @@ def evaluate_checkpoint(workdir: str, evals=None, *, step: int | None = None, ba
   mesh = parallel.create_mesh()
   params = {"backbone": restore_backbone(config, workdir, step, backbone, mesh)}
   inputs = evaluators.open_inputs(config, mesh)
-  results = {"step": step, "backbone": backbone, "dataset": config.data.name, "model": config.model.name,
-             "objective": config.objective.name}
+  results = {
+    "step": step,
+    "backbone": backbone,
+    "dataset": config.data.name,
+    "model": config.model.name,
+    "objective": config.objective.name,
+  }
   for name, options in evals.items():
     results.update(evaluators.build(name, options, inputs)(params))
   storage.write_shared(storage.path(workdir) / f"eval_{step}.json", json.dumps(results, indent=2))
@@ -145,12 +183,15 @@ def main(argv) -> None:
   del argv
   cluster.initialize_from_flags(_DISTRIBUTED)
   evals, settings = evals_from_flags()
-  results = evaluate_checkpoint(FLAGS.workdir, evals, step=FLAGS.step, backbone=FLAGS.backbone, settings=settings,
-                                data_dir=FLAGS.data_dir)
+  results = evaluate_checkpoint(
+    FLAGS.workdir, evals, step=FLAGS.step, backbone=FLAGS.backbone, settings=settings, data_dir=FLAGS.data_dir
+  )
   if jax.process_index() == 0:
     width = max(len(k) for k in results)
-    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                    for k, v in results.items()), flush=True)
+    print(
+      "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in results.items()),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

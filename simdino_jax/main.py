@@ -11,8 +11,12 @@ import sys
 
 def _stop_during_start_up(signum, frame) -> None:
   del signum, frame
-  print("error: SIGTERM received during start-up, before the first training step: stopped; the workdir's "
-        "checkpoints are as they were.", file=sys.stderr, flush=True)
+  print(
+    "error: SIGTERM received during start-up, before the first training step: stopped; the workdir's "
+    "checkpoints are as they were.",
+    file=sys.stderr,
+    flush=True,
+  )
   raise SystemExit(143)
 
 
@@ -27,12 +31,22 @@ from simdino_jax import cli
 from simdino_jax import cluster
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, configs/<name>.py[:key=value,...]; override any field with "
-    "--config.path.to.field=value.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics, local or gs://... (created "
-                               "when training starts; an existing one resumes from its latest checkpoint).")
-_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Trace this many train steps after the first (compiled) "
-                                      "one with jax.profiler into WORKDIR/profile (0: no trace).")
+  "config",
+  None,
+  "Experiment config file, configs/<name>.py[:key=value,...]; override any field with --config.path.to.field=value.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Directory for checkpoints and metrics, local or gs://... (created "
+  "when training starts; an existing one resumes from its latest checkpoint).",
+)
+_PROFILE_STEPS = flags.DEFINE_integer(
+  "profile_steps",
+  0,
+  "Trace this many train steps after the first (compiled) one with jax.profiler into WORKDIR/profile (0: no trace).",
+)
 _DISTRIBUTED = cluster.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -46,6 +60,7 @@ def main(argv) -> None:
   import jax
   from simdino_jax import checkpointing
   from simdino_jax import train
+
   try:
     train.run(_CONFIG.value, _WORKDIR.value, profile_steps=_PROFILE_STEPS.value)
   except (*USER_ERRORS, checkpointing.CheckpointError) as e:

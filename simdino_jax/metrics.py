@@ -77,24 +77,31 @@ class Goodput:
   def scalars(self) -> dict:
     total = time.perf_counter() - self.started
     train = max(total - sum(self.seconds.values()), 0.0)
-    return {**{f"{GOODPUT_PREFIX}{k}_s": v for k, v in self.seconds.items()}, f"{GOODPUT_PREFIX}train_s": train,
-            f"{GOODPUT_PREFIX}total_s": total, f"{GOODPUT_PREFIX}fraction": train / max(total, 1e-9),
-            f"{GOODPUT_PREFIX}steps_retrained": self.steps_retrained}
+    return {
+      **{f"{GOODPUT_PREFIX}{k}_s": v for k, v in self.seconds.items()},
+      f"{GOODPUT_PREFIX}train_s": train,
+      f"{GOODPUT_PREFIX}total_s": total,
+      f"{GOODPUT_PREFIX}fraction": train / max(total, 1e-9),
+      f"{GOODPUT_PREFIX}steps_retrained": self.steps_retrained,
+    }
 
   def summary(self) -> str:
     """`goodput 71% of 2.3 min (train 98 s, setup 4 s, ...); steps retrained after restarts: 0`."""
     s = self.scalars()
     phases = ", ".join(f"{k} {s[f'{GOODPUT_PREFIX}{k}_s']:.0f} s" for k in ("train", *GOODPUT_PHASES))
-    return (f"goodput {100 * s[f'{GOODPUT_PREFIX}fraction']:.0f}% of {s[f'{GOODPUT_PREFIX}total_s'] / 60:.1f} min "
-            f"({phases}); steps retrained after restarts: {self.steps_retrained}")
+    return (
+      f"goodput {100 * s[f'{GOODPUT_PREFIX}fraction']:.0f}% of {s[f'{GOODPUT_PREFIX}total_s'] / 60:.1f} min "
+      f"({phases}); steps retrained after restarts: {self.steps_retrained}"
+    )
 
 
 def steps_retrained(records: list[dict], resume_step: int) -> int:
   """Steps retrained by an attempt resuming at `resume_step`, given metrics.jsonl's records before it drops the later
   ones: the earlier attempts' count (on the last record it keeps) plus the steps logged beyond `resume_step`."""
   kept = [r for r in records if r["step"] <= resume_step]
-  before = next((r[f"{GOODPUT_PREFIX}steps_retrained"] for r in reversed(kept)
-                 if f"{GOODPUT_PREFIX}steps_retrained" in r), 0)
+  before = next(
+    (r[f"{GOODPUT_PREFIX}steps_retrained"] for r in reversed(kept) if f"{GOODPUT_PREFIX}steps_retrained" in r), 0
+  )
   furthest = max((r["step"] for r in records), default=resume_step)
   return int(before) + max(furthest - resume_step, 0)
 
@@ -177,6 +184,7 @@ class TensorBoardWriter:
     from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
     from tensorboard.summary.writer import record_writer  # pylint: disable=import-outside-toplevel
+
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     self._buffer = io.BytesIO()
     self._records = record_writer.RecordWriter(self._buffer)  # TFRecord framing, into the buffer.
@@ -191,8 +199,9 @@ class TensorBoardWriter:
     if jax.process_index() != 0:
       return
     values = [self._summary.Value(tag=name, simple_value=_scalar(value)) for name, value in scalars.items()]
-    self._records.write(self._event(wall_time=time.time(), step=int(step),
-                                    summary=self._summary(value=values)).SerializeToString())
+    self._records.write(
+      self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values)).SerializeToString()
+    )
     if time.monotonic() - self._last_flush >= self._flush_every_s:
       self.flush()
 

@@ -52,9 +52,7 @@ def teacher_temp_schedule(step, *, steps_per_epoch, warmup_temp, temp, warmup_ep
 
 def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
   """`linear`: base·B/256 (DINO, SimDINO); `sqrt`: base·√(B/1024) (DINOv2, SimDINOv2); `none`: base."""
-  rules = {"linear": base_lr * batch_size / 256.0,
-           "sqrt": base_lr * math.sqrt(batch_size / 1024.0),
-           "none": base_lr}
+  rules = {"linear": base_lr * batch_size / 256.0, "sqrt": base_lr * math.sqrt(batch_size / 1024.0), "none": base_lr}
   if rule not in rules:
     raise ValueError(f"Unknown lr scaling rule {rule!r}; valid: {', '.join(rules)}.")
   return rules[rule]
@@ -62,6 +60,7 @@ def peak_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
 
 class ScheduledValues(NamedTuple):
   """The scheduled values of one step (traced scalars)."""
+
   lr: jax.Array
   wd: jax.Array
   momentum: jax.Array
@@ -75,6 +74,7 @@ class Schedules(NamedTuple):
 
   A pytree of scalars: the train step receives it traced, so none of these numbers is compiled into the step.
   """
+
   steps_per_epoch: int
   total_steps: int
   warmup_steps: int
@@ -93,18 +93,26 @@ class Schedules(NamedTuple):
 
   def __call__(self, step) -> ScheduledValues:
     return ScheduledValues(
-        lr=cosine_schedule(step, base=self.peak_lr, final=self.min_lr, total_steps=self.total_steps,
-                              warmup_steps=self.warmup_steps, warmup_start=self.warmup_lr),
-        wd=cosine_schedule(step, base=self.weight_decay, final=self.weight_decay_end,
-                              total_steps=self.total_steps),
-        momentum=cosine_schedule(step, base=self.momentum, final=self.momentum_end,
-                                    total_steps=self.total_steps),
-        teacher_temp=teacher_temp_schedule(
-            step, steps_per_epoch=self.steps_per_epoch, warmup_temp=self.warmup_teacher_temp,
-            temp=self.teacher_temp, warmup_epochs=self.warmup_teacher_temp_epochs,
-            per_iteration=self.teacher_temp_per_iteration),
-        train_last_layer=jnp.asarray(step) >= self.freeze_last_layer_steps,
-        epoch=jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
+      lr=cosine_schedule(
+        step,
+        base=self.peak_lr,
+        final=self.min_lr,
+        total_steps=self.total_steps,
+        warmup_steps=self.warmup_steps,
+        warmup_start=self.warmup_lr,
+      ),
+      wd=cosine_schedule(step, base=self.weight_decay, final=self.weight_decay_end, total_steps=self.total_steps),
+      momentum=cosine_schedule(step, base=self.momentum, final=self.momentum_end, total_steps=self.total_steps),
+      teacher_temp=teacher_temp_schedule(
+        step,
+        steps_per_epoch=self.steps_per_epoch,
+        warmup_temp=self.warmup_teacher_temp,
+        temp=self.teacher_temp,
+        warmup_epochs=self.warmup_teacher_temp_epochs,
+        per_iteration=self.teacher_temp_per_iteration,
+      ),
+      train_last_layer=jnp.asarray(step) >= self.freeze_last_layer_steps,
+      epoch=jnp.asarray(step, jnp.float32) / self.steps_per_epoch,
     )
 
 
@@ -132,15 +140,22 @@ def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedule
   total_steps = resolve_total_steps(config, steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   peak = peak_learning_rate(o.base_lr, batch_size, o.lr_scaling)
   return Schedules(
-      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      warmup_steps=round(o.warmup_epochs * steps_per_epoch),
-      freeze_last_layer_steps=round(o.freeze_last_layer_epochs * steps_per_epoch),
-      peak_lr=peak, min_lr=o.min_lr, warmup_lr=o.min_lr if o.warmup_from_min_lr else 0.0,
-      weight_decay=o.weight_decay, weight_decay_end=o.weight_decay_end,
-      momentum=t.momentum, momentum_end=t.momentum_end,
-      warmup_teacher_temp=t.warmup_temp, teacher_temp=t.temp,
-      warmup_teacher_temp_epochs=int(t.warmup_temp_epochs),
-      teacher_temp_per_iteration=bool(t.get("warmup_temp_per_iteration", False)))
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total_steps,
+    warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+    freeze_last_layer_steps=round(o.freeze_last_layer_epochs * steps_per_epoch),
+    peak_lr=peak,
+    min_lr=o.min_lr,
+    warmup_lr=o.min_lr if o.warmup_from_min_lr else 0.0,
+    weight_decay=o.weight_decay,
+    weight_decay_end=o.weight_decay_end,
+    momentum=t.momentum,
+    momentum_end=t.momentum_end,
+    warmup_teacher_temp=t.warmup_temp,
+    teacher_temp=t.temp,
+    warmup_teacher_temp_epochs=int(t.warmup_temp_epochs),
+    teacher_temp_per_iteration=bool(t.get("warmup_temp_per_iteration", False)),
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,8 +164,7 @@ def make_schedules(config, *, steps_per_epoch: int, batch_size: int) -> Schedule
 
 def path_strings(tree: PyTree) -> PyTree:
   """The tree with each leaf replaced by its '/'-joined path, e.g. 'head/last_layer/v'."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
+  return jax.tree_util.tree_map_with_path(lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
 
 
 FREEZE_RULES = ("drop_gradient", "zero_lr")
@@ -167,10 +181,12 @@ def weight_decay_mask(params: PyTree, *, trained_gain: bool = True) -> PyTree:
   prototypes' gain when it is trained (`trained_gain`: `norm_last_layer=False`): it is `weight_g` [K, 1] there,
   1-D `g` [K] here. A fixed gain (`norm_last_layer=True`: `requires_grad=False`, in no group) never decays.
   """
+
   def decays(p, name):
     if re.search(_GAIN, name):
       return trained_gain
     return p.ndim > 1 and not name.endswith("bias")
+
   return jax.tree.map(decays, params, path_strings(params))
 
 
@@ -197,6 +213,7 @@ def lr_multipliers(params: PyTree, *, layer_decay: float = 1.0, patch_embed_lr_m
     layer = 0 if re.match(EMBEDDING_LAYER, name) else int(block.group(1)) + 1 if block else num_layers + 1
     scale = layer_decay ** (num_layers + 1 - layer)
     return scale * patch_embed_lr_mult if re.match(r"^backbone/patch_embed/", name) else scale
+
   return jax.tree.map(multiplier, names)
 
 
@@ -211,12 +228,16 @@ def module_labels(params: PyTree) -> PyTree:
 
 def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
   """`g ← g·min(1, max_norm/(‖g‖₂ + 1e-6))` for each tensor separately (DINO's `clip_gradients`)."""
+
   def update(updates, state, params=None):
     del params
+
     def clip(g):
       norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
       return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
+
     return jax.tree.map(clip, updates), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -230,8 +251,16 @@ def clip_per_module(max_norm: float, labels: PyTree) -> optax.GradientTransforma
 FROZEN_AT_START, TRAINED = "frozen_at_start", "trained"
 
 
-def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: PyTree, lr_scale: PyTree = None,
-                    freeze_rule: str = "drop_gradient") -> optax.GradientTransformationExtraArgs:
+def scheduled_adamw(
+  *,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  decay_mask: PyTree,
+  frozen: PyTree,
+  lr_scale: PyTree = None,
+  freeze_rule: str = "drop_gradient",
+) -> optax.GradientTransformationExtraArgs:
   """AdamW whose lr, wd and `train_last_layer` flag arrive per step as extra args; `lr_scale` (a float per
   parameter, default 1) multiplies each parameter's lr, weight decay included (PyTorch's per-group lr).
 
@@ -247,23 +276,33 @@ def scheduled_adamw(*, b1=0.9, b2=0.999, eps=1e-8, decay_mask: PyTree, frozen: P
   scales = jax.tree.map(lambda _: 1.0, decay_mask) if lr_scale is None else lr_scale
 
   def adamw(lr, wd) -> optax.GradientTransformation:
-    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.add_decayed_weights(wd, mask=decay_mask),
-                       optax.scale_by_learning_rate(lr))
+    return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(wd, mask=decay_mask),
+      optax.scale_by_learning_rate(lr),
+    )
 
   def scale(updates, factors):
     return jax.tree.map(jnp.multiply, updates, factors)
 
   def transform(lr, wd, train_last_layer=True) -> optax.GradientTransformationExtraArgs:
     if freeze_rule == "zero_lr":
-      factors = jax.tree.map(lambda s, is_frozen: s * jnp.where(train_last_layer, 1.0, 0.0) if is_frozen else s,
-                             scales, frozen)
+      factors = jax.tree.map(
+        lambda s, is_frozen: s * jnp.where(train_last_layer, 1.0, 0.0) if is_frozen else s, scales, frozen
+      )
       return optax.chain(adamw(lr, wd), optax.stateless(lambda updates, params: scale(updates, factors)))
     labels = jax.tree.map(lambda is_frozen: FROZEN_AT_START if is_frozen else TRAINED, frozen)
     released = lambda _, train_last_layer, **unused: train_last_layer
     return optax.chain(
-        optax.partition({TRAINED: adamw(lr, wd), FROZEN_AT_START: optax.conditionally_mask(
-            adamw(lr, wd), released, forward_extra_args=True)}, labels),
-        optax.stateless(lambda updates, params: scale(updates, scales)))
+      optax.partition(
+        {
+          TRAINED: adamw(lr, wd),
+          FROZEN_AT_START: optax.conditionally_mask(adamw(lr, wd), released, forward_extra_args=True),
+        },
+        labels,
+      ),
+      optax.stateless(lambda updates, params: scale(updates, scales)),
+    )
 
   def update(grads, state, params, *, lr, wd, train_last_layer, **unused):
     del unused
@@ -276,14 +315,24 @@ def make_optimizer(config, params: PyTree) -> optax.GradientTransformationExtraA
   """Clipping (`per_tensor` | `per_module` | `global` | `none`) followed by the scheduled AdamW with the lr
   multipliers of `config.optim.layer_decay` and `config.optim.patch_embed_lr_mult` (1.0 = off)."""
   o = config.optim
-  clippers = {"per_tensor": lambda: clip_per_tensor(o.clip_grad),
-              "per_module": lambda: clip_per_module(o.clip_grad, module_labels(params)),
-              "global": lambda: optax.clip_by_global_norm(o.clip_grad),
-              "none": optax.identity}
+  clippers = {
+    "per_tensor": lambda: clip_per_tensor(o.clip_grad),
+    "per_module": lambda: clip_per_module(o.clip_grad, module_labels(params)),
+    "global": lambda: optax.clip_by_global_norm(o.clip_grad),
+    "none": optax.identity,
+  }
   if o.clip_mode not in clippers:
     raise ValueError(f"Unknown config.optim.clip_mode {o.clip_mode!r}; valid: {', '.join(clippers)}.")
-  scales = lr_multipliers(params, layer_decay=o.get("layer_decay", 1.0),
-                          patch_embed_lr_mult=o.get("patch_embed_lr_mult", 1.0))
-  adamw = scheduled_adamw(b1=o.b1, b2=o.b2, eps=o.eps, decay_mask=weight_decay_mask(params, trained_gain=not config.model.head.norm_last_layer),
-                          frozen=frozen_mask(params), lr_scale=scales, freeze_rule=o.freeze_rule)
+  scales = lr_multipliers(
+    params, layer_decay=o.get("layer_decay", 1.0), patch_embed_lr_mult=o.get("patch_embed_lr_mult", 1.0)
+  )
+  adamw = scheduled_adamw(
+    b1=o.b1,
+    b2=o.b2,
+    eps=o.eps,
+    decay_mask=weight_decay_mask(params, trained_gain=not config.model.head.norm_last_layer),
+    frozen=frozen_mask(params),
+    lr_scale=scales,
+    freeze_rule=o.freeze_rule,
+  )
   return optax.chain(clippers[o.clip_mode](), adamw)

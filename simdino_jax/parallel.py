@@ -50,24 +50,28 @@ def fsdp_spec(shape, mesh_size: int, min_size: int) -> P:
   return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, fsdp_min_size: int = 2 ** 18) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, fsdp_min_size: int = 2**18) -> Any:
   """NamedShardings for a pytree of ShapeDtypeStructs: replicated, or FSDP for large tensors."""
   size = mesh.shape[DATA_AXIS]
+
   def spec(x):
     if fsdp and getattr(x, "ndim", 0) > 0:
       return NamedSharding(mesh, fsdp_spec(x.shape, size, fsdp_min_size))
     return NamedSharding(mesh, P())
+
   return jax.tree.map(spec, abstract_state)
 
 
 def gather_params(params: Any, specs: Any) -> Any:
   """Inside `shard_map`: each FSDP-sharded parameter (spec with DATA_AXIS on one dimension) all-gathered whole;
   replicated ones as they are. Its transpose reduce-scatters the gradients back onto their shards."""
+
   def gather(x, spec):
     for dim, axis in enumerate(spec):
       if axis == DATA_AXIS:
         return jax.lax.all_gather(x, DATA_AXIS, axis=dim, tiled=True)
     return x
+
   return jax.tree.map(gather, params, specs, is_leaf=lambda x: isinstance(x, P))
 
 

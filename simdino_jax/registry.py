@@ -18,6 +18,7 @@ class Registry(Generic[T]):
         raise ValueError(f"{self.kind} {name!r} is registered twice.")
       self._entries[name] = obj
       return obj
+
     return decorator
 
   def add(self, name: str, obj: T) -> T:
@@ -25,9 +26,7 @@ class Registry(Generic[T]):
 
   def get(self, name: str) -> T:
     if name not in self._entries:
-      raise ValueError(
-          f"Unknown {self.kind} {name!r}. Valid {self.kind} names: "
-          f"{', '.join(sorted(self._entries))}.")
+      raise ValueError(f"Unknown {self.kind} {name!r}. Valid {self.kind} names: {', '.join(sorted(self._entries))}.")
     return self._entries[name]
 
   def names(self) -> list[str]:

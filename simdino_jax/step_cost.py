@@ -18,23 +18,37 @@ import numpy as np
 from simdino_jax import parallel
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "bf16": 2,
+  "f16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+}
 _COLLECTIVE_LINE = re.compile(r"= (.*?) (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
-  kind: str           # one of COLLECTIVES
-  shapes: tuple       # the result arrays, e.g. ("f32[64]", "bf16[384,1152]")
-  bytes: int          # bytes of the result arrays (a combined all-reduce: all of them)
-  in_loop: bool       # inside a while loop's body (runs once per iteration, e.g. per micro-batch)
+  kind: str  # one of COLLECTIVES
+  shapes: tuple  # the result arrays, e.g. ("f32[64]", "bf16[384,1152]")
+  bytes: int  # bytes of the result arrays (a combined all-reduce: all of them)
+  in_loop: bool  # inside a while loop's body (runs once per iteration, e.g. per micro-batch)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepCost:
   """Per device."""
+
   flops: float
   argument_bytes: int
   output_bytes: int
@@ -68,8 +82,9 @@ def collectives(hlo_text: str) -> tuple[Collective, ...]:
       continue
     arrays = _ARRAY.findall(match.group(1))
     shapes = tuple(f"{dtype}[{dims}]" for dtype, dims in arrays)
-    size = sum(_DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
-               for dtype, dims in arrays)
+    size = sum(
+      _DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d] or [1])) for dtype, dims in arrays
+    )
     found.append(Collective(match.group(2), shapes, size, in_loop))
   return tuple(found)
 
@@ -82,11 +97,11 @@ def abstract_images(config, mesh, *, host_crops: bool = False):
   if not host_crops:
     size = config.data.image_size
     return jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8, sharding=sharding)
-  crops = {"global": jax.ShapeDtypeStruct((batch, 2, aug.global_size, aug.global_size, 3), np.uint8,
-                                          sharding=sharding)}
+  crops = {"global": jax.ShapeDtypeStruct((batch, 2, aug.global_size, aug.global_size, 3), np.uint8, sharding=sharding)}
   if aug.n_local:
-    crops["local"] = jax.ShapeDtypeStruct((batch, aug.n_local, aug.local_size, aug.local_size, 3), np.uint8,
-                                          sharding=sharding)
+    crops["local"] = jax.ShapeDtypeStruct(
+      (batch, aug.n_local, aug.local_size, aug.local_size, 3), np.uint8, sharding=sharding
+    )
   return crops
 
 
@@ -98,11 +113,12 @@ def compile_train_step(config, mesh, *, host_crops: bool = False, resident_examp
   """
   from simdino_jax import train  # pylint: disable=import-outside-toplevel
 
-  setup = train.build(config, num_examples=max(config.batch_size * 1000, resident_examples), mesh=mesh,
-                      abstract=True)
+  setup = train.build(config, num_examples=max(config.batch_size * 1000, resident_examples), mesh=mesh, abstract=True)
   abstract_state = setup.state
-  schedules = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                                          sharding=parallel.replicated(mesh)), setup.schedules)
+  schedules = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=parallel.replicated(mesh)),
+    setup.schedules,
+  )
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     if resident_examples:
@@ -111,8 +127,7 @@ def compile_train_step(config, mesh, *, host_crops: bool = False, resident_examp
       rows = jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=parallel.batch_sharding(mesh))
       lowered = setup.indexed_step_fn.lower(abstract_state, dataset, rows, schedules)
     else:
-      lowered = setup.step_fn.lower(abstract_state, abstract_images(config, mesh, host_crops=host_crops),
-                                    schedules)
+      lowered = setup.step_fn.lower(abstract_state, abstract_images(config, mesh, host_crops=host_crops), schedules)
     compiled = lowered.compile()
   return setup, compiled, time.perf_counter() - start
 
@@ -122,7 +137,12 @@ def step_cost(compiled, compile_seconds: float = 0.0) -> StepCost:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
-  return StepCost(flops=float(cost.get("flops", 0.0)), argument_bytes=memory.argument_size_in_bytes,
-                  output_bytes=memory.output_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-                  alias_bytes=memory.alias_size_in_bytes, collectives=collectives(compiled.as_text()),
-                  compile_seconds=compile_seconds)
+  return StepCost(
+    flops=float(cost.get("flops", 0.0)),
+    argument_bytes=memory.argument_size_in_bytes,
+    output_bytes=memory.output_size_in_bytes,
+    temp_bytes=memory.temp_size_in_bytes,
+    alias_bytes=memory.alias_size_in_bytes,
+    collectives=collectives(compiled.as_text()),
+    compile_seconds=compile_seconds,
+  )

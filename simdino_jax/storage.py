@@ -72,34 +72,43 @@ def check_access(location: str | os.PathLike) -> None:
   location = os.fspath(location)
   if not location.startswith("gs://"):
     return
-  bucket = location[len("gs://"):].split("/")[0]
+  bucket = location[len("gs://") :].split("/")[0]
   endpoint = _gcs_endpoint()
   if endpoint == GCS_API:
     import google.auth  # pylint: disable=import-outside-toplevel
     from google.auth import exceptions  # pylint: disable=import-outside-toplevel
+
     try:
       google.auth.default()
     except exceptions.DefaultCredentialsError:
-      raise StorageError(f"{location}: no Google Cloud credentials on this machine. Run `gcloud auth "
-                         "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account "
-                         "key file (a TPU VM uses its service account).") from None
+      raise StorageError(
+        f"{location}: no Google Cloud credentials on this machine. Run `gcloud auth "
+        "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account "
+        "key file (a TPU VM uses its service account)."
+      ) from None
   url = parse.urlparse(endpoint)
   try:
     socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=10).close()
   except OSError as e:
-    raise StorageError(f"{location}: cannot reach the GCS API at {endpoint} ({e}). Check this machine's network "
-                       "(a TPU VM reaches it by default), or STORAGE_EMULATOR_HOST if you use an emulator.") from None
+    raise StorageError(
+      f"{location}: cannot reach the GCS API at {endpoint} ({e}). Check this machine's network "
+      "(a TPU VM reaches it by default), or STORAGE_EMULATOR_HOST if you use an emulator."
+    ) from None
   try:
     exists = path(f"gs://{bucket}").exists()  # Lists the bucket's objects (storage.objects.list).
   except OSError as e:
     if "Forbidden" in str(e) or "403" in str(e):
-      raise StorageError(f"{location}: permission denied on gs://{bucket}. Grant this machine's account "
-                         "roles/storage.objectUser on the bucket (gcloud storage buckets add-iam-policy-binding "
-                         f"gs://{bucket} --member=... --role=roles/storage.objectUser).") from None
+      raise StorageError(
+        f"{location}: permission denied on gs://{bucket}. Grant this machine's account "
+        "roles/storage.objectUser on the bucket (gcloud storage buckets add-iam-policy-binding "
+        f"gs://{bucket} --member=... --role=roles/storage.objectUser)."
+      ) from None
     raise StorageError(f"{location}: {str(e).splitlines()[0]}") from None
   if not exists:
-    raise StorageError(f"{location}: the bucket gs://{bucket} does not exist. Create it (gcloud storage buckets "
-                       f"create gs://{bucket} --location=REGION, in the TPU's region) or fix the path.")
+    raise StorageError(
+      f"{location}: the bucket gs://{bucket} does not exist. Create it (gcloud storage buckets "
+      f"create gs://{bucket} --location=REGION, in the TPU's region) or fix the path."
+    )
   _first_tensorstore_request(location, bucket)
 
 
@@ -130,8 +139,10 @@ def _first_tensorstore_request(location: str, bucket: str) -> None:
     lines = caught.read().decode(errors="replace").splitlines(keepends=True)
   sys.stderr.write("".join(l for l in lines if not any(n in l for n in _TENSORSTORE_CREDENTIALS_NOISE)))
   if error is not None:
-    raise StorageError(f"{location}: tensorstore, which writes the checkpoints' arrays, cannot read "
-                       f"gs://{bucket}: {str(error).splitlines()[0]}")
+    raise StorageError(
+      f"{location}: tensorstore, which writes the checkpoints' arrays, cannot read "
+      f"gs://{bucket}: {str(error).splitlines()[0]}"
+    )
 
 
 def nearest_existing_folder(location: str, what: str) -> pathlib.Path:
@@ -139,8 +150,10 @@ def nearest_existing_folder(location: str, what: str) -> pathlib.Path:
   target = pathlib.Path(location).expanduser().absolute()
   ancestor = next(p for p in (target, *target.parents) if p.exists())
   if not ancestor.is_dir():
-    raise StorageError(f"{what}={location}: {ancestor} is a file, not a folder. Choose a {what} whose parents are "
-                       "folders, or move that file away.")
+    raise StorageError(
+      f"{what}={location}: {ancestor} is a file, not a folder. Choose a {what} whose parents are "
+      "folders, or move that file away."
+    )
   return ancestor
 
 
@@ -154,5 +167,7 @@ def check_writable_folder(location: str | os.PathLike, what: str = "--workdir") 
     return
   ancestor = nearest_existing_folder(location, what)
   if not os.access(ancestor, os.W_OK | os.X_OK):
-    raise StorageError(f"{what}={location}: no permission to write in {ancestor} (user {getpass.getuser()}). "
-                       f"Choose a {what} you can write, or grant write access to {ancestor}.")
+    raise StorageError(
+      f"{what}={location}: no permission to write in {ancestor} (user {getpass.getuser()}). "
+      f"Choose a {what} you can write, or grant write access to {ancestor}."
+    )

@@ -73,6 +73,7 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
 
   def apply(params, crops, masks, key, patch_index):
     """The model on each data shard's own crops [V, b, ...]; outputs as the model's, batch-sharded."""
+
     def local(params, crops, masks, key, patch_index):
       if key is not None and shards > 1:
         key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
@@ -84,17 +85,21 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
     out_specs = {"cls": view_major, "head": view_major}
     if masks is not None or patch_index is not None:
       out_specs["patch_head"] = view_major if patch_index is None else batch_axis
-    out = jax.shard_map(local, mesh=mesh, out_specs=out_specs,
-                        in_specs=(param_specs, view_major, view_major, P(), batch_axis))(
-                            params, crops, masks, key, patch_index)
+    out = jax.shard_map(
+      local, mesh=mesh, out_specs=out_specs, in_specs=(param_specs, view_major, view_major, P(), batch_axis)
+    )(params, crops, masks, key, patch_index)
     prototypes = models.prototypes(graphdef, params)
     return out if prototypes is None else {**out, "prototypes": prototypes}
 
   def augment_on_shards(key, images):
     """Crops [V, B, ...] (batch-sharded) of images or host crops: one global draw, each shard crops its own."""
     u = jax.lax.with_sharding_constraint(augment.uniforms(key, images, config.aug), NamedSharding(mesh, view_major))
-    return jax.shard_map(lambda u, images: augment.from_uniforms(u, images, config.aug), mesh=mesh,
-                         in_specs=(view_major, batch_axis), out_specs=view_major)(u, images)
+    return jax.shard_map(
+      lambda u, images: augment.from_uniforms(u, images, config.aug),
+      mesh=mesh,
+      in_specs=(view_major, batch_axis),
+      out_specs=view_major,
+    )(u, images)
 
   def micro_step(state, context, crops, inputs: objectives.BatchInputs, drop_key):
     """(loss, new objective state, metrics, grads) of one (micro-)batch of crops [V, b, ...] and the objective's
@@ -106,7 +111,8 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
     def loss_fn(params):
       student_out = apply(params, groups, inputs.student_masks, drop_key, inputs.patch_index)
       loss, new_objective_state, aux = objective.loss(
-          student_out, teacher_out, state.objective_state, context, inputs.loss_masks)
+        student_out, teacher_out, state.objective_state, context, inputs.loss_masks
+      )
       return loss, (new_objective_state, aux)
 
     (loss, (new_objective_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
@@ -138,29 +144,50 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
     inputs = objective.batch_inputs(inputs_key, batch_size, config)
     compute = micro_step if accum_steps == 1 else accumulated
     loss, new_objective_state, aux, grads = compute(state, context, crops, inputs._replace(metrics=None), drop_key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.student, lr=scheduled.lr, wd=scheduled.wd,
-                                   train_last_layer=scheduled.train_last_layer)
+    updates, opt_state = tx.update(
+      grads,
+      state.opt_state,
+      state.student,
+      lr=scheduled.lr,
+      wd=scheduled.wd,
+      train_last_layer=scheduled.train_last_layer,
+    )
     student = optax.apply_updates(state.student, updates)
     teacher = train_state_lib.ema(state.teacher, student, scheduled.momentum)
 
     # Accepted only when the loss, the gradients and every part of the new state are finite (an overflowing
     # update gives finite gradients but non-finite parameters).
     finite = jnp.logical_and(
-        jnp.isfinite(loss),
-        train_state_lib.all_finite((grads, student, teacher, opt_state, new_objective_state)))
-    stepped = state.replace(step=state.step + 1, student=student, teacher=teacher, opt_state=opt_state,
-                            objective_state=new_objective_state, consecutive_skipped=jnp.zeros_like(state.step))
-    skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1,
-                            consecutive_skipped=state.consecutive_skipped + 1)
+      jnp.isfinite(loss), train_state_lib.all_finite((grads, student, teacher, opt_state, new_objective_state))
+    )
+    stepped = state.replace(
+      step=state.step + 1,
+      student=student,
+      teacher=teacher,
+      opt_state=opt_state,
+      objective_state=new_objective_state,
+      consecutive_skipped=jnp.zeros_like(state.step),
+    )
+    skipped = state.replace(
+      step=state.step + 1, skipped=state.skipped + 1, consecutive_skipped=state.consecutive_skipped + 1
+    )
     # One conditional over the whole state: a select per leaf would get its own fused copy of the reduction over
     # every leaf (leaves² ops; 2.4x the compile time of a 1-block ViT's step).
     new_state = jax.lax.cond(finite, lambda: stepped, lambda: skipped)
 
-    metrics = {"loss": loss, **aux, **(inputs.metrics or {}),
-               "lr": scheduled.lr, "wd": scheduled.wd, "momentum": scheduled.momentum,
-               "teacher_temp": scheduled.teacher_temp, "grad_norm": tree_norm(grads),
-               "param_norm": tree_norm(student), "update_norm": tree_norm(updates),
-               "finite": finite.astype(jnp.float32)}
+    metrics = {
+      "loss": loss,
+      **aux,
+      **(inputs.metrics or {}),
+      "lr": scheduled.lr,
+      "wd": scheduled.wd,
+      "momentum": scheduled.momentum,
+      "teacher_temp": scheduled.teacher_temp,
+      "grad_norm": tree_norm(grads),
+      "param_norm": tree_norm(student),
+      "update_norm": tree_norm(updates),
+      "finite": finite.astype(jnp.float32),
+    }
     return new_state, metrics
 
   return step_fn
@@ -169,6 +196,7 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
 @dataclasses.dataclass
 class TrainSetup:
   """The parts built from the config once: mesh, objective, model graph, state, schedules, jitted steps."""
+
   config: Any
   mesh: Any
   objective: Any
@@ -177,10 +205,10 @@ class TrainSetup:
   state_shardings: Any
   schedules: optim.Schedules
   # Both steps take `schedules` last; pass `setup.schedules` (a compiled step serves any schedule of its shapes).
-  step_fn: Callable          # (state, images uint8 [B,S,S,3] or host crops, batch-sharded, schedules)
-                             # -> (state, metrics)
+  step_fn: Callable  # (state, images uint8 [B,S,S,3] or host crops, batch-sharded, schedules)
+  # -> (state, metrics)
   indexed_step_fn: Callable  # (state, dataset uint8 [N,S,S,3] replicated, rows int32 [B], schedules)
-                             # -> (state, metrics)
+  # -> (state, metrics)
   steps_per_epoch: int
 
 
@@ -199,22 +227,48 @@ def build(config, *, num_examples: int, mesh=None, abstract: bool = False) -> Tr
   tx = optim.make_optimizer(config, abstract_params)
   with jax.set_mesh(mesh):
     state, graphdef, shardings = train_state_lib.create(
-        model_fn, tx, objective, config.seed, mesh, fsdp=config.fsdp, fsdp_min_size=config.fsdp_min_size,
-        abstract=abstract)
+      model_fn,
+      tx,
+      objective,
+      config.seed,
+      mesh,
+      fsdp=config.fsdp,
+      fsdp_min_size=config.fsdp_min_size,
+      abstract=abstract,
+    )
   step = make_train_step(config, graphdef, objective, tx, mesh, parallel.param_specs(shardings.student))
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   # The dataset held on device: each device gathers its own rows of the replicated split, no communication.
-  own_rows = jax.shard_map(lambda dataset, rows: jnp.take(dataset, rows, axis=0), mesh=mesh,
-                           in_specs=(P(), P(parallel.DATA_AXIS)), out_specs=P(parallel.DATA_AXIS))
-  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
-                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+  own_rows = jax.shard_map(
+    lambda dataset, rows: jnp.take(dataset, rows, axis=0),
+    mesh=mesh,
+    in_specs=(P(), P(parallel.DATA_AXIS)),
+    out_specs=P(parallel.DATA_AXIS),
+  )
+  step_fn = jax.jit(
+    step,
+    in_shardings=(shardings, batch_sharding, replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
   indexed_step_fn = jax.jit(
-      lambda state, dataset, rows, schedules: step(state, own_rows(dataset, rows), schedules),
-      in_shardings=(shardings, replicated, batch_sharding, replicated),
-      out_shardings=(shardings, replicated), donate_argnums=(0,))
-  return TrainSetup(config=config, mesh=mesh, objective=objective, graphdef=graphdef, state=state,
-                    state_shardings=shardings, schedules=schedules, step_fn=step_fn,
-                    indexed_step_fn=indexed_step_fn, steps_per_epoch=steps_per_epoch)
+    lambda state, dataset, rows, schedules: step(state, own_rows(dataset, rows), schedules),
+    in_shardings=(shardings, replicated, batch_sharding, replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
+  return TrainSetup(
+    config=config,
+    mesh=mesh,
+    objective=objective,
+    graphdef=graphdef,
+    state=state,
+    state_shardings=shardings,
+    schedules=schedules,
+    step_fn=step_fn,
+    indexed_step_fn=indexed_step_fn,
+    steps_per_epoch=steps_per_epoch,
+  )
 
 
 def make_host_step(setup: TrainSetup, resident_images: np.ndarray | None) -> Callable:
@@ -225,13 +279,16 @@ def make_host_step(setup: TrainSetup, resident_images: np.ndarray | None) -> Cal
   """
   mesh = setup.mesh
   if resident_images is None:
+
     def images(host):  # Images, or the crops cut on the host from the originals (data.host_crops).
       return host["image"] if "image" in host else {k: host[k] for k in ("global", "local") if k in host}
+
     return lambda state, host: setup.step_fn(state, parallel.global_batch(images(host), mesh), setup.schedules)
   _check_fits_on_device(resident_images.nbytes)
   dataset = parallel.replicate(resident_images, mesh)
   return lambda state, host: setup.indexed_step_fn(
-      state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"], setup.schedules)
+    state, dataset, parallel.global_batch({"index": host["index"]}, mesh)["index"], setup.schedules
+  )
 
 
 def _check_fits_on_device(nbytes: int, max_fraction: float = 0.5) -> None:
@@ -240,9 +297,10 @@ def _check_fits_on_device(nbytes: int, max_fraction: float = 0.5) -> None:
   limit = stats.get("bytes_limit")
   if limit and nbytes > max_fraction * limit:
     raise ValueError(
-        f"config.data.on_device: the training split takes {nbytes / 2**30:.2f} GiB, more than "
-        f"{max_fraction:.0%} of the {limit / 2**30:.1f} GiB of a device. Set config.data.on_device=False (the "
-        "host then streams batches) or lower config.data.image_size.")
+      f"config.data.on_device: the training split takes {nbytes / 2**30:.2f} GiB, more than "
+      f"{max_fraction:.0%} of the {limit / 2**30:.1f} GiB of a device. Set config.data.on_device=False (the "
+      "host then streams batches) or lower config.data.image_size."
+    )
 
 
 class PreemptionFlag:
@@ -278,8 +336,9 @@ def _say_on_process_0(line: str) -> None:
     print(line, flush=True)
 
 
-def restore_or_initialize(config, setup: TrainSetup, checkpoints: checkpointing.Checkpoints, iterator,
-                          workdir: str) -> tuple[train_state_lib.TrainState, int | None]:
+def restore_or_initialize(
+  config, setup: TrainSetup, checkpoints: checkpointing.Checkpoints, iterator, workdir: str
+) -> tuple[train_state_lib.TrainState, int | None]:
   """(state, step of the checkpoint resumed or None): the latest restorable checkpoint of `workdir` (the iterator
   moved to its position), else `config.init_from`'s networks, else the fresh state."""
   restored = checkpoints.restore_latest(setup.state, setup.state_shardings)
@@ -321,8 +380,11 @@ class LogPoints:
     self.writer = metrics_lib.MultiWriter(workdir, tensorboard=config.tensorboard, resume_step=start_step)
     self.progress = metrics_lib.Progress(total_steps, config.batch_size, start_step)
     self.window = metrics_lib.MetricsWindow()
-    self.monitor = collapse.CollapseMonitor(config.collapse.patience, dino_rel_tol=config.collapse.dino_rel_tol,
-                                            min_feature_std=config.collapse.min_feature_std)
+    self.monitor = collapse.CollapseMonitor(
+      config.collapse.patience,
+      dino_rel_tol=config.collapse.dino_rel_tol,
+      min_feature_std=config.collapse.min_feature_std,
+    )
 
   def log(self, done: int, state, last_good: int | None, goodput: metrics_lib.Goodput) -> dict:
     """The averaged metrics since the last log point, with where the time went; raises FloatingPointError after too
@@ -337,8 +399,16 @@ class LogPoints:
     return last
 
 
-def checkpoint_or_preempt(checkpoints: checkpointing.Checkpoints, preemption: PreemptionFlag, config, state,
-                          iterator, done: int, total_steps: int, last_good: int | None) -> tuple[int | None, bool]:
+def checkpoint_or_preempt(
+  checkpoints: checkpointing.Checkpoints,
+  preemption: PreemptionFlag,
+  config,
+  state,
+  iterator,
+  done: int,
+  total_steps: int,
+  last_good: int | None,
+) -> tuple[int | None, bool]:
   """Saves the checkpoint of step `done` when scheduled, at the end or when preempted, unless inside a streak of
   skipped steps; returns (step of the newest checkpoint, whether to stop now)."""
   every = config.checkpoint_every_steps
@@ -348,8 +418,10 @@ def checkpoint_or_preempt(checkpoints: checkpointing.Checkpoints, preemption: Pr
     if checkpoints.save(done, state, iterator.get_state(), force=stopping or done == total_steps):
       last_good = done
   elif scheduled or stopping:
-    _say_on_process_0(f"Not saving the checkpoint of step {done}: it is inside a streak of "
-                      f"{int(state.consecutive_skipped)} skipped step(s) (last checkpoint: {last_good}).")
+    _say_on_process_0(
+      f"Not saving the checkpoint of step {done}: it is inside a streak of "
+      f"{int(state.consecutive_skipped)} skipped step(s) (last checkpoint: {last_good})."
+    )
   if stopping:
     checkpoints.wait()
     saved = "saved its checkpoint" if last_good == done else f"did not save (last checkpoint: {last_good})"
@@ -377,8 +449,13 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   process_count = jax.process_count()
   with goodput.timed("setup"):
     iterator = data_lib.create_train_iterator(
-        config.data, batch_size=config.batch_size // process_count, seed=config.seed,
-        process_index=jax.process_index(), process_count=process_count, aug=config.aug)
+      config.data,
+      batch_size=config.batch_size // process_count,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=process_count,
+      aug=config.aug,
+    )
     setup = build(config, num_examples=iterator.num_examples)
     train_step = make_host_step(setup, iterator.resident_images)
     total_steps = setup.schedules.total_steps
@@ -394,7 +471,8 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   preemption = PreemptionFlag()
   resident = None if iterator.resident_images is None else (iterator.resident_images, iterator.resident_labels)
   evaluators = evaluators_lib.scheduled(
-      config, lambda: evaluators_lib.open_inputs(config, setup.mesh, setup.graphdef, resident), setup.steps_per_epoch)
+    config, lambda: evaluators_lib.open_inputs(config, setup.mesh, setup.graphdef, resident), setup.steps_per_epoch
+  )
   last, started = {}, time.perf_counter()
 
   def evaluate(step: int, due) -> dict:
@@ -430,8 +508,9 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
           last.update(evaluate(done, due))
           log_points.progress.restart(done)
         with goodput.timed("save"):
-          last_good, stopping = checkpoint_or_preempt(checkpoints, preemption, config, state, iterator, done,
-                                                      total_steps, last_good)
+          last_good, stopping = checkpoint_or_preempt(
+            checkpoints, preemption, config, state, iterator, done, total_steps, last_good
+          )
         if stopping:
           break
   finally:
@@ -445,8 +524,9 @@ def run(config, workdir: str, profile_steps: int = 0) -> dict:
   _say_on_process_0(goodput.summary())
   if trained and int(state.consecutive_skipped):
     raise FloatingPointError(
-        f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "
-        f"({int(state.skipped)} of {int(state.step)} skipped in total). {_how_to_go_on(last_good)}")
+      f"The run ended inside a streak of {int(state.consecutive_skipped)} skipped step(s) "
+      f"({int(state.skipped)} of {int(state.step)} skipped in total). {_how_to_go_on(last_good)}"
+    )
   return last
 
 
@@ -471,8 +551,11 @@ def use_compilation_cache(setting: str, workdir: str) -> None:
 def _last_checkpoint_sentence(workdir: str) -> str:
   step = checkpointing.last_finished_step(workdir)
   directory = storage.path(workdir) / "checkpoints"
-  return (f"No checkpoint has finished in {directory}" if step is None
-          else f"The last finished checkpoint is step {step} in {directory}")
+  return (
+    f"No checkpoint has finished in {directory}"
+    if step is None
+    else f"The last finished checkpoint is step {step} in {directory}"
+  )
 
 
 def startup_line(config, setup: TrainSetup, num_examples: int, workdir: str) -> str:
@@ -480,19 +563,26 @@ def startup_line(config, setup: TrainSetup, num_examples: int, workdir: str) -> 
   params = sum(x.size for x in jax.tree.leaves(setup.state.student))
   devices = setup.mesh.devices.size
   mesh = " × ".join(f"{name} {size}" for name, size in setup.mesh.shape.items())
-  return (f"{config.objective.name} | {config.model.name} ({params / 1e6:.2f} M parameters, {config.model.dtype}) | "
-          f"data {config.data.name}: {num_examples:,} images | {devices} {jax.devices()[0].platform} device(s), "
-          f"mesh {mesh}, {jax.process_count()} process(es) | batch {config.batch_size} "
-          f"({config.batch_size // devices} per device) | {setup.schedules.total_steps} steps "
-          f"({setup.steps_per_epoch} per epoch) | workdir {storage.path(workdir)}")
+  return (
+    f"{config.objective.name} | {config.model.name} ({params / 1e6:.2f} M parameters, {config.model.dtype}) | "
+    f"data {config.data.name}: {num_examples:,} images | {devices} {jax.devices()[0].platform} device(s), "
+    f"mesh {mesh}, {jax.process_count()} process(es) | batch {config.batch_size} "
+    f"({config.batch_size // devices} per device) | {setup.schedules.total_steps} steps "
+    f"({setup.steps_per_epoch} per epoch) | workdir {storage.path(workdir)}"
+  )
 
 
 def eval_line(step: int, epoch: float, results: dict) -> str:
   """The kNN accuracies and collapse diagnostics of one evaluation."""
-  knn = "  ".join(f"top-1 k={k.rsplit('k', 1)[1]} {100 * v:.1f}%" for k, v in results.items()
-                  if k.startswith("knn_top1_"))
-  names = {"diag_effective_rank": "effective rank", "diag_feature_std": "feature std",
-           "diag_unique_prototypes": "unique prototypes", "diag_largest_group": "largest group"}
+  knn = "  ".join(
+    f"top-1 k={k.rsplit('k', 1)[1]} {100 * v:.1f}%" for k, v in results.items() if k.startswith("knn_top1_")
+  )
+  names = {
+    "diag_effective_rank": "effective rank",
+    "diag_feature_std": "feature std",
+    "diag_unique_prototypes": "unique prototypes",
+    "diag_largest_group": "largest group",
+  }
   diags = "  ".join(f"{label} {results[key]:.4g}" for key, label in names.items() if key in results)
   return f"kNN at step {step} (epoch {epoch:.1f}): {knn}  | {diags}"
 
@@ -501,29 +591,39 @@ def summary_line(state, last: dict, trained: int, seconds: float, workdir: str, 
   knn = {k: v for k, v in last.items() if k.startswith("knn_top1_")}
   knn_text = "".join(f", kNN top-1 k={k.rsplit('k', 1)[1]} {100 * v:.1f}%" for k, v in knn.items())
   loss = last.get("loss")
-  return (f"done: step {int(state.step)}, {trained} steps in {seconds / 60:.1f} min, "
-          f"{int(state.skipped)} skipped{'' if loss is None else f', loss {loss:.4f}'}{knn_text}; "
-          f"last checkpoint: {'none' if last_good is None else f'step {last_good}'} in "
-          f"{storage.path(workdir) / 'checkpoints'}")
+  return (
+    f"done: step {int(state.step)}, {trained} steps in {seconds / 60:.1f} min, "
+    f"{int(state.skipped)} skipped{'' if loss is None else f', loss {loss:.4f}'}{knn_text}; "
+    f"last checkpoint: {'none' if last_good is None else f'step {last_good}'} in "
+    f"{storage.path(workdir) / 'checkpoints'}"
+  )
 
 
 def _how_to_go_on(last_good: int | None) -> str:
   if last_good is None:
-    return ("No checkpoint was written. To go on, start again with a lower --config.optim.base_lr (or check the "
-            "data and config.objective).")
-  return (f"To go on, either start again in a new --workdir with a lower --config.optim.base_lr, or resume this "
-          f"one from its last good checkpoint (step {last_good}) with a lower --config.optim.base_lr and "
-          "--config.allow_config_mismatch=True.")
+    return (
+      "No checkpoint was written. To go on, start again with a lower --config.optim.base_lr (or check the "
+      "data and config.objective)."
+    )
+  return (
+    f"To go on, either start again in a new --workdir with a lower --config.optim.base_lr, or resume this "
+    f"one from its last good checkpoint (step {last_good}) with a lower --config.optim.base_lr and "
+    "--config.allow_config_mismatch=True."
+  )
 
 
 def _stop_if_diverged(state, last: dict, step: int, max_consecutive: int, last_good: int | None) -> None:
   consecutive = int(state.consecutive_skipped)
   if consecutive:
-    print(f"step {step}: {consecutive} consecutive step(s) skipped for a non-finite loss, gradient or update "
-          f"({int(state.skipped)} in total).", flush=True)
+    print(
+      f"step {step}: {consecutive} consecutive step(s) skipped for a non-finite loss, gradient or update "
+      f"({int(state.skipped)} in total).",
+      flush=True,
+    )
   if consecutive >= max_consecutive:
     components = {k: v for k, v in last.items() if k not in ("lr", "wd", "momentum", "teacher_temp")}
     raise FloatingPointError(
-        f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss, gradient or "
-        f"update (limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
-        f"No checkpoint with non-finite values, or from inside the streak, was written. {_how_to_go_on(last_good)}")
+      f"Training stopped at step {step}: {consecutive} consecutive steps had a non-finite loss, gradient or "
+      f"update (limit config.max_consecutive_skips={max_consecutive}). Last averaged metrics: {components}. "
+      f"No checkpoint with non-finite values, or from inside the streak, was written. {_how_to_go_on(last_good)}"
+    )

@@ -15,6 +15,7 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainState:
   """Everything a step reads and writes. Parameters are plain nested dicts (`nnx.to_pure_dict`)."""
+
   step: jax.Array
   student: PyTree
   teacher: PyTree
@@ -36,23 +37,40 @@ def all_finite(tree: PyTree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int, mesh, *,
-           fsdp: bool, fsdp_min_size: int = 2 ** 18, abstract: bool = False) -> tuple[TrainState, Any, PyTree]:
+def create(
+  model_fn: Callable[[nnx.Rngs], nnx.Module],
+  tx,
+  objective,
+  seed: int,
+  mesh,
+  *,
+  fsdp: bool,
+  fsdp_min_size: int = 2**18,
+  abstract: bool = False,
+) -> tuple[TrainState, Any, PyTree]:
   """Builds the state directly with its shardings: `eval_shape`, then a jitted init with `out_shardings`.
 
   The objective state is sized by the model's head (`model.head.out_dim`). Returns (state, graphdef,
   state_shardings). The teacher starts as an exact copy of the student. `abstract`: the state as sharded
   ShapeDtypeStructs, nothing allocated (to compile for devices this process does not have, e.g. a TPU slice).
   """
+
   def init(rng):
     model_rng, state_rng = jax.random.split(rng)
     model = model_fn(nnx.Rngs(params=model_rng))
     params = nnx.to_pure_dict(nnx.state(model))
     return TrainState(
-        step=jnp.zeros([], jnp.int32), student=params, teacher=jax.tree.map(jnp.copy, params),
-        opt_state=tx.init(params), objective_state=objective.init_state(
-            model.head.out_dim, None if model.ibot_head is None else model.ibot_head.out_dim), rng=state_rng,
-        skipped=jnp.zeros([], jnp.int32), consecutive_skipped=jnp.zeros([], jnp.int32))
+      step=jnp.zeros([], jnp.int32),
+      student=params,
+      teacher=jax.tree.map(jnp.copy, params),
+      opt_state=tx.init(params),
+      objective_state=objective.init_state(
+        model.head.out_dim, None if model.ibot_head is None else model.ibot_head.out_dim
+      ),
+      rng=state_rng,
+      skipped=jnp.zeros([], jnp.int32),
+      consecutive_skipped=jnp.zeros([], jnp.int32),
+    )
 
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32) if abstract else jax.random.PRNGKey(seed)  # raw key: a plain array
   shapes = jax.eval_shape(init, rng)
@@ -63,4 +81,3 @@ def create(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, objective, seed: int,
     state = jax.jit(init, out_shardings=shardings)(rng)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
   return state, graphdef, shardings
-

@@ -28,8 +28,9 @@ class GrainWithoutJax:
 
   def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
     if name.split(".")[0] in _REFUSED and _importer().startswith("grain."):
-      raise ModuleNotFoundError(f"No module named {name!r} for grain in a data worker process "
-                                "(simdino_jax/worker_imports.py)")
+      raise ModuleNotFoundError(
+        f"No module named {name!r} for grain in a data worker process (simdino_jax/worker_imports.py)"
+      )
     return None
 
 

@@ -16,12 +16,14 @@
 import os
 import tempfile
 
-FAST_COMPILE_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false "
-                          "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+FAST_COMPILE_XLA_FLAGS = (
+  "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
 # Set once: pytest-xdist's workers inherit the controller's environment (and so share its compilation cache).
 _flags = os.environ.get("XLA_FLAGS", "").split()
-os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE_XLA_FLAGS.split() + [
-    "--xla_force_host_platform_device_count=8"] if f not in _flags])
+os.environ["XLA_FLAGS"] = " ".join(
+  _flags + [f for f in FAST_COMPILE_XLA_FLAGS.split() + ["--xla_force_host_platform_device_count=8"] if f not in _flags]
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simdino_jax_test_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -45,11 +47,26 @@ _create_mesh = parallel.create_mesh
 
 # The longest files first: pytest-xdist hands whole files to its 2 workers in collection order, so no long file starts
 # last and runs alone while the other worker waits.
-LONGEST_FIRST = ("test_distributed.py", "test_convert.py", "test_data_parallel.py", "test_train.py",
-                 "test_storage.py", "test_preemption.py", "test_models.py", "test_gpu_check.py", "test_sweep.py",
-                 "test_eval_protocols.py", "test_masked_patch_head.py", "test_reproduce.py",
-                 "test_imagenet_prepare.py", "test_benchmark.py", "test_data_augment.py", "test_evaluate.py",
-                 "test_guards.py", "test_operations.py")
+LONGEST_FIRST = (
+  "test_distributed.py",
+  "test_convert.py",
+  "test_data_parallel.py",
+  "test_train.py",
+  "test_storage.py",
+  "test_preemption.py",
+  "test_models.py",
+  "test_gpu_check.py",
+  "test_sweep.py",
+  "test_eval_protocols.py",
+  "test_masked_patch_head.py",
+  "test_reproduce.py",
+  "test_imagenet_prepare.py",
+  "test_benchmark.py",
+  "test_data_augment.py",
+  "test_evaluate.py",
+  "test_guards.py",
+  "test_operations.py",
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -8,7 +8,6 @@
 """
 
 import functools
-import json
 import sys
 from http import HTTPStatus
 
@@ -27,6 +26,7 @@ def _with_denial(handler):
       response.json({"error": {"code": 403, "message": message, "errors": [{"reason": "forbidden"}]}})
       return
     handler(request, response, storage, *args, **kwargs)
+
   return serve
 
 
@@ -41,8 +41,19 @@ def _download_with_generation(request, response, storage, *args, **kwargs):
 _download = objects.download
 objects.download = _download_with_generation
 for module in (objects, buckets):  # Before `server` builds its routing table from these modules.
-  for name in ("get", "ls", "insert", "download", "delete", "patch", "copy", "rewrite", "compose", "upload_partial",
-               "xml_upload"):
+  for name in (
+    "get",
+    "ls",
+    "insert",
+    "download",
+    "delete",
+    "patch",
+    "copy",
+    "rewrite",
+    "compose",
+    "upload_partial",
+    "xml_upload",
+  ):
     if hasattr(module, name):
       setattr(module, name, _with_denial(getattr(module, name)))
 

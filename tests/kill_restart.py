@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,8 +54,7 @@ def save_phase(workdir: str) -> str:
     return "before the first save"
   for path in sorted(directory.iterdir()):
     temporary = ".orbax-checkpoint-tmp" in path.name
-    if temporary or (path.name.isdigit() and not (path / "commit_success.txt").exists()
-                     and storage.is_remote(workdir)):
+    if temporary or (path.name.isdigit() and not (path / "commit_success.txt").exists() and storage.is_remote(workdir)):
       parts = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
       state = next((p for p in path.iterdir() if p.name.startswith("state")), path / "state")
       written = "state manifest written" if (state / "manifest.ocdbt").exists() else "state manifest not written"
@@ -64,15 +62,22 @@ def save_phase(workdir: str) -> str:
   return "between saves"
 
 
-def run_until_done(workdir: str, env: dict, kills: int, seed: int, window_s: float = 2.0,
-                   steps: int = STEPS) -> tuple[list, str]:
+def run_until_done(
+  workdir: str, env: dict, kills: int, seed: int, window_s: float = 2.0, steps: int = STEPS
+) -> tuple[list, str]:
   """Starts the job, SIGKILLs it `kills` times at uniform instants in the `window_s` seconds after its first step
   (seeded), restarting it each time; returns (the phase of each kill, the last run's output)."""
   rng = random.Random(seed)
   phases = []
   while True:
-    job = subprocess.Popen(train_utils.main_command(workdir, job_config(steps)), cwd=ROOT, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = subprocess.Popen(
+      train_utils.main_command(workdir, job_config(steps)),
+      cwd=ROOT,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
     lines, stepped = [], threading.Event()
 
     def read(job=job, lines=lines, stepped=stepped):
@@ -80,6 +85,7 @@ def run_until_done(workdir: str, env: dict, kills: int, seed: int, window_s: flo
         lines.append(line)
         if line.startswith("compiled and ran the first step"):
           stepped.set()
+
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     if len(phases) < kills:
@@ -136,12 +142,17 @@ def main() -> None:
       print(f"kill {i}: {phase}")
     print(output[-600:])
     reference = os.path.join(scratch, "reference")
-    subprocess.run(train_utils.main_command(reference, job_config()), cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final_state(workdir)),
-                                                      jax.tree.leaves(final_state(reference))))
-    print(f"{len(phases)} kills in {time.time() - started:.0f} s; final state bitwise equal to the uninterrupted "
-          f"run: {same}")
+    subprocess.run(
+      train_utils.main_command(reference, job_config()), cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    same = all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(final_state(workdir)), jax.tree.leaves(final_state(reference)))
+    )
+    print(
+      f"{len(phases)} kills in {time.time() - started:.0f} s; final state bitwise equal to the uninterrupted "
+      f"run: {same}"
+    )
   finally:
     if server is not None:
       server.kill()

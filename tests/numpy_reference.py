@@ -146,7 +146,8 @@ def cosine(a, b):
 
 
 def simdino(student_z, teacher_z, eps=0.05, coeff=1.0, expa_type=1, gamma="default", n_devices=1, n=None):
-  """(loss, comp, expa) of SimDINO (docs/objectives.md); n_devices > 1: per-device covariance with the global n, mean of R;
+  """(loss, comp, expa) of SimDINO (docs/objectives.md); n_devices > 1: per-device covariance with the global n,
+  mean of R;
   n: the global batch of α and γ (default: the rows given)."""
   student_z, teacher_z = np.asarray(student_z, np.float64), np.asarray(teacher_z, np.float64)
   n_views, rows, p = student_z.shape

@@ -32,8 +32,7 @@ def test_head_flops_count_every_matrix_of_the_head():
   assert benchmark.head_flops_per_token(head) == per_token
   # 2 globals of 16 px + 2 locals of 8 px, patch 4 (N = 16); the patch head scores DINOv2's upperbound of masked
   # tokens per data shard: Σ_k int(N · p_k+1) over the int(0.5 · 2b) masked crops of its b images.
-  vit = lambda size: benchmark.vit_forward_flops(size, width=d, depth=1, patch=4,
-                                                registers=config.model.num_registers)
+  vit = lambda size: benchmark.vit_forward_flops(size, width=d, depth=1, patch=4, registers=config.model.num_registers)
   student = 2 * vit(16) + 2 * vit(8) + 4 * per_token
   teacher = 2 * vit(16) + 2 * per_token
   backbone_cls = config.batch_size * (3 * student + teacher)
@@ -53,8 +52,9 @@ def test_compile_figures_show_the_ibot_share():
   assert figures["ibot_slots_per_crop"] == sum(int(16 * p) for p in np.linspace(0.1, 0.5, 17)[1:]) / 32
   total = figures["backbone_cls_gflop_per_image"] + figures["ibot_gflop_per_image"]
   assert math.isclose(figures["ibot_share"], figures["ibot_gflop_per_image"] / total)
-  assert math.isclose(figures["xla_over_backbone_cls"] / figures["xla_over_analytic"],
-                      total / figures["backbone_cls_gflop_per_image"])
+  assert math.isclose(
+    figures["xla_over_backbone_cls"] / figures["xla_over_analytic"], total / figures["backbone_cls_gflop_per_image"]
+  )
 
 
 def test_analytic_flops_match_the_reference_formula():
@@ -82,10 +82,25 @@ def test_compiling_for_a_tpu_slice_without_libtpu_says_how_to_install_it():
 
   assert importlib.util.find_spec("libtpu") is None, "this test checks the message of a machine without libtpu"
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.tools.benchmark", "--compile_only", "--topology=v5e:2x2", "--methods=dino",
-       "--models=ViT-S/16", "--batch=64"], capture_output=True, text=True, timeout=300, env=train_utils.subprocess_env())
+    [
+      sys.executable,
+      "-m",
+      "simdino_jax.tools.benchmark",
+      "--compile_only",
+      "--topology=v5e:2x2",
+      "--methods=dino",
+      "--models=ViT-S/16",
+      "--batch=64",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=train_utils.subprocess_env(),
+  )
   assert result.returncode != 0
   lines = [line for line in result.stderr.splitlines() if line.strip()]
-  assert lines[-1] == (f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
-                       f"{jax.__version__}' (docs/benchmarks.md, Pod table)."), result.stderr[-2000:]
+  assert lines[-1] == (
+    f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
+    f"{jax.__version__}' (docs/benchmarks.md, Pod table)."
+  ), result.stderr[-2000:]
   assert "Traceback" not in result.stderr

@@ -6,8 +6,12 @@ import pytest
 from simdino_jax import cluster
 
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
-CLUSTER_VARIABLES = tuple(SLURM) + ("SLURM_NTASKS", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES",
-                                    "TPU_PROCESS_ADDRESSES")
+CLUSTER_VARIABLES = tuple(SLURM) + (
+  "SLURM_NTASKS",
+  "OMPI_MCA_orte_hnp_uri",
+  "TPU_WORKER_HOSTNAMES",
+  "TPU_PROCESS_ADDRESSES",
+)
 
 
 @pytest.fixture

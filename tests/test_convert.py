@@ -36,7 +36,6 @@ TOL = 1e-4
 
 
 class TorchAttention(nn.Module):
-
   def __init__(self, dim, num_heads):
     super().__init__()
     self.num_heads = num_heads
@@ -51,7 +50,6 @@ class TorchAttention(nn.Module):
 
 
 class TorchMlp(nn.Module):
-
   def __init__(self, dim, hidden):
     super().__init__()
     self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
@@ -74,7 +72,6 @@ class TorchSwiGLUFFNFused(nn.Module):
 
 
 class TorchLayerScale(nn.Module):
-
   def __init__(self, dim):
     super().__init__()
     self.gamma = nn.Parameter(torch.ones(dim))
@@ -84,7 +81,6 @@ class TorchLayerScale(nn.Module):
 
 
 class TorchBlock(nn.Module):
-
   def __init__(self, dim, num_heads, layerscale, swiglu=False):
     super().__init__()
     self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -100,7 +96,6 @@ class TorchBlock(nn.Module):
 
 
 class TorchPatchEmbed(nn.Module):
-
   def __init__(self, dim, patch):
     super().__init__()
     self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
@@ -112,8 +107,21 @@ class TorchPatchEmbed(nn.Module):
 class TorchViT(nn.Module):
   """DINO's ViT (`mask_token=False`) or DINOv2's (mask token `[1, D]`, registers, LayerScale)."""
 
-  def __init__(self, *, dim, depth, num_heads, patch, img_size, registers=0, layerscale=False, mask_token=False,
-               interpolate_offset=0.1, interpolate_antialias=False, swiglu=False):
+  def __init__(
+    self,
+    *,
+    dim,
+    depth,
+    num_heads,
+    patch,
+    img_size,
+    registers=0,
+    layerscale=False,
+    mask_token=False,
+    interpolate_offset=0.1,
+    interpolate_antialias=False,
+    swiglu=False,
+  ):
     super().__init__()
     self.patch, self.offset, self.antialias = patch, interpolate_offset, interpolate_antialias
     self.patch_embed = TorchPatchEmbed(dim, patch)
@@ -132,8 +140,12 @@ class TorchViT(nn.Module):
     side = int(math.sqrt(stored))
     grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
     if self.offset:
-      resized = nn.functional.interpolate(grid, scale_factor=((h0 + self.offset) / side, (w0 + self.offset) / side),
-                                          mode="bicubic", antialias=self.antialias)
+      resized = nn.functional.interpolate(
+        grid,
+        scale_factor=((h0 + self.offset) / side, (w0 + self.offset) / side),
+        mode="bicubic",
+        antialias=self.antialias,
+      )
     else:
       resized = nn.functional.interpolate(grid, size=(h0, w0), mode="bicubic", antialias=self.antialias)
     return torch.cat([self.pos_embed[:, :1], resized.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)], dim=1)
@@ -150,15 +162,19 @@ class TorchViT(nn.Module):
     for block in self.blocks:
       x = block(x)
     x = self.norm(x)
-    return x[:, 0], x[:, 1 + (0 if self.register_tokens is None else self.register_tokens.shape[1]):]
+    return x[:, 0], x[:, 1 + (0 if self.register_tokens is None else self.register_tokens.shape[1]) :]
 
 
 class TorchDINOHead(nn.Module):
-
   def __init__(self, in_dim, out_dim, hidden_dim, bottleneck_dim, parametrizations=False):
     super().__init__()
-    self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-                             nn.Linear(hidden_dim, bottleneck_dim))
+    self.mlp = nn.Sequential(
+      nn.Linear(in_dim, hidden_dim),
+      nn.GELU(),
+      nn.Linear(hidden_dim, hidden_dim),
+      nn.GELU(),
+      nn.Linear(hidden_dim, bottleneck_dim),
+    )
     linear = nn.Linear(bottleneck_dim, out_dim, bias=False)
     if parametrizations:
       self.last_layer = nn.utils.parametrizations.weight_norm(linear)
@@ -193,8 +209,7 @@ def randomize(module: nn.Module, seed: int) -> nn.Module:
   return module.eval()
 
 
-def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(64, 48, 16), ffn="mlp",
-                 ibot_head=None):
+def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(64, 48, 16), ffn="mlp", ibot_head=None):
   """config.model of one of our registered architectures, float32, with a small DINO head (and a separate iBOT
   head of sizes `ibot_head` = (K, hidden, bottleneck))."""
   config = models.default_config()
@@ -209,15 +224,15 @@ def model_config(name, *, patch, image_size, registers=0, layerscale=0.0, head=(
 
 def our_template(config) -> dict:
   """Our parameters of `config` as zeros (a pure dict): the shapes an import checks against."""
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0)))))
+  abstract = nnx.to_pure_dict(
+    nnx.state(nnx.eval_shape(lambda: models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0))))
+  )
   return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
 
 
 def our_model(config, params):
   """Our model of `config` holding `params` (no initialization)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create_model(config, head_kind="dino",
-                                                                         rngs=nnx.Rngs(0))))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create_model(config, head_kind="dino", rngs=nnx.Rngs(0))))
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state)
 
@@ -229,8 +244,9 @@ def to_numpy_state_dict(module) -> dict:
 def import_clean(state_dict, config, **kwargs) -> dict:
   """Our params of one network's official state dict; fails on any reported problem."""
   report = torch_layout.ImportReport()
-  params, unknown, _ = torch_checkpoints.import_network(state_dict, our_template(config), prefix="",
-                                                        report=report, **kwargs)
+  params, unknown, _ = torch_checkpoints.import_network(
+    state_dict, our_template(config), prefix="", report=report, **kwargs
+  )
   assert not (report.missing or report.mismatched or unknown), (report, unknown)
   return params
 
@@ -240,7 +256,7 @@ def chunked_backbone(backbone, *, blocks_per_chunk: int) -> dict:
   out = {}
   for key, value in to_numpy_state_dict(backbone).items():
     if key.startswith("blocks."):
-      key = f"blocks.{int(key.split('.')[1]) // blocks_per_chunk}.{key[len('blocks.'):]}"
+      key = f"blocks.{int(key.split('.')[1]) // blocks_per_chunk}.{key[len('blocks.') :]}"
     out["backbone." + key] = value
   return out
 
@@ -255,8 +271,11 @@ def compare_features(config, params, torch_backbone, torch_head, size, masks=Non
   with torch.no_grad():
     cls_ref, patch_ref = torch_backbone.forward_features(images, None if masks is None else torch.from_numpy(masks))
     head_ref = torch_head(cls_ref) if torch_head is not None else None
-  cls, patch, logits = _forward(our_model(config, params), jnp.asarray(images.numpy().transpose(0, 2, 3, 1)),
-                                None if masks is None else jnp.asarray(masks))
+  cls, patch, logits = _forward(
+    our_model(config, params),
+    jnp.asarray(images.numpy().transpose(0, 2, 3, 1)),
+    None if masks is None else jnp.asarray(masks),
+  )
   np.testing.assert_allclose(cls, cls_ref.numpy(), atol=TOL, rtol=TOL)
   np.testing.assert_allclose(patch, patch_ref.numpy(), atol=TOL, rtol=TOL)
   if torch_head is not None:
@@ -312,8 +331,7 @@ def ml_config(model_config_dict):
 
 # ViT-T/14 DINOv2-style: 4 registers, LayerScale, mask token; position embeddings stored for 112 px (8 x 8), the
 # config's model at 56 px (4 x 4), so the import interpolates them as the reference does at run time.
-DINOV2_T = dict(dim=192, depth=12, num_heads=3, patch=14, img_size=112, registers=4, layerscale=True,
-                mask_token=True)
+DINOV2_T = dict(dim=192, depth=12, num_heads=3, patch=14, img_size=112, registers=4, layerscale=True, mask_token=True)
 
 
 @pytest.mark.parametrize("offset,antialias", [(0.1, False), (0.0, True)])
@@ -343,8 +361,10 @@ def test_mismatches_are_listed_in_one_error(dino_small):
   _, unknown, _ = torch_checkpoints.import_network(state_dict, our_template(config), prefix="", report=report)
   assert "backbone.blocks.3.attn.qkv.bias" in report.missing
   assert unknown == ["backbone.extra_token"]
-  assert any(m.startswith("backbone.blocks.0.attn.qkv.weight: checkpoint (1152, 384)") and m.endswith("(576, 192)")
-             for m in report.mismatched), report.mismatched
+  assert any(
+    m.startswith("backbone.blocks.0.attn.qkv.weight: checkpoint (1152, 384)") and m.endswith("(576, 192)")
+    for m in report.mismatched
+  ), report.mismatched
 
 
 def digits_config():
@@ -364,8 +384,13 @@ def converted_digits(tmp_path_factory):
   backbone = randomize(TorchViT(dim=32, depth=1, num_heads=2, patch=4, img_size=16), seed=5)
   head = randomize(TorchDINOHead(32, 64, 32, 16), seed=6)
   student = {"module." + k: v for k, v in TorchMultiCrop(backbone, head).state_dict().items()}
-  checkpoint = {"student": student, "teacher": TorchMultiCrop(backbone, head).state_dict(), "epoch": 3,
-                "args": argparse.Namespace(arch="vit_nano"), "dino_loss": {"center": torch.zeros(1, 64)}}
+  checkpoint = {
+    "student": student,
+    "teacher": TorchMultiCrop(backbone, head).state_dict(),
+    "epoch": 3,
+    "args": argparse.Namespace(arch="vit_nano"),
+    "dino_loss": {"center": torch.zeros(1, 64)},
+  }
   path = str(directory / "checkpoint.pth")
   torch.save(checkpoint, path)
   workdir = str(directory / "converted")
@@ -383,8 +408,9 @@ def test_convert_then_knn_on_digits_equals_pytorch(converted_digits):
   feature_fn = features_lib.make_feature_fn(config)
   ours, theirs, labels = [], [], []
   for split in (config.data.train_split, config.data.eval_split):
-    features, split_labels = features_lib.split_features(feature_fn, params, data_lib.open_split(config.data, split),
-                                                         batch_size=256, mesh=mesh)
+    features, split_labels = features_lib.split_features(
+      feature_fn, params, data_lib.open_split(config.data, split), batch_size=256, mesh=mesh
+    )
     images, image_labels = data_lib.load_split(config.data, split)
     np.testing.assert_array_equal(split_labels, image_labels)
     inputs = np.array(features_lib.evaluation_inputs(config, jnp.asarray(images))).transpose(0, 3, 1, 2)
@@ -393,8 +419,7 @@ def test_convert_then_knn_on_digits_equals_pytorch(converted_digits):
     np.testing.assert_allclose(features, theirs[-1], atol=TOL, rtol=TOL)
     ours.append(features)
     labels.append(split_labels)
-  reference = knn.knn_classify(theirs[0], labels[0], theirs[1], labels[1], num_classes=10, k=(10, 20),
-                               temperature=0.07)
+  reference = knn.knn_classify(theirs[0], labels[0], theirs[1], labels[1], num_classes=10, k=(10, 20), temperature=0.07)
   assert results["knn_top1_k20"] == pytest.approx(reference["knn_top1_k20"], abs=1e-9)
   assert results["knn_top1_k10"] == pytest.approx(reference["knn_top1_k10"], abs=1e-9)
   assert results["knn_top1_k20"] > 0.2  # Random features of digits beat chance (10 %).
@@ -404,8 +429,9 @@ def test_training_continues_from_a_converted_checkpoint(converted_digits, tmp_pa
   _, _, _, converted, _ = converted_digits
   # A SimDINO run from the converted DINO networks: backbones taken, its own (differently shaped) heads fresh.
   # With EMA momentum 1 the teacher does not move, so after a step it still equals the converted one exactly.
-  config = train_utils.tiny_config("simdino", init_from=converted, total_steps=1,
-                                    **{"teacher.momentum": 1.0, "teacher.momentum_end": 1.0})
+  config = train_utils.tiny_config(
+    "simdino", init_from=converted, total_steps=1, **{"teacher.momentum": 1.0, "teacher.momentum_end": 1.0}
+  )
   last = train.run(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"])
   out = capsys.readouterr().out
@@ -422,6 +448,7 @@ def test_export_as_safetensors_loads_strictly_into_the_official_layout(converted
   out = str(tmp_path / "teacher.safetensors")
   keys = torch_checkpoints.to_torch(workdir, out, file_format="safetensors")
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+
   reloaded = TorchViT(dim=32, depth=1, num_heads=2, patch=4, img_size=16)
   reloaded.load_state_dict(load_file(out), strict=True)
   assert sorted(keys) == sorted(backbone.state_dict())
@@ -456,13 +483,11 @@ def test_dinov2_training_checkpoint_with_swiglu_and_a_separate_ibot_head_in_and_
   mask token, `dino_head.*` and a separate `ibot_head.*` of other sizes, in a training checkpoint (`model` with
   `student.` / `teacher.` keys, FSDP block chunks). Our CLS, patch tokens, DINO logits and iBOT logits of the
   patch tokens equal PyTorch's; the export loads strictly back into the PyTorch modules."""
-  torch_vit = dict(dim=192, depth=12, num_heads=3, patch=14, img_size=56, layerscale=True, mask_token=True,
-                   swiglu=True)
+  torch_vit = dict(dim=192, depth=12, num_heads=3, patch=14, img_size=56, layerscale=True, mask_token=True, swiglu=True)
   backbone = randomize(TorchViT(**torch_vit), seed=5)
   dino_head = randomize(TorchDINOHead(192, 64, 48, 16, parametrizations=True), seed=6)
   ibot_head = randomize(TorchDINOHead(192, 80, 40, 24, parametrizations=True), seed=7)
-  config = model_config("ViT-T/14", patch=14, image_size=56, layerscale=1e-5, ffn="swiglu",
-                        ibot_head=(80, 40, 24))
+  config = model_config("ViT-T/14", patch=14, image_size=56, layerscale=1e-5, ffn="swiglu", ibot_head=(80, 40, 24))
   network = chunked_backbone(backbone, blocks_per_chunk=3)
   network.update({"dino_head." + k: v for k, v in to_numpy_state_dict(dino_head).items()})
   network.update({"ibot_head." + k: v for k, v in to_numpy_state_dict(ibot_head).items()})
@@ -481,7 +506,10 @@ def test_dinov2_training_checkpoint_with_swiglu_and_a_separate_ibot_head_in_and_
   assert any(k.startswith("ibot_head.last_layer") for k in exported)
   holder = nn.Module()
   holder.backbone, holder.dino_head, holder.ibot_head = (
-      TorchViT(**torch_vit), TorchDINOHead(192, 64, 48, 16), TorchDINOHead(192, 80, 40, 24))
+    TorchViT(**torch_vit),
+    TorchDINOHead(192, 64, 48, 16),
+    TorchDINOHead(192, 80, 40, 24),
+  )
   holder.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
 
 
@@ -492,19 +520,35 @@ def test_released_dinov2_vits14_files_convert_as_docs_convert_md_writes(register
   backbone's forward at 224 px equals the PyTorch ViT's, which interpolates its stored grid at run time."""
   name = "dinov2_vits14_reg4_pretrain.pth" if registers else "dinov2_vits14_pretrain.pth"
   workdir = "/tmp/dinov2_vits14_reg4" if registers else "/tmp/dinov2_vits14"
-  command = (f"--checkpoint={name} --config=configs/dinov2.py:model=ViT-S/14,registers={registers} "
-             f"--workdir={workdir}")
+  command = f"--checkpoint={name} --config=configs/dinov2.py:model=ViT-S/14,registers={registers} --workdir={workdir}"
   with open(os.path.join(ROOT, "docs", "convert.md")) as f:
     assert f"python -m simdino_jax.convert from-torch {command}\n" in f.read()
-  torch_model = randomize(TorchViT(dim=384, depth=12, num_heads=6, patch=14, img_size=518, registers=registers,
-                                   layerscale=True, mask_token=True, interpolate_offset=0.0 if registers else 0.1,
-                                   interpolate_antialias=bool(registers)), seed=8 + registers)
+  torch_model = randomize(
+    TorchViT(
+      dim=384,
+      depth=12,
+      num_heads=6,
+      patch=14,
+      img_size=518,
+      registers=registers,
+      layerscale=True,
+      mask_token=True,
+      interpolate_offset=0.0 if registers else 0.1,
+      interpolate_antialias=bool(registers),
+    ),
+    seed=8 + registers,
+  )
   torch.save({k: torch.from_numpy(v) for k, v in to_numpy_state_dict(torch_model).items()}, tmp_path / name)
   os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")  # The command runs beside the downloaded file.
   args = command.replace(f"--workdir={workdir}", f"--workdir={tmp_path / 'converted'}").split()
-  result = subprocess.run([sys.executable, "-m", "simdino_jax.convert", "from-torch", *args], cwd=tmp_path,
-                          env={**train_utils.subprocess_env(), "PYTHONPATH": ROOT}, capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-m", "simdino_jax.convert", "from-torch", *args],
+    cwd=tmp_path,
+    env={**train_utils.subprocess_env(), "PYTHONPATH": ROOT},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "pos_embed interpolated from 1369 to 16x16 patch positions" in result.stdout, result.stdout
   config, params = torch_checkpoints.restore_network(str(tmp_path / "converted"), 0, "teacher")

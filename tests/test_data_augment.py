@@ -23,6 +23,7 @@ def _image(shape=(32, 32, 3)):
 
 # Deterministic operations against references.
 
+
 @pytest.mark.parametrize("box", [(0, 0, 32, 32), (3, 5, 20, 14), (7, 0, 25, 31), (10, 2, 8, 9)])
 def test_resized_crop_matches_pil_crop_then_bicubic_resize(box):
   image = _image()
@@ -92,8 +93,11 @@ def _np_hue(x, shift):
 @pytest.mark.parametrize("factor", [0.6, 1.3])
 def test_color_ops_match_numpy_reference(factor):
   x = _image((8, 8, 3)).astype(np.float32) / 255
-  for ours, ref in ((augment.adjust_brightness, _np_brightness), (augment.adjust_contrast, _np_contrast),
-                    (augment.adjust_saturation, _np_saturation)):
+  for ours, ref in (
+    (augment.adjust_brightness, _np_brightness),
+    (augment.adjust_contrast, _np_contrast),
+    (augment.adjust_saturation, _np_saturation),
+  ):
     np.testing.assert_allclose(ours(jnp.asarray(x), factor), ref(x, factor), atol=1e-5)
   shift = (factor - 1.0) / 4  # -0.1 and 0.075
   np.testing.assert_allclose(augment.adjust_hue(jnp.asarray(x), shift), _np_hue(x, shift), atol=1e-5)
@@ -134,17 +138,37 @@ def test_solarize_and_normalize():
   out = np.asarray(augment.solarize(jnp.asarray(levels / 255), 128)) * 255
   np.testing.assert_allclose(out, np.where(levels >= 128, 255 - levels, levels), atol=1e-4)
   np.testing.assert_allclose(
-      augment.normalize(jnp.ones((2, 2, 3)) * 0.5, data.IMAGENET_MEAN, data.IMAGENET_STD)[0, 0],
-      (0.5 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD), rtol=1e-6)
+    augment.normalize(jnp.ones((2, 2, 3)) * 0.5, data.IMAGENET_MEAN, data.IMAGENET_STD)[0, 0],
+    (0.5 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD),
+    rtol=1e-6,
+  )
 
 
 # Whole-pipeline statistics: one compiled function whose probabilities and crop scales are traced arguments.
 
-_STATIC = dict(global_size=32, local_size=16, n_local=2, interpolation="bicubic", brightness=0.4, contrast=0.4,
-               saturation=0.2, hue=0.1, blur_sigma=(1.0, 2.0), solarize_threshold=128,
-               mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
-_OFF = dict(flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0,
-            global_scale=(1.0, 1.0), local_scale=(0.25, 0.25))
+_STATIC = dict(
+  global_size=32,
+  local_size=16,
+  n_local=2,
+  interpolation="bicubic",
+  brightness=0.4,
+  contrast=0.4,
+  saturation=0.2,
+  hue=0.1,
+  blur_sigma=(1.0, 2.0),
+  solarize_threshold=128,
+  mean=data.IMAGENET_MEAN,
+  std=data.IMAGENET_STD,
+)
+_OFF = dict(
+  flip_p=0.0,
+  color_jitter_p=0.0,
+  grayscale_p=0.0,
+  blur_p=(0.0, 0.0, 0.0),
+  solarize_p=0.0,
+  global_scale=(1.0, 1.0),
+  local_scale=(0.25, 0.25),
+)
 _NAMES = ("flip_p", "color_jitter_p", "grayscale_p", "blur_p", "solarize_p", "global_scale", "local_scale")
 
 
@@ -183,8 +207,11 @@ def test_flip_rate():
   ramp = np.broadcast_to(np.linspace(0, 250, 32, dtype=np.float32)[None, :, None], (32, 32, 3))
   images = jnp.asarray(np.broadcast_to(ramp.astype(np.uint8), (128, 32, 32, 3)))
   g, l = _augment(images, flip_p=0.5, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4))
-  flipped = np.concatenate([  # first column brighter than the last
-      (v.mean(axis=(2, 4))[..., 0] > v.mean(axis=(2, 4))[..., -1]).ravel() for v in (g, l)])
+  flipped = np.concatenate(
+    [  # first column brighter than the last
+      (v.mean(axis=(2, 4))[..., 0] > v.mean(axis=(2, 4))[..., -1]).ravel() for v in (g, l)
+    ]
+  )
   assert abs(flipped.mean() - 0.5) < 0.09  # 512 views: 4 standard deviations
   g, _ = _augment(images, flip_p=0.0, global_scale=(0.4, 1.0))
   assert not (g.mean(axis=(2, 4))[..., 0] > g.mean(axis=(2, 4))[..., -1]).any()
@@ -207,8 +234,9 @@ def test_jitter_and_grayscale_rates(noise_images):
   changed = np.concatenate([_changed(g, base_g).ravel(), _changed(l, base_l).ravel()])
   assert abs(changed.mean() - 0.8) < 0.07
   g, l = _augment(noise_images, grayscale_p=0.2)
-  is_gray = lambda v: np.abs(v[..., :1] * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]
-                              - (v * data.IMAGENET_STD + np.asarray(data.IMAGENET_MEAN))).max(axis=(-3, -2, -1))
+  is_gray = lambda v: np.abs(
+    v[..., :1] * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0] - (v * data.IMAGENET_STD + np.asarray(data.IMAGENET_MEAN))
+  ).max(axis=(-3, -2, -1))
   gray = np.concatenate([is_gray(g).ravel(), is_gray(l).ravel()]) < 1e-5
   assert abs(gray.mean() - 0.2) < 0.07
 
@@ -233,6 +261,7 @@ def test_multicrop_without_local_crops_has_no_local_key():
 
 def test_show_crops_writes_a_picture_of_real_cifar10_crops(tmp_path):
   from simdino_jax.tools import prepare, show_crops  # pylint: disable=import-outside-toplevel
+
   images, _ = prepare.read_cifar10_batch(train_utils.shared_data("cifar10", "test_batch"))
   show_crops.render(images[:2], str(tmp_path / "crops.png"))
   picture = np.asarray(Image.open(tmp_path / "crops.png"))

@@ -57,7 +57,7 @@ def test_masks_are_blocks_not_scattered_patches(config):
   masks = masks[masks.any(axis=(1, 2))]
   assert len(masks) == 32
   padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
-  neighbour = (padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2] | padded[:, 1:-1, 2:])
+  neighbour = padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2] | padded[:, 1:-1, 2:]
   # Scattered patches at density <= 0.2 would have a masked neighbour about half the time; blocks almost always.
   assert (neighbour & masks).sum() / masks.sum() > 0.9
   # Blocks of either orientation (log-uniform aspect ratio): some masks are taller than wide and some wider.

@@ -40,11 +40,11 @@ def cost_at(config, devices: int, **kwargs) -> step_cost.StepCost:
 # buffer and KoLeo groups; SimDINOv2's coding rate on crops cut on the host; the resident split; FSDP with 2
 # micro-batches.
 CASES = {
-    "dino": ("dino", {}, {}),
-    "dinov2_meta with Sinkhorn-Knopp, KoLeo groups": ("dinov2_meta", {"objective.centering": "sinkhorn_knopp"}, {}),
-    "simdinov2, host crops": ("simdinov2", {}, {"host_crops": True}),
-    "dino_koleo_proto, resident split": ("dino_koleo_proto", {}, {"resident_examples": 64}),
-    "dinov2, FSDP, 2 micro-batches": ("dinov2", {"fsdp": True, "fsdp_min_size": 256, "grad_accum_steps": 2}, {}),
+  "dino": ("dino", {}, {}),
+  "dinov2_meta with Sinkhorn-Knopp, KoLeo groups": ("dinov2_meta", {"objective.centering": "sinkhorn_knopp"}, {}),
+  "simdinov2, host crops": ("simdinov2", {}, {"host_crops": True}),
+  "dino_koleo_proto, resident split": ("dino_koleo_proto", {}, {"resident_examples": 64}),
+  "dinov2, FSDP, 2 micro-batches": ("dinov2", {"fsdp": True, "fsdp_min_size": 256, "grad_accum_steps": 2}, {}),
 }
 
 
@@ -89,8 +89,7 @@ def test_evaluation_features_are_computed_per_device():
   from simdino_jax.evaluation import features  # pylint: disable=import-outside-toplevel
 
   config = tiny_recipe("dino")
-  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: models.create_backbone(config.model,
-                                                                                    rngs=nnx.Rngs(0)))))
+  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0)))))
   fn = features.make_feature_fn(config, n_last_blocks=1, avgpool=True)
   flops = {}
   for devices in (1, 8):
@@ -99,8 +98,9 @@ def test_evaluation_features_are_computed_per_device():
     rows = jax.ShapeDtypeStruct((batch,), np.int32, sharding=parallel.batch_sharding(mesh))
     size = config.aug.global_size  # The evaluation view
     images = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8, sharding=parallel.batch_sharding(mesh))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-                            params)
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), params
+    )
     with jax.set_mesh(mesh):
       compiled = features._jitted(fn, mesh).lower(abstract, images, rows, rows).compile()  # pylint: disable=protected-access
     flops[devices] = step_cost.step_cost(compiled).flops

@@ -20,8 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def data_config(data_dir, name="cifar10", **overrides):
-  base = dict(name=name, data_dir=str(data_dir), path=None, image_size=32, train_split="train",
-              eval_split="test", read_threads=2)
+  base = dict(
+    name=name, data_dir=str(data_dir), path=None, image_size=32, train_split="train", eval_split="test", read_threads=2
+  )
   return types.SimpleNamespace(**{**base, **overrides})
 
 
@@ -79,11 +80,23 @@ np.savez({str(tmp_path / "read.npz")!r}, **out)
   assert result.returncode == 0, result.stderr[-3000:]
   read = np.load(tmp_path / "read.npz")
   assert read["features"].tolist() == ["id", "image", "label", "(32, 32, 3)", "array_record"]
-  assert read["names"].tolist() == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                    "truck"]
+  assert read["names"].tolist() == [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+  ]
   train = [_pickle_arrays(cifar_source, f"data_batch_{i}") for i in range(1, 6)]
-  originals = {"train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
-               "test": _pickle_arrays(cifar_source, "test_batch")}
+  originals = {
+    "train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
+    "test": _pickle_arrays(cifar_source, "test_batch"),
+  }
   for split, (images, labels) in originals.items():
     index = read[f"{split}_index"]
     assert int(read[f"{split}_n"]) == len(labels) and sorted(index.tolist()) == list(range(len(labels)))
@@ -104,8 +117,10 @@ def test_tfds_train_iterator_resumes_shards_and_reshuffles(cifar_dir):
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
   # Shards of two processes are disjoint strided slices of equal size.
-  firsts = [next(sources.create_train_iterator(config, batch_size=16, seed=1, process_index=i, process_count=2))
-            for i in range(2)]
+  firsts = [
+    next(sources.create_train_iterator(config, batch_size=16, seed=1, process_index=i, process_count=2))
+    for i in range(2)
+  ]
   assert not {x.tobytes() for x in firsts[0]["image"]} & {x.tobytes() for x in firsts[1]["image"]}
 
 
@@ -150,6 +165,7 @@ def test_folder_import_with_labels_and_test_split(tmp_path):
   assert train.shape[1:] == (16, 16, 3)
   assert sorted(np.concatenate([train_labels, test_labels]).tolist()) == [0] * 5 + [1] * 6
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   builder = tfds.builder("pets", data_dir=str(tmp_path / "tfds"))
   assert builder.info.features["label"].names == ["cat", "dog"]
   # JPEG files are stored as they are (training decodes them at a reduced DCT scale); other formats as PNG.
@@ -186,9 +202,24 @@ def test_missing_and_malformed_sources(tmp_path):
   with pytest.raises(prepare.SourceError, match="No images"):
     prepare.prepare_folder(str(tmp_path / "empty"), "x", str(tmp_path / "tfds"))
   # The CLI exits with the message on one line instead of a traceback.
-  result = subprocess.run([sys.executable, "-m", "simdino_jax.tools.prepare", "folder", "--source",
-                           str(tmp_path / "nope"), "--name", "x", "--data_dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "simdino_jax.tools.prepare",
+      "folder",
+      "--source",
+      str(tmp_path / "nope"),
+      "--name",
+      "x",
+      "--data_dir",
+      str(tmp_path),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
   assert result.stderr.startswith("error: ") and "nope" in result.stderr
 
@@ -229,8 +260,8 @@ def test_evaluation_batches_of_a_tfds_split_decode_in_grain_workers_in_order(cif
   for workers in (0, 2):
     batches = list(sources.eval_batches(split, batch_size=7, workers=workers))
     valid = np.concatenate([b["valid"] for b in batches])
-    assert len(batches) == -(-len(split) // 7) and valid.sum() == len(split) and not valid[len(split):].any()
+    assert len(batches) == -(-len(split) // 7) and valid.sum() == len(split) and not valid[len(split) :].any()
     images = np.concatenate([b["image"] for b in batches])
-    np.testing.assert_array_equal(images[:len(split)], expected_images)
-    assert not images[len(split):].any()
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:len(split)], expected_labels)
+    np.testing.assert_array_equal(images[: len(split)], expected_images)
+    assert not images[len(split) :].any()
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[: len(split)], expected_labels)

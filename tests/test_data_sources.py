@@ -8,9 +8,11 @@ import pytest
 from simdino_jax.data import sources
 from tests import train_utils
 
+
 def data_config(**overrides):
-  base = dict(name="digits", data_dir=None, path=None, image_size=32, train_split="train", eval_split="test",
-              read_threads=2)
+  base = dict(
+    name="digits", data_dir=None, path=None, image_size=32, train_split="train", eval_split="test", read_threads=2
+  )
   return types.SimpleNamespace(**{**base, **overrides})
 
 
@@ -79,7 +81,8 @@ def test_on_device_iterator_yields_the_rows_the_host_iterator_reads(tmp_path):
   device_config = data_config(name="npz", path=str(tmp_path / "d.npz"), image_size=8, on_device=True)
   for index in range(2):
     make = lambda config, index=index: sources.create_train_iterator(
-        config, batch_size=50, seed=0, process_index=index, process_count=2)
+      config, batch_size=50, seed=0, process_index=index, process_count=2
+    )
     host, on_device = make(host_config), make(device_config)
     assert host.resident_images is None
     np.testing.assert_array_equal(on_device.resident_images, images)  # Every process holds the whole split.

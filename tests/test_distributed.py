@@ -33,8 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def one_device_run():
   """(setup, state before the last step, final state, metrics) of PARITY_STEPS steps on one device."""
-  return train_utils.run_steps(train_utils.parity_config(), train_utils.PARITY_STEPS,
-                               mesh=parallel.create_mesh(jax.devices()[:1]))
+  return train_utils.run_steps(
+    train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=parallel.create_mesh(jax.devices()[:1])
+  )
 
 
 def test_dinov2_steps_update_the_teacher_and_the_centers(one_device_run):
@@ -45,9 +46,17 @@ def test_two_processes_match_one_device(tmp_path, one_device_run):
   port = train_utils.free_port()
   out = tmp_path / "process0.npz"
   env = train_utils.subprocess_env(devices=2)
-  workers = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [sys.executable, "-m", "tests.multihost_worker", str(port), str(i), str(out)],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   logs = [w.communicate(timeout=600)[0] for w in workers]
   for w, log in zip(workers, logs):
     assert w.returncode == 0, log[-3000:]
@@ -55,8 +64,9 @@ def test_two_processes_match_one_device(tmp_path, one_device_run):
 
   _, _, single_state, single_metrics = one_device_run
   np.testing.assert_allclose(multi["losses"], [m["loss"] for m in single_metrics], rtol=2e-5)
-  train_utils.assert_same_parameters(multi, single_state.student, lr=max(m["lr"] for m in single_metrics),
-                                     steps=train_utils.PARITY_STEPS)
+  train_utils.assert_same_parameters(
+    multi, single_state.student, lr=max(m["lr"] for m in single_metrics), steps=train_utils.PARITY_STEPS
+  )
   # Evaluation features streamed by two processes (each its own rows) are those of one process.
   features, labels = train_utils.eval_features_of_a_small_split(parallel.create_mesh(jax.devices()[:2]))
   np.testing.assert_array_equal(multi["eval_labels"], np.arange(37))
@@ -69,8 +79,9 @@ def test_one_device_and_eight_devices_give_the_same_trajectory(one_device_run):
   _, _, state_8, metrics_8 = train_utils.run_steps(train_utils.parity_config(), train_utils.PARITY_STEPS, mesh=eight)
   np.testing.assert_allclose([m["loss"] for m in metrics_1], [m["loss"] for m in metrics_8], rtol=2e-5)
   flat_8 = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state_8.student)[0]}
-  train_utils.assert_same_parameters(flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1),
-                                     steps=train_utils.PARITY_STEPS)
+  train_utils.assert_same_parameters(
+    flat_8, state_1.student, lr=max(m["lr"] for m in metrics_1), steps=train_utils.PARITY_STEPS
+  )
 
 
 def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoint(tmp_path):
@@ -82,9 +93,18 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
   workdir = tmp_path / "work"
   port = str(train_utils.free_port())
   env = train_utils.subprocess_env(devices=2)
-  procs = [subprocess.Popen(train_utils.main_command(workdir, config) + [
-      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      train_utils.main_command(workdir, config)
+      + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   logs = [[], []]
   progressed = threading.Event()
 
@@ -93,6 +113,7 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
       logs[i].append(line)
       if line.startswith("step 2/"):
         progressed.set()
+
   readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
   for r in readers:
     r.start()
@@ -106,8 +127,9 @@ def test_sigterm_stops_every_process_at_the_same_step_with_a_restorable_checkpoi
     r.join(timeout=10)
   outs = ["".join(lines) for lines in logs]
   assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  stops = [[int(line.split("step ")[1].split()[0]) for line in lines if line.startswith("SIGTERM received")]
-           for lines in logs]
+  stops = [
+    [int(line.split("step ")[1].split()[0]) for line in lines if line.startswith("SIGTERM received")] for lines in logs
+  ]
   assert len(stops[0]) == 1 and stops[0] == stops[1], stops
   [step] = stops[0]
   assert 1 <= step < 10_000 and train_utils.checkpoint_steps(workdir) == [step]
@@ -125,15 +147,23 @@ def _local_job(workdir, max_restarts: int) -> subprocess.Popen:
   config = train_utils.parity_config()
   config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 10, 2, True
   _, _, _, config_flag, _, *overrides = train_utils.main_command(workdir, config)
-  env = {**train_utils.subprocess_env(devices=2), "PYTHON": sys.executable, "NUM_PROCESSES": "2",
-         "MAX_RESTARTS": str(max_restarts)}
-  return subprocess.Popen(["bash", os.path.join(ROOT, "launch", "local.sh"), config_flag.split("=", 1)[1],
-                           str(workdir), *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  env = {
+    **train_utils.subprocess_env(devices=2),
+    "PYTHON": sys.executable,
+    "NUM_PROCESSES": "2",
+    "MAX_RESTARTS": str(max_restarts),
+  }
+  return subprocess.Popen(
+    ["bash", os.path.join(ROOT, "launch", "local.sh"), config_flag.split("=", 1)[1], str(workdir), *overrides],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
-def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both_to_the_uninterrupted_state(
-    tmp_path):
+def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both_to_the_uninterrupted_state(tmp_path):
   """Process 1 is SIGKILLed once a checkpoint has finished: process 0 stops within cluster.PEER_TIMEOUT_S with one
   line naming process 1 and the last finished checkpoint, exits 1 and leaves no newer step directory; the launcher
   restarts both, and the final state is bitwise that of an uninterrupted run."""
@@ -141,11 +171,13 @@ def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both
   job = _local_job(work, max_restarts=1)
   reference = _local_job(tmp_path / "reference", max_restarts=0)
   deadline = time.time() + 300
-  while not ((work / "checkpoints" / "2" / "commit_success.txt").exists() or job.poll() is not None
-             or time.time() > deadline):
+  while not (
+    (work / "checkpoints" / "2" / "commit_success.txt").exists() or job.poll() is not None or time.time() > deadline
+  ):
     time.sleep(0.05)
-  workers = {next(a for a in p.cmdline() if a.startswith("--process_id=")): p
-             for p in psutil.Process(job.pid).children()}
+  workers = {
+    next(a for a in p.cmdline() if a.startswith("--process_id=")): p for p in psutil.Process(job.pid).children()
+  }
   workers["--process_id=1"].send_signal(signal.SIGKILL)
   killed = time.time()
   workers["--process_id=0"].wait(timeout=60)
@@ -157,10 +189,11 @@ def test_a_killed_process_stops_the_other_in_one_line_and_local_sh_restarts_both
   assert len(lost) == 1, output[-4000:]
   last = int(re.search(r"The last finished checkpoint is step (\d+) in ", lost[0]).group(1))
   assert lost[0] == (
-      f"error: lost process 1 of 2 (no heartbeat for {cluster.PEER_TIMEOUT_S} s: killed, crashed or its host is "
-      f"down); process 0 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart "
-      "every process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; "
-      'docs/operations.md, "Dead workers and restarts").')
+    f"error: lost process 1 of 2 (no heartbeat for {cluster.PEER_TIMEOUT_S} s: killed, crashed or its host is "
+    f"down); process 0 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart "
+    "every process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; "
+    'docs/operations.md, "Dead workers and restarts").'
+  )
   assert 2 <= last < 10 and max(steps_left) == last, (last, steps_left)  # No partial newer checkpoint.
   assert stopped_after < 45, stopped_after
   print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed")
@@ -183,13 +216,24 @@ def test_the_coordinators_death_stops_the_other_process_in_one_line(tmp_path):
   config.total_steps, config.checkpoint_every_steps, config.async_checkpointing = 10_000, 2, True
   work = tmp_path / "work"
   port = str(train_utils.free_port())
-  procs = [subprocess.Popen(train_utils.main_command(work, config) + [
-      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=train_utils.subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      train_utils.main_command(work, config)
+      + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT,
+      env=train_utils.subprocess_env(devices=2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   deadline = time.time() + 300
-  while not ((work / "checkpoints" / "2" / "commit_success.txt").exists() or procs[1].poll() is not None
-             or time.time() > deadline):
+  while not (
+    (work / "checkpoints" / "2" / "commit_success.txt").exists()
+    or procs[1].poll() is not None
+    or time.time() > deadline
+  ):
     time.sleep(0.05)
   procs[0].send_signal(signal.SIGKILL)
   killed = time.time()
@@ -201,10 +245,11 @@ def test_the_coordinators_death_stops_the_other_process_in_one_line(tmp_path):
   last_line = output.rstrip("\n").splitlines()[-1]
   last = int(re.search(r"The last finished checkpoint is step (\d+) in ", last_line).group(1))
   assert last_line == (
-      "error: lost process 0 of 2 (the coordinator: it stopped answering; killed, crashed or its host is down); "
-      f"process 1 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart every "
-      'process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; docs/operations.md, "Dead '
-      'workers and restarts").'), output[-4000:]
+    "error: lost process 0 of 2 (the coordinator: it stopped answering; killed, crashed or its host is down); "
+    f"process 1 stops too. The last finished checkpoint is step {last} in {work / 'checkpoints'}. Restart every "
+    'process to resume (MAX_RESTARTS of launch/local.sh and launch/tpu_pod.sh does it; docs/operations.md, "Dead '
+    'workers and restarts").'
+  ), output[-4000:]
   assert sum(line.startswith("error: lost process") for line in output.splitlines()) == 1, output[-4000:]
   assert last >= 2 and set(os.listdir(work / "checkpoints")) == entries_at_the_kill
   assert stopped_after < 15, stopped_after

@@ -30,8 +30,9 @@ from simdino_jax.evaluation import features as features_lib
 from simdino_jax.evaluation import protocols
 from tests import train_utils
 
-PHOTOS = [os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", name)
-          for name in ("china.jpg", "flower.jpg")]  # Real JPEG photos, 427 x 640.
+PHOTOS = [
+  os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", name) for name in ("china.jpg", "flower.jpg")
+]  # Real JPEG photos, 427 x 640.
 
 
 def torchvision_resize_center_crop(image: np.ndarray, size: int, crop: int) -> np.ndarray:
@@ -44,7 +45,7 @@ def torchvision_resize_center_crop(image: np.ndarray, size: int, crop: int) -> n
   x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
   x = x.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
   top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-  return x[top:top + crop, left:left + crop]
+  return x[top : top + crop, left : left + crop]
 
 
 def torchvision_random_resized_crop_params(generator, height: int, width: int, scale, ratio):
@@ -97,8 +98,9 @@ def test_probe_crops_follow_torchvision_random_resized_crop_statistics():
   u = jax.random.uniform(jax.random.key(0), (n, 4 * CROP_TRIES + 1))
   boxes = np.asarray(jax.vmap(lambda ui: augment_box(ui, height, width))(u))
   generator = torch.Generator().manual_seed(0)
-  theirs = np.array([torchvision_random_resized_crop_params(generator, height, width, (0.08, 1.0), (3 / 4, 4 / 3))
-                     for _ in range(n)])
+  theirs = np.array(
+    [torchvision_random_resized_crop_params(generator, height, width, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)]
+  )
   for box in (boxes, theirs):
     assert (box[:, 0] >= 0).all() and (box[:, 0] + box[:, 2] <= height).all()
     assert (box[:, 1] >= 0).all() and (box[:, 1] + box[:, 3] <= width).all()
@@ -117,7 +119,7 @@ def test_probe_crops_follow_torchvision_random_resized_crop_statistics():
 def augment_box(u, height, width):
   from simdino_jax.data import augment  # pylint: disable=import-outside-toplevel
 
-  return augment.crop_box(u[:4 * CROP_TRIES].reshape(4, CROP_TRIES), height, width, augmented_probe.PROBE_SCALE)
+  return augment.crop_box(u[: 4 * CROP_TRIES].reshape(4, CROP_TRIES), height, width, augmented_probe.PROBE_SCALE)
 
 
 def test_reported_head_is_chosen_as_the_official_code_chooses_it():
@@ -144,9 +146,22 @@ def _probe_setup():
 
 def _train(config, params, train, val, mesh, grid, **kw):
   return augmented_probe.train_augmented_probe(
-      config, mesh, jax.device_put(params, parallel.replicated(mesh)), train, val, num_classes=2, grid=grid,
-      interpolation="bicubic", epochs=3, steps_per_epoch=2, batch_size=16, per_epoch_schedule=False,
-      report="final", eval_batch_size=16, **kw)
+    config,
+    mesh,
+    jax.device_put(params, parallel.replicated(mesh)),
+    train,
+    val,
+    num_classes=2,
+    grid=grid,
+    interpolation="bicubic",
+    epochs=3,
+    steps_per_epoch=2,
+    batch_size=16,
+    per_epoch_schedule=False,
+    report="final",
+    eval_batch_size=16,
+    **kw,
+  )
 
 
 def test_grid_heads_see_the_same_batches_learn_and_8_devices_equal_one():

@@ -45,9 +45,16 @@ def trained_workdir(tmp_path_factory):
 
 def test_offline_knn_and_linear_probe_of_a_checkpoint(trained_workdir):
   workdir, config, last = trained_workdir
-  results = evaluate.evaluate_checkpoint(workdir, evaluate.protocol_evals("both", {
-      "knn": {"k": (10, 20)},
-      "linear_probe": {"epochs": 3, "learning_rates": (1e-3, 1e-2), "n_last_blocks": 1, "avgpool": True}}))
+  results = evaluate.evaluate_checkpoint(
+    workdir,
+    evaluate.protocol_evals(
+      "both",
+      {
+        "knn": {"k": (10, 20)},
+        "linear_probe": {"epochs": 3, "learning_rates": (1e-3, 1e-2), "n_last_blocks": 1, "avgpool": True},
+      },
+    ),
+  )
   assert results["step"] == config.total_steps and results["backbone"] == "teacher"
   # The same teacher, features and kNN rule as the training loop's evaluation: the same accuracy.
   assert results["knn_top1_k20"] == pytest.approx(last["knn_top1_k20"], abs=1e-9)
@@ -67,24 +74,36 @@ def test_evaluation_errors_name_the_fix(tmp_path, trained_workdir):
     evaluate.evaluate_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match=r"No checkpoint of step 3 .* available: \[4\]"):
     evaluate.evaluate_checkpoint(trained_workdir[0], step=3)
-  with pytest.raises(ValueError, match="Unknown protocol 'svm'; valid: dino_knn, dinov2_knn, dino_linear, dinov2_linear, simdinov2_linear, knn, linear, both"):
+  with pytest.raises(
+    ValueError,
+    match="Unknown protocol 'svm'; valid: dino_knn, dinov2_knn, dino_linear, dinov2_linear, simdinov2_linear, knn, "
+    "linear, both",
+  ):
     evaluate.protocol_evals("svm")
 
 
 def test_evaluate_cli_prints_the_table(trained_workdir):
   env = train_utils.subprocess_env()
-  result = subprocess.run([sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={trained_workdir[0]}",
-                           "--knn_k=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-m", "simdino_jax.evaluate", f"--workdir={trained_workdir[0]}", "--knn_k=20"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "knn_top1_k20" in result.stdout and "objective" in result.stdout, result.stdout
 
 
 def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source():
   """config.data.on_device: the loop's kNN reads the split it already holds, with the same result."""
-  config = train_utils.tiny_config("dino", eval_every_epochs=1.0, **{"eval.max_train_examples": 300,
-                                                                     "eval.max_test_examples": 100})
+  config = train_utils.tiny_config(
+    "dino", eval_every_epochs=1.0, **{"eval.max_train_examples": 300, "eval.max_test_examples": 100}
+  )
   trainer = train.build(config, num_examples=config.batch_size)
   resident = data.load_split(config.data, config.data.train_split)
+
   def run_in_training(resident_split):
     inputs = lambda: evaluators.open_inputs(config, trainer.mesh, trainer.graphdef, resident_split)
     return evaluators.run_all(evaluators.scheduled(config, inputs, trainer.steps_per_epoch), trainer.state.teacher)

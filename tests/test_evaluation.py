@@ -7,10 +7,21 @@ import pytest
 
 from simdino_jax.data import eval_batches
 from simdino_jax.data.sources import ArraySplit
-from simdino_jax.evaluation import (effective_rank, feature_diagnostics, feature_std,
-                                    knn_classify, knn_predict, linear_probe_optimizer, normalized_coding_rate,
-                                    probe_features, prototype_diagnostics, split_features, teacher_center_kl,
-                                    teacher_probabilities, train_linear_probe)
+from simdino_jax.evaluation import (
+  effective_rank,
+  feature_diagnostics,
+  feature_std,
+  knn_classify,
+  knn_predict,
+  linear_probe_optimizer,
+  normalized_coding_rate,
+  probe_features,
+  prototype_diagnostics,
+  split_features,
+  teacher_center_kl,
+  teacher_probabilities,
+  train_linear_probe,
+)
 from simdino_jax.numerics import marginal_entropy, mean_entropy
 
 
@@ -33,8 +44,12 @@ def _numpy_knn_scores(train, train_labels, test, num_classes, k, temperature=0.0
 
 def _random_knn_data(seed, n_train, n_test, dim, num_classes):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(n_train, dim)).astype(np.float32), rng.integers(0, num_classes, n_train),
-          rng.normal(size=(n_test, dim)).astype(np.float32), rng.integers(0, num_classes, n_test))
+  return (
+    rng.normal(size=(n_train, dim)).astype(np.float32),
+    rng.integers(0, num_classes, n_train),
+    rng.normal(size=(n_test, dim)).astype(np.float32),
+    rng.integers(0, num_classes, n_test),
+  )
 
 
 def test_knn_matches_float64_numpy_for_several_k():
@@ -59,8 +74,9 @@ def test_knn_matches_float64_numpy_for_several_k():
       np.testing.assert_array_equal(predicted[k][row, :depth], reference[row, :depth])
     assert metrics[f"knn_top1_k{k}"] == pytest.approx(np.mean(reference[:, 0] == test_labels))
     assert metrics[f"knn_top5_k{k}"] == pytest.approx(np.mean(np.any(reference[:, :5] == test_labels[:, None], 1)))
-  np.testing.assert_array_equal(predicted[300], knn_predict(train, train_labels, test, num_classes=num_classes,
-                                                            k=240, test_chunk=16)[240])
+  np.testing.assert_array_equal(
+    predicted[300], knn_predict(train, train_labels, test, num_classes=num_classes, k=240, test_chunk=16)[240]
+  )
 
 
 @pytest.mark.parametrize("temperature", [0.07, 1.0])  # at T = 1 stray pad rows would shift the class scores
@@ -98,8 +114,9 @@ def test_eval_batches_cap_before_reading_and_give_each_process_its_rows():
   source = ArraySplit(images, np.arange(23) % 4)
   read = []
   source.read = lambda rows, read_rows=source.read: read.append(rows.copy()) or read_rows(rows)
-  per_process = [list(eval_batches(source, batch_size=4, process_index=p, process_count=3, max_examples=20))
-                 for p in range(3)]
+  per_process = [
+    list(eval_batches(source, batch_size=4, process_index=p, process_count=3, max_examples=20)) for p in range(3)
+  ]
   # 20 rows over 3 processes: 7 per process (the last process pads), two batches of 4 each, nothing past row 19.
   assert [len(batches) for batches in per_process] == [2, 2, 2]
   assert np.concatenate(read).max() == 19 and sorted(np.concatenate(read)) == list(range(20))
@@ -160,8 +177,11 @@ def test_streaming_features_of_200k_images_keep_host_memory_at_a_batch():
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
-  print(f"200,000 images of 32x32x3 (614 MB): traced host peak {peak / 2**20:.1f} MiB (features "
-        f"{features.nbytes / 2**20:.1f} MiB), process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+  print(
+    f"200,000 images of 32x32x3 (614 MB): traced host peak {peak / 2**20:.1f} MiB (features "
+    f"{features.nbytes / 2**20:.1f} MiB), process peak RSS "
+    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
+  )
   assert features.shape == (200_000, 3) and labels.shape == (200_000,)
   np.testing.assert_allclose(np.sort(features[:, 0]), 2.0 * np.sort(np.arange(200_000) % 251), rtol=1e-6)
   np.testing.assert_array_equal(np.bincount(labels), np.full(10, 20_000))
@@ -172,10 +192,14 @@ def test_streaming_features_of_200k_images_keep_host_memory_at_a_batch():
 def test_probe_features_layout():
   rng = np.random.default_rng(5)
   out = {"cls": rng.normal(size=(3, 4)), "patch": rng.normal(size=(3, 9, 4)), "last_cls": rng.normal(size=(4, 3, 4))}
-  np.testing.assert_allclose(probe_features(out, n_last_blocks=4, avgpool=False),
-                             np.concatenate(list(out["last_cls"]), axis=1), rtol=1e-6)
-  np.testing.assert_allclose(probe_features(out, n_last_blocks=1, avgpool=True),
-                             np.concatenate([out["last_cls"][-1], out["patch"].mean(1)], axis=1), rtol=1e-6)
+  np.testing.assert_allclose(
+    probe_features(out, n_last_blocks=4, avgpool=False), np.concatenate(list(out["last_cls"]), axis=1), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    probe_features(out, n_last_blocks=1, avgpool=True),
+    np.concatenate([out["last_cls"][-1], out["patch"].mean(1)], axis=1),
+    rtol=1e-6,
+  )
   with pytest.raises(ValueError, match="n_last_blocks"):
     probe_features(out, n_last_blocks=5, avgpool=False)
 
@@ -204,8 +228,16 @@ def test_linear_probe_separates_linearly_separable_features():
   centers = 4.0 * np.eye(dim)[:num_classes]
   labels = rng.integers(0, num_classes, 640)
   features = (centers[labels] + 0.3 * rng.normal(size=(640, dim))).astype(np.float32)
-  result = train_linear_probe(features[:512], labels[:512], features[512:], labels[512:], num_classes=num_classes,
-                              epochs=4, batch_size=64, learning_rates=(0.4, 4.0))
+  result = train_linear_probe(
+    features[:512],
+    labels[:512],
+    features[512:],
+    labels[512:],
+    num_classes=num_classes,
+    epochs=4,
+    batch_size=64,
+    learning_rates=(0.4, 4.0),
+  )
   assert result.best_val_acc == 1.0
   np.testing.assert_allclose(result.learning_rates, [0.1, 1.0])
   assert _numpy_accuracy(result.best_params, features[512:], labels[512:]) == 1.0
@@ -216,8 +248,17 @@ def test_linear_probe_best_validation_bookkeeping():
   rng = np.random.default_rng(7)
   train, val = rng.normal(size=(256, 6)).astype(np.float32), rng.normal(size=(300, 6)).astype(np.float32)
   train_labels, val_labels = rng.integers(0, 3, 256), rng.integers(0, 3, 300)
-  result = train_linear_probe(train, train_labels, val, val_labels, num_classes=3, epochs=6, batch_size=32,
-                              learning_rates=(0.5, 5.0), eval_chunk=128)
+  result = train_linear_probe(
+    train,
+    train_labels,
+    val,
+    val_labels,
+    num_classes=3,
+    epochs=6,
+    batch_size=32,
+    learning_rates=(0.5, 5.0),
+    eval_chunk=128,
+  )
   history = result.val_acc
   assert history.shape == (6, 2)
   best_epoch, best_head = np.unravel_index(np.argmax(history), history.shape)
@@ -270,8 +311,9 @@ def test_teacher_entropies_and_center_kl():
   mean = p.mean(0)
   probabilities = teacher_probabilities(logits, center, tau)
   np.testing.assert_allclose(probabilities, p, rtol=1e-5)
-  assert float(teacher_center_kl(probabilities, center, tau)) == pytest.approx(np.sum(mean * np.log(mean / q)),
-                                                                               rel=1e-4)
+  assert float(teacher_center_kl(probabilities, center, tau)) == pytest.approx(
+    np.sum(mean * np.log(mean / q)), rel=1e-4
+  )
   assert float(teacher_center_kl(uniform, np.zeros(num_classes), 0.04)) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -296,11 +338,14 @@ def test_feature_diagnostics_collects_the_scalars():
   features, logits, center = rng.normal(size=(2, 32, 8)), rng.normal(size=(2, 32, 10)), rng.normal(size=10)
   values = feature_diagnostics(features, teacher_logits=logits, center=center, teacher_temp=0.1)
   probabilities = teacher_probabilities(logits, center, 0.1)
-  expected = {"effective_rank": effective_rank(features), "coding_rate": normalized_coding_rate(features, 0.05),
-              "feature_std": feature_std(features),
-              "teacher_mean_entropy": marginal_entropy(probabilities),
-              "teacher_sample_entropy": mean_entropy(probabilities),
-              "teacher_center_kl": teacher_center_kl(probabilities, center, 0.1)}
+  expected = {
+    "effective_rank": effective_rank(features),
+    "coding_rate": normalized_coding_rate(features, 0.05),
+    "feature_std": feature_std(features),
+    "teacher_mean_entropy": marginal_entropy(probabilities),
+    "teacher_sample_entropy": mean_entropy(probabilities),
+    "teacher_center_kl": teacher_center_kl(probabilities, center, 0.1),
+  }
   assert values.keys() == expected.keys()
   for name, value in expected.items():
     assert values[name] == pytest.approx(float(value), rel=1e-5), name
@@ -312,6 +357,7 @@ def test_feature_diagnostics_collects_the_scalars():
 def test_prototype_diagnostics_counts_groups():
   rng = np.random.default_rng(13)
   distinct = rng.normal(size=(7, 16))
-  prototypes = np.concatenate([distinct, distinct[0] + 1e-4 * rng.normal(size=(3, 16)),
-                               2.0 * distinct[1:2]])  # 3 near-copies of #0, a rescaled copy of #1
+  prototypes = np.concatenate(
+    [distinct, distinct[0] + 1e-4 * rng.normal(size=(3, 16)), 2.0 * distinct[1:2]]
+  )  # 3 near-copies of #0, a rescaled copy of #1
   assert prototype_diagnostics(prototypes) == {"unique_prototypes": 7, "largest_group": 4}

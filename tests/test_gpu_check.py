@@ -14,11 +14,13 @@ from tests import train_utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The GPU image has no TensorFlow, grain or TFDS: the run must not import them.
 BLOCKED = ("tensorflow", "tensorflow_datasets", "grain")
-RUNNER = ("import runpy, sys\n"
-          f"for name in {BLOCKED!r}: sys.modules[name] = None\n"  # importing any of them now raises ImportError
-          "import simdino_jax.tools.benchmark\n"  # the steps part's module (its figures: tests/test_benchmark.py)
-          "sys.argv = ['gpu_check'] + sys.argv[1:]\n"
-          "runpy.run_module('simdino_jax.tools.gpu_check', run_name='__main__', alter_sys=True)\n")
+RUNNER = (
+  "import runpy, sys\n"
+  f"for name in {BLOCKED!r}: sys.modules[name] = None\n"  # importing any of them now raises ImportError
+  "import simdino_jax.tools.benchmark\n"  # the steps part's module (its figures: tests/test_benchmark.py)
+  "sys.argv = ['gpu_check'] + sys.argv[1:]\n"
+  "runpy.run_module('simdino_jax.tools.gpu_check', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
@@ -26,9 +28,22 @@ def test_dry_run_writes_every_file_without_tensorflow(tmp_path):
   cifar = train_utils.shared_data("cifar10_compact")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-c", RUNNER, f"--out={out}", f"--cifar={cifar}", f"--scratch={tmp_path / 'scratch'}",
-       "--dry_run", "--parts=pipeline,curves"], cwd=ROOT, env=train_utils.subprocess_env(), capture_output=True,
-      text=True, timeout=1800)
+    [
+      sys.executable,
+      "-c",
+      RUNNER,
+      f"--out={out}",
+      f"--cifar={cifar}",
+      f"--scratch={tmp_path / 'scratch'}",
+      "--dry_run",
+      "--parts=pipeline,curves",
+    ],
+    cwd=ROOT,
+    env=train_utils.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   files = sorted(os.listdir(out))
   assert files == ["curves.csv", "knn.png", "losses.png", "pipeline.csv", "prototypes.png", "summary.json"]
@@ -53,19 +68,42 @@ def test_a_failing_part_keeps_the_others(tmp_path, monkeypatch):
   monkeypatch.setattr(gpu_check, "decode_cifar", lambda *_, **__: "unused")
   monkeypatch.setattr(gpu_check, "pipeline_row", lambda *_, **__: {"dataset": "cifar10", "batch": 4})
   monkeypatch.setattr(gpu_check, "curves", lambda *_, **__: {"dino": {"epochs": 1}})
-  summary = gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=True, bench_seconds=1.0,
-                          train_seconds=1.0, peak_tflops=1.0)
+  summary = gpu_check.run(
+    str(tmp_path),
+    cifar="unused",
+    scratch=str(tmp_path),
+    dry_run=True,
+    bench_seconds=1.0,
+    train_seconds=1.0,
+    peak_tflops=1.0,
+  )
   assert summary["errors"] == {"steps": "RuntimeError: no cuDNN here"}
   assert summary["pipeline"]["batch"] == 4 and summary["curves"]["dino"]["epochs"] == 1
   assert json.load(open(tmp_path / "summary.json"))["errors"] == summary["errors"]
   assert sorted(os.listdir(tmp_path)) == ["pipeline.csv", "summary.json"]
 
-  only = gpu_check.run(str(tmp_path / "only"), cifar="unused", scratch=str(tmp_path), dry_run=True,
-                       bench_seconds=1.0, train_seconds=1.0, peak_tflops=1.0, parts=("curves",))
+  only = gpu_check.run(
+    str(tmp_path / "only"),
+    cifar="unused",
+    scratch=str(tmp_path),
+    dry_run=True,
+    bench_seconds=1.0,
+    train_seconds=1.0,
+    peak_tflops=1.0,
+    parts=("curves",),
+  )
   assert "steps" not in only and "pipeline" not in only and only["curves"]["dino"]["epochs"] == 1
   with pytest.raises(ValueError, match="Unknown parts.*valid: steps, pipeline, curves"):
-    gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=True, bench_seconds=1.0,
-                  train_seconds=1.0, peak_tflops=1.0, parts=("step",))
+    gpu_check.run(
+      str(tmp_path),
+      cifar="unused",
+      scratch=str(tmp_path),
+      dry_run=True,
+      bench_seconds=1.0,
+      train_seconds=1.0,
+      peak_tflops=1.0,
+      parts=("step",),
+    )
 
 
 def test_step_rows_run_in_plan_order_within_the_budget(monkeypatch, tmp_path):
@@ -85,17 +123,39 @@ def test_step_rows_run_in_plan_order_within_the_budget(monkeypatch, tmp_path):
     return "trainer", "compiled", seconds
 
   monkeypatch.setattr(benchmark, "compile_step", compile_step)
-  monkeypatch.setattr(benchmark, "time_step", lambda config, trainer, compiled, compile_s, **_: {
-      "images_per_s": 100.0, "compile_s": compile_s, "trainer": trainer})
+  monkeypatch.setattr(
+    benchmark,
+    "time_step",
+    lambda config, trainer, compiled, compile_s, **_: {
+      "images_per_s": 100.0,
+      "compile_s": compile_s,
+      "trainer": trainer,
+    },
+  )
   rows = gpu_check.step_rows(dry_run=False, budget_s=1.6, peak_tflops=1.0)
   assert [(r["method"], r["model"], r["attention"]) for r in rows] == [
-      (m, model, "xla") for model in gpu_check.STEP_MODELS for m in gpu_check.STEP_METHODS]
-  assert [r["status"] for r in rows] == ["ok", "error: RuntimeError: no kernel", "ok", "ok",
-                                         "skipped (time budget)", "skipped (time budget)"]
+    (m, model, "xla") for model in gpu_check.STEP_MODELS for m in gpu_check.STEP_METHODS
+  ]
+  assert [r["status"] for r in rows] == [
+    "ok",
+    "error: RuntimeError: no kernel",
+    "ok",
+    "ok",
+    "skipped (time budget)",
+    "skipped (time budget)",
+  ]
   assert compiled_names == [(m, model) for model in gpu_check.STEP_MODELS for m in gpu_check.STEP_METHODS][:4]
   assert rows[0]["images_per_s"] == 100.0 and rows[0]["compile_s"] == 0.1 and "trainer" not in rows[0]
-  summary = gpu_check.run(str(tmp_path), cifar="unused", scratch=str(tmp_path), dry_run=False, bench_seconds=1.6,
-                          train_seconds=1.0, peak_tflops=1.0, parts=("steps",))
+  summary = gpu_check.run(
+    str(tmp_path),
+    cifar="unused",
+    scratch=str(tmp_path),
+    dry_run=False,
+    bench_seconds=1.6,
+    train_seconds=1.0,
+    peak_tflops=1.0,
+    parts=("steps",),
+  )
   written = list(csv.DictReader(open(tmp_path / "steps.csv")))
   assert [r["status"] for r in written] == [r["status"] for r in summary["steps"]] and len(written) == 6
   assert float(written[0]["images_per_s"]) == 100.0 and set(written[0]) == set(gpu_check.STEP_COLUMNS)

@@ -34,12 +34,14 @@ def _nan_student(create):
   def wrapped(*args, **kwargs):
     state, graphdef, shardings = create(*args, **kwargs)
     return state.replace(student=jax.tree.map(lambda x: x * np.float32("nan"), state.student)), graphdef, shardings
+
   return wrapped
 
 
 def test_consecutive_non_finite_steps_stop_the_run_and_no_checkpoint_holds_a_nan(tmp_path, monkeypatch, capsys):
-  config = train_utils.tiny_config("dino", total_steps=6, checkpoint_every_steps=2, log_every_steps=1,
-                                   max_consecutive_skips=3)
+  config = train_utils.tiny_config(
+    "dino", total_steps=6, checkpoint_every_steps=2, log_every_steps=1, max_consecutive_skips=3
+  )
   monkeypatch.setattr(train.train_state_lib, "create", _nan_student(train.train_state_lib.create))
   with pytest.raises(FloatingPointError) as e:
     train.run(config, str(tmp_path))
@@ -62,8 +64,9 @@ def test_consecutive_non_finite_steps_stop_the_run_and_no_checkpoint_holds_a_nan
 def test_overflowing_update_is_skipped_and_a_run_ending_in_a_streak_fails(tmp_path, capsys):
   # lr 1e41 gives finite gradients but an update that overflows float32: the step must not be accepted, the
   # checkpoint of step 2 (inside the streak) not written, and the run must not end as a success.
-  config = train_utils.tiny_config("simdino", total_steps=2, checkpoint_every_steps=1, log_every_steps=1,
-                                   **{"optim.base_lr": 1e41})
+  config = train_utils.tiny_config(
+    "simdino", total_steps=2, checkpoint_every_steps=1, log_every_steps=1, **{"optim.base_lr": 1e41}
+  )
   with pytest.raises(FloatingPointError) as e:
     train.run(config, str(tmp_path))
   message = str(e.value)
@@ -106,64 +109,119 @@ def _assert_refused(config, workdir, error, *fragments):
 
 
 def test_unknown_objective_lists_the_valid_names(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"objective.name": "dino3"}), tmp_path, ValueError,
-                  "Unknown objective 'dino3'", "dino, dinov2, simdino, simdinov2")
+  _assert_refused(
+    train_utils.tiny_config(**{"objective.name": "dino3"}),
+    tmp_path,
+    ValueError,
+    "Unknown objective 'dino3'",
+    "dino, dinov2, simdino, simdinov2",
+  )
 
 
 def test_unknown_model_lists_the_valid_names(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"model.name": "vit_huge"}), tmp_path, ValueError,
-                  "Unknown model 'vit_huge'", "vit_micro", "ViT-S/16")
+  _assert_refused(
+    train_utils.tiny_config(**{"model.name": "vit_huge"}),
+    tmp_path,
+    ValueError,
+    "Unknown model 'vit_huge'",
+    "vit_micro",
+    "ViT-S/16",
+  )
 
 
 def test_unknown_dataset_says_what_is_valid_and_how_to_prepare(tmp_path):
   config = train_utils.tiny_config(**{"data.name": "no_such_dataset", "data.data_dir": str(tmp_path / "tfds")})
-  _assert_refused(config, tmp_path / "work", ValueError, "Unknown dataset 'no_such_dataset'", "digits",
-                  "python -m simdino_jax.tools.prepare")
+  _assert_refused(
+    config,
+    tmp_path / "work",
+    ValueError,
+    "Unknown dataset 'no_such_dataset'",
+    "digits",
+    "python -m simdino_jax.tools.prepare",
+  )
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
   os.makedirs(tmp_path / "tfds")
   config = train_utils.tiny_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path / "tfds")})
-  _assert_refused(config, tmp_path / "work", FileNotFoundError, "'cifar10' is not prepared",
-                  str(tmp_path / "tfds"), "python -m simdino_jax.tools.prepare cifar10")
+  _assert_refused(
+    config,
+    tmp_path / "work",
+    FileNotFoundError,
+    "'cifar10' is not prepared",
+    str(tmp_path / "tfds"),
+    "python -m simdino_jax.tools.prepare cifar10",
+  )
 
 
 def test_negative_teacher_temperature(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"teacher.temp": -0.07}), tmp_path, ValueError,
-                  "config.teacher.temp=-0.07", "must be a positive temperature")
+  _assert_refused(
+    train_utils.tiny_config(**{"teacher.temp": -0.07}),
+    tmp_path,
+    ValueError,
+    "config.teacher.temp=-0.07",
+    "must be a positive temperature",
+  )
 
 
 @pytest.mark.sharded
 def test_batch_not_divisible_by_the_devices(tmp_path):
-  _assert_refused(train_utils.tiny_config(batch_size=12), tmp_path, ValueError,
-                  "config.batch_size=12 is not divisible by the 8 devices", "use a multiple of 8")
+  _assert_refused(
+    train_utils.tiny_config(batch_size=12),
+    tmp_path,
+    ValueError,
+    "config.batch_size=12 is not divisible by the 8 devices",
+    "use a multiple of 8",
+  )
 
 
 @pytest.mark.sharded
 def test_koleo_needs_two_images_per_device(tmp_path):
-  _assert_refused(train_utils.tiny_config("dinov2", batch_size=8), tmp_path, ValueError,
-                  "KoLeo on each device's batch needs at least 2 images per device, got 1",
-                  "raise config.batch_size", "koleo_scope='global'")
+  _assert_refused(
+    train_utils.tiny_config("dinov2", batch_size=8),
+    tmp_path,
+    ValueError,
+    "KoLeo on each device's batch needs at least 2 images per device, got 1",
+    "raise config.batch_size",
+    "koleo_scope='global'",
+  )
 
 
 def test_local_crops_larger_than_global_crops(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"aug.local_size": 32}), tmp_path, ValueError,
-                  "config.aug.local_size=32", "config.aug.global_size=16", "lower config.aug.local_size")
+  _assert_refused(
+    train_utils.tiny_config(**{"aug.local_size": 32}),
+    tmp_path,
+    ValueError,
+    "config.aug.local_size=32",
+    "config.aug.global_size=16",
+    "lower config.aug.local_size",
+  )
 
 
 def test_coding_rate_eps_below_float32_resolution(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"objective.eps": 1e-45}), tmp_path, ValueError,
-                  "config.objective.eps=1e-45 is below float32 resolution", "Use a value like 0.05")
+  _assert_refused(
+    train_utils.tiny_config(**{"objective.eps": 1e-45}),
+    tmp_path,
+    ValueError,
+    "config.objective.eps=1e-45 is below float32 resolution",
+    "Use a value like 0.05",
+  )
 
 
 def test_negative_eps_names_the_field(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"objective.eps": -1.0}), tmp_path, ValueError,
-                  "config.objective.eps=-1.0 must be > 0")
+  _assert_refused(
+    train_utils.tiny_config(**{"objective.eps": -1.0}), tmp_path, ValueError, "config.objective.eps=-1.0 must be > 0"
+  )
 
 
 def test_float16_is_refused_for_bfloat16(tmp_path):
-  _assert_refused(train_utils.tiny_config(**{"model.dtype": "float16"}), tmp_path, ValueError,
-                  "config.model.dtype='float16' is not supported", "--config.model.dtype=bfloat16")
+  _assert_refused(
+    train_utils.tiny_config(**{"model.dtype": "float16"}),
+    tmp_path,
+    ValueError,
+    "config.model.dtype='float16' is not supported",
+    "--config.model.dtype=bfloat16",
+  )
 
 
 def test_bad_input_leaves_no_new_workdir(tmp_path):
@@ -175,15 +233,18 @@ def test_bad_input_leaves_no_new_workdir(tmp_path):
 def test_command_line_mistakes_are_one_line_each(capsys):
   from absl import flags
   from simdino_jax import cli
-  from simdino_jax import main  # pylint: disable=unused-import  (defines --config and --workdir)
+
   cases = {
-      ("--config=configs/nope.py",): "error: --config: no config file 'configs/nope.py'",
-      ("--config=configs/digits.py", "--config.optim.base_lrr=1"):
-          "error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: "
-          "b1, b2, base_lr,",
-      ("--config=configs/digits.py:methd=dino",):
-          "error: flag --config=configs/digits.py:methd=dino: Error whilst parsing config file: ValueError: "
-          "Unknown config argument 'methd'; valid: method, model.",
+    ("--config=configs/nope.py",): "error: --config: no config file 'configs/nope.py'",
+    (
+      "--config=configs/digits.py",
+      "--config.optim.base_lrr=1",
+    ): "error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: "
+    "b1, b2, base_lr,",
+    (
+      "--config=configs/digits.py:methd=dino",
+    ): "error: flag --config=configs/digits.py:methd=dino: Error whilst parsing config file: ValueError: "
+    "Unknown config argument 'methd'; valid: method, model.",
   }
   cwd = os.getcwd()
   os.chdir(REPO)
@@ -202,16 +263,24 @@ def test_checkpoint_of_another_config_is_refused_unless_allowed(tmp_path, capsys
   config = train_utils.tiny_config("simdino")
   trainer = train.build(config, num_examples=64)
   ckpts = checkpointing.Checkpoints(str(tmp_path), config)
-  iterator = data_lib.create_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed,
-                                            process_index=0, process_count=1)
+  iterator = data_lib.create_train_iterator(
+    config.data, batch_size=config.batch_size, seed=config.seed, process_index=0, process_count=1
+  )
   done = trainer.state.replace(step=trainer.state.step + config.total_steps)  # As if the run had finished.
   ckpts.save(config.total_steps, done, iterator.get_state())
   ckpts.wait()
   ckpts.close()
   other = train_utils.tiny_config("simdino", **{"optim.base_lr": 1e-3, "teacher.temp": 0.05})
-  message = _assert_refused(other, tmp_path, ValueError, "belong to another config (2 field(s) differ",
-                            "teacher.temp: 0.04 -> 0.05", "optim.base_lr: 0.0005 -> 0.001",
-                            "Use another --workdir", "--config.allow_config_mismatch=True")
+  message = _assert_refused(
+    other,
+    tmp_path,
+    ValueError,
+    "belong to another config (2 field(s) differ",
+    "teacher.temp: 0.04 -> 0.05",
+    "optim.base_lr: 0.0005 -> 0.001",
+    "Use another --workdir",
+    "--config.allow_config_mismatch=True",
+  )
   assert "Nothing in the workdir was changed" in message
   other.allow_config_mismatch = True
   train.run(other, str(tmp_path))  # Resumes at the last step: nothing left to train.
@@ -231,14 +300,25 @@ def test_checkpoints_from_before_an_added_field_resume_while_it_keeps_its_old_va
 def test_typo_in_a_command_line_override_fails_clearly(tmp_path):
   workdir = tmp_path / "work"
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
-       "--config.optim.base_lrr=0.1"], cwd=REPO, env=train_utils.subprocess_env(), capture_output=True, text=True,
-      timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "simdino_jax.main",
+      "--config=configs/digits.py",
+      f"--workdir={workdir}",
+      "--config.optim.base_lrr=0.1",
+    ],
+    cwd=REPO,
+    env=train_utils.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2
   valid = ", ".join(sorted(digits.get_config().optim.keys()))
   assert result.stderr.strip().splitlines() == [
-      "error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: "
-      f"{valid}."], result.stderr[-3000:]
+    f"error: unknown config field config.optim.base_lrr (from --config.optim.base_lrr); config.optim has: {valid}."
+  ], result.stderr[-3000:]
   assert "base_lr, " in valid
   assert not workdir.exists()
 
@@ -252,8 +332,9 @@ def saved_run(tmp_path_factory):
   config = train_utils.tiny_config("simdino")
   trainer = train.build(config, num_examples=64)
   workdir = tmp_path_factory.mktemp("saved_run")
-  iterator = data_lib.create_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed,
-                                            process_index=0, process_count=1)
+  iterator = data_lib.create_train_iterator(
+    config.data, batch_size=config.batch_size, seed=config.seed, process_index=0, process_count=1
+  )
   ckpts = checkpointing.Checkpoints(str(workdir), config)
   for step in (2, 4):
     ckpts.save(step, trainer.state.replace(step=trainer.state.step + step), iterator.get_state())
@@ -294,8 +375,7 @@ def _emptied(step_dir):
 
 
 @pytest.mark.parametrize("damage", [_truncate, _random_bytes, _no_manifest, _garbage_metadata, _emptied])
-def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(saved_run, tmp_path, capsys,
-                                                                                 damage):
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(saved_run, tmp_path, capsys, damage):
   config, template, shardings, source = saved_run
   workdir = tmp_path / "work"
   shutil.copytree(source, workdir)
@@ -336,16 +416,18 @@ def test_a_disk_without_room_for_the_next_checkpoint_fails_before_saving(saved_r
   workdir = tmp_path / "work"
   shutil.copytree(source, workdir)
   before = _snapshot(workdir)
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage",
-                      lambda path: types.SimpleNamespace(total=10**9, used=10**9, free=1000))
+  monkeypatch.setattr(
+    checkpointing.shutil, "disk_usage", lambda path: types.SimpleNamespace(total=10**9, used=10**9, free=1000)
+  )
   ckpts = checkpointing.Checkpoints(str(workdir), config)
   with pytest.raises(checkpointing.CheckpointError) as e:
     ckpts.save(6, template.replace(step=template.step + 6), {"position": 6})
   ckpts.close()
   message = str(e.value)
   needed = sum(map(len, _snapshot(workdir / "checkpoints" / "4").values())) / 2**20  # The last checkpoint's size.
-  assert message.startswith(f"No space left to save the checkpoint of step 6 in {workdir}: 0.0 MiB free, "
-                            f"about {needed:.1f} MiB needed.")
+  assert message.startswith(
+    f"No space left to save the checkpoint of step 6 in {workdir}: 0.0 MiB free, about {needed:.1f} MiB needed."
+  )
   assert "the run resumes from the checkpoint of step 4" in message and "\n" not in message
   assert _snapshot(workdir) == before
 
@@ -362,14 +444,13 @@ def test_running_out_of_space_mid_save_is_one_line_and_the_partial_save_is_remov
     os.makedirs(partial / "state")
     (partial / "state" / "d").write_bytes(b"\0" * 1000)
     raise OSError(errno.ENOSPC, "No space left on device")
+
   ckpts.manager.save = full_disk
   with pytest.raises(checkpointing.CheckpointError) as e:
     ckpts.save(6, template.replace(step=template.step + 6), {"position": 6})
   ckpts.close()
   assert str(e.value).startswith(f"No space left to save the checkpoint of step 6 in {workdir}: about ")
   assert _snapshot(workdir) == before and sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-
-
 
 
 def test_bad_workdirs_and_data_dirs_are_one_line_before_anything_is_built(tmp_path, monkeypatch):
@@ -386,7 +467,10 @@ def test_bad_workdirs_and_data_dirs_are_one_line_before_anything_is_built(tmp_pa
   with pytest.raises(storage.StorageError, match=r"--config.data.data_dir=.*afile/tfds: .*is a file, not a folder"):
     train.run(data_config, str(tmp_path / "work"))
   monkeypatch.setattr(os, "access", lambda path, mode: False)
-  with pytest.raises(storage.StorageError, match=r"--workdir=.*/run: no permission to write in .*"
-                                                 r"Choose a --workdir you can write"):
+  with pytest.raises(
+    storage.StorageError,
+    match=r"--workdir=.*/run: no permission to write in .*"
+    r"Choose a --workdir you can write",
+  ):
     train.run(config, str(tmp_path / "readonly" / "run"))
   assert not (tmp_path / "work").exists() and not (tmp_path / "readonly").exists()

@@ -40,13 +40,16 @@ def _mad(a, b) -> float:
 def _pil_crops(image, boxes, sizes, interpolation=Image.Resampling.BICUBIC):
   """PIL's antialiased resize of each box of the fully decoded image (torchvision's RandomResizedCrop)."""
   pil = host_crops.open_image(image).convert("RGB")
-  return [np.asarray(pil.resize((size, size), interpolation, box=(left, top, left + w, top + h)))
-          for (top, left, h, w), size in zip(boxes, sizes)]
+  return [
+    np.asarray(pil.resize((size, size), interpolation, box=(left, top, left + w, top + h)))
+    for (top, left, h, w), size in zip(boxes, sizes)
+  ]
 
 
 def _photos() -> list[bytes]:
   """scikit-learn's two JPEG photos (640x427), as files."""
   import sklearn.datasets  # pylint: disable=import-outside-toplevel
+
   folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
   return [open(os.path.join(folder, name), "rb").read() for name in ("china.jpg", "flower.jpg")]
 
@@ -99,10 +102,13 @@ def test_near_nyquist_content_stays_close_to_pil():
 def test_a_resize_without_antialiasing_fails_the_quality_bound():
   """The bound is tight enough to matter: plain cubic sampling (no prefilter) of the same boxes aliases."""
   import cv2  # pylint: disable=import-outside-toplevel
+
   image, plan = _checkerboard(), _plan(global_size=224, local_size=96, n_local=10)
   boxes = plan.draw_boxes(np.random.default_rng(0), *image.shape[:2])
-  aliased = [cv2.resize(image[top:top + h, left:left + w], (size, size), interpolation=cv2.INTER_CUBIC)
-             for (top, left, h, w), size in zip(boxes, plan.sizes())]
+  aliased = [
+    cv2.resize(image[top : top + h, left : left + w], (size, size), interpolation=cv2.INTER_CUBIC)
+    for (top, left, h, w), size in zip(boxes, plan.sizes())
+  ]
   assert max(_mad(a, r) for a, r in zip(aliased, _pil_crops(image, boxes, plan.sizes()))) > 4 * MAD_LIMIT
 
 
@@ -163,8 +169,14 @@ def test_worker_processes_import_neither_jax_nor_tensorflow(tmp_path):
   script = tmp_path / "workers.py"
   script.write_text(WORKER_SCRIPT)
   photo = os.path.join(os.path.dirname(__import__("sklearn.datasets").datasets.__file__), "images", "china.jpg")
-  result = subprocess.run([sys.executable, str(script), photo, str(tmp_path / "report.txt")], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, str(script), photo, str(tmp_path / "report.txt")],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   heavy, worker, main = result.stdout.strip().splitlines()[-1].split("|")
   assert heavy == "" and worker != main, result.stdout  # Noted in a worker process, which holds none of them.
@@ -186,8 +198,9 @@ def _reference_box(rng, height, width, scale):
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-@pytest.mark.parametrize("height,width,scale", [(375, 500, (0.05, 0.4)), (375, 500, (0.4, 1.0)),
-                                                (150, 400, (0.4, 1.0))])
+@pytest.mark.parametrize(
+  "height,width,scale", [(375, 500, (0.05, 0.4)), (375, 500, (0.4, 1.0)), (150, 400, (0.4, 1.0))]
+)
 def test_crop_boxes_follow_the_rule_like_an_independent_implementation(height, width, scale):
   n = 3000
   rng, reference_rng = np.random.default_rng(0), np.random.default_rng(1)
@@ -196,9 +209,12 @@ def test_crop_boxes_follow_the_rule_like_an_independent_implementation(height, w
   for boxes in (ours, reference):
     top, left, h, w = boxes.T
     assert np.all((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width) & (h >= 1) & (w >= 1))
-  features = lambda b: {"area": b[:, 2] * b[:, 3] / (height * width), "log ratio": np.log(b[:, 3] / b[:, 2]),
-                        "top": b[:, 0] / np.maximum(height - b[:, 2], 1),
-                        "left": b[:, 1] / np.maximum(width - b[:, 3], 1)}
+  features = lambda b: {
+    "area": b[:, 2] * b[:, 3] / (height * width),
+    "log ratio": np.log(b[:, 3] / b[:, 2]),
+    "top": b[:, 0] / np.maximum(height - b[:, 2], 1),
+    "left": b[:, 1] / np.maximum(width - b[:, 3], 1),
+  }
   for name, values in features(ours).items():
     assert stats.ks_2samp(values, features(reference)[name]).pvalue > 1e-3, name
   # Aspect ratios within [3/4, 4/3] up to the rounding of the sides to whole pixels.
@@ -207,9 +223,9 @@ def test_crop_boxes_follow_the_rule_like_an_independent_implementation(height, w
 
 def test_fallback_is_the_largest_centered_crop_with_the_ratio_clamped():
   rng = np.random.default_rng(0)
-  assert host_crops.crop_box(rng, 10, 1000, (0.9, 1.0)) == (0, 493, 10, 13)     # too wide: 4/3 at full height
-  assert host_crops.crop_box(rng, 1000, 12, (0.9, 1.0)) == (492, 0, 16, 12)     # too tall: 3/4 at full width
-  assert host_crops.crop_box(rng, 100, 120, (2.0, 3.0)) == (0, 0, 100, 120)     # no try fits: the whole image
+  assert host_crops.crop_box(rng, 10, 1000, (0.9, 1.0)) == (0, 493, 10, 13)  # too wide: 4/3 at full height
+  assert host_crops.crop_box(rng, 1000, 12, (0.9, 1.0)) == (492, 0, 16, 12)  # too tall: 3/4 at full width
+  assert host_crops.crop_box(rng, 100, 120, (2.0, 3.0)) == (0, 0, 100, 120)  # no try fits: the whole image
 
 
 def _bordered(height, width, band=6):
@@ -294,8 +310,9 @@ def _iterator(data_dir, process_index=0, process_count=1, **data_overrides):
   for key, value in data_overrides.items():
     config.data[key] = value
   config.aug.global_size, config.aug.local_size, config.aug.n_local = 24, 12, 3
-  return data.create_train_iterator(config.data, batch_size=3, seed=0, process_index=process_index,
-                                    process_count=process_count, aug=config.aug)
+  return data.create_train_iterator(
+    config.data, batch_size=3, seed=0, process_index=process_index, process_count=process_count, aug=config.aug
+  )
 
 
 def test_varied_size_dataset_is_cropped_on_the_host_and_resumes_the_same_crops(photo_dir):
@@ -330,6 +347,7 @@ def test_process_shards_are_disjoint_and_cover_the_split(photo_dir):
 
 def test_worker_processes_cover_each_epoch_once_and_resume(photo_dir):
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags (parsed by app.run in a run)
     flags.FLAGS.mark_as_parsed()
   iterator = _iterator(photo_dir, workers=2)
@@ -348,8 +366,10 @@ def test_worker_processes_cover_each_epoch_once_and_resume(photo_dir):
 def test_photometric_on_host_crops_is_the_device_recipe_after_the_crop():
   config = data.default_config().aug
   rng = np.random.default_rng(0)
-  crops = {"global": rng.integers(0, 256, (3, 2, 8, 8, 3), dtype=np.uint8),
-           "local": rng.integers(0, 256, (3, 4, 4, 4, 3), dtype=np.uint8)}
+  crops = {
+    "global": rng.integers(0, 256, (3, 2, 8, 8, 3), dtype=np.uint8),
+    "local": rng.integers(0, 256, (3, 4, 4, 4, 3), dtype=np.uint8),
+  }
   config.flip_p, config.color_jitter_p, config.grayscale_p, config.solarize_p = 1.0, 0.0, 0.0, 0.0
   config.blur_p = (0.0, 0.0, 0.0)
   out = jax.jit(lambda k, c: augment.photometric(k, c, config))(jax.random.key(0), crops)
@@ -359,8 +379,11 @@ def test_photometric_on_host_crops_is_the_device_recipe_after_the_crop():
   config.solarize_p = 1.0  # global 2 only
   out = jax.jit(lambda k, c: augment.photometric(k, c, config))(jax.random.key(0), crops)
   unflipped = lambda x: np.asarray(x)[..., ::-1, :] * np.asarray(config.std) + np.asarray(config.mean)
-  np.testing.assert_allclose(unflipped(out["global"][1]), np.where(
-      crops["global"][:, 1] >= 128, 1.0 - crops["global"][:, 1] / 255.0, crops["global"][:, 1] / 255.0), atol=1e-5)
+  np.testing.assert_allclose(
+    unflipped(out["global"][1]),
+    np.where(crops["global"][:, 1] >= 128, 1.0 - crops["global"][:, 1] / 255.0, crops["global"][:, 1] / 255.0),
+    atol=1e-5,
+  )
   np.testing.assert_allclose(unflipped(out["global"][0]), crops["global"][:, 0] / 255.0, atol=1e-5)
 
 
@@ -371,8 +394,10 @@ def test_train_step_takes_host_crops():
   config = train_utils.tiny_config("dinov2")  # iBOT masks too: their batch size comes from the crops
   config.aug.global_size, config.aug.local_size, config.aug.n_local = 16, 8, 2
   trainer = train.build(config, num_examples=64)
-  crops = {"global": jax.ShapeDtypeStruct((16, 2, 16, 16, 3), np.uint8),
-           "local": jax.ShapeDtypeStruct((16, 2, 8, 8, 3), np.uint8)}
+  crops = {
+    "global": jax.ShapeDtypeStruct((16, 2, 16, 16, 3), np.uint8),
+    "local": jax.ShapeDtypeStruct((16, 2, 8, 8, 3), np.uint8),
+  }
   with jax.set_mesh(trainer.mesh):  # traced, not compiled: the photometric half is tested above
     state, metrics = jax.eval_shape(trainer.step_fn, trainer.state, crops, trainer.schedules)
   assert state.step.shape == () and metrics["loss"].shape == () and metrics["finite"].shape == ()
@@ -380,12 +405,14 @@ def test_train_step_takes_host_crops():
 
 def test_benchmark_compares_with_torchvisions_way_on_the_same_boxes():
   from simdino_jax.tools import benchmark_data as benchmark  # pylint: disable=import-outside-toplevel
+
   plan = _plan(global_size=224, local_size=96, n_local=10)
   figures = benchmark.side_by_side(_photos(), plan, n_images=2, repeats=1)
   assert figures["host_crops"] > 0 and figures["torchvision"] > 0
   assert figures["ratio"] == pytest.approx(figures["torchvision"] / figures["host_crops"])  # One round: its ratio.
   assert 0 < figures["worst_crop_mad"] <= MAD_LIMIT  # Not bit-equal to PIL, within the bound.
   boxes = plan.draw_boxes(np.random.default_rng(0), 427, 640)
-  for ours, theirs in zip(benchmark.torchvision_crops(_photos()[0], boxes, plan.sizes()),
-                          _pil_crops(_photos()[0], boxes, plan.sizes())):
+  for ours, theirs in zip(
+    benchmark.torchvision_crops(_photos()[0], boxes, plan.sizes()), _pil_crops(_photos()[0], boxes, plan.sizes())
+  ):
     np.testing.assert_array_equal(ours, theirs)  # The baseline is PIL's resize of the fully decoded image.

@@ -19,13 +19,13 @@ from tests import train_utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
 def _validation_synsets(n: int = 8) -> list[str]:
   """The first n lines of the validation labels TFDS ships: the synsets of ILSVRC2012_val_00000001..n."""
   import tensorflow_datasets  # pylint: disable=import-outside-toplevel
 
-  path = os.path.join(os.path.dirname(tensorflow_datasets.__file__), "datasets", "imagenet2012",
-                      "validation_labels.txt")
+  path = os.path.join(
+    os.path.dirname(tensorflow_datasets.__file__), "datasets", "imagenet2012", "validation_labels.txt"
+  )
   with open(path) as f:
     return f.read().split()[:n]
 
@@ -78,6 +78,7 @@ def test_prepared_miniature_reads_without_tensorflow_with_the_real_labels(imagen
   with open(os.path.join(ROOT, "docs", "data.md")) as f:
     assert "python -m simdino_jax.tools.prepare_imagenet --manual_dir" in f.read()
   import tensorflow_datasets as tfds  # The label ids of TFDS's synset list, as in the real dataset.
+
   synsets = tfds.builder("imagenet2012", data_dir=str(data_dir)).info.features["label"].names
   assert sorted(synsets[label] for label in labels) == sorted(VAL_SYNSETS)  # Stored in TFDS's shuffled order.
   _, train_labels = train_split.read(np.arange(20))
@@ -92,16 +93,28 @@ def test_missing_archives_name_the_fix(tmp_path):
 @pytest.mark.sharded
 def test_train_two_steps_on_eight_devices_evaluate_and_resume(imagenet_dir, tmp_path, capsys):
   _, data_dir = imagenet_dir
-  overrides = {"data.name": "imagenet2012", "data.data_dir": str(data_dir), "data.eval_split": "validation",
-               "batch_size": 8, "total_steps": 2, "checkpoint_every_steps": 1, "eval_every_epochs": 100.0,
-               "eval.knn_k": (3,), "eval.batch_size": 8}
+  overrides = {
+    "data.name": "imagenet2012",
+    "data.data_dir": str(data_dir),
+    "data.eval_split": "validation",
+    "batch_size": 8,
+    "total_steps": 2,
+    "checkpoint_every_steps": 1,
+    "eval_every_epochs": 100.0,
+    "eval.knn_k": (3,),
+    "eval.batch_size": 8,
+  }
   workdir = str(tmp_path / "run")
   first = train.run(train_utils.tiny_config("dino", **overrides), workdir)
   assert np.isfinite(first["loss"]) and 0.0 <= first["knn_top1_k3"] <= 1.0
   results = evaluate.evaluate_checkpoint(workdir, {"knn": {"k": (3,)}}, settings={"batch_size": 8})
   assert results["step"] == 2 and results["dataset"] == "imagenet2012"
   assert results["knn_top1_k3"] == pytest.approx(first["knn_top1_k3"], abs=1e-9)
-  resumed = train.run(train_utils.tiny_config("dino", **{**overrides, "total_steps": 3, "eval_every_epochs": 0.0,
-                                                         "allow_config_mismatch": True}), workdir)
+  resumed = train.run(
+    train_utils.tiny_config(
+      "dino", **{**overrides, "total_steps": 3, "eval_every_epochs": 0.0, "allow_config_mismatch": True}
+    ),
+    workdir,
+  )
   assert "Resumed from the checkpoint of step 2" in capsys.readouterr().out
   assert np.isfinite(resumed["loss"]) and "3" in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -13,15 +13,35 @@ PACKAGE = "simdino_jax"
 
 # Top to bottom; a module's layer is that of its longest matching prefix. A module imports its own layer or lower.
 LAYERS = {
-    "programs": ("simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.convert.__main__", "simdino_jax.tools"),
-    "trainer": ("simdino_jax.train", "simdino_jax.step_cost", "simdino_jax.checkpointing", "simdino_jax.validation",
-                "simdino_jax.convert", "simdino_jax.configs"),
-    "evaluation": ("simdino_jax.evaluation",),
-    "parts": ("simdino_jax.objectives", "simdino_jax.models", "simdino_jax.data", "simdino_jax.optim",
-              "simdino_jax.collapse", "simdino_jax.train_state"),
-    "infrastructure": ("simdino_jax", "simdino_jax.storage", "simdino_jax.parallel", "simdino_jax.numerics",
-                       "simdino_jax.registry", "simdino_jax.cluster", "simdino_jax.metrics", "simdino_jax.cli",
-                       "simdino_jax.worker_imports"),
+  "programs": ("simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.convert.__main__", "simdino_jax.tools"),
+  "trainer": (
+    "simdino_jax.train",
+    "simdino_jax.step_cost",
+    "simdino_jax.checkpointing",
+    "simdino_jax.validation",
+    "simdino_jax.convert",
+    "simdino_jax.configs",
+  ),
+  "evaluation": ("simdino_jax.evaluation",),
+  "parts": (
+    "simdino_jax.objectives",
+    "simdino_jax.models",
+    "simdino_jax.data",
+    "simdino_jax.optim",
+    "simdino_jax.collapse",
+    "simdino_jax.train_state",
+  ),
+  "infrastructure": (
+    "simdino_jax",
+    "simdino_jax.storage",
+    "simdino_jax.parallel",
+    "simdino_jax.numerics",
+    "simdino_jax.registry",
+    "simdino_jax.cluster",
+    "simdino_jax.metrics",
+    "simdino_jax.cli",
+    "simdino_jax.worker_imports",
+  ),
 }
 ORDER = list(LAYERS)
 
@@ -40,6 +60,7 @@ def _modules() -> dict[str, str]:
 
 def _imports(modules: dict[str, str]) -> dict[str, set[str]]:
   """Module → the package's modules it imports (`from pkg import name` counts name when it is a module)."""
+
   def known(name):
     while name not in modules:
       name = name.rpartition(".")[0]
@@ -56,10 +77,9 @@ def _imports(modules: dict[str, str]) -> dict[str, set[str]]:
       elif isinstance(node, ast.ImportFrom):
         base = node.module or ""
         if node.level:
-          base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+          base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
         if base.split(".")[0] == PACKAGE:
-          graph[module].update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base)
-                               for a in node.names)
+          graph[module].update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base) for a in node.names)
     graph[module].discard(module)
   return graph
 
@@ -72,8 +92,12 @@ def layer(module: str) -> str:
 
 def test_every_import_goes_to_the_same_layer_or_below():
   modules = _modules()
-  upward = [f"{m} ({layer(m)}) imports {d} ({layer(d)})" for m, deps in sorted(_imports(modules).items())
-            for d in sorted(deps) if ORDER.index(layer(d)) < ORDER.index(layer(m))]
+  upward = [
+    f"{m} ({layer(m)}) imports {d} ({layer(d)})"
+    for m, deps in sorted(_imports(modules).items())
+    for d in sorted(deps)
+    if ORDER.index(layer(d)) < ORDER.index(layer(m))
+  ]
   assert not upward, "\n".join(upward)
 
 
@@ -85,7 +109,7 @@ def test_no_import_cycle():
     state[module] = "open"
     for dep in sorted(graph[module]):
       if state.get(dep) == "open":
-        cycles.append(" → ".join(trail[trail.index(dep):] + [dep]))
+        cycles.append(" → ".join(trail[trail.index(dep) :] + [dep]))
       elif dep not in state:
         visit(dep, trail + [dep])
     state[module] = "done"
@@ -100,10 +124,14 @@ def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
   """The walk itself: a library module importing a program and two modules importing each other are found."""
   package = tmp_path / PACKAGE
   (package / "tools").mkdir(parents=True)
-  for name, text in {"__init__.py": "", "storage.py": "from simdino_jax import parallel\n",
-                     "parallel.py": "def f():\n  from simdino_jax import storage\n",
-                     "train.py": "from simdino_jax.tools import sweep\n", "tools/__init__.py": "",
-                     "tools/sweep.py": "from simdino_jax import train\n"}.items():
+  for name, text in {
+    "__init__.py": "",
+    "storage.py": "from simdino_jax import parallel\n",
+    "parallel.py": "def f():\n  from simdino_jax import storage\n",
+    "train.py": "from simdino_jax.tools import sweep\n",
+    "tools/__init__.py": "",
+    "tools/sweep.py": "from simdino_jax import train\n",
+  }.items():
     (package / name).write_text(text)
   monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
   graph = _imports(_modules())

@@ -37,7 +37,7 @@ def buffer_gather(x, index, groups):
 def test_masked_token_buffer_gathers_each_groups_masked_tokens():
   masks = np.zeros((2, 4, 6), bool)
   masks[0, 0, [1, 4]] = True  # group 0: image 0 of view 0 ...
-  masks[1, 1, [0]] = True     # ... and image 1 of view 1
+  masks[1, 1, [0]] = True  # ... and image 1 of view 1
   masks[1, 2, [0, 2, 5]] = True  # group 1: image 2 of view 1
   index, weights = ibot.masked_token_buffer(jnp.asarray(masks), 2, 4)
   assert index.shape == weights.shape == (2, 4)
@@ -51,13 +51,13 @@ def test_masked_token_buffer_gathers_each_groups_masked_tokens():
     ibot.masked_token_buffer(jnp.asarray(masks), 3, 4)
 
 
-@pytest.mark.parametrize("n_images,n_patches,probability", [(8, 16, 0.5), (16, 196, 0.5), (128, 196, 0.5),
-                                                            (10, 49, 0.3), (4, 196, 1.0)])
+@pytest.mark.parametrize(
+  "n_images,n_patches,probability", [(8, 16, 0.5), (16, 196, 0.5), (128, 196, 0.5), (10, 49, 0.3), (4, 196, 1.0)]
+)
 def test_the_bound_is_dinov2s_upperbound(n_images, n_patches, probability):
   config = train_utils.tiny_config("dinov2").masking
   config.probability = probability
-  assert masking.masked_patch_bound(n_images, n_patches, config) == dinov2_upperbound(n_images, n_patches,
-                                                                                      probability)
+  assert masking.masked_patch_bound(n_images, n_patches, config) == dinov2_upperbound(n_images, n_patches, probability)
   config.enabled = False
   assert masking.masked_patch_bound(n_images, n_patches, config) == 0
 
@@ -67,7 +67,8 @@ def test_block_masks_stay_within_the_bound_of_their_batch():
   for batch in (1, 4):
     bound = masking.masked_patch_bound(2 * batch, N, config)
     masks = jax.jit(jax.vmap(lambda k: masking.block_masks(k, batch, (SIZE // PATCH,) * 2, config)))(
-        jax.random.split(jax.random.key(0), 32))
+      jax.random.split(jax.random.key(0), 32)
+    )
     totals = np.asarray(masks.sum(axis=(1, 2, 3)))
     assert totals.max() <= bound and totals.min() > 0
     assert bound < 2 * batch * masking.max_masked_patches(N, config)  # below the per-image bound of before
@@ -85,8 +86,10 @@ def test_model_scores_the_gathered_tokens():
 
   @nnx.jit
   def patch_heads(model):  # the student (masked input) and the teacher (plain input: no token masked), all tokens
-    return [(model(crops, masks)["patch_head"], model(crops, masks, patch_index=index)["patch_head"]),
-            (model(crops, jnp.zeros_like(masks))["patch_head"], model(crops, patch_index=index)["patch_head"])]
+    return [
+      (model(crops, masks)["patch_head"], model(crops, masks, patch_index=index)["patch_head"]),
+      (model(crops, jnp.zeros_like(masks))["patch_head"], model(crops, patch_index=index)["patch_head"]),
+    ]
 
   for dense, gathered in patch_heads(model):
     assert gathered.shape == (groups, index.shape[1], config.model.head.out_dim)
@@ -110,10 +113,11 @@ def objective_on_buffer_equals_dense(method: str, centering: str, mesh, group_si
   groups = index.shape[0]
   assert index.shape[1] == max(1, masking.masked_patch_bound(2 * B // groups, N, config.masking))
   student_patches = jax.random.normal(keys[1], (2, B, N, out_dim))
-  teacher = {"head": jax.random.normal(keys[2], (2, B, out_dim)),
-             "patch_head": jax.random.normal(keys[3], (2, B, N, out_dim))}
-  student = {"head": jax.random.normal(keys[4], (views, B, out_dim)),
-             "cls": jax.random.normal(keys[5], (views, B, 8))}
+  teacher = {
+    "head": jax.random.normal(keys[2], (2, B, out_dim)),
+    "patch_head": jax.random.normal(keys[3], (2, B, N, out_dim)),
+  }
+  student = {"head": jax.random.normal(keys[4], (views, B, out_dim)), "cls": jax.random.normal(keys[5], (views, B, 8))}
   state = jax.tree.map(lambda x: x + 0.1, objective.init_state(out_dim))
   context = objectives.StepContext(teacher_temp=0.07)
 
@@ -121,8 +125,9 @@ def objective_on_buffer_equals_dense(method: str, centering: str, mesh, group_si
     pick = (lambda x: buffer_gather(x, index, groups)) if gathered else (lambda x: x)
     student_out = {**student, "patch_head": pick(patches)}
     teacher_out = {**teacher, "patch_head": pick(teacher["patch_head"])}
-    value, new_state, metrics = objective.loss(student_out, teacher_out, state, context,
-                                               weights if gathered else jnp.asarray(masks))
+    value, new_state, metrics = objective.loss(
+      student_out, teacher_out, state, context, weights if gathered else jnp.asarray(masks)
+    )
     return value, (new_state, metrics)
 
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
@@ -139,19 +144,23 @@ def objective_on_buffer_equals_dense(method: str, centering: str, mesh, group_si
     probs = ref.softmax((np.asarray(teacher["patch_head"], np.float64) - np.asarray(state["patch_center"])) / 0.07)
     ref.assert_close(gathered_metrics["ibot"], ref.ibot(np.asarray(student_patches), probs, masks))
   if method == "simdinov2":
-    ref.assert_close(gathered_metrics["patch"],
-                     ref.simdino_patch(np.asarray(student_patches), np.asarray(teacher["patch_head"]), masks))
+    ref.assert_close(
+      gathered_metrics["patch"],
+      ref.simdino_patch(np.asarray(student_patches), np.asarray(teacher["patch_head"]), masks),
+    )
 
 
-@pytest.mark.parametrize("method,centering", [("dinov2", "center"), ("dinov2", "sinkhorn_knopp"),
-                                              ("simdinov2", "center")])
+@pytest.mark.parametrize(
+  "method,centering", [("dinov2", "center"), ("dinov2", "sinkhorn_knopp"), ("simdinov2", "center")]
+)
 def test_objective_on_the_buffer_equals_the_dense_one_on_one_device(method, centering):
   objective_on_buffer_equals_dense(method, centering, parallel.create_mesh())
 
 
 @pytest.mark.sharded
-@pytest.mark.parametrize("method,centering,group_size", [("dinov2", "center", 0), ("dinov2", "sinkhorn_knopp", 0),
-                                                         ("simdinov2", "center", 1)])
+@pytest.mark.parametrize(
+  "method,centering,group_size", [("dinov2", "center", 0), ("dinov2", "sinkhorn_knopp", 0), ("simdinov2", "center", 1)]
+)
 def test_objective_on_the_buffer_equals_the_dense_one_on_eight_devices(method, centering, group_size):
   objective_on_buffer_equals_dense(method, centering, parallel.create_mesh(), group_size)
 
@@ -172,8 +181,9 @@ def test_masks_are_drawn_per_shard_within_each_shards_bound():
   assert masked_images.max() == 2 and masked_images.min() >= 1 and (masked_images == 2).mean() > 0.9
   assert per_image.sum(axis=(1, 3)).max() <= dinov2_upperbound(4, N, 0.5) == int(N * 0.3) + int(N * 0.5)
   assert inputs.patch_index.shape == (16, 8, int(N * 0.3) + int(N * 0.5))
-  np.testing.assert_allclose(np.asarray(inputs.loss_masks).sum(axis=(1, 2)), (per_image > 0).mean(axis=(1, 2, 3)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(inputs.loss_masks).sum(axis=(1, 2)), (per_image > 0).mean(axis=(1, 2, 3)), rtol=1e-6
+  )
   assert inputs.patch_index.sharding.spec[1] == "data"
 
 

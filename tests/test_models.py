@@ -21,8 +21,7 @@ N = (IMAGE // PATCH) ** 2
 
 
 def tiny_backbone(seed=0, **overrides):
-  kwargs = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, patch_size=PATCH, image_size=IMAGE,
-                dtype=jnp.float32)
+  kwargs = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, patch_size=PATCH, image_size=IMAGE, dtype=jnp.float32)
   kwargs.update(overrides)
   return vit.VisionTransformer(**kwargs, rngs=nnx.Rngs(seed))
 
@@ -30,15 +29,24 @@ def tiny_backbone(seed=0, **overrides):
 def tiny_head(kind, seed=1, norm_last_layer=True, dtype=jnp.float32):
   rngs = nnx.Rngs(seed)
   if kind == "dino":
-    return heads.DINOHead(DIM, out_dim=K, hidden_dim=24, bottleneck_dim=P, n_layers=3,
-                          norm_last_layer=norm_last_layer, dtype=dtype, rngs=rngs)
+    return heads.DINOHead(
+      DIM,
+      out_dim=K,
+      hidden_dim=24,
+      bottleneck_dim=P,
+      n_layers=3,
+      norm_last_layer=norm_last_layer,
+      dtype=dtype,
+      rngs=rngs,
+    )
   return heads.SimDINOHead(DIM, hidden_dim=24, bottleneck_dim=P, n_layers=3, dtype=dtype, rngs=rngs)
 
 
 def tiny_model(kind="dino", norm_last_layer=True, **backbone_overrides):
   dtype = backbone_overrides.get("dtype", jnp.float32)
-  return models.MultiCropModel(tiny_backbone(**backbone_overrides),
-                               tiny_head(kind, norm_last_layer=norm_last_layer, dtype=dtype))
+  return models.MultiCropModel(
+    tiny_backbone(**backbone_overrides), tiny_head(kind, norm_last_layer=norm_last_layer, dtype=dtype)
+  )
 
 
 def make_crops(seed=0, n_local=N_LOCAL):
@@ -80,14 +88,16 @@ def count_params(tree) -> int:
 
 
 def param_paths(state):
-  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+  return {
+    "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+  }
 
 
 # Parameter counts and paths (shapes only, nothing big is allocated).
 
-@pytest.mark.parametrize("name,patch_size,expected", [
-    ("ViT-S/16", 16, 21_665_664), ("vit_base", 16, 85_798_656)])
+
+@pytest.mark.parametrize("name,patch_size,expected", [("ViT-S/16", 16, 21_665_664), ("vit_base", 16, 85_798_656)])
 def test_reference_backbone_param_counts(name, patch_size, expected):
   model = abstract_model(name, patch_size)
   params = nnx.state(model.backbone, nnx.Param)
@@ -104,8 +114,10 @@ def test_reference_dino_head_param_count():
   assert param_paths(params)["last_layer/g"].shape == (65536,)
 
 
-@pytest.mark.parametrize("name,dim,depth,num_heads", [
-    ("vit_tiny", 192, 12, 3), ("ViT-T/16", 192, 12, 3), ("vit_large", 1024, 24, 16), ("ViT-L/14", 1024, 24, 16)])
+@pytest.mark.parametrize(
+  "name,dim,depth,num_heads",
+  [("vit_tiny", 192, 12, 3), ("ViT-T/16", 192, 12, 3), ("vit_large", 1024, 24, 16), ("ViT-L/14", 1024, 24, 16)],
+)
 def test_architecture_sizes(name, dim, depth, num_heads):
   architecture = models.MODELS.get(name)
   assert (architecture.embed_dim, architecture.depth, architecture.num_heads) == (dim, depth, num_heads)
@@ -138,6 +150,7 @@ def test_parameter_paths():
 
 # Configuration and errors.
 
+
 def test_unknown_model_name_lists_valid_names():
   config = models.default_config()
   config.name = "vit_huge"
@@ -147,14 +160,17 @@ def test_unknown_model_name_lists_valid_names():
     assert valid in str(error.value)
 
 
-@pytest.mark.parametrize("fields,message", [
+@pytest.mark.parametrize(
+  "fields,message",
+  [
     ({"name": "ViT-S/8", "patch_size": 16}, "patch size 8"),
     ({"image_size": 100}, "image_size 100"),
     ({"drop_path_schedule": "cosine"}, "drop_path_schedule"),
     ({"attention_impl": "flash"}, "attention_impl"),
     ({"attention_impl": "cudnn", "dtype": "float32"}, "cudnn"),
     ({"dtype": "int8"}, "dtype"),
-])
+  ],
+)
 def test_invalid_config_raises(fields, message):
   config = models.default_config()
   config.name = "vit_tiny"
@@ -178,8 +194,11 @@ def test_cudnn_attention_pads_to_64():
 
 # Output contract.
 
-@pytest.mark.parametrize("kind,with_masks,n_local", [
-    ("dino", True, N_LOCAL), ("dino", False, 0), ("simdino", True, 0), ("simdino", False, N_LOCAL)])
+
+@pytest.mark.parametrize(
+  "kind,with_masks,n_local",
+  [("dino", True, N_LOCAL), ("dino", False, 0), ("simdino", True, 0), ("simdino", False, N_LOCAL)],
+)
 def test_output_shapes_and_dtypes(kind, with_masks, n_local):
   model = tiny_model(kind, dtype=jnp.bfloat16)
   masks = make_masks() if with_masks else None
@@ -231,6 +250,7 @@ def test_multicrop_equals_per_view_backbone_calls():
 
 # Mask token.
 
+
 def test_fully_masked_image_ignores_content():
   backbone = tiny_backbone()
   all_masked = jnp.ones((B, N), bool)
@@ -258,6 +278,7 @@ def test_mask_token_replaces_patch_embedding_before_position_embedding():
 
 # Position embeddings.
 
+
 def test_pos_embed_interpolation():
   pos_embed = jax.random.normal(jax.random.key(0), (1, 16, 5))
   np.testing.assert_array_equal(vit.interpolate_pos_embed(pos_embed, (4, 4)), pos_embed)
@@ -265,8 +286,9 @@ def test_pos_embed_interpolation():
     resized = vit.interpolate_pos_embed(pos_embed, grid)
     assert resized.shape == (1, grid[0] * grid[1], 5)
   constant = jnp.broadcast_to(jnp.arange(5.0), (1, 16, 5))
-  np.testing.assert_allclose(vit.interpolate_pos_embed(constant, (7, 3)),
-                             jnp.broadcast_to(jnp.arange(5.0), (1, 21, 5)), atol=1e-5)
+  np.testing.assert_allclose(
+    vit.interpolate_pos_embed(constant, (7, 3)), jnp.broadcast_to(jnp.arange(5.0), (1, 21, 5)), atol=1e-5
+  )
   upsampled = vit.interpolate_pos_embed(pos_embed, (8, 8)).reshape(8, 8, 5)
   assert not np.allclose(upsampled[0, 0], upsampled[7, 7])
 
@@ -278,7 +300,7 @@ def test_pos_embed_interpolation_equals_pytorch(side, grid, offset, antialias):
   (scale factor (h + offset)/M, or the output size at offset 0), up and down, on a random grid."""
   pos_embed = np.random.default_rng(side).normal(size=(1, side * side, 3)).astype(np.float32)
   grid_in = torch.from_numpy(pos_embed).reshape(1, side, side, 3).permute(0, 3, 1, 2)
-  size = ({"scale_factor": ((grid[0] + offset) / side, (grid[1] + offset) / side)} if offset else {"size": grid})
+  size = {"scale_factor": ((grid[0] + offset) / side, (grid[1] + offset) / side)} if offset else {"size": grid}
   expected = torch.nn.functional.interpolate(grid_in, mode="bicubic", antialias=antialias, **size)
   expected = expected.permute(0, 2, 3, 1).reshape(1, -1, 3).numpy()
   resized = vit.interpolate_pos_embed(jnp.asarray(pos_embed), grid, offset=offset, antialias=antialias)
@@ -292,6 +314,7 @@ def test_backbone_runs_at_any_crop_size(size):
 
 
 # Drop path.
+
 
 def test_drop_path_rates_schedules():
   np.testing.assert_allclose(vit.drop_path_rates(0.3, 4, "linear"), [0.0, 0.1, 0.2, 0.3])
@@ -325,6 +348,7 @@ def test_rate_zero_model_ignores_key():
 
 
 # Heads.
+
 
 def test_norm_last_layer_freezes_gain_and_gives_cosine_logits():
   for norm_last_layer in (True, False):
@@ -373,6 +397,7 @@ def test_l2_normalize_eps():
 
 # Attention padding (the cuDNN path, run here with the XLA implementation).
 
+
 @pytest.mark.parametrize("tokens", [17, 37, 197])
 def test_padded_attention_equals_unpadded(tokens):
   keys = jax.random.split(jax.random.key(tokens), 3)
@@ -383,6 +408,7 @@ def test_padded_attention_equals_unpadded(tokens):
     def attend(multiple):
       loss = lambda *qkv: jnp.sum(jnp.sin(vit.dot_product_attention(*qkv, token_multiple=multiple)))
       return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
     return attend(64), attend(1)
 
   padded, plain = value_and_grads(q, k, v)
@@ -399,6 +425,7 @@ def test_padded_backbone_equals_unpadded():
 
 
 # Functional API and rematerialization.
+
 
 def test_split_merge_round_trip_under_jit():
   model = tiny_model("dino", drop_path_rate=0.2)
@@ -482,7 +509,7 @@ def test_vit_giant2_is_dinov2s_vit_g14_with_swiglu():
   # vit_giant2 at 518 px has 1,136,480,768 parameters (mask token included) in DINOv2's released file; ours at 224
   # px differs by the position embeddings: (37² − 16²) · 1536.
   count = sum(x.size for x in jax.tree.leaves(state))
-  assert count + (37 ** 2 - 16 ** 2) * 1536 == 1_136_480_768
+  assert count + (37**2 - 16**2) * 1536 == 1_136_480_768
 
 
 def test_separate_ibot_head_scores_the_patch_tokens():

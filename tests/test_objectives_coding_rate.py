@@ -62,10 +62,16 @@ def test_small_and_large_gram_paths_agree(shape):
   z = unit_rows(5, *shape)
   n, p = shape
   alpha = p / (n * 0.05)
-  explicit = jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(
-      jnp.eye(p) + alpha * jnp.matmul(z.T, z, precision=jax.lax.Precision.HIGHEST)))))
-  explicit_small = jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(
-      jnp.eye(n) + alpha * jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST)))))
+  explicit = jnp.sum(
+    jnp.log(
+      jnp.diagonal(jnp.linalg.cholesky(jnp.eye(p) + alpha * jnp.matmul(z.T, z, precision=jax.lax.Precision.HIGHEST)))
+    )
+  )
+  explicit_small = jnp.sum(
+    jnp.log(
+      jnp.diagonal(jnp.linalg.cholesky(jnp.eye(n) + alpha * jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST)))
+    )
+  )
   ref.assert_close(explicit_small, explicit)
   ref.assert_close(coding_rate(z, 0.05), explicit)
 

@@ -7,8 +7,16 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from simdino_jax.objectives import (cross_view_cross_entropy, dino_loss, ibot_patch_loss, ibot_sinkhorn_knopp,
-                                    sinkhorn_knopp, teacher_probs, update_center, update_patch_center)
+from simdino_jax.objectives import (
+  cross_view_cross_entropy,
+  dino_loss,
+  ibot_patch_loss,
+  ibot_sinkhorn_knopp,
+  sinkhorn_knopp,
+  teacher_probs,
+  update_center,
+  update_patch_center,
+)
 from tests import numpy_reference as ref
 
 SETTINGS = settings(max_examples=8, deadline=None)
@@ -38,8 +46,11 @@ def random_masks(seed, shape):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), shape=st.sampled_from([(2, 3, 5), (4, 2, 16), (6, 4, 7)]),
-       teacher_temp=st.sampled_from([0.04, 0.07]))
+@given(
+  seed=st.integers(0, 2**31),
+  shape=st.sampled_from([(2, 3, 5), (4, 2, 16), (6, 4, 7)]),
+  teacher_temp=st.sampled_from([0.04, 0.07]),
+)
 def test_dino_loss_matches_reference(seed, shape, teacher_temp):
   n_views, batch, k = shape
   student = normal(seed, shape)
@@ -62,8 +73,9 @@ def test_dino_loss_of_uniform_student_is_log_k(k):
   student = np.full((4, 3, k), 0.7, np.float32)
   teacher = normal(k, (2, 3, k))
   ref.assert_close(dino_loss(student, teacher, np.zeros(k, np.float32), teacher_temp=0.04), np.log(k))
-  ref.assert_close(dino_loss(student, np.zeros((2, 3, k), np.float32), np.zeros(k, np.float32), teacher_temp=0.04),
-                   np.log(k))
+  ref.assert_close(
+    dino_loss(student, np.zeros((2, 3, k), np.float32), np.zeros(k, np.float32), teacher_temp=0.04), np.log(k)
+  )
 
 
 def test_dino_loss_pairs_each_teacher_view_with_the_other_student_views():
@@ -106,8 +118,11 @@ def test_repeated_center_updates_converge_to_the_batch_mean():
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), shape=st.sampled_from([(6, 4), (8, 32), (3, 100)]),
-       temperature=st.sampled_from([0.04, 0.07, 1.0]))
+@given(
+  seed=st.integers(0, 2**31),
+  shape=st.sampled_from([(6, 4), (8, 32), (3, 100)]),
+  temperature=st.sampled_from([0.04, 0.07, 1.0]),
+)
 def test_sinkhorn_knopp_matches_reference(seed, shape, temperature):
   # Cosine-like logits (|t| <~ 1): exp(t/τ) stays within float32's range, as for a normalized DINO head.
   logits = normal(seed, shape, 0.3)
@@ -173,8 +188,9 @@ def test_update_patch_center_uses_masked_tokens(seed, momentum):
   center, teacher = normal(seed, (4,)), normal(seed + 1, (2, 3, 5, 4))
   masks = random_masks(seed + 2, (2, 3, 5))
   masks[1, 1, 0] = True
-  ref.assert_close(update_patch_center_jit(center, teacher, masks, momentum),
-                   ref.update_patch_center(center, teacher, masks, momentum))
+  ref.assert_close(
+    update_patch_center_jit(center, teacher, masks, momentum), ref.update_patch_center(center, teacher, masks, momentum)
+  )
   ref.assert_close(update_patch_center_jit(center, teacher, np.zeros_like(masks), momentum), center)
 
 
@@ -193,19 +209,25 @@ def test_dino_and_ibot_sharded_equal_unsharded():
   masks = random_masks(5, (2, 16, 5))
   patch_probs = np.asarray(teacher_probs(patch_teacher, center, 0.07))
   flat_teacher = teacher.reshape(32, 6)
-  unsharded = (dino_jit(student, teacher, center, teacher_temp=0.04),
-               dino_student_grad_jit(student, teacher, center, teacher_temp=0.04),
-               update_center_jit(center, teacher, 0.9), sinkhorn_jit(flat_teacher, 0.05, 3),
-               ibot_jit(patch_student, patch_probs, masks), ibot_grad_jit(patch_student, patch_probs, masks),
-               update_patch_center_jit(center, patch_teacher, masks, 0.9))
+  unsharded = (
+    dino_jit(student, teacher, center, teacher_temp=0.04),
+    dino_student_grad_jit(student, teacher, center, teacher_temp=0.04),
+    update_center_jit(center, teacher, 0.9),
+    sinkhorn_jit(flat_teacher, 0.05, 3),
+    ibot_jit(patch_student, patch_probs, masks),
+    ibot_grad_jit(patch_student, patch_probs, masks),
+    update_patch_center_jit(center, patch_teacher, masks, 0.9),
+  )
   with jax.set_mesh(mesh):
     on_batch = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data")))
-    sharded = (dino_jit(on_batch(student), on_batch(teacher), center, teacher_temp=0.04),
-               dino_student_grad_jit(on_batch(student), on_batch(teacher), center, teacher_temp=0.04),
-               update_center_jit(center, on_batch(teacher), 0.9),
-               sinkhorn_jit(jax.device_put(flat_teacher, NamedSharding(mesh, P("data"))), 0.05, 3),
-               ibot_jit(on_batch(patch_student), on_batch(patch_probs), on_batch(masks)),
-               ibot_grad_jit(on_batch(patch_student), on_batch(patch_probs), on_batch(masks)),
-               update_patch_center_jit(center, on_batch(patch_teacher), on_batch(masks), 0.9))
+    sharded = (
+      dino_jit(on_batch(student), on_batch(teacher), center, teacher_temp=0.04),
+      dino_student_grad_jit(on_batch(student), on_batch(teacher), center, teacher_temp=0.04),
+      update_center_jit(center, on_batch(teacher), 0.9),
+      sinkhorn_jit(jax.device_put(flat_teacher, NamedSharding(mesh, P("data"))), 0.05, 3),
+      ibot_jit(on_batch(patch_student), on_batch(patch_probs), on_batch(masks)),
+      ibot_grad_jit(on_batch(patch_student), on_batch(patch_probs), on_batch(masks)),
+      update_patch_center_jit(center, on_batch(patch_teacher), on_batch(masks), 0.9),
+    )
   for actual, expected in zip(sharded, unsharded):
     ref.assert_close(actual, expected, rtol=2e-6)

@@ -67,8 +67,11 @@ def test_koleo_casts_bfloat16_to_float32():
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), shape=st.sampled_from([(2, 3), (23, 8), (40, 5)]),
-       chunk_size=st.sampled_from([1, 7, 16, 64]))
+@given(
+  seed=st.integers(0, 2**31),
+  shape=st.sampled_from([(2, 3), (23, 8), (40, 5)]),
+  chunk_size=st.sampled_from([1, 7, 16, 64]),
+)
 def test_koleo_proto_equals_dense_koleo(seed, shape, chunk_size):
   prototypes = random_rows(seed, *shape, scale=3.0)
   proto = koleo_proto_jit(prototypes, chunk_size)
@@ -106,8 +109,11 @@ def test_koleo_groups_of_fixed_size_equal_on_1_and_8_devices():
   grouped_grad = jax.jit(jax.grad(lambda x: koleo_on_global_crops(x, group_size=4)))
   ref.assert_close(grouped(cls), expected, scale=1.0)
   gradient = grouped_grad(cls)
-  ref.assert_close(gradient, ref.numerical_gradient(
-      lambda x: sum(np.mean([ref.koleo(g) for g in np.split(x[v], 8)]) for v in range(2)), cls), rtol=1e-4)
+  ref.assert_close(
+    gradient,
+    ref.numerical_gradient(lambda x: sum(np.mean([ref.koleo(g) for g in np.split(x[v], 8)]) for v in range(2)), cls),
+    rtol=1e-4,
+  )
   mesh = data_mesh()
   with jax.set_mesh(mesh):
     for rows in (cls, cls[:, :16]):  # 4 or 2 rows per device
@@ -133,8 +139,11 @@ def clustered_prototypes(seed, group_sizes, d, spread):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), group_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=12),
-       chunk_size=st.sampled_from([1, 5, 32]))
+@given(
+  seed=st.integers(0, 2**31),
+  group_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=12),
+  chunk_size=st.sampled_from([1, 5, 32]),
+)
 def test_unique_prototypes_counts_constructed_clusters(seed, group_sizes, chunk_size):
   # Members lie within 0.004 of their centre (pairwise < 0.008 < 0.025); centres of random unit vectors in 32-d
   # are far apart (checked by the reference's exact component count).
@@ -162,8 +171,7 @@ def test_unique_prototypes_merges_transitive_chains(chunk_size):
 @given(seed=st.integers(0, 2**31), k=st.sampled_from([2, 30]), threshold=st.floats(0.05, 1.5))
 def test_unique_prototypes_matches_reference_components(seed, k, threshold):
   prototypes = random_rows(seed, k, 3)
-  distances = np.linalg.norm(ref.normalize(prototypes, 1e-8)[:, None] - ref.normalize(prototypes, 1e-8)[None],
-                             axis=-1)
+  distances = np.linalg.norm(ref.normalize(prototypes, 1e-8)[:, None] - ref.normalize(prototypes, 1e-8)[None], axis=-1)
   assume(np.min(np.abs(distances - threshold)) > 1e-4)
   assert unique_prototypes(prototypes, threshold, chunk_size=7) == ref.unique_prototype_groups(prototypes, threshold)
 

@@ -29,13 +29,21 @@ def model_outputs(seed, head):
   """Random student / teacher output dicts as docs/architecture.md defines them, and masks [2, B, N]."""
   rng = np.random.default_rng(seed)
   width = PROTOTYPES if head == "dino" else EMBED
+
   def head_output(*shape):
     x = rng.normal(size=(*shape, width))
     return (0.5 * x if head == "dino" else ref.normalize(x, 1e-12)).astype(np.float32)
-  student = {"cls": rng.normal(size=(N_VIEWS, BATCH, WIDTH)).astype(np.float32), "head": head_output(N_VIEWS, BATCH),
-             "patch_head": head_output(2, BATCH, PATCHES)}
-  teacher = {"cls": rng.normal(size=(2, BATCH, WIDTH)).astype(np.float32), "head": head_output(2, BATCH),
-             "patch_head": head_output(2, BATCH, PATCHES)}
+
+  student = {
+    "cls": rng.normal(size=(N_VIEWS, BATCH, WIDTH)).astype(np.float32),
+    "head": head_output(N_VIEWS, BATCH),
+    "patch_head": head_output(2, BATCH, PATCHES),
+  }
+  teacher = {
+    "cls": rng.normal(size=(2, BATCH, WIDTH)).astype(np.float32),
+    "head": head_output(2, BATCH),
+    "patch_head": head_output(2, BATCH, PATCHES),
+  }
   if head == "dino":
     student["prototypes"] = rng.normal(size=(PROTOTYPES, EMBED)).astype(np.float32)
   masks = rng.uniform(size=(2, BATCH, PATCHES)) < 0.4
@@ -62,15 +70,23 @@ def expected_loss(config, state, student, teacher, masks, n_devices=1):
   if config.name == "dinov2":
     if config.centering == "center":
       patch_probs = ref.softmax((teacher["patch_head"] - state["patch_center"]) / temp)
-      new_state["patch_center"] = ref.update_patch_center(state["patch_center"], teacher["patch_head"], masks,
-                                                          config.center_momentum)
+      new_state["patch_center"] = ref.update_patch_center(
+        state["patch_center"], teacher["patch_head"], masks, config.center_momentum
+      )
     else:
       patch_probs = np.zeros(teacher["patch_head"].shape)
       patch_probs[masks] = ref.sinkhorn_knopp(teacher["patch_head"][masks], temp)
     total += ref.ibot(student["patch_head"], patch_probs, masks, config.student_temp)
   if config.name in ("simdino", "simdinov2"):
-    total = ref.simdino(student["head"], teacher["head"], config.eps, config.coeff, config.expa_type, config.gamma,
-                        n_devices if config.covariance == "local" else 1)[0]
+    total = ref.simdino(
+      student["head"],
+      teacher["head"],
+      config.eps,
+      config.coeff,
+      config.expa_type,
+      config.gamma,
+      n_devices if config.covariance == "local" else 1,
+    )[0]
   if config.name == "simdinov2":
     total += ref.simdino_patch(student["patch_head"], teacher["patch_head"], masks)
   if koleo_weight:
@@ -83,14 +99,14 @@ def expected_loss(config, state, student, teacher, masks, n_devices=1):
 
 
 CASES = [
-    dict(name="dino"),
-    dict(name="dino", centering="sinkhorn_knopp", koleo_proto_weight=0.1, proto_chunk_size=5),
-    dict(name="dino", koleo_weight=0.2, coding_rate_weight=0.01),
-    dict(name="dinov2"),
-    dict(name="dinov2", centering="sinkhorn_knopp", koleo_scope="global", koleo_proto_weight=0.05),
-    dict(name="simdino"),
-    dict(name="simdino", expa_type=0, gamma="sqrt", covariance="local", koleo_weight=0.1),
-    dict(name="simdinov2", coding_rate_weight=0.05, eps=0.5, coeff=0.5),
+  dict(name="dino"),
+  dict(name="dino", centering="sinkhorn_knopp", koleo_proto_weight=0.1, proto_chunk_size=5),
+  dict(name="dino", koleo_weight=0.2, coding_rate_weight=0.01),
+  dict(name="dinov2"),
+  dict(name="dinov2", centering="sinkhorn_knopp", koleo_scope="global", koleo_proto_weight=0.05),
+  dict(name="simdino"),
+  dict(name="simdino", expa_type=0, gamma="sqrt", covariance="local", koleo_weight=0.1),
+  dict(name="simdinov2", coding_rate_weight=0.05, eps=0.5, coeff=0.5),
 ]
 
 
@@ -106,8 +122,10 @@ def test_objective_matches_reference(overrides):
   config = make_config(**overrides)
   objective = get_objective(config)
   student, teacher, masks = model_outputs(0, objective.head_kind)
-  state = jax.tree.map(lambda x: x + 0.1 * np.arange(x.shape[0], dtype=np.float32) / x.shape[0],
-                       objective.init_state(student["head"].shape[-1]))
+  state = jax.tree.map(
+    lambda x: x + 0.1 * np.arange(x.shape[0], dtype=np.float32) / x.shape[0],
+    objective.init_state(student["head"].shape[-1]),
+  )
   _, (loss, new_state, metrics) = run_objective(config, student, teacher, masks, state)
   expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, masks)
   ref.assert_close(loss, expected)
@@ -116,11 +134,21 @@ def test_objective_matches_reference(overrides):
     ref.assert_close(new_state[key], value)
   assert all(np.shape(value) == () and np.isfinite(value) for value in metrics.values())
   ref.assert_close(metrics["loss"], loss, rtol=1e-7)
-  expected_metrics = {"dino": {"dino"}, "dinov2": {"dino", "ibot", "koleo"}, "simdino": {"comp", "expa"},
-                      "simdinov2": {"comp", "expa", "patch"}}[config.name]
-  expected_metrics |= {name for name, weight in [("koleo", config.koleo_weight),
-                                                 ("koleo_proto", config.koleo_proto_weight),
-                                                 ("coding_rate", config.coding_rate_weight)] if weight > 0}
+  expected_metrics = {
+    "dino": {"dino"},
+    "dinov2": {"dino", "ibot", "koleo"},
+    "simdino": {"comp", "expa"},
+    "simdinov2": {"comp", "expa", "patch"},
+  }[config.name]
+  expected_metrics |= {
+    name
+    for name, weight in [
+      ("koleo", config.koleo_weight),
+      ("koleo_proto", config.koleo_proto_weight),
+      ("coding_rate", config.coding_rate_weight),
+    ]
+    if weight > 0
+  }
   assert expected_metrics <= set(metrics)
   assert objective.needs_masks == (config.name in ("dinov2", "simdinov2"))
   if config.name in ("dino", "dinov2"):
@@ -141,8 +169,11 @@ def test_objective_gradients_reach_the_student_only(name):
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(teacher_grads))
 
 
-@pytest.mark.parametrize("overrides", [CASES[2], CASES[3], CASES[4], CASES[6], CASES[7]],
-                         ids=lambda case: "-".join(f"{k}={v}" for k, v in case.items()))
+@pytest.mark.parametrize(
+  "overrides",
+  [CASES[2], CASES[3], CASES[4], CASES[6], CASES[7]],
+  ids=lambda case: "-".join(f"{k}={v}" for k, v in case.items()),
+)
 def test_objective_sharded_matches_reference(overrides):
   # Under an 8-device mesh: mesh-wide sums for the global terms, per-device KoLeo / covariance where configured.
   config = make_config(**overrides)
@@ -151,14 +182,17 @@ def test_objective_sharded_matches_reference(overrides):
   state = objective.init_state(student["head"].shape[-1])
   mesh = data_mesh()
   with jax.set_mesh(mesh):
+
     def on_batch(path, x):
       if path and path[-1].key == "prototypes":
         return jax.device_put(x, NamedSharding(mesh, P()))
       return jax.device_put(x, NamedSharding(mesh, P(None, "data") if x.ndim > 1 else P()))
+
     sharded = [jax.tree.map_with_path(on_batch, tree) for tree in (student, teacher, masks)]
     loss, new_state, _ = jax.jit(objective.loss)(sharded[0], sharded[1], state, SCHED, sharded[2])
-  expected, expected_state = expected_loss(config, jax.tree.map(np.asarray, state), student, teacher, masks,
-                                           n_devices=8)
+  expected, expected_state = expected_loss(
+    config, jax.tree.map(np.asarray, state), student, teacher, masks, n_devices=8
+  )
   ref.assert_close(loss, expected)
   for key, value in expected_state.items():
     ref.assert_close(new_state[key], value)
@@ -170,15 +204,26 @@ def test_unknown_objective_lists_valid_names():
   assert OBJECTIVES.names() == ["dino", "dinov2", "simdino", "simdinov2"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(centering="mean"), "centering"), (dict(student_temp=-0.1), "student_temp"), (dict(eps=0.0), "eps"),
-    (dict(center_momentum=1.5), "center_momentum"), (dict(expa_type=3), "expa_type"), (dict(gamma="x"), "gamma"),
-    (dict(covariance="x"), "covariance"), (dict(koleo_scope="x"), "koleo_scope"),
-    (dict(proto_chunk_size=0), "proto_chunk_size"), (dict(koleo_weight=-0.5), "koleo_weight"),
-    (dict(koleo_proto_weight=-1.0), "koleo_proto_weight"), (dict(coding_rate_weight=-1.0), "coding_rate_weight"),
-    (dict(name="simdino", koleo_proto_weight=0.1), "dino"), (dict(covariance_group_size=-1), "covariance_group_size"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (dict(centering="mean"), "centering"),
+    (dict(student_temp=-0.1), "student_temp"),
+    (dict(eps=0.0), "eps"),
+    (dict(center_momentum=1.5), "center_momentum"),
+    (dict(expa_type=3), "expa_type"),
+    (dict(gamma="x"), "gamma"),
+    (dict(covariance="x"), "covariance"),
+    (dict(koleo_scope="x"), "koleo_scope"),
+    (dict(proto_chunk_size=0), "proto_chunk_size"),
+    (dict(koleo_weight=-0.5), "koleo_weight"),
+    (dict(koleo_proto_weight=-1.0), "koleo_proto_weight"),
+    (dict(coding_rate_weight=-1.0), "coding_rate_weight"),
+    (dict(name="simdino", koleo_proto_weight=0.1), "dino"),
+    (dict(covariance_group_size=-1), "covariance_group_size"),
     (dict(covariance="local", covariance_group_size=64), "covariance_group_size"),
-])
+  ],
+)
 def test_invalid_config_is_rejected(overrides, message):
   with pytest.raises(ValueError, match=f"config.objective.*{message}"):
     validation.validate_objective(make_config(**overrides))
@@ -197,13 +242,38 @@ def test_missing_inputs_raise_clear_errors():
 def test_default_config_fields_and_koleo_default():
   config = default_config()
   assert set(config.keys()) == {
-      "name", "koleo_weight", "koleo_proto_weight", "coding_rate_weight", "centering", "student_temp",
-      "center_momentum", "eps", "coeff", "expa_type", "gamma", "covariance", "covariance_group_size", "koleo_scope",
-      "koleo_group_size", "proto_chunk_size"}
-  assert (config.name, config.koleo_weight, config.centering, config.student_temp, config.center_momentum,
-          config.eps, config.coeff, config.expa_type, config.gamma, config.covariance, config.koleo_scope,
-          config.proto_chunk_size, config.covariance_group_size) == (
-              "dino", -1.0, "center", 0.1, 0.9, 0.05, 1.0, 1, "default", "global", "device", 4096, 0)
+    "name",
+    "koleo_weight",
+    "koleo_proto_weight",
+    "coding_rate_weight",
+    "centering",
+    "student_temp",
+    "center_momentum",
+    "eps",
+    "coeff",
+    "expa_type",
+    "gamma",
+    "covariance",
+    "covariance_group_size",
+    "koleo_scope",
+    "koleo_group_size",
+    "proto_chunk_size",
+  }
+  assert (
+    config.name,
+    config.koleo_weight,
+    config.centering,
+    config.student_temp,
+    config.center_momentum,
+    config.eps,
+    config.coeff,
+    config.expa_type,
+    config.gamma,
+    config.covariance,
+    config.koleo_scope,
+    config.proto_chunk_size,
+    config.covariance_group_size,
+  ) == ("dino", -1.0, "center", 0.1, 0.9, 0.05, 1.0, 1, "default", "global", "device", 4096, 0)
   student, teacher, masks = model_outputs(4, "dino")
   for name, has_koleo in [("dino", False), ("dinov2", True)]:
     _, (_, _, metrics) = run_objective(make_config(name=name), student, teacher, masks)

@@ -13,8 +13,7 @@ from tests import numpy_reference as ref
 SETTINGS = settings(max_examples=8, deadline=None)
 OPTIONS = ("expa_type", "gamma", "covariance")
 simdino_jit = jax.jit(simdino_loss, static_argnames=OPTIONS)
-simdino_grad_jit = jax.jit(jax.grad(lambda s, t, **options: simdino_loss(s, t, **options)[0]),
-                           static_argnames=OPTIONS)
+simdino_grad_jit = jax.jit(jax.grad(lambda s, t, **options: simdino_loss(s, t, **options)[0]), static_argnames=OPTIONS)
 patch_jit = jax.jit(simdino_patch_loss)
 patch_grad_jit = jax.jit(jax.grad(simdino_patch_loss))
 
@@ -34,9 +33,14 @@ def random_masks(seed, shape):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), shape=st.sampled_from([(2, 4, 6), (4, 8, 5), (3, 3, 16)]),
-       expa_type=st.sampled_from([0, 1]), gamma=st.sampled_from(["default", "sqrt"]),
-       eps=st.sampled_from([0.05, 0.5]), coeff=st.sampled_from([1.0, 0.5]))
+@given(
+  seed=st.integers(0, 2**31),
+  shape=st.sampled_from([(2, 4, 6), (4, 8, 5), (3, 3, 16)]),
+  expa_type=st.sampled_from([0, 1]),
+  gamma=st.sampled_from(["default", "sqrt"]),
+  eps=st.sampled_from([0.05, 0.5]),
+  coeff=st.sampled_from([1.0, 0.5]),
+)
 @example(seed=708, shape=(2, 4, 6), expa_type=0, gamma="default", eps=0.05, coeff=1.0)  # comp ≈ -2.8e-4
 def test_simdino_loss_matches_reference(seed, shape, expa_type, gamma, eps, coeff):
   student = embeddings(seed, shape)
@@ -119,19 +123,21 @@ def test_simdinov2_loss_is_cls_plus_patch_term():
 def test_simdino_local_covariance_is_the_mean_over_devices(expa_type):
   student, teacher = embeddings(5, (3, 16, 6)), embeddings(6, (2, 16, 6))
   # Without a mesh "local" is the whole batch, equal to "global".
-  ref.assert_close(simdino_jit(student, teacher, expa_type=expa_type, covariance="local")[0],
-                   ref.simdino(student, teacher, expa_type=expa_type)[0])
+  ref.assert_close(
+    simdino_jit(student, teacher, expa_type=expa_type, covariance="local")[0],
+    ref.simdino(student, teacher, expa_type=expa_type)[0],
+  )
   mesh = data_mesh()
   with jax.set_mesh(mesh):
     on_batch = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data")))
     loss, metrics = simdino_jit(on_batch(student), on_batch(teacher), expa_type=expa_type, covariance="local")
-    gradient = simdino_grad_jit(on_batch(student), on_batch(teacher), eps=0.3, expa_type=expa_type,
-                                covariance="local")
+    gradient = simdino_grad_jit(on_batch(student), on_batch(teacher), eps=0.3, expa_type=expa_type, covariance="local")
   expected = ref.simdino(student, teacher, expa_type=expa_type, n_devices=8)
   ref.assert_close(loss, expected[0])
   ref.assert_close(metrics["expa"], expected[2])
   numerical = ref.numerical_gradient(
-      lambda s: ref.simdino(s, teacher, 0.3, expa_type=expa_type, n_devices=8)[0], student)
+    lambda s: ref.simdino(s, teacher, 0.3, expa_type=expa_type, n_devices=8)[0], student
+  )
   ref.assert_close(gradient, numerical, rtol=1e-4)
 
 
@@ -139,14 +145,19 @@ def test_simdino_sharded_equals_unsharded():
   student, teacher = embeddings(7, (4, 16, 12)), embeddings(8, (2, 16, 12))
   student_patch, teacher_patch = embeddings(9, (2, 16, 3, 12)), embeddings(10, (2, 16, 3, 12))
   masks = random_masks(11, (2, 16, 3))
-  unsharded = (simdino_jit(student, teacher), simdino_grad_jit(student, teacher),
-               patch_jit(student_patch, teacher_patch, masks))
+  unsharded = (
+    simdino_jit(student, teacher),
+    simdino_grad_jit(student, teacher),
+    patch_jit(student_patch, teacher_patch, masks),
+  )
   mesh = data_mesh()
   with jax.set_mesh(mesh):
     on_batch = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data")))
-    sharded = (simdino_jit(on_batch(student), on_batch(teacher)),
-               simdino_grad_jit(on_batch(student), on_batch(teacher)),
-               patch_jit(on_batch(student_patch), on_batch(teacher_patch), on_batch(masks)))
+    sharded = (
+      simdino_jit(on_batch(student), on_batch(teacher)),
+      simdino_grad_jit(on_batch(student), on_batch(teacher)),
+      patch_jit(on_batch(student_patch), on_batch(teacher_patch), on_batch(masks)),
+    )
   jax.tree.map(lambda actual, expected: ref.assert_close(actual, expected, rtol=2e-6), sharded, unsharded)
 
 

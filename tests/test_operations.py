@@ -60,8 +60,12 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   out = capsys.readouterr().out
   assert "Resumed from the checkpoint of step 2" in out
   # Where the time went: step 3, logged by the killed attempt, is trained again.
-  assert re.search(r"^goodput \d+% of [\d.]+ min \(train \d+ s, setup \d+ s, restore \d+ s, compile \d+ s, data "
-                   r"\d+ s, eval \d+ s, save \d+ s\); steps retrained after restarts: 1$", out, re.M), out
+  assert re.search(
+    r"^goodput \d+% of [\d.]+ min \(train \d+ s, setup \d+ s, restore \d+ s, compile \d+ s, data "
+    r"\d+ s, eval \d+ s, save \d+ s\); steps retrained after restarts: 1$",
+    out,
+    re.M,
+  ), out
   raw = metrics_lib.read_metrics(str(resumed / "metrics.jsonl"))
   assert [r["goodput/steps_retrained"] for r in raw] == [0, 0, 1, 1]  # Steps 1-2 from before; 3-4 resumed.
   assert all(0 < r["goodput/compile_s"] <= r["goodput/total_s"] and 0 <= r["goodput/fraction"] <= 1 for r in raw)
@@ -74,8 +78,13 @@ def test_run_resumed_after_a_kill_matches_the_straight_run_bitwise(tmp_path, cap
   # Bitwise: student, teacher, optimizer moments, DINO center, rng and counters.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a.student), jax.tree.leaves(template.student))) > 0
+  assert (
+    max(
+      float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+      for x, y in zip(jax.tree.leaves(a.student), jax.tree.leaves(template.student))
+    )
+    > 0
+  )
   # The log of step 3 (written after the last checkpoint) is dropped on resume and written again by the replay:
   # one record per step, the same values as the straight run.
   straight_log, resumed_log = train_utils.strict_metrics(straight), train_utils.strict_metrics(resumed)
@@ -89,8 +98,13 @@ def test_steps_retrained_add_up_over_restarts():
   """Each attempt adds the steps an earlier one logged beyond its resume step to the count it keeps."""
   first = [{"step": 2}, {"step": 4}, {"step": 6}]  # Killed after logging step 6; resumes at 4.
   assert metrics_lib.steps_retrained(first, 4) == 2
-  second = [{"step": 2}, {"step": 4}, {"step": 6, "goodput/steps_retrained": 2}, {"step": 8, "goodput/steps_retrained": 2},
-            {"step": 10, "goodput/steps_retrained": 2}]  # Resumed at 4, killed after 10, resumes at 8.
+  second = [
+    {"step": 2},
+    {"step": 4},
+    {"step": 6, "goodput/steps_retrained": 2},
+    {"step": 8, "goodput/steps_retrained": 2},
+    {"step": 10, "goodput/steps_retrained": 2},
+  ]  # Resumed at 4, killed after 10, resumes at 8.
   assert metrics_lib.steps_retrained(second, 8) == 4
   assert metrics_lib.steps_retrained(second, 0) == 10  # No checkpoint had finished: all again.
   assert metrics_lib.steps_retrained([], 0) == 0
@@ -110,8 +124,9 @@ def test_compilation_cache_defaults_to_the_workdir_and_a_restart_reads_it(tmp_pa
   config.total_steps = 1
   env = {k: v for k, v in train_utils.subprocess_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}
   workdir = tmp_path / "work"
-  result = subprocess.run(train_utils.main_command(workdir, config), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    train_utils.main_command(workdir, config), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   entries = os.listdir(workdir / "xla_cache")
   assert any("jit_step" in name for name in entries), entries
@@ -119,12 +134,19 @@ def test_compilation_cache_defaults_to_the_workdir_and_a_restart_reads_it(tmp_pa
 
 def test_sigterm_during_start_up_exits_with_a_message(tmp_path):
   workdir = tmp_path / "work"
-  proc = subprocess.Popen([sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py",
-                           f"--workdir={workdir}"], cwd=REPO, env=train_utils.subprocess_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "simdino_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"],
+    cwd=REPO,
+    env=train_utils.subprocess_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 300  # A loaded machine imports slowly.
-  caught = lambda: any(line.startswith("SigCgt:") and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1))
-                       for line in open(f"/proc/{proc.pid}/status"))
+  caught = lambda: any(
+    line.startswith("SigCgt:") and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1))
+    for line in open(f"/proc/{proc.pid}/status")
+  )
   while proc.poll() is None and not caught() and time.time() < deadline:
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
@@ -174,9 +196,17 @@ def test_training_loop_reports_collapse_in_the_log(tmp_path, capsys):
 
 # --- Command-line entry points -----------------------------------------------------------------------------------
 
-ENTRY_POINTS = ("simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.tools.reproduce", "simdino_jax.tools.benchmark",
-                "simdino_jax.convert", "simdino_jax.tools.prepare", "simdino_jax.tools.prepare_imagenet",
-                "simdino_jax.tools.compact", "simdino_jax.tools.benchmark_koleo_proto")
+ENTRY_POINTS = (
+  "simdino_jax.main",
+  "simdino_jax.evaluate",
+  "simdino_jax.tools.reproduce",
+  "simdino_jax.tools.benchmark",
+  "simdino_jax.convert",
+  "simdino_jax.tools.prepare",
+  "simdino_jax.tools.prepare_imagenet",
+  "simdino_jax.tools.compact",
+  "simdino_jax.tools.benchmark_koleo_proto",
+)
 
 # Runs `python -m MODULE --help` for every module in one process: each module runs as __main__ (as with -m), its
 # flags are removed afterwards so the next one can define flags of the same names.
@@ -207,8 +237,14 @@ print(json.dumps(results))
 
 
 def test_every_entry_point_has_absl_help_with_text_for_each_flag():
-  result = subprocess.run([sys.executable, "-c", _HELP_SCRIPT, *ENTRY_POINTS], cwd=REPO, env=train_utils.subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", _HELP_SCRIPT, *ENTRY_POINTS],
+    cwd=REPO,
+    env=train_utils.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(result.stdout.strip().splitlines()[-1])
   for name in ENTRY_POINTS:
@@ -218,4 +254,3 @@ def test_every_entry_point_has_absl_help_with_text_for_each_flag():
       assert len(text.split()) >= 2, (name, flag, text)  # Help text, not a placeholder.
       assert f"--{flag}:" in entry["out"] or f"--[no]{flag}:" in entry["out"], (name, flag)
   assert "--workdir" in results["simdino_jax.main"]["out"] and "--profile_steps" in results["simdino_jax.main"]["out"]
-

@@ -16,25 +16,45 @@ from simdino_jax import optim
 def _config(**optim_overrides):
   c = ml_collections.ConfigDict()
   c.total_epochs, c.total_steps = 10.0, 0
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=2.0, warmup_from_min_lr=False,
-      weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
-      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8, freeze_rule="drop_gradient"))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=5e-4,
+      lr_scaling="linear",
+      min_lr=1e-6,
+      warmup_epochs=2.0,
+      warmup_from_min_lr=False,
+      weight_decay=0.04,
+      weight_decay_end=0.4,
+      clip_grad=3.0,
+      clip_mode="per_tensor",
+      freeze_last_layer_epochs=1.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      freeze_rule="drop_gradient",
+    )
+  )
   c.optim.update(optim_overrides)
   c.model = ml_collections.ConfigDict(dict(head=dict(norm_last_layer=False)))
-  c.teacher = ml_collections.ConfigDict(dict(
-      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=4))
+  c.teacher = ml_collections.ConfigDict(
+    dict(momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=4)
+  )
   return c
 
 
 def _params():
   rng = np.random.default_rng(0)
-  return {"backbone": {"dense": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-                                 "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32)},
-                       "norm": {"scale": jnp.ones((3,), jnp.float32)},
-                       "pos_embed": jnp.asarray(rng.normal(size=(1, 5, 3)), jnp.float32)},
-          "head": {"last_layer": {"v": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
-                                  "g": jnp.ones((6,), jnp.float32)}}}
+  return {
+    "backbone": {
+      "dense": {
+        "kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+        "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+      },
+      "norm": {"scale": jnp.ones((3,), jnp.float32)},
+      "pos_embed": jnp.asarray(rng.normal(size=(1, 5, 3)), jnp.float32),
+    },
+    "head": {"last_layer": {"v": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), "g": jnp.ones((6,), jnp.float32)}},
+  }
 
 
 def test_dino_cosine_scheduler_matches_reference():
@@ -43,8 +63,12 @@ def test_dino_cosine_scheduler_matches_reference():
   warm = np.linspace(0.0, base, warmup)
   iters = np.arange(total - warmup)
   reference = np.concatenate([warm, final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))])
-  ours = np.array([float(optim.cosine_schedule(s, base=base, final=final, total_steps=total,
-                                               warmup_steps=warmup)) for s in range(total)])
+  ours = np.array(
+    [
+      float(optim.cosine_schedule(s, base=base, final=final, total_steps=total, warmup_steps=warmup))
+      for s in range(total)
+    ]
+  )
   np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-9)
 
 
@@ -73,15 +97,27 @@ def test_teacher_temperature_warms_up_per_iteration_for_dinov2():
   steps_per_epoch, warmup_epochs = 7, 4
   ramp = np.linspace(0.04, 0.07, warmup_epochs * steps_per_epoch)
   for per_iteration, expected in ((True, ramp), (False, np.repeat(np.linspace(0.04, 0.07, 4), steps_per_epoch))):
-    temps = [float(optim.teacher_temp_schedule(t, steps_per_epoch=steps_per_epoch, warmup_temp=0.04, temp=0.07,
-                                               warmup_epochs=warmup_epochs, per_iteration=per_iteration))
-             for t in range(warmup_epochs * steps_per_epoch + 3)]
+    temps = [
+      float(
+        optim.teacher_temp_schedule(
+          t,
+          steps_per_epoch=steps_per_epoch,
+          warmup_temp=0.04,
+          temp=0.07,
+          warmup_epochs=warmup_epochs,
+          per_iteration=per_iteration,
+        )
+      )
+      for t in range(warmup_epochs * steps_per_epoch + 3)
+    ]
     np.testing.assert_allclose(temps, np.concatenate([expected, [0.07] * 3]), atol=1e-7)
   config = _config()
   config.teacher.warmup_temp_per_iteration = True
   s = optim.make_schedules(config, steps_per_epoch=steps_per_epoch, batch_size=256)
-  assert s.teacher_temp_per_iteration and not optim.make_schedules(
-      _config(), steps_per_epoch=steps_per_epoch, batch_size=256).teacher_temp_per_iteration
+  assert (
+    s.teacher_temp_per_iteration
+    and not optim.make_schedules(_config(), steps_per_epoch=steps_per_epoch, batch_size=256).teacher_temp_per_iteration
+  )
 
 
 def test_lr_scaling_rules():
@@ -117,7 +153,7 @@ def _torch_adamw_reference(p, grads, lrs, wds, b1=0.9, b2=0.999, eps=1e-8, decay
       p = p * (1 - lr * wd)
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
   return p
 
 
@@ -127,8 +163,7 @@ def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
   state = tx.init(params)
   rng = np.random.default_rng(1)
   lrs, wds = [1e-2, 2e-2, 3e-2, 3e-2], [0.1, 0.2, 0.3, 0.3]
-  grads_seq = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
-               for _ in lrs]
+  grads_seq = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in lrs]
   frozen_steps = 2
   p = params
   for i, (g, lr, wd) in enumerate(zip(grads_seq, lrs, wds)):
@@ -144,19 +179,29 @@ def test_adamw_matches_pytorch_semantics_and_frozen_layer_skips_updates():
       assert int(trained.count) == frozen_steps
       np.testing.assert_array_equal(p["head"]["last_layer"]["v"], params["head"]["last_layer"]["v"])
   # A trained kernel follows PyTorch's AdamW over all steps.
-  ref = _torch_adamw_reference(np.asarray(params["backbone"]["dense"]["kernel"]),
-                               [np.asarray(g["backbone"]["dense"]["kernel"], np.float64) for g in grads_seq],
-                               lrs, wds)
+  ref = _torch_adamw_reference(
+    np.asarray(params["backbone"]["dense"]["kernel"]),
+    [np.asarray(g["backbone"]["dense"]["kernel"], np.float64) for g in grads_seq],
+    lrs,
+    wds,
+  )
   np.testing.assert_allclose(p["backbone"]["dense"]["kernel"], ref, rtol=2e-5, atol=1e-6)
   # A bias gets no weight decay.
-  ref_bias = _torch_adamw_reference(np.asarray(params["backbone"]["dense"]["bias"]),
-                                    [np.asarray(g["backbone"]["dense"]["bias"], np.float64) for g in grads_seq],
-                                    lrs, wds, decay=False)
+  ref_bias = _torch_adamw_reference(
+    np.asarray(params["backbone"]["dense"]["bias"]),
+    [np.asarray(g["backbone"]["dense"]["bias"], np.float64) for g in grads_seq],
+    lrs,
+    wds,
+    decay=False,
+  )
   np.testing.assert_allclose(p["backbone"]["dense"]["bias"], ref_bias, rtol=2e-5, atol=1e-6)
   # The frozen layer starts its own count after the freeze: it equals AdamW run on the last two steps only.
-  ref_v = _torch_adamw_reference(np.asarray(params["head"]["last_layer"]["v"]),
-                                 [np.asarray(g["head"]["last_layer"]["v"], np.float64) for g in grads_seq[2:]],
-                                 lrs[2:], wds[2:])
+  ref_v = _torch_adamw_reference(
+    np.asarray(params["head"]["last_layer"]["v"]),
+    [np.asarray(g["head"]["last_layer"]["v"], np.float64) for g in grads_seq[2:]],
+    lrs[2:],
+    wds[2:],
+  )
   np.testing.assert_allclose(p["head"]["last_layer"]["v"], ref_v, rtol=2e-5, atol=1e-6)
 
 
@@ -167,12 +212,14 @@ def test_unknown_clip_mode_lists_valid_ones():
 
 def test_run_length_in_steps_examples_or_epochs():
   resolve = lambda **fields: optim.resolve_total_steps(
-      ml_collections.ConfigDict(dict(dict(total_epochs=2.5, total_examples=0, total_steps=0), **fields)),
-      steps_per_epoch=40, batch_size=64)
-  assert resolve() == 100                                   # 2.5 epochs of 40 steps
-  assert resolve(total_examples=6400) == 100                # 6400 images / 64 per step
-  assert resolve(total_examples=6401) == 101                # a partial last batch is one more step
-  assert resolve(total_examples=6400, total_steps=7) == 7   # steps win over examples and epochs
+    ml_collections.ConfigDict(dict(dict(total_epochs=2.5, total_examples=0, total_steps=0), **fields)),
+    steps_per_epoch=40,
+    batch_size=64,
+  )
+  assert resolve() == 100  # 2.5 epochs of 40 steps
+  assert resolve(total_examples=6400) == 100  # 6400 images / 64 per step
+  assert resolve(total_examples=6401) == 101  # a partial last batch is one more step
+  assert resolve(total_examples=6400, total_steps=7) == 7  # steps win over examples and epochs
 
 
 def _vit_params():
@@ -180,21 +227,38 @@ def _vit_params():
   rng = np.random.default_rng(2)
   leaf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   block = lambda: {"attn": {"qkv": {"kernel": leaf(4, 12), "bias": leaf(12)}}, "norm1": {"scale": leaf(4)}}
-  return {"backbone": {"patch_embed": {"kernel": leaf(12, 4), "bias": leaf(4)}, "pos_embed": leaf(1, 5, 4),
-                       "cls_token": leaf(1, 1, 4), "mask_token": leaf(1, 1, 4), "register_tokens": leaf(1, 2, 4),
-                       "blocks": {"0": block(), "1": block()}, "norm": {"scale": leaf(4)}},
-          "head": {"mlp": {"layers": {"0": {"kernel": leaf(4, 3)}}}, "last_layer": {"v": leaf(5, 3)}}}
+  return {
+    "backbone": {
+      "patch_embed": {"kernel": leaf(12, 4), "bias": leaf(4)},
+      "pos_embed": leaf(1, 5, 4),
+      "cls_token": leaf(1, 1, 4),
+      "mask_token": leaf(1, 1, 4),
+      "register_tokens": leaf(1, 2, 4),
+      "blocks": {"0": block(), "1": block()},
+      "norm": {"scale": leaf(4)},
+    },
+    "head": {"mlp": {"layers": {"0": {"kernel": leaf(4, 3)}}}, "last_layer": {"v": leaf(5, 3)}},
+  }
 
 
 def test_layer_decay_and_patch_embed_multipliers_follow_dinov2():
   """s = 0.9^(L+1−layer) with L = 2: embeddings and register tokens layer 0 (dinov2/utils/param_groups.py at
   2007c5b, lines 24-39), block i layer i+1, the rest L+1; patch embedding ×0.2."""
   scales = optim.lr_multipliers(_vit_params(), layer_decay=0.9, patch_embed_lr_mult=0.2)
-  by_hand = {"backbone/patch_embed/kernel": 0.9 ** 3 * 0.2, "backbone/patch_embed/bias": 0.9 ** 3 * 0.2,
-             "backbone/pos_embed": 0.9 ** 3, "backbone/cls_token": 0.9 ** 3, "backbone/mask_token": 0.9 ** 3,
-             "backbone/blocks/0/attn/qkv/kernel": 0.9 ** 2, "backbone/blocks/0/norm1/scale": 0.9 ** 2,
-             "backbone/blocks/1/attn/qkv/bias": 0.9, "backbone/norm/scale": 1.0, "backbone/register_tokens": 0.9 ** 3,
-             "head/mlp/layers/0/kernel": 1.0, "head/last_layer/v": 1.0}
+  by_hand = {
+    "backbone/patch_embed/kernel": 0.9**3 * 0.2,
+    "backbone/patch_embed/bias": 0.9**3 * 0.2,
+    "backbone/pos_embed": 0.9**3,
+    "backbone/cls_token": 0.9**3,
+    "backbone/mask_token": 0.9**3,
+    "backbone/blocks/0/attn/qkv/kernel": 0.9**2,
+    "backbone/blocks/0/norm1/scale": 0.9**2,
+    "backbone/blocks/1/attn/qkv/bias": 0.9,
+    "backbone/norm/scale": 1.0,
+    "backbone/register_tokens": 0.9**3,
+    "head/mlp/layers/0/kernel": 1.0,
+    "head/last_layer/v": 1.0,
+  }
   names = jax.tree.leaves(optim.path_strings(_vit_params()))
   flat = dict(zip(names, jax.tree.leaves(scales)))
   for name, expected in by_hand.items():
@@ -212,17 +276,20 @@ def test_lr_multipliers_scale_each_parameters_adamw_step():
   for g in grads:
     updates, state = tx.update(g, state, p, lr=1e-2, wd=0.1, train_last_layer=True)
     p = optax.apply_updates(p, updates)
-  for path, scale in (("patch_embed", 0.9 ** 3 * 0.2), ("pos_embed", 0.9 ** 3)):
+  for path, scale in (("patch_embed", 0.9**3 * 0.2), ("pos_embed", 0.9**3)):
     get = lambda tree: tree["backbone"][path]["kernel"] if path == "patch_embed" else tree["backbone"][path]
-    expected = _torch_adamw_reference(np.asarray(get(params)), [np.asarray(get(g), np.float64) for g in grads],
-                                      [1e-2 * scale] * 2, [0.1, 0.1])
+    expected = _torch_adamw_reference(
+      np.asarray(get(params)), [np.asarray(get(g), np.float64) for g in grads], [1e-2 * scale] * 2, [0.1, 0.1]
+    )
     np.testing.assert_allclose(get(p), expected, rtol=2e-5, atol=1e-6)
 
 
 def test_per_module_clipping_uses_each_modules_global_norm():
   """DINOv2 clips the backbone and the head separately by their own global norms (c = 3)."""
-  grads = {"backbone": {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 12.0])},  # ‖g‖ = 13 > 3: scaled
-           "head": {"c": jnp.array([0.6, 0.8])}}                                    # ‖g‖ = 1 < 3: untouched
+  grads = {
+    "backbone": {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 12.0])},  # ‖g‖ = 13 > 3: scaled
+    "head": {"c": jnp.array([0.6, 0.8])},
+  }  # ‖g‖ = 1 < 3: untouched
   tx = optim.clip_per_module(3.0, optim.module_labels(grads))
   clipped, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_allclose(clipped["backbone"]["a"], np.array([3.0, 4.0]) * 3.0 / 13.0, rtol=1e-6)
@@ -259,21 +326,27 @@ def test_freeze_and_decay_match_torch_adamw_with_the_official_groups(family, fre
 
   params = _params()
   params["backbone"]["blocks"] = {"0": {"ls1": {"gamma": jnp.full((3,), 0.5, jnp.float32)}}}
-  flat = {jax.tree_util.keystr(k, simple=True, separator="."): v
-          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = {
+    jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   torch_shape = lambda name, x: x.reshape(-1, 1) if name.endswith("last_layer.g") else x  # weight_g [K, 1]
-  named = {n: torch.nn.Parameter(torch.tensor(np.asarray(torch_shape(n, v)), dtype=torch.float64))
-           for n, v in flat.items()}
+  named = {
+    n: torch.nn.Parameter(torch.tensor(np.asarray(torch_shape(n, v)), dtype=torch.float64)) for n, v in flat.items()
+  }
   decayed, last_layer = _official_groups(named, family)
   assert ("head.last_layer.g" in decayed) and ("backbone.norm.scale" not in decayed)
   assert "backbone.blocks.0.ls1.gamma" not in decayed and "backbone.dense.bias" not in decayed
-  groups = [{"params": [named[n] for n in named if (n in decayed) == d and (n in last_layer) == l],
-             "decay": d, "last": l} for d in (True, False) for l in (True, False)]
+  groups = [
+    {"params": [named[n] for n in named if (n in decayed) == d and (n in last_layer) == l], "decay": d, "last": l}
+    for d in (True, False)
+    for l in (True, False)
+  ]
   groups = [g for g in groups if g["params"]]
   reference = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
-  tx = optim.scheduled_adamw(decay_mask=optim.weight_decay_mask(params), frozen=optim.frozen_mask(params),
-                             freeze_rule=freeze_rule)
+  tx = optim.scheduled_adamw(
+    decay_mask=optim.weight_decay_mask(params), frozen=optim.frozen_mask(params), freeze_rule=freeze_rule
+  )
   state, p = tx.init(params), params
   rng = np.random.default_rng(3)
   for step, (lr, wd) in enumerate([(1e-2, 0.1), (2e-2, 0.2), (3e-2, 0.3)]):
@@ -282,8 +355,9 @@ def test_freeze_and_decay_match_torch_adamw_with_the_official_groups(family, fre
     updates, state = tx.update(grads, state, p, lr=lr, wd=wd, train_last_layer=train_last_layer)
     p = optax.apply_updates(p, updates)
 
-    grad_of = {jax.tree_util.keystr(k, simple=True, separator="."): v
-               for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    grad_of = {
+      jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]
+    }
     for name, parameter in named.items():
       parameter.grad = torch.tensor(np.asarray(torch_shape(name, grad_of[name])), dtype=torch.float64)
       if family == "dino" and name in last_layer and not train_last_layer:
@@ -294,10 +368,17 @@ def test_freeze_and_decay_match_torch_adamw_with_the_official_groups(family, fre
       group["weight_decay"] = wd if group["decay"] else 0.0
     reference.step()
 
-    ours = {jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}
+    ours = {
+      jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in jax.tree_util.tree_flatten_with_path(p)[0]
+    }
     for name, parameter in named.items():
-      np.testing.assert_allclose(np.asarray(ours[name]).reshape(-1), parameter.detach().numpy().reshape(-1),
-                                 rtol=2e-5, atol=1e-6, err_msg=f"{family} step {step} {name}")
+      np.testing.assert_allclose(
+        np.asarray(ours[name]).reshape(-1),
+        parameter.detach().numpy().reshape(-1),
+        rtol=2e-5,
+        atol=1e-6,
+        err_msg=f"{family} step {step} {name}",
+      )
     if step == 0:  # the freeze: do the last layer's moments move?
       torch_state = reference.state[named["head.last_layer.v"]]
       if family == "dino":

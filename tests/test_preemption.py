@@ -18,8 +18,13 @@ def reference(tmp_path_factory):
   import subprocess  # pylint: disable=import-outside-toplevel
 
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  subprocess.run(train_utils.main_command(workdir, kill_restart.job_config(STEPS)), cwd=kill_restart.ROOT,
-                 check=True, env=train_utils.subprocess_env(), capture_output=True)
+  subprocess.run(
+    train_utils.main_command(workdir, kill_restart.job_config(STEPS)),
+    cwd=kill_restart.ROOT,
+    check=True,
+    env=train_utils.subprocess_env(),
+    capture_output=True,
+  )
   return kill_restart.final_state(workdir, STEPS)
 
 

@@ -25,8 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = re.compile(r"(?:\.venv/bin/)?python -m (simdino_jax[\w.]*)((?:[^`\n\\]|\\\n)*)")
 
 
-DOCUMENTS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
-                                  if f.endswith(".md"))
+DOCUMENTS = ["README.md"] + sorted(
+  os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
+)
 
 
 def readme_commands(documents=DOCUMENTS) -> list[tuple[str, list[str]]]:
@@ -49,6 +50,7 @@ class _Parsed(Exception):
 @pytest.fixture
 def parse_only(monkeypatch):
   """Runs a module as __main__ up to its argument parsing; returns the parsed absl flags or argparse namespace."""
+
   def stop_after_absl(main, argv=None, **kwargs):
     del main, kwargs
     flags.FLAGS(argv or sys.argv)
@@ -65,8 +67,11 @@ def parse_only(monkeypatch):
   def run(module: str, argv: list[str]):
     # Flags that the project's modules defined when another test imported them are set aside, so the module
     # defines its own as a fresh process would; they are put back afterwards.
-    aside = {name: (flags.FLAGS[name], flags.FLAGS.find_module_defining_flag(name)) for name in list(flags.FLAGS)
-             if (flags.FLAGS.find_module_defining_flag(name) or "").startswith("simdino_jax")}
+    aside = {
+      name: (flags.FLAGS[name], flags.FLAGS.find_module_defining_flag(name))
+      for name in list(flags.FLAGS)
+      if (flags.FLAGS.find_module_defining_flag(name) or "").startswith("simdino_jax")
+    }
     for name in aside:
       delattr(flags.FLAGS, name)
     before = set(flags.FLAGS)
@@ -89,11 +94,17 @@ def parse_only(monkeypatch):
 
 def test_readme_shows_the_entry_points():
   modules = {module for module, _ in readme_commands(["README.md"])}
-  assert {"simdino_jax.main", "simdino_jax.evaluate", "simdino_jax.tools.reproduce",
-          "simdino_jax.tools.prepare"} <= modules, modules
+  assert {
+    "simdino_jax.main",
+    "simdino_jax.evaluate",
+    "simdino_jax.tools.reproduce",
+    "simdino_jax.tools.prepare",
+  } <= modules, modules
 
 
-@pytest.mark.parametrize("module,argv", readme_commands(), ids=[f"{i}-{m}" for i, (m, _) in enumerate(readme_commands())])
+@pytest.mark.parametrize(
+  "module,argv", readme_commands(), ids=[f"{i}-{m}" for i, (m, _) in enumerate(readme_commands())]
+)
 def test_readme_command_parses_and_its_config_validates(parse_only, module, argv):
   parsed = parse_only(module, argv)
   config = parsed.get("config") if isinstance(parsed, dict) else None
@@ -117,8 +128,9 @@ def test_every_unset_config_field_takes_a_value_from_the_command_line(parse_only
   config = importlib.import_module(f"configs.{name}").get_config()
   unset = [key for key, value in _flat_items(config) if value is None]
   assert "data.data_dir" in unset and "data.path" in unset
-  argv = [f"--config=configs/{name}.py", "--workdir=/tmp/w"] + [f"--config.{key}=gs://b/{key}" for key in unset
-                                                                  if key.startswith("data.")]
+  argv = [f"--config=configs/{name}.py", "--workdir=/tmp/w"] + [
+    f"--config.{key}=gs://b/{key}" for key in unset if key.startswith("data.")
+  ]
   parsed = parse_only("simdino_jax.main", argv)
   assert parsed["config"].data.data_dir == "gs://b/data.data_dir" and parsed["config"].data.path == "gs://b/data.path"
 

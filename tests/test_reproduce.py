@@ -18,10 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_aggregate_gives_mean_and_sample_std_per_method():
-  runs = [{"method": "dino", "seed": 0, "knn_top1_k20": 0.5, "wall_s": 10.0, "unique_prototypes": None},
-          {"method": "dino", "seed": 1, "knn_top1_k20": 0.7, "wall_s": 14.0, "unique_prototypes": None},
-          {"method": "dino", "seed": 2, "knn_top1_k20": 0.6, "wall_s": 12.0, "unique_prototypes": None},
-          {"method": "simdino", "seed": 0, "knn_top1_k20": 0.8, "wall_s": 20.0, "unique_prototypes": 7}]
+  runs = [
+    {"method": "dino", "seed": 0, "knn_top1_k20": 0.5, "wall_s": 10.0, "unique_prototypes": None},
+    {"method": "dino", "seed": 1, "knn_top1_k20": 0.7, "wall_s": 14.0, "unique_prototypes": None},
+    {"method": "dino", "seed": 2, "knn_top1_k20": 0.6, "wall_s": 12.0, "unique_prototypes": None},
+    {"method": "simdino", "seed": 0, "knn_top1_k20": 0.8, "wall_s": 20.0, "unique_prototypes": 7},
+  ]
   summary = reproduce.aggregate(runs)
   assert list(summary) == ["dino", "simdino"]
   dino = summary["dino"]
@@ -30,9 +32,15 @@ def test_aggregate_gives_mean_and_sample_std_per_method():
   assert dino["knn_top1_k20_std"] == pytest.approx(0.1)  # ddof = 1: sqrt((0.01 + 0.01 + 0) / 2).
   assert dino["wall_s_mean"] == pytest.approx(12.0) and dino["wall_s_std"] == pytest.approx(2.0)
   assert "unique_prototypes_mean" not in dino  # No run of dino has the figure.
-  assert summary["simdino"] == {"seeds": [0], "knn_top1_k20_mean": 0.8, "knn_top1_k20_std": 0.0,
-                                "wall_s_mean": 20.0, "wall_s_std": 0.0, "unique_prototypes_mean": 7.0,
-                                "unique_prototypes_std": 0.0}
+  assert summary["simdino"] == {
+    "seeds": [0],
+    "knn_top1_k20_mean": 0.8,
+    "knn_top1_k20_std": 0.0,
+    "wall_s_mean": 20.0,
+    "wall_s_std": 0.0,
+    "unique_prototypes_mean": 7.0,
+    "unique_prototypes_std": 0.0,
+  }
 
 
 def test_raw_pixel_knn_matches_numpy(tmp_path):
@@ -46,9 +54,17 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
     images = (purity * prototypes[labels] + (1 - purity) * rng.uniform(0, 255, (n, size, size, 3))).astype(np.uint8)
     np.savez(tmp_path / f"tiny_{split}.npz", image=images, label=labels)
     splits[split] = (images, labels)
-  config = reproduce.method_config("dino", preset="evidence", dataset="npz", model="vit_micro", epochs=1.0,
-                                   batch=64, eval_every=1.0, seed=0,
-                                   data_path=os.fspath(tmp_path / "tiny_{split}.npz"))
+  config = reproduce.method_config(
+    "dino",
+    preset="evidence",
+    dataset="npz",
+    model="vit_micro",
+    epochs=1.0,
+    batch=64,
+    eval_every=1.0,
+    seed=0,
+    data_path=os.fspath(tmp_path / "tiny_{split}.npz"),
+  )
   config.eval.batch_size = 8  # Several batches, the last one padded.
 
   def features(images):
@@ -72,14 +88,22 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
 
 def test_evidence_preset_shares_the_small_image_recipe_and_keeps_each_objective():
   for method in reproduce.METHODS:
-    config = reproduce.method_config(method, preset="evidence", dataset="digits", model="vit_micro",
-                                     epochs=15.0, batch=64, eval_every=3.0, seed=0)
+    config = reproduce.method_config(
+      method, preset="evidence", dataset="digits", model="vit_micro", epochs=15.0, batch=64, eval_every=3.0, seed=0
+    )
     recipe = configs.load(method, "model=vit_micro,data=digits,batch=64")
     # Shared (docs/small_image_recipe.md): crops, head, lr, and the fast teacher under which DINO learns here.
     assert (config.aug.n_local, config.aug.global_scale, config.aug.local_scale, config.aug.flip_p) == (
-        4, (0.5, 1.0), (0.25, 0.6), 0.0)
+      4,
+      (0.5, 1.0),
+      (0.25, 0.6),
+      0.0,
+    )
     assert (config.model.head.hidden_dim, config.model.head.bottleneck_dim, config.model.head.out_dim) == (
-        128, 32, 4096)
+      128,
+      32,
+      4096,
+    )
     assert (config.optim.base_lr, config.teacher.momentum) == (2e-3, 0.95)
     # The method's own: temperatures and the objective (the KoLeo-proto run adds its λ).
     assert (config.teacher.warmup_temp, config.teacher.temp) == (recipe.teacher.warmup_temp, recipe.teacher.temp)
@@ -98,7 +122,11 @@ def test_collect_and_write_csv_keep_each_seed(tmp_path):
   with open(tmp_path / "curves.csv") as f:
     table = list(csv.DictReader(f))
   assert [(r["seed"], r["epoch"], r["knn_top1_k20"]) for r in table] == [
-      ("0", "0.0", "0.25"), ("0", "2.0", "0.5"), ("1", "0.0", "0.5"), ("1", "2.0", "1.0")]
+    ("0", "0.0", "0.25"),
+    ("0", "2.0", "0.5"),
+    ("1", "0.0", "0.5"),
+    ("1", "2.0", "1.0"),
+  ]
   # The band of knn.png: mean, min and max over the seeds at each epoch.
   assert reproduce.seed_band(rows, "dino", "knn_top1_k20") == ([0.0, 2.0], [0.375, 0.75], [0.25, 0.5], [0.5, 1.0])
 
@@ -106,9 +134,22 @@ def test_collect_and_write_csv_keep_each_seed(tmp_path):
 def test_quick_reproduction_writes_curves_and_baselines(tmp_path):
   env = train_utils.subprocess_env()  # One CPU device, as on a user's machine.
   result = subprocess.run(  # One method (SimDINO compiles fastest): the pipeline, not the comparison.
-      [sys.executable, "-m", "simdino_jax.tools.reproduce", "--quick", f"--workdir={tmp_path}", "--methods=simdino",
-       "--epochs=1", "--model=vit_nano"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "simdino_jax.tools.reproduce",
+      "--quick",
+      f"--workdir={tmp_path}",
+      "--methods=simdino",
+      "--epochs=1",
+      "--model=vit_nano",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   for name in ("curves.csv", "knn.png", "losses.png", "prototypes.png", "summary.json"):
     assert os.path.getsize(tmp_path / name) > 0, name
@@ -130,8 +171,10 @@ def test_run_over_seeds_aggregates_each_methods_runs(tmp_path, monkeypatch):
   def fake_train_run(config, workdir):  # A stand-in trainer: kNN 0.3 untrained, then 0.5 + seed / 10.
     os.makedirs(workdir)
     final = 0.5 + config.seed / 10
-    records = [{"step": 0, "knn_top1_k20": 0.3, "diag_unique_prototypes": 4096.0},
-               {"step": 46, "loss": 1.0, "knn_top1_k20": final, "diag_unique_prototypes": 4000.0 + config.seed}]
+    records = [
+      {"step": 0, "knn_top1_k20": 0.3, "diag_unique_prototypes": 4096.0},
+      {"step": 46, "loss": 1.0, "knn_top1_k20": final, "diag_unique_prototypes": 4000.0 + config.seed},
+    ]
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in records)
     return {"steps_per_epoch": 23, "knn_top1_k20": final, "diag_unique_prototypes": 4000.0 + config.seed}
@@ -141,8 +184,15 @@ def test_run_over_seeds_aggregates_each_methods_runs(tmp_path, monkeypatch):
   with open(tmp_path / "curves.csv") as f:
     table = list(csv.DictReader(f))
   assert [(r["method"], r["seed"], r["epoch"]) for r in table] == [
-      ("dino", "1", "0.0"), ("dino", "1", "2.0"), ("dino", "2", "0.0"), ("dino", "2", "2.0"),
-      ("simdino", "1", "0.0"), ("simdino", "1", "2.0"), ("simdino", "2", "0.0"), ("simdino", "2", "2.0")]
+    ("dino", "1", "0.0"),
+    ("dino", "1", "2.0"),
+    ("dino", "2", "0.0"),
+    ("dino", "2", "2.0"),
+    ("simdino", "1", "0.0"),
+    ("simdino", "1", "2.0"),
+    ("simdino", "2", "0.0"),
+    ("simdino", "2", "2.0"),
+  ]
   assert summary == json.loads((tmp_path / "summary.json").read_text())
   dino = summary["methods"]["dino"]
   assert dino["seeds"] == [1, 2]

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -84,6 +83,7 @@ def test_shared_files_and_npz_data_go_through_the_bucket(bucket):
 def _tensorboard_scalars(folder: str, tmp_path, tag: str) -> list[tuple[int, float]]:
   """(step, value) of `tag` as TensorBoard's own reader loads the event files of `folder` (copied here)."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+
   local = tmp_path / "tensorboard_copy"
   local.mkdir()
   for event_file in storage.path(folder).iterdir():
@@ -104,8 +104,11 @@ def test_metrics_and_checkpoint_paths_of_a_gs_workdir(bucket, tmp_path):
   resumed = metrics.JsonlWriter("gs://bucket/run", resume_step=4)  # A resume keeps the lines up to its step.
   resumed.write_scalars(6, {"loss": 1.0})
   lines = _read("gs://bucket/run/metrics.jsonl").decode().splitlines()
-  assert [json.loads(line) for line in lines] == [{"step": 2, "loss": 1.5}, {"step": 4, "loss": 1.25},
-                                                  {"step": 6, "loss": 1.0}]
+  assert [json.loads(line) for line in lines] == [
+    {"step": 2, "loss": 1.5},
+    {"step": 4, "loss": 1.25},
+    {"step": 6, "loss": 1.0},
+  ]
   checkpoints = checkpointing.Checkpoints("gs://bucket/run", train_utils.tiny_config("simdino"))
   try:
     assert os.fspath(checkpoints.directory) == "gs://bucket/run/checkpoints"
@@ -120,11 +123,11 @@ def test_reproduction_outputs_of_a_gs_workdir(bucket):
   for method in ("dino", "simdino"):
     writer = metrics.JsonlWriter(f"gs://bucket/repro/{method}")
     for step in (0, 10):
-      writer.write_scalars(step, {"loss": 1.0 - step / 100, "knn_top1_k20": 0.1 + step / 100,
-                                  "diag_unique_prototypes": 64.0})
+      writer.write_scalars(
+        step, {"loss": 1.0 - step / 100, "knn_top1_k20": 0.1 + step / 100, "diag_unique_prototypes": 64.0}
+      )
   rows = reproduce.collect("gs://bucket/repro", ("dino", "simdino"), {"dino": 10, "simdino": 10})
-  assert [(r["method"], r["epoch"]) for r in rows] == [("dino", 0.0), ("dino", 1.0), ("simdino", 0.0),
-                                                      ("simdino", 1.0)]
+  assert [(r["method"], r["epoch"]) for r in rows] == [("dino", 0.0), ("dino", 1.0), ("simdino", 0.0), ("simdino", 1.0)]
   reproduce.write_csv(rows, storage.path("gs://bucket/repro") / "curves.csv")
   paths = reproduce.plot(rows, "gs://bucket/repro", ("dino", "simdino"))
   assert paths == [f"gs://bucket/repro/{name}" for name in ("knn.png", "losses.png", "prototypes.png")]
@@ -158,14 +161,22 @@ def test_unusable_cloud_storage_fails_in_one_line_naming_the_path_and_the_fix(bu
 
 def test_training_on_a_missing_bucket_stops_before_anything_runs(bucket):
   config = train_utils.tiny_config("simdino")
-  result = subprocess.run(train_utils.main_command("gs://no-such-bucket/run", config), cwd=ROOT,
-                          env={**train_utils.subprocess_env(), **bucket}, capture_output=True, text=True,
-                          timeout=120, check=False)
+  result = subprocess.run(
+    train_utils.main_command("gs://no-such-bucket/run", config),
+    cwd=ROOT,
+    env={**train_utils.subprocess_env(), **bucket},
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert errors == ["error: gs://no-such-bucket/run: the bucket gs://no-such-bucket does not exist. Create it "
-                    "(gcloud storage buckets create gs://no-such-bucket --location=REGION, in the TPU's region) or "
-                    "fix the path."], result.stderr[-3000:]
+  assert errors == [
+    "error: gs://no-such-bucket/run: the bucket gs://no-such-bucket does not exist. Create it "
+    "(gcloud storage buckets create gs://no-such-bucket --location=REGION, in the TPU's region) or "
+    "fix the path."
+  ], result.stderr[-3000:]
   assert "step" not in result.stdout
 
 
@@ -175,8 +186,10 @@ def test_tfds_data_on_a_bucket_is_refused_with_the_supported_ways(bucket, tmp_pa
   with pytest.raises(storage.StorageError) as e:
     train.run(config, str(tmp_path / "work"))
   message = str(e.value)
-  assert message.startswith("--config.data.data_dir=gs://bucket/tfds: the TFDS array_record files of 'imagenet2012' "
-                            "are read by array_record, which opens local files only.")
+  assert message.startswith(
+    "--config.data.data_dir=gs://bucket/tfds: the TFDS array_record files of 'imagenet2012' "
+    "are read by array_record, which opens local files only."
+  )
   assert "gcloud storage cp -r gs://bucket/tfds/imagenet2012" in message and "GCSFuse" in message
   assert "\n" not in message and not (tmp_path / "work").exists()
   config.data.name = "digits"  # Built-in data (and npz files, data.path) need no local copy.
@@ -211,8 +224,9 @@ def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_e
   resume: both find the step in the compilation cache), which the bucket's evaluation and export then read."""
   env = {**train_utils.subprocess_env(), **bucket}
   run = "gs://bucket/digits"
-  job = subprocess.Popen(train_utils.main_command(run, _job_config()), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
+  job = subprocess.Popen(
+    train_utils.main_command(run, _job_config()), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
   marker = storage.path(f"{run}/checkpoints/4/commit_success.txt")
   deadline = time.time() + 300
   while not marker.exists() and job.poll() is None and time.time() < deadline:
@@ -220,20 +234,34 @@ def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_e
   job.send_signal(signal.SIGKILL)
   output = job.communicate(timeout=60)[0].decode()
   assert job.returncode == -signal.SIGKILL, output[-3000:]  # Killed mid-run, not finished.
-  finished = sorted(int(p.name) for p in storage.path(f"{run}/checkpoints").iterdir() if p.name.isdigit()
-                    and (p / "commit_success.txt").exists())
+  finished = sorted(
+    int(p.name)
+    for p in storage.path(f"{run}/checkpoints").iterdir()
+    if p.name.isdigit() and (p / "commit_success.txt").exists()
+  )
   assert finished[-1] < STEPS and len(finished) >= 2, finished
   newest = storage.path(f"{run}/checkpoints/{finished[-1]}")
   (newest / "state" / "manifest.ocdbt").unlink()
 
   reference = tmp_path / "reference"
-  runs = [subprocess.Popen(train_utils.main_command(workdir, _job_config()), cwd=ROOT, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for workdir in (run, reference)]
+  runs = [
+    subprocess.Popen(
+      train_utils.main_command(workdir, _job_config()),
+      cwd=ROOT,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for workdir in (run, reference)
+  ]
   (resumed_out, resumed_err), (_, reference_err) = (p.communicate(timeout=300) for p in runs)
   assert runs[1].returncode == 0, reference_err[-3000:]
   assert runs[0].returncode == 0, resumed_err[-3000:]
-  assert f"moved {newest} to {run}/unrestorable_checkpoints/{finished[-1]}; resuming from step {finished[-2]}." \
-      in resumed_out, resumed_out
+  assert (
+    f"moved {newest} to {run}/unrestorable_checkpoints/{finished[-1]}; resuming from step {finished[-2]}."
+    in resumed_out
+  ), resumed_out
   assert storage.path(f"{run}/unrestorable_checkpoints/{finished[-1]}/state").is_dir()
   # A quiet bucket: the failed restore's reads in flight, the storage libraries' threads and tensorstore's C++
   # credentials lookup print nothing a local run does not.
@@ -247,8 +275,11 @@ def test_digits_job_on_a_bucket_survives_sigkill_resumes_bitwise_evaluates_and_e
   assert [step for step, _ in logged] == [r["step"] for r in records if r["step"] > finished[-2] and "loss" in r]
 
   # Evaluation and export read the bucket (the CLIs call these; test_evaluate.py and test_convert.py run the CLIs).
-  results = evaluate.evaluate_checkpoint(run, evaluate.protocol_evals("knn", {"knn": {"k": (5,)}}),
-                                         settings={"max_train_examples": 64, "max_test_examples": 32})
+  results = evaluate.evaluate_checkpoint(
+    run,
+    evaluate.protocol_evals("knn", {"knn": {"k": (5,)}}),
+    settings={"max_train_examples": 64, "max_test_examples": 32},
+  )
   assert results["step"] == STEPS and 0.0 <= results["knn_top1_k5"] <= 1.0
   assert json.loads(_read(f"{run}/eval_{STEPS}.json")) == results
   out = tmp_path / "teacher.pth"

@@ -47,11 +47,24 @@ def test_plan_shares_runs_with_equal_configs():
 
 
 def test_summary_gives_mean_sample_std_and_each_seed():
-  rows = [{"method": m, "value": v, "seed": s, "knn_gain": g, "final_knn": 0.5, "untrained_knn": 0.5 - g,
-           "effective_rank": 2.0 + s, "wall_s": 1.0}
-          for m, v, s, g in (("dino", 0.9, 0, 0.1), ("dino", 0.9, 1, 0.3), ("simdino", 0.9, 0, -0.2),
-                             ("simdino", 0.9, 1, 0.0))] + [
-          {"method": "dino", "value": 0.95, "seed": 0, "knn_gain": 0.0, "shared_run": "center"}]
+  rows = [
+    {
+      "method": m,
+      "value": v,
+      "seed": s,
+      "knn_gain": g,
+      "final_knn": 0.5,
+      "untrained_knn": 0.5 - g,
+      "effective_rank": 2.0 + s,
+      "wall_s": 1.0,
+    }
+    for m, v, s, g in (
+      ("dino", 0.9, 0, 0.1),
+      ("dino", 0.9, 1, 0.3),
+      ("simdino", 0.9, 0, -0.2),
+      ("simdino", 0.9, 1, 0.0),
+    )
+  ] + [{"method": "dino", "value": 0.95, "seed": 0, "knn_gain": 0.0, "shared_run": "center"}]
   summary = sweep.summarize(rows, "momentum", "dino", (0.9,))  # The center row is outside the values asked.
   dino, simdino = summary["cells"]
   assert (dino["method"], dino["value"], dino["seeds"]) == ("dino", 0.9, [0, 1])
@@ -78,14 +91,30 @@ def test_unknown_sweep_lists_the_valid_ones():
 def test_one_sweep_cell_end_to_end(tmp_path):
   env = train_utils.subprocess_env()
   result = subprocess.run(
-      [sys.executable, "-m", "simdino_jax.tools.sweep", "--sweep=model", "--values=vit_nano", "--quick", "--epochs=1",
-       "--seeds=1", f"--workdir={tmp_path}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "simdino_jax.tools.sweep",
+      "--sweep=model",
+      "--values=vit_nano",
+      "--quick",
+      "--epochs=1",
+      "--seeds=1",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   with open(tmp_path / "model" / "sweep.csv") as f:
     rows = list(csv.DictReader(f))
-  assert [(r["method"], r["value"], r["seed"]) for r in rows] == [("dino", "vit_nano", "0"),
-                                                                   ("simdino", "vit_nano", "0")]
+  assert [(r["method"], r["value"], r["seed"]) for r in rows] == [
+    ("dino", "vit_nano", "0"),
+    ("simdino", "vit_nano", "0"),
+  ]
   for row in rows:
     run_dir = tmp_path / "runs" / row["method"] / "model=vit_nano" / "seed_0"
     evals = [json.loads(line) for line in open(run_dir / "metrics.jsonl") if "knn_top1_k20" in line]

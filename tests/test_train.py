@@ -23,23 +23,33 @@ from tests import train_utils
 
 def test_simdino_steps_run_and_update_the_teacher():
   # The DINO-head case (DINOv2: masks, centers, KoLeo) runs in test_distributed.py on the parity run it shares.
-  train_utils.assert_steps_update_the_state(*train_utils.run_steps(train_utils.tiny_config("simdino"), steps=2),
-                                            objective_state=False)
+  train_utils.assert_steps_update_the_state(
+    *train_utils.run_steps(train_utils.tiny_config("simdino"), steps=2), objective_state=False
+  )
 
 
 def test_dinov2_steps_with_a_separate_ibot_head_and_sinkhorn_knopp():
   """Meta's full-size recipes' iBOT: the patch tokens scored by their own head (other prototypes), Sinkhorn-Knopp
   teachers: both heads learn, the state holds no centers, and the iBOT head's last layer freezes like the DINO
   head's."""
-  config = train_utils.tiny_config("dinov2", **{"model.ibot_head.separate": True, "model.ibot_head.out_dim": 48,
-                                                "model.ibot_head.hidden_dim": 24, "model.ibot_head.bottleneck_dim": 8,
-                                                "objective.centering": "sinkhorn_knopp"})
+  config = train_utils.tiny_config(
+    "dinov2",
+    **{
+      "model.ibot_head.separate": True,
+      "model.ibot_head.out_dim": 48,
+      "model.ibot_head.hidden_dim": 24,
+      "model.ibot_head.bottleneck_dim": 8,
+      "objective.centering": "sinkhorn_knopp",
+    },
+  )
   setup, before, after, metrics = train_utils.run_steps(config, steps=2)
   train_utils.assert_steps_update_the_state(setup, before, after, metrics, objective_state=False)
   assert after.student["ibot_head"]["last_layer"]["v"].shape == (48, 8)
   assert np.all(np.isfinite([m["ibot"] for m in metrics])) and metrics[-1]["ibot"] > 0
-  moved = lambda part: max(float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(before.student[part]), jax.tree.leaves(after.student[part])))
+  moved = lambda part: max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(before.student[part]), jax.tree.leaves(after.student[part]))
+  )
   assert moved("ibot_head") > 0 and moved("head") > 0
   frozen = optim.frozen_mask(after.student)
   assert frozen["ibot_head"]["last_layer"]["v"] and not frozen["ibot_head"]["mlp"]["layers"][0]["kernel"]
@@ -50,11 +60,13 @@ def test_non_finite_step_is_skipped_without_changing_the_state():
   trainer = train.build(config, num_examples=64)
   with jax.set_mesh(trainer.mesh):
     state = trainer.state
-    poisoned = state.replace(student=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan)
-                                                  if x.ndim else x, state.student))
+    poisoned = state.replace(
+      student=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x.ndim else x, state.student)
+    )
     before = jax.device_get(poisoned)
-    batch = parallel.global_batch({"image": train_utils.random_images(16, config.data.image_size)},
-                                  trainer.mesh)["image"]
+    batch = parallel.global_batch({"image": train_utils.random_images(16, config.data.image_size)}, trainer.mesh)[
+      "image"
+    ]
     after, metrics = trainer.step_fn(poisoned, batch, trainer.schedules)
   after = jax.device_get(after)
   assert float(metrics["finite"]) == 0.0
@@ -100,8 +112,11 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
   for key in ("loss", "dino", "grad_norm", "update_norm", "teacher_entropy"):
     np.testing.assert_allclose(accumulated_metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)
   for part in ("objective_state", "student", "teacher"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 getattr(accumulated, part), getattr(full, part))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      getattr(accumulated, part),
+      getattr(full, part),
+    )
   with pytest.raises(ValueError, match=r"use a multiple of 24 \(24, 48"):
     validation.check_batch_split(40, 3, 8)
 
@@ -109,14 +124,15 @@ def test_two_accumulated_half_batches_take_the_step_of_the_full_batch():
 def test_training_imports_neither_tensorflow_nor_torch():
   """requirements.txt holds no TensorFlow and no PyTorch: the training and evaluation paths must not import them."""
   result = train_utils.run_python(
-      "import sys, tempfile\n"
-      "from simdino_jax import data, evaluate, main, metrics, train\n"
-      "metrics.MetricsWindow().flush()\n"
-      "writer = metrics.MultiWriter(tempfile.mkdtemp(), tensorboard=True)\n"  # TensorBoard files, without TF
-      "writer.write_scalars(1, {'loss': 1.0})\n"
-      "writer.close()\n"
-      "assert len(writer.writers) == 2\n"
-      "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n")
+    "import sys, tempfile\n"
+    "from simdino_jax import data, evaluate, main, metrics, train\n"
+    "metrics.MetricsWindow().flush()\n"
+    "writer = metrics.MultiWriter(tempfile.mkdtemp(), tensorboard=True)\n"  # TensorBoard files, without TF
+    "writer.write_scalars(1, {'loss': 1.0})\n"
+    "writer.close()\n"
+    "assert len(writer.writers) == 2\n"
+    "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
@@ -138,8 +154,14 @@ def test_the_step_gives_the_objective_its_inputs_and_a_typed_context():
 
   objective = dataclasses.replace(base, loss=loss, batch_inputs=batch_inputs)
   trainer = train.build(config, num_examples=64)
-  step = train.make_train_step(config, trainer.graphdef, objective, optim.make_optimizer(
-      config, trainer.state.student), trainer.mesh, parallel.param_specs(trainer.state_shardings.student))
+  step = train.make_train_step(
+    config,
+    trainer.graphdef,
+    objective,
+    optim.make_optimizer(config, trainer.state.student),
+    trainer.mesh,
+    parallel.param_specs(trainer.state_shardings.student),
+  )
   images = jax.ShapeDtypeStruct((16, config.data.image_size, config.data.image_size, 3), jnp.uint8)
   _, metrics = jax.eval_shape(step, trainer.state, images, trainer.schedules)
   assert seen["batch_size"] == 16 and seen["masks"] is None and "custom_input" in metrics

@@ -55,8 +55,12 @@ def start_emulator(buckets=("bucket",)) -> tuple[subprocess.Popen, dict]:
   import urllib.request  # pylint: disable=import-outside-toplevel
 
   url = f"http://localhost:{free_port()}"
-  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", url.rsplit(":", 1)[1]], cwd=_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  server = subprocess.Popen(
+    [sys.executable, "-m", "tests.gcs_emulator", url.rsplit(":", 1)[1]],
+    cwd=_ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 60
   while True:
     try:
@@ -68,12 +72,19 @@ def start_emulator(buckets=("bucket",)) -> tuple[subprocess.Popen, dict]:
         raise RuntimeError("the GCS emulator did not start") from None
       time.sleep(0.1)
   for name in buckets:
-    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+      f"{url}/storage/v1/b?project=test",
+      data=json.dumps({"name": name}).encode(),
+      headers={"Content-Type": "application/json"},
+      method="POST",
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
       assert json.load(response)["name"] == name
-  return server, {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  return server, {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
 
 
 def run_steps(config, steps: int, mesh=None, seed: int = 0):
@@ -187,8 +198,14 @@ def main_command(workdir, config) -> list[str]:
   base, want = _flat(digits.get_config(f"method={method}").to_dict()), _flat(config.to_dict())
   assert set(base) == set(want)
   overrides = [f"--config.{k}={want[k]}" for k in sorted(want) if want[k] != base[k]]
-  return [sys.executable, "-m", "simdino_jax.main", f"--config=configs/digits.py:method={method}",
-          f"--workdir={workdir}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "simdino_jax.main",
+    f"--config=configs/digits.py:method={method}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -232,8 +249,12 @@ def subprocess_env(devices: int = 1) -> dict:
   """A test subprocess's environment: CPU, `devices` simulated devices, the session's XLA flags and compilation
   cache (conftest), unbuffered output."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
-  return {**os.environ, "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
-          "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  return {
+    **os.environ,
+    "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONUNBUFFERED": "1",
+  }
 
 
 # Makes the named top-level packages unimportable (e.g. tensorflow, grain: as on the GPU machine).
@@ -255,15 +276,23 @@ def run_python(code: str, blocked=(), args=(), timeout: float = 300) -> subproce
   """Runs `python -c code args...` from the repository root (subprocess_env) with the `blocked` packages
   unimportable; returns the completed process (output captured as text)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return subprocess.run([sys.executable, "-c", _BLOCK_IMPORTS.format(blocked=tuple(blocked)) + code, *args],
-                        cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
-                        check=False)
+  return subprocess.run(
+    [sys.executable, "-c", _BLOCK_IMPORTS.format(blocked=tuple(blocked)) + code, *args],
+    cwd=root,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def shared_data(*parts: str) -> str:
   """A path under the data folder that sits beside the repository (`../shared/data`); fails clearly if missing."""
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", *parts)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{os.path.normpath(path)} is missing: these tests read the real data sets of the "
-                            "shared data folder, which must sit beside the repository (../shared/data).")
+    raise FileNotFoundError(
+      f"{os.path.normpath(path)} is missing: these tests read the real data sets of the "
+      "shared data folder, which must sit beside the repository (../shared/data)."
+    )
   return path

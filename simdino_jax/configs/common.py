@@ -34,36 +34,65 @@ def base() -> ml_collections.ConfigDict:
   """Fields every run has. Durations are in epochs: passes over the training split, or `epoch_length_steps`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.batch_size = 64              # Global batch over all devices and hosts (one optimizer step).
-  c.grad_accum_steps = 1         # > 1: the batch runs as this many micro-batches, one optimizer step.
+  c.batch_size = 64  # Global batch over all devices and hosts (one optimizer step).
+  c.grad_accum_steps = 1  # > 1: the batch runs as this many micro-batches, one optimizer step.
   c.total_epochs = 100.0
-  c.total_examples = 0           # > 0 overrides total_epochs (images seen, all crops of one image count once).
-  c.total_steps = 0              # > 0 overrides total_examples and total_epochs.
-  c.epoch_length_steps = 0       # > 0: an "epoch" of the schedules is this many steps (DINOv2: 1250), not a pass.
-  c.fsdp = False                 # Shard large parameters and optimizer state over the data axis.
-  c.fsdp_min_size = 2 ** 18      # FSDP shards tensors of at least this many elements; smaller ones stay replicated.
+  c.total_examples = 0  # > 0 overrides total_epochs (images seen, all crops of one image count once).
+  c.total_steps = 0  # > 0 overrides total_examples and total_epochs.
+  c.epoch_length_steps = 0  # > 0: an "epoch" of the schedules is this many steps (DINOv2: 1250), not a pass.
+  c.fsdp = False  # Shard large parameters and optimizer state over the data axis.
+  c.fsdp_min_size = 2**18  # FSDP shards tensors of at least this many elements; smaller ones stay replicated.
   c.model = models.default_config()
   c.objective = objectives.default_config()
   data_sections = data_lib.default_config()
   c.data = data_sections.data
   c.aug = data_sections.aug
   c.masking = data_sections.masking
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10.0, warmup_from_min_lr=False,
-      weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor",
-      layer_decay=1.0, patch_embed_lr_mult=1.0,  # DINOv2-style lr multipliers; 1.0 = off.
-      freeze_last_layer_epochs=1.0, b1=0.9, b2=0.999, eps=1e-8,
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=5e-4,
+      lr_scaling="linear",
+      min_lr=1e-6,
+      warmup_epochs=10.0,
+      warmup_from_min_lr=False,
+      weight_decay=0.04,
+      weight_decay_end=0.4,
+      clip_grad=3.0,
+      clip_mode="per_tensor",
+      layer_decay=1.0,
+      patch_embed_lr_mult=1.0,  # DINOv2-style lr multipliers; 1.0 = off.
+      freeze_last_layer_epochs=1.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
       # How the last layer is frozen: DINO's cancelled gradients (drop_gradient: Adam's moments wait) or DINOv2's
       # lr of 0 (zero_lr: the moments move); docs/recipes.md, "Optimizer rules".
-      freeze_rule="drop_gradient"))
-  c.teacher = ml_collections.ConfigDict(dict(
-      momentum=0.996, momentum_end=1.0, warmup_temp=0.04, temp=0.07, warmup_temp_epochs=30,
-      warmup_temp_per_iteration=False))  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.
-  c.eval = ml_collections.ConfigDict(dict(
-      knn_k=(20,), knn_temperature=0.07, max_train_examples=0, max_test_examples=0, batch_size=256,
-      prototype_threshold=0.025, feature_dtype="float32"))  # float32 features, as DINO evaluates; or "bfloat16".
+      freeze_rule="drop_gradient",
+    )
+  )
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      momentum=0.996,
+      momentum_end=1.0,
+      warmup_temp=0.04,
+      temp=0.07,
+      warmup_temp_epochs=30,
+      warmup_temp_per_iteration=False,
+    )
+  )  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      knn_k=(20,),
+      knn_temperature=0.07,
+      max_train_examples=0,
+      max_test_examples=0,
+      batch_size=256,
+      prototype_threshold=0.025,
+      feature_dtype="float32",
+    )
+  )  # float32 features, as DINO evaluates; or "bfloat16".
   c.log_every_steps = 50
-  c.eval_every_epochs = 10.0     # 0 disables the in-training kNN.
+  c.eval_every_epochs = 10.0  # 0 disables the in-training kNN.
   # Evaluators (simdino_jax/evaluation/evaluators.py): name -> options; every_epochs -1: eval_every_epochs, 0: off.
   c.evals = ml_collections.ConfigDict(dict(knn=dict(every_epochs=-1.0), diagnostics=dict(every_epochs=-1.0)))
   c.checkpoint_every_steps = 1000
@@ -75,7 +104,7 @@ def base() -> ml_collections.ConfigDict:
   # min_feature_std) held over `patience` consecutive log steps is reported in the log.
   c.collapse = ml_collections.ConfigDict(dict(patience=10, dino_rel_tol=0.02, min_feature_std=1e-3))
   c.allow_config_mismatch = False
-  c.init_from = ""               # A workdir (e.g. a converted official checkpoint) whose networks start the run.
+  c.init_from = ""  # A workdir (e.g. a converted official checkpoint) whose networks start the run.
   # JAX's persistent compilation cache, so a restarted or resumed job skips the compile: "auto" = WORKDIR/xla_cache
   # for a local workdir, ~/.cache/simdino_jax/xla_cache on each host for a gs:// one; a path; "" = off. The
   # JAX_COMPILATION_CACHE_DIR environment variable, when set, wins.
@@ -132,7 +161,7 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.model.image_size = 32
     c.model.head.out_dim = 4096  # Prototypes for 10-class, 50k-image data; ImageNet keeps 65536.
     c.batch_size = 256
-    c.epoch_length_steps = 0     # Epochs are passes over the small split.
+    c.epoch_length_steps = 0  # Epochs are passes over the small split.
     c.eval_every_epochs = 5.0
 
 
@@ -169,14 +198,14 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
   elif preset == "evidence":
     c.aug.global_scale = (0.5, 1.0)
     c.aug.local_scale = (0.25, 0.6)
-    c.aug.flip_p = 0.0           # A mirrored digit is another glyph.
+    c.aug.flip_p = 0.0  # A mirrored digit is another glyph.
     c.aug.n_local = 4
     c.model.head.hidden_dim = 128
     c.model.head.bottleneck_dim = 32
     c.model.head.out_dim = 4096
     c.optim.base_lr = 2e-3
     c.optim.warmup_epochs = 2.0
-    c.teacher.momentum = 0.95    # 0.99 and above: DINO stays at its untrained kNN.
+    c.teacher.momentum = 0.95  # 0.99 and above: DINO stays at its untrained kNN.
     c.teacher.warmup_temp_epochs = 2
   elif preset == "full":
     c.optim.warmup_epochs = 10.0

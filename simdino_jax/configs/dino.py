@@ -24,15 +24,15 @@ def recipe():
   c.model.head.out_dim = 65536
   c.model.head.hidden_dim = 2048
   c.model.head.bottleneck_dim = 256
-  c.model.head.norm_last_layer = True                  # the DINO README's advice for ViT-B
+  c.model.head.norm_last_layer = True  # the DINO README's advice for ViT-B
   c.model.drop_path_rate = 0.1
   c.model.drop_path_schedule = "linear"
   c.model.interpolate_offset = 0.1
   c.model.interpolate_antialias = False
-  c.batch_size = 512                                   # SimDINO README: 8 GPUs × batch_size_per_gpu 64
+  c.batch_size = 512  # SimDINO README: 8 GPUs × batch_size_per_gpu 64
   c.total_epochs = 100.0
   c.optim.base_lr = 5e-4
-  c.optim.lr_scaling = "linear"                        # peak 5e-4 · B/256 = 1e-3
+  c.optim.lr_scaling = "linear"  # peak 5e-4 · B/256 = 1e-3
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_from_min_lr = False
   c.optim.min_lr = 1e-6
@@ -46,7 +46,7 @@ def recipe():
   c.teacher.warmup_temp = 0.04
   c.teacher.temp = 0.04
   c.teacher.warmup_temp_epochs = 0
-  c.aug.n_local = 10                                   # SimDINO README: --local_crops_number 10
+  c.aug.n_local = 10  # SimDINO README: --local_crops_number 10
   c.aug.global_scale = (0.4, 1.0)
   c.aug.local_scale = (0.05, 0.4)
   return c

@@ -14,9 +14,9 @@ from simdino_jax.configs import dino_vanilla
 def get_config(arg=None):
   c = dino_vanilla.recipe()  # The README's boosted command changes these flags of the vanilla run:
   c.model.head.norm_last_layer = False
-  c.batch_size = 1024                                  # 2 nodes × 8 GPUs × 64
+  c.batch_size = 1024  # 2 nodes × 8 GPUs × 64
   c.total_epochs = 300.0
   c.teacher.warmup_temp = 0.04
   c.teacher.temp = 0.07
-  c.teacher.warmup_temp_epochs = 30                    # per epoch, as main_dino.py's DINOLoss indexes it
+  c.teacher.warmup_temp_epochs = 30  # per epoch, as main_dino.py's DINOLoss indexes it
   return common.finish(c, common.arguments(arg), model="ViT-S/16")

@@ -20,12 +20,12 @@ def recipe():
   c.model.head.norm_last_layer = True
   c.model.drop_path_rate = 0.1
   c.model.drop_path_schedule = "linear"
-  c.model.interpolate_offset = 0.1                     # vision_transformer.py: scale (h + 0.1)/M, no antialias
+  c.model.interpolate_offset = 0.1  # vision_transformer.py: scale (h + 0.1)/M, no antialias
   c.model.interpolate_antialias = False
-  c.batch_size = 512                                   # 8 GPUs × 64
+  c.batch_size = 512  # 8 GPUs × 64
   c.total_epochs = 100.0
   c.optim.base_lr = 5e-4
-  c.optim.lr_scaling = "linear"                        # peak 5e-4 · B/256
+  c.optim.lr_scaling = "linear"  # peak 5e-4 · B/256
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_from_min_lr = False
   c.optim.min_lr = 1e-6

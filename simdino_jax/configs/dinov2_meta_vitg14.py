@@ -17,6 +17,6 @@ from simdino_jax.configs import dinov2_meta
 def get_config(arg=None):
   c = dinov2_meta.full_size(batch_per_gpu=12, gpus=96)  # vitg14.yaml l.8 train.batch_size_per_gpu: 12
   args = common.arguments(arg, registers=-1)
-  c = common.finish(c, args, model="ViT-g/14")         # vitg14.yaml l.12 student.arch: vit_giant2
+  c = common.finish(c, args, model="ViT-g/14")  # vitg14.yaml l.12 student.arch: vit_giant2
   common.apply_registers(c, args.registers)
   return c

@@ -16,6 +16,6 @@ from simdino_jax.configs import dinov2_meta
 def get_config(arg=None):
   c = dinov2_meta.full_size(batch_per_gpu=32, gpus=96)  # README "Long setup": --nodes 12 (96 GPUs)
   args = common.arguments(arg, registers=-1)
-  c = common.finish(c, args, model="ViT-L/14")         # l.12 student.arch: vit_large
+  c = common.finish(c, args, model="ViT-L/14")  # l.12 student.arch: vit_large
   common.apply_registers(c, args.registers)
   return c

@@ -19,6 +19,6 @@ def get_config(arg=None):
   c.objective.coeff = 1.0
   c.objective.expa_type = 1
   c.objective.gamma = "default"
-  c.objective.covariance_group_size = 64               # reduce_cov=0: ZᵀZ per GPU of 64 images, global n
+  c.objective.covariance_group_size = 64  # reduce_cov=0: ZᵀZ per GPU of 64 images, global n
   c.model.head.bottleneck_dim = 256
   return common.finish(c, common.arguments(arg), model="ViT-B/16")

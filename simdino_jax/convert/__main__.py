@@ -19,23 +19,42 @@ from simdino_jax.convert import torch_layout
 COMMANDS = ("from-torch", "to-torch")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "from-torch: the experiment config whose model receives the weights.", lock_config=True)
+  "config", None, "from-torch: the experiment config whose model receives the weights.", lock_config=True
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "from-torch: the official .pth / .safetensors file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "from-torch: where to write the converted checkpoint (empty); "
-                               "to-torch: the run whose checkpoint to export.")
-_IGNORE = flags.DEFINE_list("ignore_keys", [], "from-torch: official key prefixes to leave out on purpose, e.g. "
-                            "ibot_head. (relative to a network).")
-_OFFSET = flags.DEFINE_float("interpolate_offset", None, "from-torch: the reference's position-embedding "
-                             "interpolation offset (default: the config's model.interpolate_offset; DINOv2's _reg4 "
-                             "releases: 0, the others 0.1).")
-_ANTIALIAS = flags.DEFINE_bool("interpolate_antialias", None, "from-torch: antialiased interpolation (default: the "
-                               "config's model.interpolate_antialias; True for DINOv2's _reg4 releases).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "from-torch: where to write the converted checkpoint (empty); to-torch: the run whose checkpoint to export.",
+)
+_IGNORE = flags.DEFINE_list(
+  "ignore_keys",
+  [],
+  "from-torch: official key prefixes to leave out on purpose, e.g. ibot_head. (relative to a network).",
+)
+_OFFSET = flags.DEFINE_float(
+  "interpolate_offset",
+  None,
+  "from-torch: the reference's position-embedding "
+  "interpolation offset (default: the config's model.interpolate_offset; DINOv2's _reg4 "
+  "releases: 0, the others 0.1).",
+)
+_ANTIALIAS = flags.DEFINE_bool(
+  "interpolate_antialias",
+  None,
+  "from-torch: antialiased interpolation (default: the "
+  "config's model.interpolate_antialias; True for DINOv2's _reg4 releases).",
+)
 _OUT = flags.DEFINE_string("out", None, "to-torch: the file to write.")
 _FORMAT = flags.DEFINE_enum("format", "pth", ("pth", "safetensors"), "to-torch: file format.")
 _NETWORK = flags.DEFINE_enum("network", "teacher", ("teacher", "student"), "to-torch: which network.")
 _HEAD = flags.DEFINE_bool("head", False, "to-torch: also write the head (keys backbone.* and head.*).")
-_LAYOUT = flags.DEFINE_enum("layout", None, torch_layout.LAYOUTS, "to-torch: dino (no mask token) or dinov2 "
-                            "(default: dinov2 for models with registers or LayerScale, else dino).")
+_LAYOUT = flags.DEFINE_enum(
+  "layout",
+  None,
+  torch_layout.LAYOUTS,
+  "to-torch: dino (no mask token) or dinov2 (default: dinov2 for models with registers or LayerScale, else dino).",
+)
 _STEP = flags.DEFINE_integer("step", None, "to-torch: checkpoint step (default: the latest).")
 
 
@@ -53,15 +72,27 @@ def main(argv) -> None:
   if argv[1] == "from-torch":
     _require((("checkpoint", _CHECKPOINT.value), ("config", _CONFIG.value), ("workdir", _WORKDIR.value)))
     summary = torch_checkpoints.from_torch(
-        _CHECKPOINT.value, _CONFIG.value, _WORKDIR.value, ignore_keys=_IGNORE.value,
-        interpolate_offset=_OFFSET.value, interpolate_antialias=_ANTIALIAS.value)
+      _CHECKPOINT.value,
+      _CONFIG.value,
+      _WORKDIR.value,
+      ignore_keys=_IGNORE.value,
+      interpolate_offset=_OFFSET.value,
+      interpolate_antialias=_ANTIALIAS.value,
+    )
     for note in summary["notes"]:
       print(note)
     print(f"Imported {', '.join(summary['imported'])} into {_WORKDIR.value}/checkpoints (step 0).")
   else:
     _require((("workdir", _WORKDIR.value), ("out", _OUT.value)))
-    keys = torch_checkpoints.to_torch(_WORKDIR.value, _OUT.value, step=_STEP.value, network=_NETWORK.value,
-                                      head=_HEAD.value, layout=_LAYOUT.value, file_format=_FORMAT.value)
+    keys = torch_checkpoints.to_torch(
+      _WORKDIR.value,
+      _OUT.value,
+      step=_STEP.value,
+      network=_NETWORK.value,
+      head=_HEAD.value,
+      layout=_LAYOUT.value,
+      file_format=_FORMAT.value,
+    )
     print(f"Wrote {len(keys)} tensors of the {_NETWORK.value} to {_OUT.value}.")
 
 

@@ -38,7 +38,8 @@ _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 @dataclasses.dataclass(frozen=True)
 class TorchTensor:
   """One official tensor: its name(s) and the maps between its official shape and ours."""
-  names: tuple[str, ...]              # The first is written on export; any is accepted on import.
+
+  names: tuple[str, ...]  # The first is written on export; any is accepted on import.
   to_ours: Callable[[np.ndarray], np.ndarray] = lambda x: x
   to_torch: Callable[[np.ndarray], np.ndarray] = lambda x: x
 
@@ -78,8 +79,11 @@ def backbone_layout(params: dict, layout: str = "dinov2") -> dict[tuple, TorchTe
     elif path == ("patch_embed", "bias"):
       out[path] = TorchTensor(("patch_embed.proj.bias",))
     elif path == ("mask_token",):
-      out[path] = TorchTensor(("mask_token",), lambda x: x.reshape(1, 1, -1),
-                              (lambda x: x.reshape(1, -1)) if layout == "dinov2" else (lambda x: None))
+      out[path] = TorchTensor(
+        ("mask_token",),
+        lambda x: x.reshape(1, 1, -1),
+        (lambda x: x.reshape(1, -1)) if layout == "dinov2" else (lambda x: None),
+      )
     elif path[-1] == "kernel":
       out[path] = TorchTensor((_torch_leaf(path[:-1], "kernel"),), _transpose, _transpose)
     else:
@@ -95,20 +99,25 @@ def head_layout(params: dict) -> dict[tuple, TorchTensor]:
   for path in flat:
     if path[:2] == ("mlp", "layers"):
       module = "mlp" if n_layers == 1 else f"mlp.{2 * int(path[2])}"
-      out[path] = TorchTensor((_torch_leaf((module,), path[3]),),
-                              *((_transpose, _transpose) if path[3] == "kernel" else ()))
+      out[path] = TorchTensor(
+        (_torch_leaf((module,), path[3]),), *((_transpose, _transpose) if path[3] == "kernel" else ())
+      )
     elif path == ("last_layer", "v"):
       out[path] = TorchTensor(("last_layer.weight_v", "last_layer.parametrizations.weight.original1"))
     elif path == ("last_layer", "g"):
-      out[path] = TorchTensor(("last_layer.weight_g", "last_layer.parametrizations.weight.original0"),
-                              lambda x: x.reshape(-1), lambda x: x.reshape(-1, 1))
+      out[path] = TorchTensor(
+        ("last_layer.weight_g", "last_layer.parametrizations.weight.original0"),
+        lambda x: x.reshape(-1),
+        lambda x: x.reshape(-1, 1),
+      )
     else:
       raise ValueError(f"No official name for the head parameter {'/'.join(map(str, path))}.")
   return out
 
 
-def interpolate_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int], *, offset: float = 0.1,
-                          antialias: bool = False) -> np.ndarray:
+def interpolate_pos_embed(
+  pos_embed: np.ndarray, grid: tuple[int, int], *, offset: float = 0.1, antialias: bool = False
+) -> np.ndarray:
   """`[1, 1+M*M, D]` -> `[1, 1+h*w, D]`: the patch part resized bicubically as the reference ViTs do at run time.
 
   PyTorch's `interpolate(mode="bicubic", align_corners=False)` on the `M x M` grid, with the scale factor
@@ -124,13 +133,16 @@ def interpolate_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int], *, offse
     return pos_embed
   dim = pos_embed.shape[-1]
   patch = torch.from_numpy(np.ascontiguousarray(pos_embed[:, 1:])).float().reshape(1, side, side, dim)
-  size_or_scale = ({"scale_factor": ((grid[0] + offset) / side, (grid[1] + offset) / side)} if offset
-                   else {"size": tuple(grid)})
-  resized = torch.nn.functional.interpolate(patch.permute(0, 3, 1, 2), mode="bicubic", antialias=antialias,
-                                            **size_or_scale)
+  size_or_scale = (
+    {"scale_factor": ((grid[0] + offset) / side, (grid[1] + offset) / side)} if offset else {"size": tuple(grid)}
+  )
+  resized = torch.nn.functional.interpolate(
+    patch.permute(0, 3, 1, 2), mode="bicubic", antialias=antialias, **size_or_scale
+  )
   if tuple(resized.shape[-2:]) != tuple(grid):
-    raise ValueError(f"Interpolating {side}x{side} position embeddings gave {tuple(resized.shape[-2:])}, not "
-                     f"{tuple(grid)}.")
+    raise ValueError(
+      f"Interpolating {side}x{side} position embeddings gave {tuple(resized.shape[-2:])}, not {tuple(grid)}."
+    )
   resized = resized.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).numpy()
   return np.concatenate([pos_embed[:, :1], resized], axis=1)
 
@@ -149,6 +161,7 @@ def load(path: str) -> dict:
     raise FileNotFoundError(f"No checkpoint at {path}.")
   if file.name.endswith(".safetensors"):
     from safetensors.torch import load as load_safetensors  # pylint: disable=import-outside-toplevel
+
     tree = load_safetensors(file.read_bytes())
   else:
     with file.open("rb") as f, torch.serialization.safe_globals([argparse.Namespace]):
@@ -156,9 +169,10 @@ def load(path: str) -> dict:
         tree = torch.load(f, map_location="cpu", weights_only=True)
       except Exception as error:  # torch raises pickle.UnpicklingError or RuntimeError, with the reason.
         raise ValueError(
-            f"{path} cannot be read as data (torch.load(weights_only=True)): it needs code to unpickle. Re-save "
-            "its state dicts alone in PyTorch (torch.save({'teacher': ckpt['teacher']}, 'clean.pth')) and "
-            f"convert that file. PyTorch said: {str(error).splitlines()[0]}") from error
+          f"{path} cannot be read as data (torch.load(weights_only=True)): it needs code to unpickle. Re-save "
+          "its state dicts alone in PyTorch (torch.save({'teacher': ckpt['teacher']}, 'clean.pth')) and "
+          f"convert that file. PyTorch said: {str(error).splitlines()[0]}"
+        ) from error
   return _to_numpy(tree)
 
 
@@ -178,7 +192,7 @@ def _strip_wrappers(key: str) -> str:
     stripped = False
     for prefix in WRAPPER_PREFIXES:
       if key.startswith(prefix):
-        key, stripped = key[len(prefix):], True
+        key, stripped = key[len(prefix) :], True
   return key
 
 
@@ -194,6 +208,7 @@ def networks(checkpoint: dict) -> dict[str, dict[str, np.ndarray]]:
   `teacher.` keys, DINOv2's `teacher_checkpoint.pth`: either may be absent) or `{"network": ...}` (a backbone
   file, `state_dict` or `model` holding one network).
   """
+
   def is_state_dict(tree):
     return isinstance(tree, dict) and tree and all(isinstance(v, np.ndarray) for v in tree.values())
 
@@ -206,15 +221,16 @@ def networks(checkpoint: dict) -> dict[str, dict[str, np.ndarray]]:
   for key in ("model", "state_dict"):
     if is_state_dict(checkpoint.get(key)):
       inner = clean(checkpoint[key])
-      split = {name: {k[len(name) + 1:]: v for k, v in inner.items() if k.startswith(name + ".")}
-               for name in NETWORKS}
+      split = {name: {k[len(name) + 1 :]: v for k, v in inner.items() if k.startswith(name + ".")} for name in NETWORKS}
       split = {name: tree for name, tree in split.items() if tree}
       return split or {"network": inner}
   if is_state_dict(checkpoint):
     return {"network": clean(checkpoint)}
-  raise ValueError(f"Cannot find a network's state dict in the checkpoint (top-level keys: "
-                   f"{sorted(checkpoint)[:20]}). Expected a backbone state dict, or 'student' / 'teacher' / "
-                   "'model' / 'state_dict' entries holding state dicts.")
+  raise ValueError(
+    f"Cannot find a network's state dict in the checkpoint (top-level keys: "
+    f"{sorted(checkpoint)[:20]}). Expected a backbone state dict, or 'student' / 'teacher' / "
+    "'model' / 'state_dict' entries holding state dicts."
+  )
 
 
 def parts(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict]:
@@ -229,11 +245,11 @@ def parts(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict]:
   for key, value in state_dict.items():
     head_prefix = next((p for p in HEAD_PREFIXES if key.startswith(p)), None)
     if key.startswith(BACKBONE_PREFIX):
-      backbone[_unchunk(key[len(BACKBONE_PREFIX):])] = value
+      backbone[_unchunk(key[len(BACKBONE_PREFIX) :])] = value
     elif head_prefix:
-      head[key[len(head_prefix):]] = value
+      head[key[len(head_prefix) :]] = value
     elif key.startswith(IBOT_HEAD_PREFIX):
-      ibot_head[key[len(IBOT_HEAD_PREFIX):]] = value
+      ibot_head[key[len(IBOT_HEAD_PREFIX) :]] = value
     else:
       other[key] = value
   return backbone, head, ibot_head, other
@@ -242,14 +258,22 @@ def parts(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict]:
 @dataclasses.dataclass
 class ImportReport:
   """What an import found wrong (raised together) and what it filled in (printed)."""
+
   missing: list[str] = dataclasses.field(default_factory=list)
   mismatched: list[str] = dataclasses.field(default_factory=list)
   notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def import_part(state_dict: dict[str, np.ndarray], template: dict, layout: dict[tuple, TorchTensor], *,
-                prefix: str, report: ImportReport, optional: tuple = (),
-                resize_pos_embed: Optional[Callable] = None) -> tuple[dict, set]:
+def import_part(
+  state_dict: dict[str, np.ndarray],
+  template: dict,
+  layout: dict[tuple, TorchTensor],
+  *,
+  prefix: str,
+  report: ImportReport,
+  optional: tuple = (),
+  resize_pos_embed: Optional[Callable] = None,
+) -> tuple[dict, set]:
   """Our pure dict of one part from its official state dict; returns it and the keys used.
 
   Missing tensors and shape mismatches go to `report`; parameters listed in `optional` keep the template's
@@ -272,16 +296,19 @@ def import_part(state_dict: dict[str, np.ndarray], template: dict, layout: dict[
     if path == ("pos_embed",) and resize_pos_embed is not None and value.ndim == 3 and value.shape != expected:
       side = int(round(math.sqrt(expected[1] - 1)))
       value = resize_pos_embed(value, (side, side))
-      report.notes.append(f"{prefix}pos_embed interpolated from {state_dict[name].shape[1] - 1} to "
-                          f"{side}x{side} patch positions.")
+      report.notes.append(
+        f"{prefix}pos_embed interpolated from {state_dict[name].shape[1] - 1} to {side}x{side} patch positions."
+      )
     try:
       value = tensor.to_ours(value)
     except ValueError:  # Another rank than the official one.
       value = None
     if value is None or value.shape != expected:
       official = tensor.to_torch(np.zeros(expected, np.float32))
-      report.mismatched.append(f"{prefix}{name}: checkpoint {tuple(state_dict[name].shape)}, the config's model "
-                               f"needs {tuple(expected if official is None else official.shape)}")
+      report.mismatched.append(
+        f"{prefix}{name}: checkpoint {tuple(state_dict[name].shape)}, the config's model "
+        f"needs {tuple(expected if official is None else official.shape)}"
+      )
       continue
     out[path] = value
   return traverse_util.unflatten_dict(out), used

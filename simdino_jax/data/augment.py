@@ -73,13 +73,15 @@ def uniforms(key: jax.Array, images: jax.Array | dict, config) -> jax.Array:
 def from_uniforms(u: jax.Array, images: jax.Array | dict, config) -> dict[str, jax.Array]:
   """`multicrop` (images uint8 [B, H, W, 3]) or `photometric` (a dict of host crops) from their `uniforms` u."""
   if isinstance(images, dict):
+
     def one(u_example, crop, blur_p, solarize_p):
-      return photometric_view(u_example, crop.astype(jnp.float32) / 255.0, config, blur_p=blur_p,
-                              solarize_p=solarize_p)
+      return photometric_view(u_example, crop.astype(jnp.float32) / 255.0, config, blur_p=blur_p, solarize_p=solarize_p)
+
     out = {"global": _views(one, u[:2], images["global"], 1, *_view_probabilities(config, "global", 2))}
     if "local" in images:
-      out["local"] = _views(one, u[2:], images["local"], 1,
-                            *_view_probabilities(config, "local", images["local"].shape[1]))
+      out["local"] = _views(
+        one, u[2:], images["local"], 1, *_view_probabilities(config, "local", images["local"].shape[1])
+      )
     return out
 
   x = images.astype(jnp.float32) / 255.0
@@ -87,13 +89,26 @@ def from_uniforms(u: jax.Array, images: jax.Array | dict, config) -> dict[str, j
   def crop_and_augment(size, scale):
     def one(u_example, image, blur_p, solarize_p):
       return augment_image(u_example, image, config, size=size, scale=scale, blur_p=blur_p, solarize_p=solarize_p)
+
     return one
 
-  out = {"global": _views(crop_and_augment(config.global_size, tuple(config.global_scale)), u[:2], x, None,
-                          *_view_probabilities(config, "global", 2))}
+  out = {
+    "global": _views(
+      crop_and_augment(config.global_size, tuple(config.global_scale)),
+      u[:2],
+      x,
+      None,
+      *_view_probabilities(config, "global", 2),
+    )
+  }
   if config.n_local > 0:
-    out["local"] = _views(crop_and_augment(config.local_size, tuple(config.local_scale)), u[2:], x, None,
-                          *_view_probabilities(config, "local", config.n_local))
+    out["local"] = _views(
+      crop_and_augment(config.local_size, tuple(config.local_scale)),
+      u[2:],
+      x,
+      None,
+      *_view_probabilities(config, "local", config.n_local),
+    )
   return out
 
 
@@ -120,7 +135,7 @@ _N_UNIFORM = 4 * CROP_TRIES + _N_PHOTOMETRIC
 
 def augment_image(u, image, config, *, size, scale, blur_p, solarize_p):
   """One view of one float image [H, W, 3] in [0, 1] from its uniforms u [54] -> normalized [size, size, 3]."""
-  crop_u, u = u[:4 * CROP_TRIES].reshape(4, CROP_TRIES), u[4 * CROP_TRIES:]
+  crop_u, u = u[: 4 * CROP_TRIES].reshape(4, CROP_TRIES), u[4 * CROP_TRIES :]
   height, width = image.shape[:2]
   box = crop_box(crop_u, height, width, scale)
   x = resized_crop(image, box, size, config.interpolation)
@@ -206,7 +221,7 @@ def resized_crop(image, box, size: int, method: str) -> jax.Array:
 
 def grayscale(x):
   """Luma [.., 1] of an RGB image [.., 3] (torchvision weights)."""
-  return (x[..., 0:1] * _GRAY[0] + x[..., 1:2] * _GRAY[1] + x[..., 2:3] * _GRAY[2])
+  return x[..., 0:1] * _GRAY[0] + x[..., 1:2] * _GRAY[1] + x[..., 2:3] * _GRAY[2]
 
 
 def adjust_brightness(x, factor):
@@ -261,8 +276,9 @@ def color_jitter(u, x, brightness: float, contrast: float, saturation: float, hu
   Factors are U(max(0, 1-s), 1+s), the hue shift U(-h, h); ops with strength 0 are left out, as torchvision does.
   """
   ops = []
-  for i, (strength, fn) in enumerate(((brightness, adjust_brightness), (contrast, adjust_contrast),
-                                      (saturation, adjust_saturation))):
+  for i, (strength, fn) in enumerate(
+    ((brightness, adjust_brightness), (contrast, adjust_contrast), (saturation, adjust_saturation))
+  ):
     if strength > 0:
       lo = max(0.0, 1.0 - strength)
       factor = lo + (1.0 + strength - lo) * u[i]
@@ -272,7 +288,7 @@ def color_jitter(u, x, brightness: float, contrast: float, saturation: float, hu
     ops.append(lambda y: adjust_hue(y, shift))
   if not ops:
     return x
-  order = jnp.argsort(u[4:4 + len(ops)])  # a uniformly random permutation
+  order = jnp.argsort(u[4 : 4 + len(ops)])  # a uniformly random permutation
   return jax.lax.fori_loop(0, len(ops), lambda step, y: jax.lax.switch(order[step], ops, y), x)
 
 
@@ -288,9 +304,9 @@ def gaussian_blur(x, sigma, radius: int):
   kernel = kernel / jnp.sum(kernel)
   height, width = x.shape[:2]
   padded = jnp.pad(x, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-  x = sum(kernel[k] * padded[k:k + height] for k in range(2 * radius + 1))
+  x = sum(kernel[k] * padded[k : k + height] for k in range(2 * radius + 1))
   padded = jnp.pad(x, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-  return sum(kernel[k] * padded[:, k:k + width] for k in range(2 * radius + 1))
+  return sum(kernel[k] * padded[:, k : k + width] for k in range(2 * radius + 1))
 
 
 def solarize(x, threshold: float):

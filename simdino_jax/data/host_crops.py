@@ -34,8 +34,10 @@ def crops_on_host(setting, image_shape) -> bool:
   bool) for a dataset whose images have shape `image_shape` ([H, W, C], None where sizes vary)."""
   key = str(setting).lower()
   if key not in _SETTINGS:
-    raise ValueError(f"config.data.crops_on_host={setting!r} is not valid; use 'auto' (the dataset decides: "
-                     "images of varied sizes are cropped on the host), 'true' or 'false'.")
+    raise ValueError(
+      f"config.data.crops_on_host={setting!r} is not valid; use 'auto' (the dataset decides: "
+      "images of varied sizes are cropped on the host), 'true' or 'false'."
+    )
   if _SETTINGS[key] == "auto":
     return image_shape is None or None in tuple(image_shape)[:2]
   return _SETTINGS[key]
@@ -72,6 +74,7 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale) -> tuple[
 @dataclasses.dataclass(frozen=True)
 class CropPlan:
   """What to cut from every image: output sizes, counts and area ranges of the two crop groups."""
+
   global_size: int
   local_size: int
   n_local: int
@@ -84,13 +87,20 @@ class CropPlan:
     """From the `aug` config section."""
     if aug.interpolation not in ("bicubic", "bilinear"):
       raise ValueError(f"config.aug.interpolation={aug.interpolation!r}; valid: bicubic, bilinear.")
-    return cls(int(aug.global_size), int(aug.local_size), int(aug.n_local), tuple(aug.global_scale),
-               tuple(aug.local_scale), aug.interpolation)
+    return cls(
+      int(aug.global_size),
+      int(aug.local_size),
+      int(aug.n_local),
+      tuple(aug.global_scale),
+      tuple(aug.local_scale),
+      aug.interpolation,
+    )
 
   def draw_boxes(self, rng: np.random.Generator, height: int, width: int) -> list[tuple[int, int, int, int]]:
     """The 2 + n_local crop boxes (globals first) of one height x width image."""
-    return ([crop_box(rng, height, width, self.global_scale) for _ in range(2)] +
-            [crop_box(rng, height, width, self.local_scale) for _ in range(self.n_local)])
+    return [crop_box(rng, height, width, self.global_scale) for _ in range(2)] + [
+      crop_box(rng, height, width, self.local_scale) for _ in range(self.n_local)
+    ]
 
   def sizes(self) -> list[int]:
     return [self.global_size] * 2 + [self.local_size] * self.n_local
@@ -120,6 +130,7 @@ def image_size(image) -> tuple[int, int]:
   data = bytes(image)
   if data[:2] == _JPEG_MAGIC:
     import simplejpeg  # pylint: disable=import-outside-toplevel
+
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     return height, width
   width, height = open_image(data).size
@@ -128,6 +139,7 @@ def image_size(image) -> tuple[int, int]:
 
 def _jpeg_colorspace(data: bytes) -> str:
   import simplejpeg  # pylint: disable=import-outside-toplevel
+
   return simplejpeg.decode_jpeg_header(data)[2]
 
 
@@ -139,9 +151,11 @@ def decode(image, boxes, sizes) -> tuple[np.ndarray, float, float]:
   data = None if isinstance(image, np.ndarray) else bytes(image)
   if data is not None and data[:2] == _JPEG_MAGIC and _jpeg_colorspace(data) in ("Gray", "YCbCr", "RGB"):
     import simplejpeg  # pylint: disable=import-outside-toplevel
+
     factor = draft_factor(boxes, sizes)
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),
-                                    min_width=-(-width // factor))
+    pixels = simplejpeg.decode_jpeg(
+      data, colorspace="RGB", min_height=-(-height // factor), min_width=-(-width // factor)
+    )
   else:
     pixels = np.asarray(open_image(image if data is None else data).convert("RGB"))
   return pixels, pixels.shape[1] / width, pixels.shape[0] / height
@@ -150,8 +164,9 @@ def decode(image, boxes, sizes) -> tuple[np.ndarray, float, float]:
 def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
   """Keys' cubic kernel (a = -0.5: PIL's bicubic), support [-2, 2]."""
   t = np.abs(t)
-  return np.where(t < 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                  np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+  return np.where(
+    t < 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0)
+  )
 
 
 _FILTERS = {"bicubic": (_keys, 2.0), "bilinear": (lambda t: np.maximum(1 - np.abs(t), 0.0), 1.0)}
@@ -169,12 +184,14 @@ def _prefilter(factor: float, interpolation: str) -> np.ndarray:
 
 def _cv2():
   import cv2  # pylint: disable=import-outside-toplevel
+
   cv2.setNumThreads(1)  # One decoding thread per worker process: the processes are the parallelism.
   return cv2
 
 
-def resized_crop(pixels: np.ndarray, box, size: int, scale_x: float, scale_y: float,
-                 interpolation: str = "bicubic") -> np.ndarray:
+def resized_crop(
+  pixels: np.ndarray, box, size: int, scale_x: float, scale_y: float, interpolation: str = "bicubic"
+) -> np.ndarray:
   """The crop `box` = (top, left, h, w) in pixels of the original, resampled to uint8 [size, size, 3].
 
   PIL's antialiased resize of the box (output pixel i at x0 + (i + ½)·f, weights k((x − centre) / f) for a
@@ -187,6 +204,7 @@ def resized_crop(pixels: np.ndarray, box, size: int, scale_x: float, scale_y: fl
   fy, fx = (y1 - y0) / size, (x1 - x0) / size
   if fx < 1 or fy < 1:
     from PIL import Image  # pylint: disable=import-outside-toplevel
+
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(pixels).resize((size, size), resample, box=(x0, y0, x1, y1)))
   cv2 = _cv2()
@@ -195,15 +213,16 @@ def resized_crop(pixels: np.ndarray, box, size: int, scale_x: float, scale_y: fl
   rx, ry = len(kx) // 2 + 2, len(ky) // 2 + 2
   top_r, left_r = max(math.floor(y0) - ry, 0), max(math.floor(x0) - rx, 0)
   bottom_r, right_r = min(math.ceil(y1) + ry, pixels.shape[0]), min(math.ceil(x1) + rx, pixels.shape[1])
-  region = cv2.sepFilter2D(pixels[top_r:bottom_r, left_r:right_r], cv2.CV_8U, kx, ky,
-                           borderType=cv2.BORDER_REFLECT)
+  region = cv2.sepFilter2D(pixels[top_r:bottom_r, left_r:right_r], cv2.CV_8U, kx, ky, borderType=cv2.BORDER_REFLECT)
   sample = cv2.INTER_CUBIC if interpolation == "bicubic" else cv2.INTER_LINEAR
   if all(float(v).is_integer() for v in (y0, y1, x0, x1)):  # cv2.resize samples at (i + ½)·f − ½ of its input.
-    return cv2.resize(region[int(y0) - top_r:int(y1) - top_r, int(x0) - left_r:int(x1) - left_r], (size, size),
-                      interpolation=sample)
+    return cv2.resize(
+      region[int(y0) - top_r : int(y1) - top_r, int(x0) - left_r : int(x1) - left_r], (size, size), interpolation=sample
+    )
   to_region = np.array([[fx, 0, x0 - left_r + fx / 2 - 0.5], [0, fy, y0 - top_r + fy / 2 - 0.5]], np.float32)
-  return cv2.warpAffine(region, to_region, (size, size), flags=sample | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_REFLECT)
+  return cv2.warpAffine(
+    region, to_region, (size, size), flags=sample | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+  )
 
 
 def cut_crops(image, rng: np.random.Generator, plan: CropPlan) -> dict[str, np.ndarray]:
@@ -214,8 +233,7 @@ def cut_crops(image, rng: np.random.Generator, plan: CropPlan) -> dict[str, np.n
   height, width = image_size(image)
   boxes, sizes = plan.draw_boxes(rng, height, width), plan.sizes()
   pixels, scale_x, scale_y = decode(image, boxes, sizes)
-  crops = [resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
-           for box, size in zip(boxes, sizes)]
+  crops = [resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation) for box, size in zip(boxes, sizes)]
   out = {"global": np.stack(crops[:2])}
   if plan.n_local:
     out["local"] = np.stack(crops[2:])
@@ -225,6 +243,7 @@ def cut_crops(image, rng: np.random.Generator, plan: CropPlan) -> dict[str, np.n
 @dataclasses.dataclass(frozen=True)
 class HostMultiCrop:
   """grain random map: a TFDS record -> its crops and label (int32, -1 when the dataset has none)."""
+
   plan: CropPlan
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -242,6 +261,7 @@ def crop_batches(dataset, plan: CropPlan, *, batch_size: int, seed: int, workers
   import grain  # pylint: disable=import-outside-toplevel
 
   read = grain.ReadOptions(num_threads=1 if workers else threads, prefetch_buffer_size=2 * batch_size)
-  batches = (dataset.random_map(HostMultiCrop(plan), seed=seed).to_iter_dataset(read)
-             .batch(batch_size, drop_remainder=True))
+  batches = (
+    dataset.random_map(HostMultiCrop(plan), seed=seed).to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+  )
   return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)) if workers else batches

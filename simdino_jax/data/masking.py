@@ -83,6 +83,7 @@ def _fill_mask(u, target, height: int, width: int, max_block: int, config):
 
   u: [max blocks, 4, 10] uniforms; block i uses u[i].
   """
+
   def cond(state):
     _, count, _, stalled = state
     return (count < target) & ~stalled
@@ -111,8 +112,12 @@ def _add_block(u, mask, limit, config):
   left = jnp.floor(u[3] * (width - w + 1)).astype(jnp.int32)
   rows = jnp.arange(height)[None, :, None]
   cols = jnp.arange(width)[None, None, :]
-  rect = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-          & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+  rect = (
+    (rows >= top[:, None, None])
+    & (rows < (top + h)[:, None, None])
+    & (cols >= left[:, None, None])
+    & (cols < (left + w)[:, None, None])
+  )
   new = jnp.sum(rect & ~mask, axis=(1, 2))
   ok = (w < width) & (h < height) & (new > 0) & (new <= limit)
   first = jnp.argmax(ok)

@@ -43,8 +43,7 @@ _SOURCES: Registry = Registry("dataset")
 _DIGITS_TRAIN = 1500
 
 
-def create_train_iterator(config, *, batch_size: int, seed: int, process_index: int, process_count: int,
-                          aug=None):
+def create_train_iterator(config, *, batch_size: int, seed: int, process_index: int, process_count: int, aug=None):
   """A resumable iterator of host-local training batches (`batch_size` is per process).
 
   Args:
@@ -65,13 +64,23 @@ def create_train_iterator(config, *, batch_size: int, seed: int, process_index: 
   if config.name in _SOURCES or on_device:
     images, labels = load_split(config, config.train_split)
     if aug is not None and host_crops.crops_on_host(config.get("crops_on_host", "auto"), images.shape[1:]):
-      raise ValueError(f"config.data.crops_on_host={config.crops_on_host!r} needs a TFDS dataset read from the "
-                       f"host; dataset {config.name!r}{' held on device' if on_device else ''} is cropped on the "
-                       "device. Set config.data.crops_on_host='auto'.")
-    return ArrayIterator(images, labels, batch_size=batch_size, seed=seed, process_index=process_index,
-                         process_count=process_count, indices_only=on_device)
-  return _tfds_train_iterator(config, aug, batch_size=batch_size, seed=seed, process_index=process_index,
-                              process_count=process_count)
+      raise ValueError(
+        f"config.data.crops_on_host={config.crops_on_host!r} needs a TFDS dataset read from the "
+        f"host; dataset {config.name!r}{' held on device' if on_device else ''} is cropped on the "
+        "device. Set config.data.crops_on_host='auto'."
+      )
+    return ArrayIterator(
+      images,
+      labels,
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      indices_only=on_device,
+    )
+  return _tfds_train_iterator(
+    config, aug, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count
+  )
 
 
 def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +91,7 @@ def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   source = open_split(config, split)
   if isinstance(source, ArraySplit):
     return source.images, source.labels
-  parts = [source.read(np.arange(start, min(start + 1024, len(source))))
-           for start in range(0, len(source), 1024)]
+  parts = [source.read(np.arange(start, min(start + 1024, len(source)))) for start in range(0, len(source), 1024)]
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -119,8 +127,9 @@ class ArraySplit:
     return images, self.labels[rows]
 
 
-def eval_batches(source, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 max_examples: int = 0, workers: int = 0):
+def eval_batches(
+  source, *, batch_size: int, process_index: int = 0, process_count: int = 1, max_examples: int = 0, workers: int = 0
+):
   """Host batches {"image" uint8 [b,S,S,3], "label" int32 [b], "valid" bool [b]} of this process's rows.
 
   `source` is a split of `open_split` (any object with `len`, `image_shape` and `read(rows)`). Only its first
@@ -132,9 +141,10 @@ def eval_batches(source, *, batch_size: int, process_index: int = 0, process_cou
   if total == 0 or batch_size < 1:
     raise ValueError(f"Need a non-empty split and batch_size >= 1; got {total} examples, batch_size {batch_size}.")
   rows = np.arange(process_index, total, process_count)
-  num_batches = -(-(-(-total // process_count)) // batch_size)
+  per_process = -(-total // process_count)  # ceil division
+  num_batches = -(-per_process // batch_size)
   padded = np.full(num_batches * batch_size, -1, np.int64)
-  padded[:len(rows)] = rows
+  padded[: len(rows)] = rows
   yield from read_batches(source, padded.reshape(num_batches, batch_size), workers=workers)
 
 
@@ -148,8 +158,11 @@ def read_batches(source, rows: np.ndarray, *, workers: int = 0):
     return
   for chunk in rows:
     valid = chunk >= 0
-    batch = {"image": np.zeros((len(chunk), *source.image_shape), np.uint8),
-             "label": np.full((len(chunk),), -1, np.int32), "valid": valid}
+    batch = {
+      "image": np.zeros((len(chunk), *source.image_shape), np.uint8),
+      "label": np.full((len(chunk),), -1, np.int32),
+      "valid": valid,
+    }
     if valid.any():
       batch["image"][valid], batch["label"][valid] = source.read(chunk[valid])
     yield batch
@@ -170,10 +183,11 @@ def check_data_dir(data_config) -> None:
   if data_config.name in source_names():
     return
   raise storage.StorageError(
-      f"--config.data.data_dir={data_dir}: the TFDS array_record files of {data_config.name!r} are read by "
-      "array_record, which opens local files only. Copy the dataset to local disk (gcloud storage cp -r "
-      f"{data_dir}/{data_config.name} /data/tfds/ and --config.data.data_dir=/data/tfds), or mount the bucket "
-      "with GCSFuse and pass the mount's path (docs/operations.md, \"Cloud storage\").")
+    f"--config.data.data_dir={data_dir}: the TFDS array_record files of {data_config.name!r} are read by "
+    "array_record, which opens local files only. Copy the dataset to local disk (gcloud storage cp -r "
+    f"{data_dir}/{data_config.name} /data/tfds/ and --config.data.data_dir=/data/tfds), or mount the bucket "
+    "with GCSFuse and pass the mount's path (docs/operations.md, \"Cloud storage\")."
+  )
 
 
 def source_names() -> list[str]:
@@ -188,13 +202,23 @@ class ArrayIterator:
   the images themselves: the same examples in the same order.
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-               process_index: int, process_count: int, indices_only: bool = False):
+  def __init__(
+    self,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    indices_only: bool = False,
+  ):
     self.num_examples = len(images)
     shard_size = self.num_examples // process_count
     if shard_size < batch_size:
-      raise ValueError(f"Each of the {process_count} processes holds {shard_size} examples, fewer than "
-                       f"batch_size {batch_size}.")
+      raise ValueError(
+        f"Each of the {process_count} processes holds {shard_size} examples, fewer than batch_size {batch_size}."
+      )
     # Row i of this process's shard is row process_index + i * process_count of the split.
     self._rows = np.arange(process_index, shard_size * process_count, process_count, dtype=np.int32)
     self.resident_images = images if indices_only else None
@@ -240,8 +264,10 @@ class ArrayIterator:
 def _check_state(state: dict, expected: dict) -> None:
   for name, value in expected.items():
     if state.get(name) != value:
-      raise ValueError(f"Iterator state has {name}={state.get(name)!r} but this iterator has {value!r}: the "
-                       "state comes from a different seed, dataset or process count.")
+      raise ValueError(
+        f"Iterator state has {name}={state.get(name)!r} but this iterator has {value!r}: the "
+        "state comes from a different seed, dataset or process count."
+      )
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -259,7 +285,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
   new_h, new_w = max(size, round(height * factor)), max(size, round(width * factor))
   resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
   top, left = (new_h - size) // 2, (new_w - size) // 2
-  return resized[top:top + size, left:left + size]
+  return resized[top : top + size, left : left + size]
 
 
 def evaluation_image(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
@@ -280,10 +306,12 @@ def evaluation_image(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
     height, width = (resize, new_long) if height <= width else (new_long, resize)
     image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
   if crop > min(height, width):
-    raise ValueError(f"Evaluation crop {crop} is larger than the resized image ({height} x {width}): make "
-                     f"config.data.image_size at least config.aug.global_size.")
+    raise ValueError(
+      f"Evaluation crop {crop} is larger than the resized image ({height} x {width}): make "
+      f"config.data.image_size at least config.aug.global_size."
+    )
   top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
-  return image[top:top + crop, left:left + crop]
+  return image[top : top + crop, left : left + crop]
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
@@ -307,10 +335,12 @@ def digits_8x8() -> tuple[np.ndarray, np.ndarray]:
   0..16, labels int [N]. Read from scikit-learn's CSV without importing scikit-learn (1.6 s per process)."""
   package = importlib.util.find_spec("sklearn")
   if package is None:
-    raise ModuleNotFoundError("Dataset 'digits' ships with scikit-learn, which is not installed: "
-                              "pip install -r requirements.txt")
-  table = np.loadtxt(os.path.join(package.submodule_search_locations[0], "datasets", "data", "digits.csv.gz"),
-                     delimiter=",")
+    raise ModuleNotFoundError(
+      "Dataset 'digits' ships with scikit-learn, which is not installed: pip install -r requirements.txt"
+    )
+  table = np.loadtxt(
+    os.path.join(package.submodule_search_locations[0], "datasets", "data", "digits.csv.gz"), delimiter=","
+  )
   return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
 
 
@@ -326,8 +356,10 @@ def _digits(size: int) -> tuple[np.ndarray, np.ndarray]:
 @_SOURCES.register("npz")
 def _npz_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   if not config.path:
-    raise ValueError("Dataset 'npz' needs config.data.path: a .npz file with 'image' uint8 [N, H, W, C] and "
-                     "'label' int [N] ('{split}' in the path is replaced by the split name).")
+    raise ValueError(
+      "Dataset 'npz' needs config.data.path: a .npz file with 'image' uint8 [N, H, W, C] and "
+      "'label' int [N] ('{split}' in the path is replaced by the split name)."
+    )
   from simdino_jax import storage  # pylint: disable=import-outside-toplevel
 
   path = storage.path(config.path.replace("{split}", split))
@@ -339,14 +371,14 @@ def _npz_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = arrays["image"]
     labels = arrays["label"] if "label" in arrays else np.full(len(images), -1)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"{path}: 'image' must be uint8 [N, H, W, C] with C in (1, 3); got {images.dtype} "
-                     f"{images.shape}.")
+    raise ValueError(f"{path}: 'image' must be uint8 [N, H, W, C] with C in (1, 3); got {images.dtype} {images.shape}.")
   if labels.shape != (len(images),):
     raise ValueError(f"{path}: 'label' must have shape ({len(images)},); got {labels.shape}.")
   return _resize_all(images, config.image_size), labels.astype(np.int32)
 
 
 # TFDS datasets, read through grain.
+
 
 def _import_tfds_and_grain():
   missing = []
@@ -360,9 +392,10 @@ def _import_tfds_and_grain():
     missing.append("grain")
   if missing:
     raise ImportError(
-        f"TFDS datasets are read with tensorflow-datasets and grain; missing: {', '.join(missing)} "
-        f"(pip install {' '.join(missing)} array-record). Datasets that need neither: "
-        f"{', '.join(source_names())}.")
+      f"TFDS datasets are read with tensorflow-datasets and grain; missing: {', '.join(missing)} "
+      f"(pip install {' '.join(missing)} array-record). Datasets that need neither: "
+      f"{', '.join(source_names())}."
+    )
   return tfds, grain
 
 
@@ -378,18 +411,21 @@ def _tfds_source(config, split: str, decoders=None):
       prepared = builder.is_prepared()
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
-        f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), nor a TFDS "
-        f"dataset prepared in data_dir {config.data_dir!r}. {_prepare_hint(config)}") from e
+      f"Unknown dataset {config.name!r}: not a built-in dataset ({', '.join(source_names())}), nor a TFDS "
+      f"dataset prepared in data_dir {config.data_dir!r}. {_prepare_hint(config)}"
+    ) from e
   if not prepared:
     raise FileNotFoundError(
-        f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
-        f"{builder.data_dir}). {_prepare_hint(config)}")
+      f"TFDS dataset {config.name!r} is not prepared in data_dir {config.data_dir!r} (looked for "
+      f"{builder.data_dir}). {_prepare_hint(config)}"
+    )
   try:
     return builder.as_data_source(split=split, decoders=decoders)
   except NotImplementedError as e:
     raise ValueError(
-        f"TFDS dataset {config.name!r} in {builder.data_dir} is not in the array_record format. Convert it: "
-        f"tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record") from e
+      f"TFDS dataset {config.name!r} in {builder.data_dir} is not in the array_record format. Convert it: "
+      f"tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record"
+    ) from e
 
 
 @contextlib.contextmanager
@@ -408,11 +444,15 @@ def _quiet_absl():
 def _prepare_hint(config) -> str:
   data_dir = config.data_dir or "DIR"
   if config.name == "cifar10":
-    return ("Prepare it with: python -m simdino_jax.tools.prepare cifar10 --source PATH/TO/cifar-10-batches-py "
-            f"--data_dir {data_dir}")
-  return (f"Prepare it with: python -m simdino_jax.tools.prepare folder --source IMAGE_ROOT --name {config.name} "
-          f"--data_dir {data_dir}  (or: tfds build {config.name} --file_format=array_record "
-          f"--data_dir {data_dir})")
+    return (
+      "Prepare it with: python -m simdino_jax.tools.prepare cifar10 --source PATH/TO/cifar-10-batches-py "
+      f"--data_dir {data_dir}"
+    )
+  return (
+    f"Prepare it with: python -m simdino_jax.tools.prepare folder --source IMAGE_ROOT --name {config.name} "
+    f"--data_dir {data_dir}  (or: tfds build {config.name} --file_format=array_record "
+    f"--data_dir {data_dir})"
+  )
 
 
 class _Decode:
@@ -424,8 +464,7 @@ class _Decode:
 
   def __call__(self, record: dict) -> dict[str, np.ndarray]:
     image = np.asarray(record["image"])
-    image = (resize_square(image, self.size) if self.crop is None
-             else evaluation_image(image, self.size, self.crop))
+    image = resize_square(image, self.size) if self.crop is None else evaluation_image(image, self.size, self.crop)
     return {"image": image, "label": np.int32(record.get("label", -1))}
 
 
@@ -456,18 +495,22 @@ class TfdsIterator:
 def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, process_count):
   tfds, grain = _import_tfds_and_grain()
   source = _tfds_source(config, config.train_split)
-  on_host = aug is not None and host_crops.crops_on_host(config.get("crops_on_host", "auto"),
-                                                         source.dataset_info.features["image"].shape)
+  on_host = aug is not None and host_crops.crops_on_host(
+    config.get("crops_on_host", "auto"), source.dataset_info.features["image"].shape
+  )
   if on_host:  # Encoded bytes: each image is decoded once, at the scale its crops need.
     source = _tfds_source(config, config.train_split, decoders={"image": tfds.decode.SkipDecoding()})
   num_examples = len(source)
   shard_size = num_examples // process_count
   if shard_size < batch_size:
-    raise ValueError(f"Each of the {process_count} processes holds {shard_size} examples, fewer than "
-                     f"batch_size {batch_size}.")
-  dataset = (grain.MapDataset.source(source)[process_index:shard_size * process_count:process_count]
-             .shuffle(seed=seed)  # before repeat: a new order every epoch
-             .repeat())
+    raise ValueError(
+      f"Each of the {process_count} processes holds {shard_size} examples, fewer than batch_size {batch_size}."
+    )
+  dataset = (
+    grain.MapDataset.source(source)[process_index : shard_size * process_count : process_count]
+    .shuffle(seed=seed)  # before repeat: a new order every epoch
+    .repeat()
+  )
   check = {"seed": seed, "shard_size": shard_size}
   if not on_host:
     dataset = dataset.map(_Decode(config.image_size)).batch(batch_size, drop_remainder=True)
@@ -479,8 +522,13 @@ def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, proces
   workers = int(config.get("workers", 0))
   # Crops drawn from (seed, process): independent between processes, fixed by the position within each.
   dataset = host_crops.crop_batches(
-      dataset, plan, batch_size=batch_size, workers=_usable_cpus() if workers < 0 else workers,
-      threads=config.read_threads, seed=int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0]))
+    dataset,
+    plan,
+    batch_size=batch_size,
+    workers=_usable_cpus() if workers < 0 else workers,
+    threads=config.read_threads,
+    seed=int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0]),
+  )
   return TfdsIterator(iter(dataset), num_examples, check)
 
 
@@ -509,8 +557,11 @@ class _DecodeBatch:
     self._decode, self._shape = decode, image_shape
 
   def __call__(self, records) -> dict[str, np.ndarray]:
-    batch = {"image": np.zeros((len(records), *self._shape), np.uint8),
-             "label": np.full((len(records),), -1, np.int32), "valid": np.zeros((len(records),), bool)}
+    batch = {
+      "image": np.zeros((len(records), *self._shape), np.uint8),
+      "label": np.full((len(records),), -1, np.int32),
+      "valid": np.zeros((len(records),), bool),
+    }
     for i, record in enumerate(records):
       if record is not None:
         example = self._decode(record)
@@ -535,8 +586,7 @@ class _TfdsSplit:
     keep the order and the batch boundaries), decoded in `workers` processes or, with 0, in 4 threads."""
     import grain  # pylint: disable=import-outside-toplevel
 
-    batches = grain.MapDataset.source(_RowBatches(self._source, rows)).map(
-        _DecodeBatch(self._decode, self.image_shape))
+    batches = grain.MapDataset.source(_RowBatches(self._source, rows)).map(_DecodeBatch(self._decode, self.image_shape))
     read = grain.ReadOptions(num_threads=1 if workers else 4, prefetch_buffer_size=2 if workers else 4)
     batches = batches.to_iter_dataset(read)
     if workers:
@@ -545,5 +595,7 @@ class _TfdsSplit:
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     examples = [self._decode(record) for record in self._source.__getitems__([int(r) for r in rows])]
-    return (np.stack([e["image"] for e in examples]).reshape(len(examples), *self.image_shape),
-            np.asarray([e["label"] for e in examples], np.int32))
+    return (
+      np.stack([e["image"] for e in examples]).reshape(len(examples), *self.image_shape),
+      np.asarray([e["label"] for e in examples], np.int32),
+    )

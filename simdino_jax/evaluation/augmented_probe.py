@@ -38,6 +38,7 @@ PROBE_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's default scale (and 
 @dataclasses.dataclass(frozen=True)
 class ProbeGrid:
   """The heads trained together: every (n_last_blocks, avgpool) feature × every base learning rate."""
+
   blocks: tuple[int, ...]
   avgpools: tuple[bool, ...]
   learning_rates: tuple[float, ...]
@@ -53,7 +54,7 @@ class ProbeGrid:
 def probe_view(u: jax.Array, image: jax.Array, size: int, method: str) -> jax.Array:
   """RandomResizedCrop(size) + horizontal flip (p = 0.5) of one float image [H, W, 3] in [0, 1], from its uniforms
   u [4 · CROP_TRIES + 1]."""
-  box = augment.crop_box(u[:4 * CROP_TRIES].reshape(4, CROP_TRIES), image.shape[0], image.shape[1], PROBE_SCALE)
+  box = augment.crop_box(u[: 4 * CROP_TRIES].reshape(4, CROP_TRIES), image.shape[0], image.shape[1], PROBE_SCALE)
   x = augment.resized_crop(image, box, size, method)
   return jnp.where(u[-1] < 0.5, x[:, ::-1], x)
 
@@ -66,8 +67,9 @@ def _grid_features(backbone, inputs, grid: ProbeGrid) -> list[jax.Array]:
 
 def _logits(heads: list[dict], feats: list[jax.Array]) -> jax.Array:
   """[heads, B, C] of every head (grouped by feature, lrs within) on the features."""
-  return jnp.concatenate([jnp.einsum("bf,lfc->lbc", x, h["kernel"], precision=HIGHEST) + h["bias"][:, None]
-                          for h, x in zip(heads, feats)])
+  return jnp.concatenate(
+    [jnp.einsum("bf,lfc->lbc", x, h["kernel"], precision=HIGHEST) + h["bias"][:, None] for h, x in zip(heads, feats)]
+  )
 
 
 def lr_factor(step: jax.Array, *, total: int, steps_per_epoch: int, per_epoch: bool) -> jax.Array:
@@ -83,8 +85,18 @@ class AugmentedProbe:
   """One protocol's probe compiled for one mesh: `train_step` (augment, encode, update every head) and
   `val_correct` (every head's correct predictions on a batch of evaluation views)."""
 
-  def __init__(self, config, mesh, grid: ProbeGrid, *, interpolation: str, batch_size: int, total_steps: int,
-               steps_per_epoch: int, per_epoch_schedule: bool):
+  def __init__(
+    self,
+    config,
+    mesh,
+    grid: ProbeGrid,
+    *,
+    interpolation: str,
+    batch_size: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    per_epoch_schedule: bool,
+  ):
     graphdef = features_lib.feature_backbone_graph(config)
     size, aug, seed = config.aug.global_size, config.aug, int(config.seed)
     rows, n_features = P(parallel.DATA_AXIS), len(grid.features)
@@ -133,6 +145,7 @@ class AugmentedProbeResult:
   """`val_acc[e, h]`: head h's validation accuracy after evaluation e (heads named by `names`). `reported`: the
   protocol's figure: the best over evaluations of the best head ("best": DINO reports its best epoch) or the
   best head at the last evaluation ("final": DINOv2 picks its classifier after training)."""
+
   val_acc: np.ndarray
   names: list[str]
   report: str
@@ -146,14 +159,19 @@ class AugmentedProbeResult:
   def metrics(self) -> dict:
     evaluation, head = self.reported_index
     n, avgpool, lr = _parse_head(self.names[head])
-    return {"linear_top1": float(self.val_acc[evaluation, head]), "linear_top1_final": float(self.val_acc[-1].max()),
-            "linear_head_blocks": float(n), "linear_head_avgpool": float(avgpool), "linear_head_lr": lr,
-            "linear_head_evaluation": float(evaluation + 1)}
+    return {
+      "linear_top1": float(self.val_acc[evaluation, head]),
+      "linear_top1_final": float(self.val_acc[-1].max()),
+      "linear_head_blocks": float(n),
+      "linear_head_avgpool": float(avgpool),
+      "linear_head_lr": lr,
+      "linear_head_evaluation": float(evaluation + 1),
+    }
 
 
 def _parse_head(name: str) -> tuple[int, bool, float]:
   blocks, avgpool, lr = name.split("_")
-  return int(blocks[len("blocks"):]), bool(int(avgpool[len("avgpool"):])), float(lr[len("lr"):])
+  return int(blocks[len("blocks") :]), bool(int(avgpool[len("avgpool") :])), float(lr[len("lr") :])
 
 
 def _init_heads(key, grid: ProbeGrid, width: int, num_classes: int) -> list[dict]:
@@ -162,13 +180,18 @@ def _init_heads(key, grid: ProbeGrid, width: int, num_classes: int) -> list[dict
   heads = []
   for (n, avgpool), k in zip(grid.features, jax.random.split(key, len(grid.features))):
     kernel = 0.01 * jax.random.normal(k, ((n + int(avgpool)) * width, num_classes), jnp.float32)
-    heads.append({"kernel": jnp.tile(kernel[None], (len(grid.learning_rates), 1, 1)),
-                  "bias": jnp.zeros((len(grid.learning_rates), num_classes), jnp.float32)})
+    heads.append(
+      {
+        "kernel": jnp.tile(kernel[None], (len(grid.learning_rates), 1, 1)),
+        "bias": jnp.zeros((len(grid.learning_rates), num_classes), jnp.float32),
+      }
+    )
   return heads
 
 
-def train_rows(num_rows: int, *, batch_size: int, steps: int, seed: int, process_index: int = 0,
-               process_count: int = 1) -> np.ndarray:
+def train_rows(
+  num_rows: int, *, batch_size: int, steps: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> np.ndarray:
   """[steps, batch_size / processes] rows of this process's share of each global batch, drawn without replacement
   from seeded per-pass permutations of `num_rows` rows (an epoch is a pass; DINOv2's epochs of 1,250 iterations run
   across passes like its infinite sampler). Integers only: host memory O(steps · batch), never O(images)."""
@@ -176,15 +199,31 @@ def train_rows(num_rows: int, *, batch_size: int, steps: int, seed: int, process
   while sum(len(o) for o in order) < steps * batch_size:
     order.append(np.random.default_rng([seed, passes]).permutation(num_rows))
     passes += 1
-  rows = np.concatenate(order)[:steps * batch_size].reshape(steps, process_count, batch_size // process_count)
+  rows = np.concatenate(order)[: steps * batch_size].reshape(steps, process_count, batch_size // process_count)
   return rows[:, process_index]
 
 
-def train_augmented_probe(config, mesh, backbone_params: Any, train_source, val_source, *, num_classes: int,
-                          grid: ProbeGrid, interpolation: str, epochs: int, steps_per_epoch: int, batch_size: int,
-                          per_epoch_schedule: bool, report: str, eval_batch_size: int = 256,
-                          max_train_examples: int = 0, max_test_examples: int = 0, workers: int = 0,
-                          log: Callable[[str], None] = lambda line: None) -> AugmentedProbeResult:
+def train_augmented_probe(
+  config,
+  mesh,
+  backbone_params: Any,
+  train_source,
+  val_source,
+  *,
+  num_classes: int,
+  grid: ProbeGrid,
+  interpolation: str,
+  epochs: int,
+  steps_per_epoch: int,
+  batch_size: int,
+  per_epoch_schedule: bool,
+  report: str,
+  eval_batch_size: int = 256,
+  max_train_examples: int = 0,
+  max_test_examples: int = 0,
+  workers: int = 0,
+  log: Callable[[str], None] = lambda line: None,
+) -> AugmentedProbeResult:
   """Trains the grid's heads for `epochs` × `steps_per_epoch` steps (0: one pass over the training split) of
   `batch_size` augmented images and evaluates every head on the validation split after each epoch (each split
   capped at its first max_*_examples rows, 0: all; a TFDS split decoded in `workers` grain workers)."""
@@ -193,36 +232,60 @@ def train_augmented_probe(config, mesh, backbone_params: Any, train_source, val_
   process_count, process_index = jax.process_count(), jax.process_index()
   devices = mesh.devices.size
   if batch_size % devices or batch_size % process_count:
-    raise ValueError(f"The linear probe's batch {batch_size} must be divisible by the {devices} devices and the "
-                     f"{process_count} processes.")
+    raise ValueError(
+      f"The linear probe's batch {batch_size} must be divisible by the {devices} devices and the "
+      f"{process_count} processes."
+    )
   if steps_per_epoch <= 0:
     steps_per_epoch = max(train_total // batch_size, 1)
   total = epochs * steps_per_epoch
-  probe = AugmentedProbe(config, mesh, grid, interpolation=interpolation, batch_size=batch_size, total_steps=total,
-                         steps_per_epoch=steps_per_epoch, per_epoch_schedule=per_epoch_schedule)
+  probe = AugmentedProbe(
+    config,
+    mesh,
+    grid,
+    interpolation=interpolation,
+    batch_size=batch_size,
+    total_steps=total,
+    steps_per_epoch=steps_per_epoch,
+    per_epoch_schedule=per_epoch_schedule,
+  )
   dim = int(backbone_params["cls_token"].shape[-1])
   heads = _init_heads(jax.random.key(int(config.seed)), grid, dim, num_classes)
   replicated = parallel.replicated(mesh)
   heads = jax.device_put(heads, replicated)
   velocity = jax.device_put(probe.momentum.init(heads), replicated)
   history = []
-  rows = train_rows(train_total, batch_size=batch_size, steps=total, seed=int(config.seed),
-                    process_index=process_index, process_count=process_count)
+  rows = train_rows(
+    train_total,
+    batch_size=batch_size,
+    steps=total,
+    seed=int(config.seed),
+    process_index=process_index,
+    process_count=process_count,
+  )
   batches = sources.read_batches(train_source, rows, workers=workers)
   eval_rows = features_lib.eval_batch_size(eval_batch_size, devices)
   with jax.set_mesh(mesh):
     for step, host in enumerate(batches):
       batch = parallel.global_batch({"image": host["image"], "label": host["label"]}, mesh)
-      heads, velocity, loss = probe.train_step(heads, velocity, backbone_params, batch["image"], batch["label"],
-                                               jnp.int32(step))
+      heads, velocity, loss = probe.train_step(
+        heads, velocity, backbone_params, batch["image"], batch["label"], jnp.int32(step)
+      )
       if (step + 1) % steps_per_epoch == 0:
         correct = np.zeros(len(grid.head_names()), np.int64)
-        for val in sources.eval_batches(val_source, batch_size=eval_rows // process_count,
-                                        process_index=process_index, process_count=process_count,
-                                        max_examples=val_total, workers=workers):
+        for val in sources.eval_batches(
+          val_source,
+          batch_size=eval_rows // process_count,
+          process_index=process_index,
+          process_count=process_count,
+          max_examples=val_total,
+          workers=workers,
+        ):
           val = parallel.global_batch(val, mesh)
           correct += np.asarray(probe.val_correct(heads, backbone_params, val["image"], val["label"], val["valid"]))
         history.append(correct / val_total)
-        log(f"linear probe epoch {len(history)}/{epochs}: loss {float(loss):.4f}, best head "
-            f"{100 * history[-1].max():.1f}%")
+        log(
+          f"linear probe epoch {len(history)}/{epochs}: loss {float(loss):.4f}, best head "
+          f"{100 * history[-1].max():.1f}%"
+        )
   return AugmentedProbeResult(val_acc=np.stack(history), names=grid.head_names(), report=report)

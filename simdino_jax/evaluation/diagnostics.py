@@ -54,9 +54,11 @@ def teacher_center_kl(probabilities: jax.Array, center: jax.Array, temperature) 
 
 @functools.partial(jax.jit, static_argnames=("coding_rate_eps",))
 def _diagnostics(features, teacher_logits, center, teacher_temp, *, coding_rate_eps):
-  values = {"effective_rank": effective_rank(features),
-            "coding_rate": normalized_coding_rate(features, coding_rate_eps),
-            "feature_std": feature_std(features)}
+  values = {
+    "effective_rank": effective_rank(features),
+    "coding_rate": normalized_coding_rate(features, coding_rate_eps),
+    "feature_std": feature_std(features),
+  }
   if teacher_logits is not None:
     probabilities = teacher_probabilities(teacher_logits, center, teacher_temp)
     values["teacher_mean_entropy"] = marginal_entropy(probabilities)
@@ -66,8 +68,14 @@ def _diagnostics(features, teacher_logits, center, teacher_temp, *, coding_rate_
   return values
 
 
-def feature_diagnostics(features: jax.Array, *, coding_rate_eps: float = 0.05, teacher_logits: jax.Array | None = None,
-                        center: jax.Array | None = None, teacher_temp: float | None = None) -> dict[str, float]:
+def feature_diagnostics(
+  features: jax.Array,
+  *,
+  coding_rate_eps: float = 0.05,
+  teacher_logits: jax.Array | None = None,
+  center: jax.Array | None = None,
+  teacher_temp: float | None = None,
+) -> dict[str, float]:
   """Collapse diagnostics of a batch of teacher features (and optionally teacher logits), as Python floats.
 
   Keys: "effective_rank" (of the features, uncentered), "coding_rate" (of the l2-normalized features),
@@ -83,11 +91,13 @@ def feature_diagnostics(features: jax.Array, *, coding_rate_eps: float = 0.05, t
 
 
 def prototype_diagnostics(prototypes: jax.Array, threshold: float = 0.025) -> dict[str, int]:
-  """Unique prototypes of the [K, p] directions: groups merged below ||v̂_i − v̂_j|| < threshold (docs/objectives.md#koleo-proto).
+  """Unique prototypes of the [K, p] directions: groups merged below ||v̂_i − v̂_j|| < threshold
+  (docs/objectives.md#koleo-proto).
 
   Returns:
     {"unique_prototypes": number of groups, "largest_group": size of the biggest group}.
   """
   from simdino_jax.objectives.koleo import unique_prototypes  # pylint: disable=import-outside-toplevel
+
   count, largest_group = unique_prototypes(prototypes, threshold=threshold)
   return {"unique_prototypes": int(count), "largest_group": int(largest_group)}

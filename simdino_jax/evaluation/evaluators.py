@@ -28,13 +28,14 @@ Run = Callable[[dict], dict]  # params {"backbone": ..., optionally "head": ...}
 
 class EvalInputs(NamedTuple):
   """What every evaluator reads besides its options."""
+
   config: ml_collections.ConfigDict  # the run's config: model, data, crop size and `config.eval`'s shared settings
   mesh: Any
-  train_source: Any                  # the labelled training split (data.sources: len() and read(rows))
-  test_source: Any                   # the labelled test split
-  graphdef: Any = None               # the whole model's graph (prototype diagnostics); None: a backbone alone
+  train_source: Any  # the labelled training split (data.sources: len() and read(rows))
+  test_source: Any  # the labelled test split
+  graphdef: Any = None  # the whole model's graph (prototype diagnostics); None: a backbone alone
   cls_feature_fn: Callable | None = None  # features_lib.make_feature_fn(config), shared by the evaluators
-  train_images: Any = None           # the training split's uncropped images when the run holds them (resident)
+  train_images: Any = None  # the training split's uncropped images when the run holds them (resident)
 
 
 EVALUATORS: Registry[Callable[[ml_collections.ConfigDict, EvalInputs], Run]] = Registry("evaluator")
@@ -46,31 +47,48 @@ def open_inputs(config, mesh, graphdef=None, resident: tuple[np.ndarray, np.ndar
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
   crop = config.aug.global_size  # The evaluation view: Resize(data.image_size) + CenterCrop(global_size).
-  train_source = (sources.ArraySplit(*resident, crop_size=crop) if resident is not None
-                  else data_lib.open_split(config.data, config.data.train_split, crop_size=crop))
-  return EvalInputs(config=config, mesh=mesh, train_source=train_source,
-                    test_source=data_lib.open_split(config.data, config.data.eval_split, crop_size=crop),
-                    graphdef=graphdef, train_images=None if resident is None else sources.ArraySplit(*resident),
-                    cls_feature_fn=features_lib.make_feature_fn(config))
+  train_source = (
+    sources.ArraySplit(*resident, crop_size=crop)
+    if resident is not None
+    else data_lib.open_split(config.data, config.data.train_split, crop_size=crop)
+  )
+  return EvalInputs(
+    config=config,
+    mesh=mesh,
+    train_source=train_source,
+    test_source=data_lib.open_split(config.data, config.data.eval_split, crop_size=crop),
+    graphdef=graphdef,
+    train_images=None if resident is None else sources.ArraySplit(*resident),
+    cls_feature_fn=features_lib.make_feature_fn(config),
+  )
 
 
-def labelled_features(inputs: EvalInputs, feature_fn: Callable, backbone: dict, *, train: bool = True
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def labelled_features(
+  inputs: EvalInputs, feature_fn: Callable, backbone: dict, *, train: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   """(train features, train labels, test features, test labels, classes) of the splits capped at
   `config.eval.max_train_examples` / `max_test_examples`; `train=False` leaves the training split out (empty)."""
   settings = inputs.config.eval
 
   def extract(source, max_examples):
-    return features_lib.split_features(feature_fn, backbone, source, batch_size=settings.batch_size,
-                                       mesh=inputs.mesh, max_examples=max_examples,
-                                       workers=int(inputs.config.data.workers))
+    return features_lib.split_features(
+      feature_fn,
+      backbone,
+      source,
+      batch_size=settings.batch_size,
+      mesh=inputs.mesh,
+      max_examples=max_examples,
+      workers=int(inputs.config.data.workers),
+    )
 
   test_features, test_labels = extract(inputs.test_source, settings.max_test_examples)
-  train_features, train_labels = (extract(inputs.train_source, settings.max_train_examples) if train
-                                  else (test_features[:0], test_labels[:0]))
+  train_features, train_labels = (
+    extract(inputs.train_source, settings.max_train_examples) if train else (test_features[:0], test_labels[:0])
+  )
   if (train_labels < 0).any() or (test_labels < 0).any():
-    raise ValueError(f"Dataset {inputs.config.data.name!r} has unlabeled examples; kNN and the linear probe need "
-                     "labels.")
+    raise ValueError(
+      f"Dataset {inputs.config.data.name!r} has unlabeled examples; kNN and the linear probe need labels."
+    )
   num_classes = int(max(train_labels.max(initial=0), test_labels.max())) + 1
   return train_features, train_labels, test_features, test_labels, num_classes
 
@@ -97,11 +115,11 @@ def diagnostics_evaluator(options, inputs: EvalInputs) -> Run:
   def run(params: dict) -> dict:
     _, _, test_features, _, _ = labelled_features(inputs, inputs.cls_feature_fn, params["backbone"], train=False)
     results = diagnostics.feature_diagnostics(test_features[:max_examples])
-    prototypes = (models.prototypes(inputs.graphdef, params) if inputs.graphdef is not None and "head" in params
-                  else None)
+    prototypes = (
+      models.prototypes(inputs.graphdef, params) if inputs.graphdef is not None and "head" in params else None
+    )
     if prototypes is not None:
-      results.update(diagnostics.prototype_diagnostics(jnp.asarray(prototypes),
-                                                       inputs.config.eval.prototype_threshold))
+      results.update(diagnostics.prototype_diagnostics(jnp.asarray(prototypes), inputs.config.eval.prototype_threshold))
     return {f"diag_{k}": v for k, v in results.items()}
 
   return run
@@ -115,16 +133,20 @@ def linear_probe_evaluator(options, inputs: EvalInputs) -> Run:
   epochs, learning_rates, batch_size, n_last_blocks and avgpool."""
   if options.get("augment", False):
     return _augmented_probe_evaluator(options, inputs)
-  feature_fn = features_lib.make_feature_fn(inputs.config, n_last_blocks=int(options.get("n_last_blocks", 4)),
-                                            avgpool=bool(options.get("avgpool", False)))
+  feature_fn = features_lib.make_feature_fn(
+    inputs.config, n_last_blocks=int(options.get("n_last_blocks", 4)), avgpool=bool(options.get("avgpool", False))
+  )
 
   def run(params: dict) -> dict:
     *features, num_classes = labelled_features(inputs, feature_fn, params["backbone"])
     probe = linear_probe.train_linear_probe(
-        *features, num_classes=num_classes, epochs=int(options.get("epochs", 100)),
-        batch_size=int(options.get("batch_size", 1024)),
-        learning_rates=tuple(float(lr) for lr in options.get("learning_rates", (1e-3,))),
-        seed=int(inputs.config.seed))
+      *features,
+      num_classes=num_classes,
+      epochs=int(options.get("epochs", 100)),
+      batch_size=int(options.get("batch_size", 1024)),
+      learning_rates=tuple(float(lr) for lr in options.get("learning_rates", (1e-3,))),
+      seed=int(inputs.config.seed),
+    )
     return probe.metrics()
 
   return run
@@ -133,24 +155,38 @@ def linear_probe_evaluator(options, inputs: EvalInputs) -> Run:
 def _augmented_probe_evaluator(options, inputs: EvalInputs) -> Run:
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
-  grid = augmented_probe.ProbeGrid(blocks=tuple(int(n) for n in options.blocks),
-                                   avgpools=tuple(bool(a) for a in options.avgpools),
-                                   learning_rates=tuple(float(lr) for lr in options.learning_rates))
+  grid = augmented_probe.ProbeGrid(
+    blocks=tuple(int(n) for n in options.blocks),
+    avgpools=tuple(bool(a) for a in options.avgpools),
+    learning_rates=tuple(float(lr) for lr in options.learning_rates),
+  )
   config = inputs.config
   # Training images as the data pipeline decodes them (data.image_size squares), cropped anew at every step.
-  train_images = (data_lib.open_split(config.data, config.data.train_split) if inputs.train_images is None
-                  else inputs.train_images)
+  train_images = (
+    data_lib.open_split(config.data, config.data.train_split) if inputs.train_images is None else inputs.train_images
+  )
 
   def run(params: dict) -> dict:
     result = augmented_probe.train_augmented_probe(
-        config, inputs.mesh, params["backbone"], train_images, inputs.test_source,
-        num_classes=max(train_images.num_classes, inputs.test_source.num_classes), grid=grid,
-        interpolation=options.interpolation, epochs=int(options.epochs),
-        steps_per_epoch=int(options.steps_per_epoch), batch_size=int(options.batch_size),
-        per_epoch_schedule=bool(options.per_epoch_schedule), report=options.report,
-        eval_batch_size=int(config.eval.batch_size), max_train_examples=int(config.eval.max_train_examples),
-        max_test_examples=int(config.eval.max_test_examples), workers=int(config.data.workers),
-        log=_say_on_process_0)
+      config,
+      inputs.mesh,
+      params["backbone"],
+      train_images,
+      inputs.test_source,
+      num_classes=max(train_images.num_classes, inputs.test_source.num_classes),
+      grid=grid,
+      interpolation=options.interpolation,
+      epochs=int(options.epochs),
+      steps_per_epoch=int(options.steps_per_epoch),
+      batch_size=int(options.batch_size),
+      per_epoch_schedule=bool(options.per_epoch_schedule),
+      report=options.report,
+      eval_batch_size=int(config.eval.batch_size),
+      max_train_examples=int(config.eval.max_train_examples),
+      max_test_examples=int(config.eval.max_test_examples),
+      workers=int(config.data.workers),
+      log=_say_on_process_0,
+    )
     return result.metrics()
 
   return run
@@ -173,6 +209,7 @@ def build(name: str, options, inputs: EvalInputs) -> Run:
 
 class ScheduledEvaluator(NamedTuple):
   """An evaluator of `config.evals` with its period in steps."""
+
   name: str
   every_steps: int
   run: Run

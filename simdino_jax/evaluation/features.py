@@ -24,9 +24,11 @@ from simdino_jax.evaluation import linear_probe
 def evaluation_inputs(config, images: jax.Array) -> jax.Array:
   """uint8 evaluation views [b,S,S,3] (S = the global-crop size: `sources.evaluation_image`) -> normalized float32."""
   if images.shape[1:3] != (config.aug.global_size,) * 2:
-    raise ValueError(f"Evaluation images are {images.shape[1]} x {images.shape[2]}, the model evaluates "
-                     f"{config.aug.global_size} x {config.aug.global_size} views: open the split with "
-                     "open_split(..., crop_size=config.aug.global_size).")
+    raise ValueError(
+      f"Evaluation images are {images.shape[1]} x {images.shape[2]}, the model evaluates "
+      f"{config.aug.global_size} x {config.aug.global_size} views: open the split with "
+      "open_split(..., crop_size=config.aug.global_size)."
+    )
   return augment.normalize(images.astype(jnp.float32) / 255.0, config.aug.mean, config.aug.std)
 
 
@@ -51,8 +53,9 @@ def make_feature_fn(config, *, n_last_blocks: int = 0, avgpool: bool = False) ->
     inputs = evaluation_inputs(config, images)
     if not n_last_blocks:
       return backbone(inputs)["cls"].astype(jnp.float32)
-    return linear_probe.probe_features(backbone(inputs, n_last=n_last_blocks), n_last_blocks=n_last_blocks,
-                                       avgpool=avgpool)
+    return linear_probe.probe_features(
+      backbone(inputs, n_last=n_last_blocks), n_last_blocks=n_last_blocks, avgpool=avgpool
+    )
 
   return feature_fn
 
@@ -67,8 +70,12 @@ def _jitted(feature_fn: Callable, mesh) -> Callable:
   """jit of (params, images, labels, valid) -> the same rows' (features, labels, valid), replicated: each device
   computes the features of its own images only (shard_map), then the rows are gathered for the host."""
   rows = P(parallel.DATA_AXIS)
-  per_shard = jax.shard_map(lambda params, images, labels, valid: (feature_fn(params, images), labels, valid),
-                            mesh=mesh, in_specs=(P(), rows, rows, rows), out_specs=rows)
+  per_shard = jax.shard_map(
+    lambda params, images, labels, valid: (feature_fn(params, images), labels, valid),
+    mesh=mesh,
+    in_specs=(P(), rows, rows, rows),
+    out_specs=rows,
+  )
   return jax.jit(per_shard, out_shardings=parallel.replicated(mesh))
 
 
@@ -101,8 +108,9 @@ def _keep_valid(result, features: list, labels: list) -> None:
   labels.append(batch_labels[valid])
 
 
-def split_features(feature_fn: Callable, params: Any, source, *, batch_size: int, mesh,
-                   max_examples: int = 0, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_features(
+  feature_fn: Callable, params: Any, source, *, batch_size: int, mesh, max_examples: int = 0, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """`extract_features` of a split (`simdino_jax.data.open_split`), `batch_size` images per global batch.
 
   Each process reads its own rows (a TFDS split decoded in `workers` grain workers, `sources.read_batches`);
@@ -112,6 +120,12 @@ def split_features(feature_fn: Callable, params: Any, source, *, batch_size: int
   batch_size = eval_batch_size(batch_size, mesh.devices.size)
   if batch_size % process_count:
     raise ValueError(f"Evaluation batch size {batch_size} is not divisible by the {process_count} processes.")
-  batches = sources.eval_batches(source, batch_size=batch_size // process_count, process_index=jax.process_index(),
-                                 process_count=process_count, max_examples=max_examples, workers=workers)
+  batches = sources.eval_batches(
+    source,
+    batch_size=batch_size // process_count,
+    process_index=jax.process_index(),
+    process_count=process_count,
+    max_examples=max_examples,
+    workers=workers,
+  )
   return extract_features(feature_fn, params, batches, mesh=mesh)

@@ -50,9 +50,12 @@ def _knn_chunk(test, train, labels, valid, *, ks, k_local, num_classes, temperat
   if mesh is None:
     values, neighbour_labels = _local_topk(test, train, labels, valid, k_local)
   else:
-    local = jax.shard_map(functools.partial(_local_topk, k=k_local), mesh=mesh,
-                          in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
-                          out_specs=(P(None, DATA_AXIS), P(None, DATA_AXIS)))
+    local = jax.shard_map(
+      functools.partial(_local_topk, k=k_local),
+      mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+      out_specs=(P(None, DATA_AXIS), P(None, DATA_AXIS)),
+    )
     values, neighbour_labels = local(test, train, labels, valid)
     replicated = NamedSharding(mesh, P())
     values = jax.lax.with_sharding_constraint(values, replicated)
@@ -76,14 +79,23 @@ def _as_ks(k: int | Sequence[int], n_train: int) -> tuple[tuple[int, ...], tuple
     raise ValueError(f"k must be positive integers, got {k}.")
   for value in requested:
     if value > n_train:
-      warnings.warn(f"kNN k={value} exceeds the {n_train} train samples; using all {n_train} as neighbours.",
-                    stacklevel=3)
+      warnings.warn(
+        f"kNN k={value} exceeds the {n_train} train samples; using all {n_train} as neighbours.", stacklevel=3
+      )
   return requested, tuple(min(value, n_train) for value in requested)
 
 
-def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, *,
-                num_classes: int, k: int | Sequence[int] = 20, temperature: float = 0.07, test_chunk: int = 512,
-                mesh: Mesh | None = None) -> dict[int, np.ndarray]:
+def knn_predict(
+  train_features: np.ndarray,
+  train_labels: np.ndarray,
+  test_features: np.ndarray,
+  *,
+  num_classes: int,
+  k: int | Sequence[int] = 20,
+  temperature: float = 0.07,
+  test_chunk: int = 512,
+  mesh: Mesh | None = None,
+) -> dict[int, np.ndarray]:
   """Weighted kNN class ranking: score_c = Σ_{j ∈ top-k(x)} exp(cos(x, f_j) / T) · [y_j = c].
 
   Features are l2-normalized; cosine similarities are computed chunk by chunk over the test rows (no full
@@ -108,9 +120,15 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_featu
   train_features, test_features = np.asarray(train_features), np.asarray(test_features)
   train_labels = np.asarray(train_labels, np.int32)
   n_train, n_test = train_features.shape[0], test_features.shape[0]
-  if n_train == 0 or n_test == 0 or train_labels.shape != (n_train,) or test_features.shape[1:] != train_features.shape[1:]:
-    raise ValueError(f"Inconsistent kNN inputs: train {train_features.shape}, labels {train_labels.shape}, "
-                     f"test {test_features.shape}.")
+  if (
+    n_train == 0
+    or n_test == 0
+    or train_labels.shape != (n_train,)
+    or test_features.shape[1:] != train_features.shape[1:]
+  ):
+    raise ValueError(
+      f"Inconsistent kNN inputs: train {train_features.shape}, labels {train_labels.shape}, test {test_features.shape}."
+    )
   requested, ks = _as_ks(k, n_train)
   shards = 1 if mesh is None else mesh.shape[DATA_AXIS]
   padded = -(-n_train // shards) * shards
@@ -123,34 +141,63 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_featu
       train, labels, valid = jnp.asarray(train_features), jnp.asarray(train_labels), jnp.asarray(valid)
     else:
       sharding = NamedSharding(mesh, P(DATA_AXIS))
-      train, labels, valid = (parallel.from_full_host_array(x, sharding)
-                              for x in (train_features, train_labels, valid))
+      train, labels, valid = (parallel.from_full_host_array(x, sharding) for x in (train_features, train_labels, valid))
     train = jax.jit(lambda x: l2_normalize(x.astype(jnp.float32)))(train)
     outputs = []
     test_chunk = min(test_chunk, n_test)
     for start in range(0, n_test, test_chunk):
-      chunk = test_features[start:start + test_chunk]
+      chunk = test_features[start : start + test_chunk]
       if mesh is not None:
         chunk_array = parallel.replicate(_pad_rows(chunk, test_chunk), mesh)
       else:
         chunk_array = jnp.asarray(_pad_rows(chunk, test_chunk))
-      outputs.append((_knn_chunk(chunk_array, train, labels, valid, ks=ks, k_local=k_local,
-                                 num_classes=num_classes, temperature=float(temperature), mesh=mesh),
-                      chunk.shape[0]))
+      outputs.append(
+        (
+          _knn_chunk(
+            chunk_array,
+            train,
+            labels,
+            valid,
+            ks=ks,
+            k_local=k_local,
+            num_classes=num_classes,
+            temperature=float(temperature),
+            mesh=mesh,
+          ),
+          chunk.shape[0],
+        )
+      )
     predictions = np.concatenate([np.asarray(out)[:, :rows] for out, rows in outputs], axis=1)
   return {value: predictions[i] for i, value in enumerate(requested)}
 
 
-def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                 test_labels: np.ndarray, *, num_classes: int, k: int | Sequence[int] = 20,
-                 temperature: float = 0.07, test_chunk: int = 512, mesh: Mesh | None = None) -> dict[str, float]:
+def knn_classify(
+  train_features: np.ndarray,
+  train_labels: np.ndarray,
+  test_features: np.ndarray,
+  test_labels: np.ndarray,
+  *,
+  num_classes: int,
+  k: int | Sequence[int] = 20,
+  temperature: float = 0.07,
+  test_chunk: int = 512,
+  mesh: Mesh | None = None,
+) -> dict[str, float]:
   """Top-1 (and top-5 when C >= 5) accuracy, as fractions, of the weighted kNN of `knn_predict`.
 
   Returns:
     {"knn_top1_k{k}": acc, "knn_top5_k{k}": acc, ...} for every requested k.
   """
-  predictions = knn_predict(train_features, train_labels, test_features, num_classes=num_classes, k=k,
-                            temperature=temperature, test_chunk=test_chunk, mesh=mesh)
+  predictions = knn_predict(
+    train_features,
+    train_labels,
+    test_features,
+    num_classes=num_classes,
+    k=k,
+    temperature=temperature,
+    test_chunk=test_chunk,
+    mesh=mesh,
+  )
   test_labels = np.asarray(test_labels)
   metrics = {}
   for value, ranked in predictions.items():

@@ -36,8 +36,9 @@ def probe_features(backbone_out: dict, *, n_last_blocks: int, avgpool: bool) -> 
   return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
 
 
-def linear_probe_optimizer(learning_rate: float | jax.Array, total_steps: int,
-                           momentum: float = 0.9) -> optax.GradientTransformation:
+def linear_probe_optimizer(
+  learning_rate: float | jax.Array, total_steps: int, momentum: float = 0.9
+) -> optax.GradientTransformation:
   """SGD with momentum, no weight decay, lr_t = lr · ½(1 + cos(π t / total_steps)) (cosine to 0)."""
   return optax.sgd(optax.cosine_decay_schedule(learning_rate, total_steps), momentum=momentum)
 
@@ -50,6 +51,7 @@ class LinearProbeResult:
   `final_val_acc` is the best head after the last epoch. `best_params` are the weights of the best (epoch, lr)
   head ({"kernel": [F, C], "bias": [C]}); `final_params` are all heads after the last epoch ([L, F, C], [L, C]).
   """
+
   val_acc: np.ndarray
   learning_rates: np.ndarray
   best_val_acc: float
@@ -61,8 +63,12 @@ class LinearProbeResult:
 
   def metrics(self) -> dict[str, float]:
     """The scalars to log."""
-    return {"linear_top1_best": self.best_val_acc, "linear_top1_final": self.final_val_acc,
-            "linear_best_lr": self.best_lr, "linear_best_epoch": float(self.best_epoch)}
+    return {
+      "linear_top1_best": self.best_val_acc,
+      "linear_top1_final": self.final_val_acc,
+      "linear_best_lr": self.best_lr,
+      "linear_best_epoch": float(self.best_epoch),
+    }
 
 
 def _cross_entropy(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -75,7 +81,7 @@ def _cross_entropy(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 def _train_epoch(params, opt_state, learning_rates, features, labels, key, *, batch_size, total_steps, momentum):
   """One epoch of SGD over a seeded permutation (the incomplete last batch is dropped), for all heads at once."""
   steps = features.shape[0] // batch_size
-  order = jax.random.permutation(key, features.shape[0])[:steps * batch_size].reshape(steps, batch_size)
+  order = jax.random.permutation(key, features.shape[0])[: steps * batch_size].reshape(steps, batch_size)
 
   def head_step(head_params, head_state, lr, x, y):
     loss, grads = jax.value_and_grad(_cross_entropy)(head_params, x, y)
@@ -84,7 +90,8 @@ def _train_epoch(params, opt_state, learning_rates, features, labels, key, *, ba
 
   def step(carry, index):
     new_params, new_state, loss = jax.vmap(head_step, in_axes=(0, 0, 0, None, None))(
-        *carry, learning_rates, features[index], labels[index])
+      *carry, learning_rates, features[index], labels[index]
+    )
     return (new_params, new_state), loss
 
   (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
@@ -94,11 +101,18 @@ def _train_epoch(params, opt_state, learning_rates, features, labels, key, *, ba
 @jax.jit
 def _val_correct(params, features, labels, valid):
   """Correct predictions per head over chunked, padded validation data [chunks, c, F]."""
+
   def chunk_correct(args):
     x, y, mask = args
     logits = jnp.einsum("bf,lfc->lbc", x, params["kernel"], precision=HIGHEST) + params["bias"][:, None]
     return jnp.sum((jnp.argmax(logits, axis=-1) == y) & mask, axis=1)
+
   return jnp.sum(jax.lax.map(chunk_correct, (features, labels, valid)), axis=0)
+
+
+def _keep_improved(improved: jax.Array, best: jax.Array, new: jax.Array) -> jax.Array:
+  """`new` for the heads (leading axis) whose validation accuracy improved, `best` for the others."""
+  return jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, best)
 
 
 def _chunked(x: np.ndarray, chunk: int) -> np.ndarray:
@@ -108,10 +122,20 @@ def _chunked(x: np.ndarray, chunk: int) -> np.ndarray:
   return x.reshape((-1, chunk) + x.shape[1:])
 
 
-def train_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-                       val_labels: np.ndarray, *, num_classes: int, epochs: int = 100, batch_size: int = 1024,
-                       learning_rates: Sequence[float] = (1e-3,), momentum: float = 0.9, seed: int = 0,
-                       eval_chunk: int = 4096) -> LinearProbeResult:
+def train_linear_probe(
+  train_features: np.ndarray,
+  train_labels: np.ndarray,
+  val_features: np.ndarray,
+  val_labels: np.ndarray,
+  *,
+  num_classes: int,
+  epochs: int = 100,
+  batch_size: int = 1024,
+  learning_rates: Sequence[float] = (1e-3,),
+  momentum: float = 0.9,
+  seed: int = 0,
+  eval_chunk: int = 4096,
+) -> LinearProbeResult:
   """Trains linear heads y = x W + b on frozen features and tracks the validation accuracy every epoch.
 
   W ~ N(0, 0.01²), b = 0 (the same initialization for every head); loss = mean softmax cross-entropy; SGD momentum
@@ -151,19 +175,30 @@ def train_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, val
   history = np.zeros((epochs, len(lrs)))
   best_params = jax.tree.map(jnp.copy, params)
   for epoch in range(epochs):
-    params, opt_state, _ = _train_epoch(params, opt_state, jnp.asarray(lrs), features, labels,
-                                        jax.random.fold_in(key_shuffle, epoch), batch_size=batch_size,
-                                        total_steps=total_steps, momentum=momentum)
+    params, opt_state, _ = _train_epoch(
+      params,
+      opt_state,
+      jnp.asarray(lrs),
+      features,
+      labels,
+      jax.random.fold_in(key_shuffle, epoch),
+      batch_size=batch_size,
+      total_steps=total_steps,
+      momentum=momentum,
+    )
     history[epoch] = np.asarray(_val_correct(params, val_x, val_y, val_valid)) / val_features.shape[0]
     improved = history[epoch] > (history[:epoch].max(axis=0) if epoch else -1.0)
     if improved.any():
-      mask = jnp.asarray(improved)
-      best_params = jax.tree.map(lambda b, p: jnp.where(mask.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
-                                 best_params, params)
+      best_params = jax.tree.map(functools.partial(_keep_improved, jnp.asarray(improved)), best_params, params)
 
   best_epoch, best_head = np.unravel_index(np.argmax(history), history.shape)
   return LinearProbeResult(
-      val_acc=history, learning_rates=lrs, best_val_acc=float(history[best_epoch, best_head]),
-      best_epoch=int(best_epoch), best_lr=float(lrs[best_head]), final_val_acc=float(history[-1].max()),
-      best_params=jax.tree.map(lambda p: np.asarray(p[best_head]), best_params),
-      final_params=jax.tree.map(np.asarray, params))
+    val_acc=history,
+    learning_rates=lrs,
+    best_val_acc=float(history[best_epoch, best_head]),
+    best_epoch=int(best_epoch),
+    best_lr=float(lrs[best_head]),
+    final_val_acc=float(history[-1].max()),
+    best_params=jax.tree.map(lambda p: np.asarray(p[best_head]), best_params),
+    final_params=jax.tree.map(np.asarray, params),
+  )

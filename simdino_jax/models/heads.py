@@ -27,10 +27,20 @@ class ProjectionMLP(nnx.Module):
     if n_layers < 1:
       raise ValueError(f"The head needs n_layers >= 1, got {n_layers}.")
     dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
-    self.layers = nnx.List([
-        nnx.Linear(d_in, d_out, dtype=dtype, param_dtype=jnp.float32, kernel_init=TRUNC_NORMAL,
-                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
-        for d_in, d_out in zip(dims[:-1], dims[1:])])
+    self.layers = nnx.List(
+      [
+        nnx.Linear(
+          d_in,
+          d_out,
+          dtype=dtype,
+          param_dtype=jnp.float32,
+          kernel_init=TRUNC_NORMAL,
+          bias_init=jax.nn.initializers.zeros,
+          rngs=rngs,
+        )
+        for d_in, d_out in zip(dims[:-1], dims[1:])
+      ]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for index, layer in enumerate(self.layers):
@@ -64,10 +74,21 @@ class WeightNormLinear(nnx.Module):
 class DINOHead(nnx.Module):
   """DINO head: MLP to the bottleneck, l2-normalize, weight-normalized prototypes -> logits [.., K]."""
 
-  def __init__(self, in_dim: int, *, out_dim: int, hidden_dim: int, bottleneck_dim: int, n_layers: int,
-               norm_last_layer: bool, dtype, rngs: nnx.Rngs):
-    self.mlp = ProjectionMLP(in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers,
-                             dtype=dtype, rngs=rngs)
+  def __init__(
+    self,
+    in_dim: int,
+    *,
+    out_dim: int,
+    hidden_dim: int,
+    bottleneck_dim: int,
+    n_layers: int,
+    norm_last_layer: bool,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.mlp = ProjectionMLP(
+      in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers, dtype=dtype, rngs=rngs
+    )
     self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_gain=norm_last_layer, rngs=rngs)
     self.out_dim = self.num_prototypes = out_dim
 
@@ -84,10 +105,10 @@ class SimDINOHead(nnx.Module):
 
   num_prototypes = 0
 
-  def __init__(self, in_dim: int, *, hidden_dim: int, bottleneck_dim: int, n_layers: int, dtype,
-               rngs: nnx.Rngs):
-    self.mlp = ProjectionMLP(in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers,
-                             dtype=dtype, rngs=rngs)
+  def __init__(self, in_dim: int, *, hidden_dim: int, bottleneck_dim: int, n_layers: int, dtype, rngs: nnx.Rngs):
+    self.mlp = ProjectionMLP(
+      in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers, dtype=dtype, rngs=rngs
+    )
     self.out_dim = bottleneck_dim
 
   def __call__(self, x: jax.Array) -> jax.Array:

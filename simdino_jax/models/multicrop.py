@@ -23,14 +23,21 @@ class MultiCropModel(nnx.Module):
   [n_global,B,N,K|p] without patch_index; only with masks or patch_index), `"prototypes" [K,p]` (DINO head only).
   """
 
-  def __init__(self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead],
-               ibot_head: Optional[DINOHead] = None):
+  def __init__(
+    self, backbone: VisionTransformer, head: Union[DINOHead, SimDINOHead], ibot_head: Optional[DINOHead] = None
+  ):
     self.backbone = backbone
     self.head = head
     self.ibot_head = ibot_head  # DINOv2's separate iBOT head for the patch tokens; None: `head` scores them
 
-  def __call__(self, crops: Sequence[jax.Array], masks: Optional[jax.Array] = None, *,
-               key: Optional[jax.Array] = None, patch_index: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+  def __call__(
+    self,
+    crops: Sequence[jax.Array],
+    masks: Optional[jax.Array] = None,
+    *,
+    key: Optional[jax.Array] = None,
+    patch_index: Optional[jax.Array] = None,
+  ) -> dict[str, jax.Array]:
     if not crops:
       raise ValueError("crops must hold at least one resolution group (the global crops).")
     cls_groups = []
@@ -51,13 +58,16 @@ class MultiCropModel(nnx.Module):
         global_patches = out["patch"].reshape(n_views, batch, *out["patch"].shape[1:])
         if patch_index is not None:
           if patch_index.ndim != 2 or batch % patch_index.shape[0]:
-            raise ValueError(f"patch_index must be [G, M] with G groups dividing the batch of {batch} global crops, "
-                             f"got {patch_index.shape}.")
+            raise ValueError(
+              f"patch_index must be [G, M] with G groups dividing the batch of {batch} global crops, "
+              f"got {patch_index.shape}."
+            )
           groups = patch_index.shape[0]
           # [n_views, B, N, D] -> [G, n_views · B/G · N, D]: each group's tokens (a data shard's, no communication).
           per_group = jnp.moveaxis(global_patches.reshape(n_views, groups, -1, global_patches.shape[-1]), 1, 0)
-          global_patches = jnp.take_along_axis(per_group.reshape(groups, -1, per_group.shape[-1]),
-                                               patch_index[..., None], axis=1)
+          global_patches = jnp.take_along_axis(
+            per_group.reshape(groups, -1, per_group.shape[-1]), patch_index[..., None], axis=1
+          )
     cls = jnp.concatenate(cls_groups, axis=0)
     dim = cls.shape[-1]
     tokens = cls.reshape(-1, dim)

@@ -5,7 +5,8 @@ every LayerNorm stay float32, as PyTorch autocast does in the reference code. Pa
 backbone): `patch_embed/{kernel,bias}` (a Linear on flattened `p x p x 3` patches, kernel `[p*p*3, D]`),
 `cls_token [1,1,D]`, `pos_embed [1,1+N0,D]` (N0 patches at `image_size`), `register_tokens [1,R,D]` (only when
 R > 0), `mask_token [1,1,D]`, `blocks/<i>/{norm1,attn/qkv,attn/proj,ls1/gamma,norm2,mlp/fc1,mlp/fc2,ls2/gamma}`
-(`mlp/{w12,w3}` with the SwiGLU feed-forward) and `norm/{scale,bias}`. Token order inside the blocks: `[CLS, registers, patches]`.
+(`mlp/{w12,w3}` with the SwiGLU feed-forward) and `norm/{scale,bias}`. Token order inside the blocks:
+`[CLS, registers, patches]`.
 """
 
 import math
@@ -26,8 +27,9 @@ DROP_PATH_SCHEDULES = ("linear", "uniform")
 CUDNN_TOKEN_MULTIPLE = 64
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                          implementation: Optional[str] = None, token_multiple: int = 1) -> jax.Array:
+def dot_product_attention(
+  query: jax.Array, key: jax.Array, value: jax.Array, *, implementation: Optional[str] = None, token_multiple: int = 1
+) -> jax.Array:
   """`jax.nn.dot_product_attention` on `[B, T, H, d]` inputs, optionally padding T up to `token_multiple`.
 
   Padded positions are excluded through `query_seq_lengths` / `key_value_seq_lengths` (cuDNN's fused kernel needs
@@ -40,8 +42,13 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   padding = ((0, 0), (0, padded_tokens - num_tokens), (0, 0), (0, 0))
   lengths = jnp.full((query.shape[0],), num_tokens, jnp.int32)
   out = jax.nn.dot_product_attention(
-      jnp.pad(query, padding), jnp.pad(key, padding), jnp.pad(value, padding),
-      query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation=implementation)
+    jnp.pad(query, padding),
+    jnp.pad(key, padding),
+    jnp.pad(value, padding),
+    query_seq_lengths=lengths,
+    key_value_seq_lengths=lengths,
+    implementation=implementation,
+  )
   return out[:, :num_tokens]
 
 
@@ -91,8 +98,9 @@ def bicubic_matrix(in_size: int, out_size: int, scale: float, antialias: bool) -
   return weights
 
 
-def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int], *, offset: float = 0.1,
-                          antialias: bool = False) -> jax.Array:
+def interpolate_pos_embed(
+  pos_embed: jax.Array, grid: tuple[int, int], *, offset: float = 0.1, antialias: bool = False
+) -> jax.Array:
   """Resizes patch position embeddings `[1, M*M, D]` (square stored grid) to `[1, h*w, D]` as the reference ViTs
   do at run time: PyTorch's `interpolate(mode="bicubic", align_corners=False)`, with the scale factor
   `(h + offset)/M` when offset > 0 (DINO, DINOv2: 0.1) or the output size when offset = 0 (the SimDINO
@@ -103,8 +111,12 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int], *, offset
     raise ValueError(f"Stored position embeddings ({pos_embed.shape[1]} patches) are not a square grid.")
   if tuple(grid) == (stored_side, stored_side):
     return pos_embed
-  rows, cols = (bicubic_matrix(stored_side, n, stored_side / (n + offset) if offset else stored_side / n,
-                               antialias).astype(np.float32) for n in grid)
+  rows, cols = (
+    bicubic_matrix(stored_side, n, stored_side / (n + offset) if offset else stored_side / n, antialias).astype(
+      np.float32
+    )
+    for n in grid
+  )
   table = pos_embed.reshape(stored_side, stored_side, pos_embed.shape[-1])
   resized = jnp.einsum("hi,ijd,wj->hwd", rows, table, cols, precision=jax.lax.Precision.HIGHEST)
   return resized.reshape(1, grid[0] * grid[1], -1)
@@ -120,8 +132,15 @@ def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
 
 
 def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32, kernel_init=TRUNC_NORMAL,
-                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
+  return nnx.Linear(
+    in_features,
+    out_features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=TRUNC_NORMAL,
+    bias_init=jax.nn.initializers.zeros,
+    rngs=rngs,
+  )
 
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -141,8 +160,9 @@ class LayerScale(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection (with bias)."""
 
-  def __init__(self, dim: int, num_heads: int, *, dtype, implementation: Optional[str], token_multiple: int,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int, num_heads: int, *, dtype, implementation: Optional[str], token_multiple: int, rngs: nnx.Rngs
+  ):
     if dim % num_heads:
       raise ValueError(f"Width {dim} is not divisible by {num_heads} heads.")
     self.num_heads = num_heads
@@ -154,8 +174,9 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, tokens, dim = x.shape
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-    out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=self.implementation,
-                                token_multiple=self.token_multiple)
+    out = dot_product_attention(
+      qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=self.implementation, token_multiple=self.token_multiple
+    )
     return self.proj(out.reshape(batch, tokens, dim))
 
 
@@ -192,12 +213,25 @@ class Block(nnx.Module):
   """Pre-norm transformer block with optional LayerScale and per-sample drop path on both branches; the
   feed-forward `ffn` is a GELU MLP or DINOv2's SwiGLU."""
 
-  def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, drop_path_rate: float, layerscale: float,
-               dtype, attention_impl: Optional[str], token_multiple: int, rngs: nnx.Rngs, ffn: str = "mlp"):
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    mlp_ratio: float,
+    drop_path_rate: float,
+    layerscale: float,
+    dtype,
+    attention_impl: Optional[str],
+    token_multiple: int,
+    rngs: nnx.Rngs,
+    ffn: str = "mlp",
+  ):
     self.drop_path_rate = drop_path_rate
     self.norm1 = _layer_norm(dim, rngs)
-    self.attn = Attention(dim, num_heads, dtype=dtype, implementation=attention_impl,
-                          token_multiple=token_multiple, rngs=rngs)
+    self.attn = Attention(
+      dim, num_heads, dtype=dtype, implementation=attention_impl, token_multiple=token_multiple, rngs=rngs
+    )
     self.ls1 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
     self.norm2 = _layer_norm(dim, rngs)
     if ffn not in FFNS:
@@ -230,13 +264,30 @@ class VisionTransformer(nnx.Module):
   before the CLS token and position embeddings are added; `key` drives drop path (None = deterministic).
   """
 
-  def __init__(self, *, embed_dim: int, depth: int, num_heads: int, patch_size: int, image_size: int = 224,
-               mlp_ratio: float = 4.0, num_registers: int = 0, drop_path_rate: float = 0.0,
-               drop_path_schedule: str = "linear", layerscale: float = 0.0, dtype=jnp.bfloat16,
-               attention_impl: Optional[str] = None, attention_token_multiple: Optional[int] = None,
-               remat: bool = False, remat_policy: str = "nothing_saveable", scan_blocks: bool = False,
-               ffn: str = "mlp", interpolate_offset: float = 0.1,
-               interpolate_antialias: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    patch_size: int,
+    image_size: int = 224,
+    mlp_ratio: float = 4.0,
+    num_registers: int = 0,
+    drop_path_rate: float = 0.0,
+    drop_path_schedule: str = "linear",
+    layerscale: float = 0.0,
+    dtype=jnp.bfloat16,
+    attention_impl: Optional[str] = None,
+    attention_token_multiple: Optional[int] = None,
+    remat: bool = False,
+    remat_policy: str = "nothing_saveable",
+    scan_blocks: bool = False,
+    ffn: str = "mlp",
+    interpolate_offset: float = 0.1,
+    interpolate_antialias: bool = False,
+    rngs: nnx.Rngs,
+  ):
     """Builds the backbone.
 
     Args:
@@ -272,18 +323,39 @@ class VisionTransformer(nnx.Module):
     self.interpolate_offset = interpolate_offset
     self.interpolate_antialias = interpolate_antialias
     grid = image_size // patch_size
-    self.patch_embed = nnx.Linear(patch_size * patch_size * 3, embed_dim, dtype=dtype, param_dtype=jnp.float32,
-                                  kernel_init=TORCH_DEFAULT, bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    self.patch_embed = nnx.Linear(
+      patch_size * patch_size * 3,
+      embed_dim,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=TORCH_DEFAULT,
+      bias_init=jax.nn.initializers.zeros,
+      rngs=rngs,
+    )
     self.cls_token = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, embed_dim), jnp.float32))
     self.pos_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1 + grid * grid, embed_dim), jnp.float32))
-    self.register_tokens = (nnx.Param(TRUNC_NORMAL(rngs.params(), (1, num_registers, embed_dim), jnp.float32))
-                            if num_registers else None)
+    self.register_tokens = (
+      nnx.Param(TRUNC_NORMAL(rngs.params(), (1, num_registers, embed_dim), jnp.float32)) if num_registers else None
+    )
     self.mask_token = nnx.Param(jnp.zeros((1, 1, embed_dim), jnp.float32))
     rates = drop_path_rates(drop_path_rate, depth, drop_path_schedule)
-    self.blocks = nnx.List([
-        Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path_rate=rate, layerscale=layerscale, dtype=dtype,
-              attention_impl=attention_impl, token_multiple=attention_token_multiple, rngs=rngs, ffn=ffn)
-        for rate in rates])
+    self.blocks = nnx.List(
+      [
+        Block(
+          embed_dim,
+          num_heads,
+          mlp_ratio=mlp_ratio,
+          drop_path_rate=rate,
+          layerscale=layerscale,
+          dtype=dtype,
+          attention_impl=attention_impl,
+          token_multiple=attention_token_multiple,
+          rngs=rngs,
+          ffn=ffn,
+        )
+        for rate in rates
+      ]
+    )
     self.norm = _layer_norm(embed_dim, rngs)
 
   def grid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -304,16 +376,18 @@ class VisionTransformer(nnx.Module):
         raise ValueError(f"masks must have shape {x.shape[:2]} (batch, patches), got {masks.shape}.")
       x = jnp.where(masks[..., None], self.mask_token[...], x)
     pos_embed = self.pos_embed[...]
-    x = x + interpolate_pos_embed(pos_embed[:, 1:], grid, offset=self.interpolate_offset,
-                                  antialias=self.interpolate_antialias)
+    x = x + interpolate_pos_embed(
+      pos_embed[:, 1:], grid, offset=self.interpolate_offset, antialias=self.interpolate_antialias
+    )
     cls = jnp.broadcast_to(self.cls_token[...] + pos_embed[:, :1], (batch, 1, self.embed_dim))
     tokens = [cls]
     if self.register_tokens is not None:
       tokens.append(jnp.broadcast_to(self.register_tokens[...], (batch, self.num_registers, self.embed_dim)))
     return jnp.concatenate(tokens + [x], axis=1)
 
-  def __call__(self, images: jax.Array, masks: Optional[jax.Array] = None, *, key: Optional[jax.Array] = None,
-               n_last: int = 1) -> dict[str, jax.Array]:
+  def __call__(
+    self, images: jax.Array, masks: Optional[jax.Array] = None, *, key: Optional[jax.Array] = None, n_last: int = 1
+  ) -> dict[str, jax.Array]:
     if not 1 <= n_last <= len(self.blocks):
       raise ValueError(f"n_last must be in [1, {len(self.blocks)}], got {n_last}.")
     x = self._embed(images, masks)
@@ -322,7 +396,7 @@ class VisionTransformer(nnx.Module):
     else:
       x, last_cls = self._unrolled_blocks(x, key, n_last)
     x = self.norm(x)
-    return {"cls": x[:, 0], "patch": x[:, 1 + self.num_registers:], "last_cls": self.norm(last_cls)}
+    return {"cls": x[:, 0], "patch": x[:, 1 + self.num_registers :], "last_cls": self.norm(last_cls)}
 
   def _unrolled_blocks(self, x: jax.Array, key: Optional[jax.Array], n_last: int) -> tuple[jax.Array, jax.Array]:
     """(output tokens, CLS of the last n_last blocks [n_last, B, D]), one traced copy of each block."""
@@ -350,11 +424,13 @@ class VisionTransformer(nnx.Module):
       tokens = nnx.merge(graphdef, block_params)(tokens, block_key, rate)
       return tokens, tokens[:, 0]
 
-    x, cls_per_block = jax.lax.scan(jax.checkpoint(body, policy=self.remat_policy) if self.remat else body, x,
-                                    (params, jnp.asarray(rates, jnp.float32), keys))
-    return x, cls_per_block[len(self.blocks) - n_last:]
+    x, cls_per_block = jax.lax.scan(
+      jax.checkpoint(body, policy=self.remat_policy) if self.remat else body,
+      x,
+      (params, jnp.asarray(rates, jnp.float32), keys),
+    )
+    return x, cls_per_block[len(self.blocks) - n_last :]
 
 
 def _apply_block(block: Block, x: jax.Array, key: Optional[jax.Array]) -> jax.Array:
   return block(x, key)
-

@@ -20,11 +20,14 @@ def cross_view_mean(pair_values: jax.Array) -> jax.Array:
 def check_views(student: jax.Array, teacher: jax.Array, what: str) -> None:
   """Student [V, B, F] with V >= 2 and teacher [2, B, F] (views 0 and 1 of the student are the teacher's)."""
   if student.ndim != 3 or teacher.ndim != 3:
-    raise ValueError(f"{what}: expected student [V, B, F] and teacher [2, B, F], got {student.shape} and "
-                     f"{teacher.shape}.")
+    raise ValueError(
+      f"{what}: expected student [V, B, F] and teacher [2, B, F], got {student.shape} and {teacher.shape}."
+    )
   if teacher.shape[0] != 2 or student.shape[0] < 2 or student.shape[1:] != teacher.shape[1:]:
-    raise ValueError(f"{what}: expected student [V>=2, B, F] and teacher [2, B, F] with the same B and F, got "
-                     f"{student.shape} and {teacher.shape}.")
+    raise ValueError(
+      f"{what}: expected student [V>=2, B, F] and teacher [2, B, F] with the same B and F, got "
+      f"{student.shape} and {teacher.shape}."
+    )
 
 
 def masked_image_mean(per_token: jax.Array, masks: jax.Array) -> jax.Array:

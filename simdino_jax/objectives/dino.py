@@ -17,8 +17,9 @@ def teacher_probs(teacher_logits: jax.Array, center: jax.Array, teacher_temp) ->
   return jax.nn.softmax((logits - as_float32(center)) / teacher_temp, axis=-1)
 
 
-def sinkhorn_knopp(teacher_logits: jax.Array, temperature, n_iterations: int = 3,
-                   sample_mask: jax.Array | None = None) -> jax.Array:
+def sinkhorn_knopp(
+  teacher_logits: jax.Array, temperature, n_iterations: int = 3, sample_mask: jax.Array | None = None
+) -> jax.Array:
   """Sinkhorn-Knopp teacher probabilities [..., K] from logits [..., K] (DINOv2, float32); every leading axis
   indexes samples (e.g. [B, K], or [2, B, K] for both views of a batch).
 
@@ -50,8 +51,9 @@ def sinkhorn_knopp(teacher_logits: jax.Array, temperature, n_iterations: int = 3
   return q * n_samples
 
 
-def cross_view_cross_entropy(student_logits: jax.Array, teacher_probabilities: jax.Array, *,
-                             student_temp=0.1) -> jax.Array:
+def cross_view_cross_entropy(
+  student_logits: jax.Array, teacher_probabilities: jax.Array, *, student_temp=0.1
+) -> jax.Array:
   """(1/(2V−2)) Σ_{i, v≠i} mean_b[−Σ_k p_t,i[k] log_softmax(s_v/τ_s)[k]] for student [V, B, K], teacher probs
   [2, B, K] (DINO's loss given any teacher probabilities, e.g. Sinkhorn-Knopp's)."""
   check_views(student_logits, teacher_probabilities, "DINO loss")
@@ -62,12 +64,14 @@ def cross_view_cross_entropy(student_logits: jax.Array, teacher_probabilities: j
   return cross_view_mean(pair_cross_entropy)
 
 
-def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, center: jax.Array, *, teacher_temp,
-              student_temp=0.1) -> jax.Array:
+def dino_loss(
+  student_logits: jax.Array, teacher_logits: jax.Array, center: jax.Array, *, teacher_temp, student_temp=0.1
+) -> jax.Array:
   """DINO loss: cross-view cross-entropy of the student [V, B, K] against softmax((t − c)/τ_t) of the teacher
   [2, B, K] with center c [K]."""
-  return cross_view_cross_entropy(student_logits, teacher_probs(teacher_logits, center, teacher_temp),
-                                  student_temp=student_temp)
+  return cross_view_cross_entropy(
+    student_logits, teacher_probs(teacher_logits, center, teacher_temp), student_temp=student_temp
+  )
 
 
 def update_center(center: jax.Array, teacher_logits: jax.Array, momentum=0.9) -> jax.Array:
@@ -76,4 +80,3 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum=0.9) ->
   logits = jax.lax.stop_gradient(as_float32(teacher_logits))
   batch_mean = jnp.mean(logits, axis=tuple(range(logits.ndim - 1)))  # no merge of sharded axes
   return momentum * as_float32(center) + (1.0 - momentum) * batch_mean
-

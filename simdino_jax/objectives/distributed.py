@@ -27,11 +27,14 @@ def mean_over_data_shards(fn: Callable[..., jax.Array], *arrays: jax.Array) -> j
     return fn(*arrays)
   for array in arrays:
     if array.shape[0] % n_shards:
-      raise ValueError(f"A per-device computation needs the batch ({array.shape[0]}) divisible by the "
-                       f"{n_shards} devices of the '{DATA_AXIS}' mesh axis.")
+      raise ValueError(
+        f"A per-device computation needs the batch ({array.shape[0]}) divisible by the "
+        f"{n_shards} devices of the '{DATA_AXIS}' mesh axis."
+      )
 
   def per_shard(*shards):
     return jax.lax.pmean(fn(*shards), DATA_AXIS)
 
-  return jax.shard_map(per_shard, in_specs=tuple(P(DATA_AXIS) for _ in arrays), out_specs=P(),
-                       axis_names={DATA_AXIS})(*arrays)
+  return jax.shard_map(per_shard, in_specs=tuple(P(DATA_AXIS) for _ in arrays), out_specs=P(), axis_names={DATA_AXIS})(
+    *arrays
+  )

@@ -21,9 +21,11 @@ from simdino_jax.objectives.dino import sinkhorn_knopp
 
 def _check_patches(logits: jax.Array, masks: jax.Array, what: str) -> None:
   if logits.ndim < 3 or logits.shape[:-1] != masks.shape:
-    raise ValueError(f"{what}: expected patch outputs [..., N, K] ([2, B, N, K], [2B, N, K] or a buffer [G, U, K]) "
-                     f"and masks or token weights [..., N] with the same leading shape, got {logits.shape} and "
-                     f"{masks.shape}.")
+    raise ValueError(
+      f"{what}: expected patch outputs [..., N, K] ([2, B, N, K], [2B, N, K] or a buffer [G, U, K]) "
+      f"and masks or token weights [..., N] with the same leading shape, got {logits.shape} and "
+      f"{masks.shape}."
+    )
 
 
 def masked_token_buffer(masks: jax.Array, groups: int, size: int) -> tuple[jax.Array, jax.Array]:
@@ -36,8 +38,10 @@ def masked_token_buffer(masks: jax.Array, groups: int, size: int) -> tuple[jax.A
   """
   views, batch, n_patches = masks.shape
   if size < 1 or batch % groups:
-    raise ValueError(f"masked_token_buffer: need size >= 1 and G dividing the batch; got size {size}, G {groups} "
-                     f"and masks {masks.shape}.")
+    raise ValueError(
+      f"masked_token_buffer: need size >= 1 and G dividing the batch; got size {size}, G {groups} "
+      f"and masks {masks.shape}."
+    )
   to_groups = lambda x: jnp.moveaxis(x.reshape(views, groups, -1, n_patches), 1, 0).reshape(groups, -1)
   flat_masks, flat_weights = to_groups(masks.astype(bool)), to_groups(image_mean_weights(masks))
   index = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=0)[0])(flat_masks).astype(jnp.int32)
@@ -45,8 +49,9 @@ def masked_token_buffer(masks: jax.Array, groups: int, size: int) -> tuple[jax.A
   return index, jnp.where(used, jnp.take_along_axis(flat_weights, index, axis=1), 0.0)
 
 
-def ibot_patch_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array, masks: jax.Array, *,
-                    student_temp=0.1) -> jax.Array:
+def ibot_patch_loss(
+  student_patch_logits: jax.Array, teacher_patch_probs: jax.Array, masks: jax.Array, *, student_temp=0.1
+) -> jax.Array:
   """iBOT loss over the masked tokens: per-image mean of −Σ_k t log_softmax(s/τ_s), averaged over all images.
 
   student_patch_logits and teacher_patch_probs: [2, B, N, K] (or [2B, N, K]) with masks [2, B, N] (or [2B, N])
@@ -54,16 +59,19 @@ def ibot_patch_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Ar
   """
   _check_patches(student_patch_logits, masks, "ibot_patch_loss")
   if teacher_patch_probs.shape != student_patch_logits.shape:
-    raise ValueError(f"ibot_patch_loss: student {student_patch_logits.shape} and teacher "
-                     f"{teacher_patch_probs.shape} must have the same shape.")
+    raise ValueError(
+      f"ibot_patch_loss: student {student_patch_logits.shape} and teacher "
+      f"{teacher_patch_probs.shape} must have the same shape."
+    )
   student_log_probs = jax.nn.log_softmax(as_float32(student_patch_logits) / student_temp, axis=-1)
   teacher = jax.lax.stop_gradient(as_float32(teacher_patch_probs))
   token_cross_entropy = -jnp.sum(teacher * student_log_probs, axis=-1)
   return masked_image_mean(token_cross_entropy, masks)
 
 
-def update_patch_center(center: jax.Array, teacher_patch_logits: jax.Array, masks: jax.Array,
-                        momentum=0.9) -> jax.Array:
+def update_patch_center(
+  center: jax.Array, teacher_patch_logits: jax.Array, masks: jax.Array, momentum=0.9
+) -> jax.Array:
   """c ← m·c + (1 − m)·(mean of the raw teacher logits over the masked tokens of the global batch).
 
   With no masked token the center is unchanged. (DINOv2 averages per-device means with equal weight; this uses
@@ -78,8 +86,9 @@ def update_patch_center(center: jax.Array, teacher_patch_logits: jax.Array, mask
   return jnp.where(n_masked > 0, momentum * center + (1.0 - momentum) * masked_mean, center)
 
 
-def ibot_sinkhorn_knopp(teacher_patch_logits: jax.Array, masks: jax.Array, temperature,
-                        n_iterations: int = 3) -> jax.Array:
+def ibot_sinkhorn_knopp(
+  teacher_patch_logits: jax.Array, masks: jax.Array, temperature, n_iterations: int = 3
+) -> jax.Array:
   """Sinkhorn-Knopp teacher over the masked tokens only (B = number of masked tokens in the global batch; masks or
   token weights > 0); returns probabilities of the input shape, zero on unmasked tokens."""
   _check_patches(teacher_patch_logits, masks, "ibot_sinkhorn_knopp")

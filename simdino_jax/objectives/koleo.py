@@ -90,8 +90,11 @@ def _smallest_close_label(directions, labels, max_squared_distance, chunk_size):
   no_label = jnp.iinfo(labels.dtype).max
 
   def chunk_labels(rows, row_ids):
-    squared_distances = (jnp.sum(rows * rows, axis=1)[:, None] + squared_norms[None, :]
-                         - 2.0 * jnp.matmul(rows, directions.T, precision=HIGHEST))
+    squared_distances = (
+      jnp.sum(rows * rows, axis=1)[:, None]
+      + squared_norms[None, :]
+      - 2.0 * jnp.matmul(rows, directions.T, precision=HIGHEST)
+    )
     close = squared_distances < max_squared_distance
     own_label = labels[jnp.minimum(row_ids, labels.shape[0] - 1)]
     return jnp.minimum(jnp.min(jnp.where(close, labels[None, :], no_label), axis=1), own_label)
@@ -136,8 +139,9 @@ def unique_prototypes(prototypes: jax.Array, threshold: float = 0.025, chunk_siz
   n_prototypes = prototypes.shape[0]
   labels = np.arange(n_prototypes, dtype=np.int32)
   while True:
-    smallest = np.asarray(_smallest_close_label(directions, jnp.asarray(labels), float(threshold) ** 2,
-                                                chunk_size=int(chunk_size)))
+    smallest = np.asarray(
+      _smallest_close_label(directions, jnp.asarray(labels), float(threshold) ** 2, chunk_size=int(chunk_size))
+    )
     to_merge = np.nonzero(smallest < labels)[0]
     if to_merge.size == 0:
       break
@@ -156,8 +160,10 @@ def grouped_koleo(x: jax.Array, group_size: int) -> jax.Array:
   """(1/G) Σ_g KoLeo(x_g): KoLeo of each group x_g of `group_size` consecutive rows of x [N, D] (G = N/group_size
   groups; each row's neighbour is sought in its own group), the same wherever the rows live."""
   if group_size < 2 or x.shape[0] % group_size:
-    raise ValueError(f"KoLeo groups of {group_size} rows need a batch of whole groups of at least 2 rows, got "
-                     f"{x.shape[0]} rows: set config.objective.koleo_group_size to a divisor of the (micro-)batch.")
+    raise ValueError(
+      f"KoLeo groups of {group_size} rows need a batch of whole groups of at least 2 rows, got "
+      f"{x.shape[0]} rows: set config.objective.koleo_group_size to a divisor of the (micro-)batch."
+    )
   return jnp.mean(jax.vmap(koleo_loss)(x.reshape(x.shape[0] // group_size, group_size, x.shape[1])))
 
 

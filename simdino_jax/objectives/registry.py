@@ -32,8 +32,10 @@ CENTERINGS = ("center", "sinkhorn_knopp")
 METHOD_DEFAULT = -1.0  # koleo_weight value meaning "the method's default"
 DEFAULT_KOLEO_WEIGHTS = {"dinov2": 0.1}  # the other methods: 0
 
+
 class StepContext(NamedTuple):
   """What a loss reads about its step besides the network outputs."""
+
   teacher_temp: jax.Array | float  # the scheduled teacher temperature τ_t
   global_batch_size: int | None = None  # B of the whole step (SimDINO's α and γ); None: the outputs' own B
 
@@ -41,11 +43,12 @@ class StepContext(NamedTuple):
 class BatchInputs(NamedTuple):
   """What an objective adds to a batch of crops. Gradient accumulation over A micro-batches splits every array
   along axis 1 into A interleaved parts (k, k + A, …: micro-batch k), like the crops' batch axis."""
+
   student_masks: jax.Array | None = None  # bool [2, B, N]: patch tokens the student sees as the mask token
-  patch_index: jax.Array | None = None    # int32 [G, A·U]: patch tokens both heads score, per shard (the model's
-                                          # patch_index after the split; masked_tokens)
-  loss_masks: jax.Array | None = None     # [G, A·U] float token weights: the `masks` argument of the loss
-  metrics: dict | None = None             # scalars to log with the step's metrics
+  patch_index: jax.Array | None = None  # int32 [G, A·U]: patch tokens both heads score, per shard (the model's
+  # patch_index after the split; masked_tokens)
+  loss_masks: jax.Array | None = None  # [G, A·U] float token weights: the `masks` argument of the loss
+  metrics: dict | None = None  # scalars to log with the step's metrics
 
 
 LossFn = Callable[[dict, dict, dict, StepContext, jax.Array | None], tuple[jax.Array, dict, dict]]
@@ -79,9 +82,15 @@ def masked_tokens(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
   micro = jnp.moveaxis(masks.reshape(2, batch_size // accum, accum, n_patches), 2, 0)
   index, weights = jax.vmap(lambda m: masked_token_buffer(m, groups, size))(micro)  # [A, groups, U]
   merge = lambda x: _on_shards(jnp.moveaxis(x, 0, 2).reshape(groups, size * accum), 0)
-  return BatchInputs(student_masks=masks, patch_index=merge(index), loss_masks=merge(weights),
-                     metrics={"masked_fraction": jnp.mean(masks.astype(jnp.float32)),
-                              "masked_slot_fraction": jnp.mean((weights > 0).astype(jnp.float32))})
+  return BatchInputs(
+    student_masks=masks,
+    patch_index=merge(index),
+    loss_masks=merge(weights),
+    metrics={
+      "masked_fraction": jnp.mean(masks.astype(jnp.float32)),
+      "masked_slot_fraction": jnp.mean((weights > 0).astype(jnp.float32)),
+    },
+  )
 
 
 def masked_token_slots(batch_size: int, run_config, shards: int) -> int:
@@ -98,11 +107,13 @@ def _mask_groups(batch_size: int, run_config, shards: int) -> tuple[int, int, in
   shard_batch, remainder = divmod(batch_size, accum * shards)
   local = run_config.masking.get("group_size", 0) or shard_batch
   if remainder or shard_batch % local:
-    raise ValueError(f"iBOT masks are drawn per group of config.masking.group_size={local} images of each data "
-                     f"shard's micro-batch, but batch {batch_size} does not split into grad_accum_steps={accum} × "
-                     f"{shards} shards × groups of {local}. Set config.batch_size to a multiple of "
-                     f"{accum * shards * local}, or config.masking.group_size to a divisor of {shard_batch} "
-                     "(0: one group per shard).")
+    raise ValueError(
+      f"iBOT masks are drawn per group of config.masking.group_size={local} images of each data "
+      f"shard's micro-batch, but batch {batch_size} does not split into grad_accum_steps={accum} × "
+      f"{shards} shards × groups of {local}. Set config.batch_size to a multiple of "
+      f"{accum * shards * local}, or config.masking.group_size to a divisor of {shard_batch} "
+      "(0: one group per shard)."
+    )
   return accum, local, batch_size // (accum * local)
 
 
@@ -129,6 +140,7 @@ class Objective:
   context, masks);
   batch_inputs(key, batch_size, run config) -> BatchInputs.
   """
+
   name: str
   head_kind: str
   needs_masks: bool
@@ -142,25 +154,27 @@ OBJECTIVES: Registry[Callable[[ml_collections.ConfigDict], Objective]] = Registr
 
 def default_config() -> ml_collections.ConfigDict:
   """config.objective: method name, add-on regularizer weights and options (docs/objectives.md)."""
-  return ml_collections.ConfigDict(dict(
-      name="dino",                # dino | dinov2 | simdino | simdinov2
+  return ml_collections.ConfigDict(
+    dict(
+      name="dino",  # dino | dinov2 | simdino | simdinov2
       koleo_weight=METHOD_DEFAULT,  # KoLeo on the student backbone CLS of each global crop; -1: 0.1 dinov2, else 0
-      koleo_proto_weight=0.0,     # KoLeo-proto λ on the prototypes (dino heads only); 0 = off. The paper's λ is
-                                  # unverified: 0.1 (by analogy with DINOv2's KoLeo) is the suggested value
-      coding_rate_weight=0.0,     # −w·mean R_eps over the student head outputs of the global crops; 0 = off
-      centering="center",         # center | sinkhorn_knopp (DINO / DINOv2 teachers)
+      koleo_proto_weight=0.0,  # KoLeo-proto λ on the prototypes (dino heads only); 0 = off. The paper's λ is
+      # unverified: 0.1 (by analogy with DINOv2's KoLeo) is the suggested value
+      coding_rate_weight=0.0,  # −w·mean R_eps over the student head outputs of the global crops; 0 = off
+      centering="center",  # center | sinkhorn_knopp (DINO / DINOv2 teachers)
       student_temp=0.1,
-      center_momentum=0.9,        # EMA momentum of the CLS and patch centers
-      eps=0.05,                   # coding-rate eps (the paper's ε²)
-      coeff=1.0,                  # SimDINO weight of the cosine alignment term
-      expa_type=1,                # 1: Z = (z_s + sg z_t)/2; 0: Z = z_s
-      gamma="default",            # default: (p + n)/(p·n); sqrt: sqrt(eps·n)/p
-      covariance="global",        # global: mesh-wide ZᵀZ; local: per-device ZᵀZ with the global n
-      covariance_group_size=0,    # > 0: ZᵀZ per group of this many rows, global n (published SimDINO: 64)
-      koleo_scope="device",       # device: per-device batch; global: whole batch (when koleo_group_size = 0)
-      koleo_group_size=0,         # > 0: KoLeo per group of this many images, on any devices (DINOv2: 64 per GPU)
-      proto_chunk_size=4096,      # rows per block in KoLeo-proto's nearest-neighbour search
-  ))
+      center_momentum=0.9,  # EMA momentum of the CLS and patch centers
+      eps=0.05,  # coding-rate eps (the paper's ε²)
+      coeff=1.0,  # SimDINO weight of the cosine alignment term
+      expa_type=1,  # 1: Z = (z_s + sg z_t)/2; 0: Z = z_s
+      gamma="default",  # default: (p + n)/(p·n); sqrt: sqrt(eps·n)/p
+      covariance="global",  # global: mesh-wide ZᵀZ; local: per-device ZᵀZ with the global n
+      covariance_group_size=0,  # > 0: ZᵀZ per group of this many rows, global n (published SimDINO: 64)
+      koleo_scope="device",  # device: per-device batch; global: whole batch (when koleo_group_size = 0)
+      koleo_group_size=0,  # > 0: KoLeo per group of this many images, on any devices (DINOv2: 64 per GPU)
+      proto_chunk_size=4096,  # rows per block in KoLeo-proto's nearest-neighbour search
+    )
+  )
 
 
 def resolve_koleo_weight(config: ml_collections.ConfigDict) -> float:
@@ -193,9 +207,11 @@ def _dino_teacher(teacher_logits, state, context, config):
 
 def _dino_diagnostics(dino, probabilities) -> dict:
   """The DINO loss over log K (1 = a uniform teacher, the collapse signature) and the teacher's entropies."""
-  return {"dino_over_log_k": dino / math.log(probabilities.shape[-1]),
-          "teacher_entropy": mean_entropy(probabilities),
-          "teacher_marginal_entropy": marginal_entropy(probabilities)}
+  return {
+    "dino_over_log_k": dino / math.log(probabilities.shape[-1]),
+    "teacher_entropy": mean_entropy(probabilities),
+    "teacher_marginal_entropy": marginal_entropy(probabilities),
+  }
 
 
 def _center_state(keys):
@@ -204,6 +220,7 @@ def _center_state(keys):
     (a separate iBOT head's prototypes; default `out_dim`)."""
     sizes = {"center": out_dim, "patch_center": patch_out_dim or out_dim}
     return {key: jnp.zeros((sizes[key],), jnp.float32) for key in keys}
+
   return init_state
 
 
@@ -213,8 +230,9 @@ def _dino(config) -> Objective:
     del masks
     teacher_logits = _required(teacher_out, "head", "teacher output")
     probabilities, new_state = _dino_teacher(teacher_logits, state, context, config)
-    dino = cross_view_cross_entropy(_required(student_out, "head", "student output"), probabilities,
-                                    student_temp=config.student_temp)
+    dino = cross_view_cross_entropy(
+      _required(student_out, "head", "student output"), probabilities, student_temp=config.student_temp
+    )
     return dino, {**state, **new_state}, {"dino": dino, **_dino_diagnostics(dino, probabilities)}
 
   keys = ("center",) if config.centering == "center" else ()
@@ -224,6 +242,7 @@ def _dino(config) -> Objective:
 @OBJECTIVES.register("dinov2")
 def _dinov2(config) -> Objective:
   """L = L_DINO(CLS) + L_iBOT(masked patches); its KoLeo is the add-on (koleo_weight's default 0.1)."""
+
   def loss(student_out, teacher_out, state, context, masks):
     masks = _required_masks(masks, "dinov2")
     teacher_logits = _required(teacher_out, "head", "teacher output")
@@ -233,12 +252,18 @@ def _dinov2(config) -> Objective:
       patch_probabilities = ibot_sinkhorn_knopp(teacher_patch_logits, masks, context.teacher_temp)
     else:
       patch_probabilities = teacher_probs(teacher_patch_logits, state["patch_center"], context.teacher_temp)
-      new_state["patch_center"] = update_patch_center(state["patch_center"], teacher_patch_logits, masks,
-                                                      config.center_momentum)
-    dino = cross_view_cross_entropy(_required(student_out, "head", "student output"), probabilities,
-                                    student_temp=config.student_temp)
-    ibot = ibot_patch_loss(_required(student_out, "patch_head", "student output"), patch_probabilities, masks,
-                           student_temp=config.student_temp)
+      new_state["patch_center"] = update_patch_center(
+        state["patch_center"], teacher_patch_logits, masks, config.center_momentum
+      )
+    dino = cross_view_cross_entropy(
+      _required(student_out, "head", "student output"), probabilities, student_temp=config.student_temp
+    )
+    ibot = ibot_patch_loss(
+      _required(student_out, "patch_head", "student output"),
+      patch_probabilities,
+      masks,
+      student_temp=config.student_temp,
+    )
     metrics = {"dino": dino, "ibot": ibot, **_dino_diagnostics(dino, probabilities)}
     return dino + ibot, {**state, **new_state}, metrics
 
@@ -248,14 +273,23 @@ def _dinov2(config) -> Objective:
 
 def _simdino_options(config, context) -> dict:
   """The loss options; α and γ refer to the step's global batch (context.global_batch_size, when given)."""
-  return dict(eps=config.eps, coeff=config.coeff, expa_type=config.expa_type, gamma=config.gamma,
-              covariance=config.covariance, group_size=config.covariance_group_size,
-              n=context.global_batch_size)
+  return dict(
+    eps=config.eps,
+    coeff=config.coeff,
+    expa_type=config.expa_type,
+    gamma=config.gamma,
+    covariance=config.covariance,
+    group_size=config.covariance_group_size,
+    n=context.global_batch_size,
+  )
 
 
 def _embedding_diagnostics(teacher_z, metrics) -> dict:
-  return {**metrics, "expa_finite": jnp.isfinite(metrics["expa"]).astype(jnp.float32),
-          "teacher_feature_std": jnp.mean(jnp.std(teacher_z, axis=1))}
+  return {
+    **metrics,
+    "expa_finite": jnp.isfinite(metrics["expa"]).astype(jnp.float32),
+    "teacher_feature_std": jnp.mean(jnp.std(teacher_z, axis=1)),
+  }
 
 
 @OBJECTIVES.register("simdino")
@@ -263,8 +297,9 @@ def _simdino(config) -> Objective:
   def loss(student_out, teacher_out, state, context, masks):
     del masks
     teacher_z = _required(teacher_out, "head", "teacher output")
-    total, metrics = simdino_loss(_required(student_out, "head", "student output"), teacher_z,
-                                  **_simdino_options(config, context))
+    total, metrics = simdino_loss(
+      _required(student_out, "head", "student output"), teacher_z, **_simdino_options(config, context)
+    )
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
   return Objective("simdino", "simdino", False, _center_state(()), loss)
@@ -275,10 +310,13 @@ def _simdinov2(config) -> Objective:
   def loss(student_out, teacher_out, state, context, masks):
     teacher_z = _required(teacher_out, "head", "teacher output")
     total, metrics = simdinov2_loss(
-        _required(student_out, "head", "student output"), teacher_z,
-        _required(student_out, "patch_head", "student output"),
-        _required(teacher_out, "patch_head", "teacher output"), _required_masks(masks, "simdinov2"),
-        **_simdino_options(config, context))
+      _required(student_out, "head", "student output"),
+      teacher_z,
+      _required(student_out, "patch_head", "student output"),
+      _required(teacher_out, "patch_head", "teacher output"),
+      _required_masks(masks, "simdinov2"),
+      **_simdino_options(config, context),
+    )
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
   return Objective("simdinov2", "simdino", True, _center_state(()), loss, masked_tokens)
@@ -297,8 +335,9 @@ def get_objective(config: ml_collections.ConfigDict) -> Objective:
     teacher_out = jax.tree.map(jax.lax.stop_gradient, teacher_out)
     total, new_state, metrics = method.loss(student_out, teacher_out, state, context, masks)
     if koleo_weight > 0:
-      metrics["koleo"] = koleo_on_global_crops(_required(student_out, "cls", "student output"), config.koleo_scope,
-                                                config.koleo_group_size)
+      metrics["koleo"] = koleo_on_global_crops(
+        _required(student_out, "cls", "student output"), config.koleo_scope, config.koleo_group_size
+      )
       total = total + koleo_weight * metrics["koleo"]
     if config.koleo_proto_weight > 0:
       prototypes = _required(student_out, "prototypes", "student output")
@@ -306,8 +345,7 @@ def get_objective(config: ml_collections.ConfigDict) -> Objective:
       total = total + config.koleo_proto_weight * metrics["koleo_proto"]
     if config.coding_rate_weight > 0:
       head = _required(student_out, "head", "student output")
-      metrics["coding_rate"] = mean_coding_rate(head[:2], config.eps, config.covariance,
-                                                config.covariance_group_size)
+      metrics["coding_rate"] = mean_coding_rate(head[:2], config.eps, config.covariance, config.covariance_group_size)
       total = total - config.coding_rate_weight * metrics["coding_rate"]
     metrics["loss"] = total
     return total, new_state, metrics

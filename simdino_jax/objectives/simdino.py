@@ -33,14 +33,17 @@ def grouped_coding_rate(z: jax.Array, alpha, group_size: int) -> jax.Array:
   """
   n, p = z.shape
   if n % group_size:
-    raise ValueError(f"covariance_group_size={group_size} must divide the batch of {n} rows; use a divisor of {n} "
-                     "(the published runs: 64 images per group).")
+    raise ValueError(
+      f"covariance_group_size={group_size} must divide the batch of {n} rows; use a divisor of {n} "
+      "(the published runs: 64 images per group)."
+    )
   groups = z.reshape(n // group_size, group_size, p)
   return jnp.mean(jax.vmap(half_logdet_identity_plus_gram, in_axes=(0, None))(groups, alpha))
 
 
-def mean_coding_rate(views: jax.Array, eps, covariance: str = "global", group_size: int = 0,
-                     n: int | None = None) -> jax.Array:
+def mean_coding_rate(
+  views: jax.Array, eps, covariance: str = "global", group_size: int = 0, n: int | None = None
+) -> jax.Array:
   """(1/V) Σ_i R_eps(Z_i) for views [V, rows, p], α = p/(n·eps) with n the global batch (default: the rows).
 
   covariance "global": ZᵀZ over the whole batch (mesh-wide under jit). "local": each device's ZᵀZ from its own
@@ -55,14 +58,21 @@ def mean_coding_rate(views: jax.Array, eps, covariance: str = "global", group_si
   elif covariance == "global":
     rates = [half_logdet_identity_plus_gram(view, alpha) for view in views]
   else:
-    rates = [mean_over_data_shards(lambda shard: half_logdet_identity_plus_gram(shard, alpha), view)
-             for view in views]
+    rates = [mean_over_data_shards(lambda shard: half_logdet_identity_plus_gram(shard, alpha), view) for view in views]
   return sum(rates) / len(rates)
 
 
-def expansion(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, expa_type: int = 1,
-              gamma: str = "default", covariance: str = "global", group_size: int = 0,
-              n: int | None = None) -> jax.Array:
+def expansion(
+  student_z: jax.Array,
+  teacher_z: jax.Array,
+  *,
+  eps=0.05,
+  expa_type: int = 1,
+  gamma: str = "default",
+  covariance: str = "global",
+  group_size: int = 0,
+  n: int | None = None,
+) -> jax.Array:
   """expa = γ·½(R(Z_0) + R(Z_1)) over the two global views (see the module docstring).
 
   n: the global batch that α and γ refer to (default: the rows given; a gradient-accumulation micro-batch passes
@@ -79,9 +89,18 @@ def expansion(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, expa_type
   return gamma_value * mean_coding_rate(codes, eps, covariance, group_size, n)
 
 
-def simdino_loss(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, coeff=1.0, expa_type: int = 1,
-                 gamma: str = "default", covariance: str = "global", group_size: int = 0,
-                 n: int | None = None) -> tuple[jax.Array, dict]:
+def simdino_loss(
+  student_z: jax.Array,
+  teacher_z: jax.Array,
+  *,
+  eps=0.05,
+  coeff=1.0,
+  expa_type: int = 1,
+  gamma: str = "default",
+  covariance: str = "global",
+  group_size: int = 0,
+  n: int | None = None,
+) -> tuple[jax.Array, dict]:
   """SimDINO loss −coeff·comp − expa for student [V, B, p] and teacher [2, B, p] (l2-normalized embeddings).
 
   Returns (loss, {"comp": comp, "expa": expa}).
@@ -91,8 +110,9 @@ def simdino_loss(student_z: jax.Array, teacher_z: jax.Array, *, eps=0.05, coeff=
   teacher_z = jax.lax.stop_gradient(as_float32(teacher_z))
   pair_cosines = jnp.mean(cosine(teacher_z[:, None], student_z[None, :]), axis=-1)
   comp = cross_view_mean(pair_cosines)
-  expa = expansion(student_z, teacher_z, eps=eps, expa_type=expa_type, gamma=gamma, covariance=covariance,
-                   group_size=group_size, n=n)
+  expa = expansion(
+    student_z, teacher_z, eps=eps, expa_type=expa_type, gamma=gamma, covariance=covariance, group_size=group_size, n=n
+  )
   return -coeff * comp - expa, {"comp": comp, "expa": expa}
 
 
@@ -102,21 +122,43 @@ def simdino_patch_loss(student_patch_z: jax.Array, teacher_patch_z: jax.Array, m
   Embeddings [2, B, N, p] (or [2B, N, p]); masks [2, B, N] (or [2B, N]) bool; unmasked images count in 2B.
   """
   if student_patch_z.shape != teacher_patch_z.shape or student_patch_z.shape[:-1] != masks.shape:
-    raise ValueError(f"simdino_patch_loss: expected student and teacher [..., N, p] and masks [..., N], got "
-                     f"{student_patch_z.shape}, {teacher_patch_z.shape} and {masks.shape}.")
+    raise ValueError(
+      f"simdino_patch_loss: expected student and teacher [..., N, p] and masks [..., N], got "
+      f"{student_patch_z.shape}, {teacher_patch_z.shape} and {masks.shape}."
+    )
   token_cosines = cosine(jax.lax.stop_gradient(as_float32(teacher_patch_z)), as_float32(student_patch_z))
   return -masked_image_mean(token_cosines, masks)
 
 
-def simdinov2_loss(student_z: jax.Array, teacher_z: jax.Array, student_patch_z: jax.Array,
-                   teacher_patch_z: jax.Array, masks: jax.Array, *, eps=0.05, coeff=1.0, expa_type: int = 1,
-                   gamma: str = "default", covariance: str = "global", group_size: int = 0,
-                   n: int | None = None) -> tuple[jax.Array, dict]:
+def simdinov2_loss(
+  student_z: jax.Array,
+  teacher_z: jax.Array,
+  student_patch_z: jax.Array,
+  teacher_patch_z: jax.Array,
+  masks: jax.Array,
+  *,
+  eps=0.05,
+  coeff=1.0,
+  expa_type: int = 1,
+  gamma: str = "default",
+  covariance: str = "global",
+  group_size: int = 0,
+  n: int | None = None,
+) -> tuple[jax.Array, dict]:
   """SimDINOv2: L = simdino_loss(CLS embeddings) + simdino_patch_loss(masked patch embeddings).
 
   Returns (loss, {"comp", "expa", "patch"}) where "patch" is the patch term (a negative mean cosine).
   """
-  cls_loss, metrics = simdino_loss(student_z, teacher_z, eps=eps, coeff=coeff, expa_type=expa_type, gamma=gamma,
-                                   covariance=covariance, group_size=group_size, n=n)
+  cls_loss, metrics = simdino_loss(
+    student_z,
+    teacher_z,
+    eps=eps,
+    coeff=coeff,
+    expa_type=expa_type,
+    gamma=gamma,
+    covariance=covariance,
+    group_size=group_size,
+    n=n,
+  )
   patch_loss = simdino_patch_loss(student_patch_z, teacher_patch_z, masks)
   return cls_loss + patch_loss, {**metrics, "patch": patch_loss}

@@ -13,6 +13,7 @@ on its static masked-token buffer (padding included), their ratio, the compiled 
 seconds (docs/benchmarks.md, "Compiled cost").
 """
 
+import importlib.util
 import math
 import os
 import time
@@ -28,26 +29,40 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
-  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config (timing mode).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config (timing mode).", lock_config=True)
   flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's; 64 with --compile_only).")
   flags.DEFINE_integer("steps", 20, "Timed steps.")
   flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (the first compiles).")
-  flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s of one device, for MFU: your accelerator's dense bf16 "
-                     "peak (0: don't report MFU).")
+  flags.DEFINE_float(
+    "peak_tflops",
+    746.0,
+    "Peak TFLOP/s of one device, for MFU: your accelerator's dense bf16 peak (0: don't report MFU).",
+  )
   flags.DEFINE_bool("pipeline", True, "Also time the input pipeline (host and on-device augmentation).")
-  flags.DEFINE_bool("compile_only", False, "Compile the recipes of --methods × --models without running them; "
-                    "print XLA's cost analysis and memory per recipe.")
+  flags.DEFINE_bool(
+    "compile_only",
+    False,
+    "Compile the recipes of --methods × --models without running them; "
+    "print XLA's cost analysis and memory per recipe.",
+  )
   flags.DEFINE_list("methods", ["dino", "simdino", "dinov2"], "Recipes for --compile_only.")
   flags.DEFINE_list("models", ["ViT-S/16", "ViT-B/16"], "Models for --compile_only.")
-  flags.DEFINE_string("topology", None, "With --compile_only: compile for this Cloud TPU slice (e.g. v5e:4x4, "
-                      "v4:2x2x2, v5p:2x2x4) on this machine, through libtpu, and print per chip: HBM, FLOPs, "
-                      "collective bytes, compile seconds.")
+  flags.DEFINE_string(
+    "topology",
+    None,
+    "With --compile_only: compile for this Cloud TPU slice (e.g. v5e:4x4, "
+    "v4:2x2x2, v5p:2x2x4) on this machine, through libtpu, and print per chip: HBM, FLOPs, "
+    "collective bytes, compile seconds.",
+  )
   flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices, data parallel across them (DCN).")
   flags.DEFINE_list("set", [], "With --compile_only: config overrides field=value, e.g. fsdp=True,model.remat=True.")
-  flags.DEFINE_bool("data_parallel", False, "With --compile_only: each recipe's step on all local devices at "
-                    "--batch per device against one device at --batch (per-device FLOPs and temporaries, "
-                    "collectives), on devices cut on the device and on the host.")
+  flags.DEFINE_bool(
+    "data_parallel",
+    False,
+    "With --compile_only: each recipe's step on all local devices at "
+    "--batch per device against one device at --batch (per-device FLOPs and temporaries, "
+    "collectives), on devices cut on the device and on the host.",
+  )
 
 
 def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=None):
@@ -64,17 +79,15 @@ def recipe_config(method: str, model: str, *, batch: int = 64, attention_impl=No
   return config
 
 
-def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0,
-                      ffn: str = "mlp") -> float:
+def vit_forward_flops(size: int, *, width: int, depth: int, patch: int, registers: int = 0, ffn: str = "mlp") -> float:
   """`L·n·(8d² + 2F + 4nd) + N_p·2·(3p²)·d`: qkv and projection matmuls, the feed-forward's F multiply-adds per
   token (GELU MLP: 8d²; SwiGLU: 3·d·h with h = swiglu_hidden_dim(4d)), attention, and the patch embedding."""
   from simdino_jax.models import vit  # pylint: disable=import-outside-toplevel
 
   patches = (size // patch) ** 2
   tokens = patches + 1 + registers
-  ffn_macs = 3 * width * vit.swiglu_hidden_dim(4 * width) if ffn == "swiglu" else 8 * width ** 2
-  return (depth * tokens * (8 * width ** 2 + 2 * ffn_macs + 4 * tokens * width)
-          + patches * 2 * (patch * patch * 3) * width)
+  ffn_macs = 3 * width * vit.swiglu_hidden_dim(4 * width) if ffn == "swiglu" else 8 * width**2
+  return depth * tokens * (8 * width**2 + 2 * ffn_macs + 4 * tokens * width) + patches * 2 * (patch * patch * 3) * width
 
 
 def head_flops_per_token(head_params) -> float:
@@ -99,8 +112,14 @@ def backbone_cls_flops(config, head_params) -> float:
 
   a, m = config.aug, config.model
   architecture = models.MODELS.get(m.name)
-  vit = lambda size: vit_forward_flops(size, width=architecture.embed_dim, depth=architecture.depth,
-                                       patch=m.patch_size, registers=m.num_registers, ffn=m.ffn)
+  vit = lambda size: vit_forward_flops(
+    size,
+    width=architecture.embed_dim,
+    depth=architecture.depth,
+    patch=m.patch_size,
+    registers=m.num_registers,
+    ffn=m.ffn,
+  )
   head = head_flops_per_token(head_params)
   student = 2 * vit(a.global_size) + a.n_local * vit(a.local_size) + (2 + a.n_local) * head
   teacher = 2 * vit(a.global_size) + 2 * head
@@ -126,8 +145,9 @@ def compile_step(config):
 
   trainer = train.build(config, num_examples=max(config.batch_size * 1000, 1))
   size = config.data.image_size
-  images = jax.ShapeDtypeStruct((config.batch_size, size, size, 3), np.uint8,
-                                sharding=parallel.batch_sharding(trainer.mesh))
+  images = jax.ShapeDtypeStruct(
+    (config.batch_size, size, size, 3), np.uint8, sharding=parallel.batch_sharding(trainer.mesh)
+  )
   start = time.perf_counter()
   with jax.set_mesh(trainer.mesh):
     compiled = trainer.step_fn.lower(trainer.state, images, trainer.schedules).compile()
@@ -141,10 +161,17 @@ def compiled_cost(compiled) -> dict:
   memory = compiled.memory_analysis()
   peak = None
   if memory is not None:
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-            - memory.alias_size_in_bytes)
-  return {"xla_flops": float(cost.get("flops", 0.0)) if cost else 0.0, "peak_bytes": peak,
-          "temp_bytes": memory.temp_size_in_bytes if memory is not None else None}
+    peak = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
+  return {
+    "xla_flops": float(cost.get("flops", 0.0)) if cost else 0.0,
+    "peak_bytes": peak,
+    "temp_bytes": memory.temp_size_in_bytes if memory is not None else None,
+  }
 
 
 def compile_figures(config) -> dict:
@@ -160,14 +187,18 @@ def compile_figures(config) -> dict:
   ibot = ibot_head_flops(config, head, shards, trainer.state.student.get("ibot_head"))
   batch = config.batch_size
   slots = registry.masked_token_slots(batch, config, shards) if ibot else 0
-  return {"xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
-          "backbone_cls_gflop_per_image": backbone_cls / batch / 1e9, "ibot_gflop_per_image": ibot / batch / 1e9,
-          "ibot_slots_per_crop": slots / (2 * batch), "ibot_share": ibot / (backbone_cls + ibot),
-          "xla_over_backbone_cls": cost["xla_flops"] / backbone_cls,
-          "xla_over_analytic": cost["xla_flops"] / (backbone_cls + ibot),
-          "peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
-          "temp_gb": cost["temp_bytes"] / 1e9 if cost["temp_bytes"] is not None else None,
-          "compile_s": compile_s}
+  return {
+    "xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
+    "backbone_cls_gflop_per_image": backbone_cls / batch / 1e9,
+    "ibot_gflop_per_image": ibot / batch / 1e9,
+    "ibot_slots_per_crop": slots / (2 * batch),
+    "ibot_share": ibot / (backbone_cls + ibot),
+    "xla_over_backbone_cls": cost["xla_flops"] / backbone_cls,
+    "xla_over_analytic": cost["xla_flops"] / (backbone_cls + ibot),
+    "peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
+    "temp_gb": cost["temp_bytes"] / 1e9 if cost["temp_bytes"] is not None else None,
+    "compile_s": compile_s,
+  }
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -205,18 +236,23 @@ def time_step(config, trainer, compiled, compile_s: float, *, steps: int, warmup
     seconds = median_seconds(one_step, steps)
 
   cost = compiled_cost(compiled)
-  analytic = analytic_step_flops(config, state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS],
-                                 state.student.get("ibot_head"))
+  analytic = analytic_step_flops(
+    config, state.student["head"], trainer.mesh.shape[parallel.DATA_AXIS], state.student.get("ibot_head")
+  )
   stats = jax.devices()[0].memory_stats() or {}
   mfu = lambda flops: flops / seconds / 1e12 / peak_tflops if peak_tflops else None
   return {
-      "images_per_s": config.batch_size / seconds, "step_ms": 1e3 * seconds, "compile_s": compile_s,
-      "xla_tflop": cost["xla_flops"] / 1e12, "analytic_tflop": analytic / 1e12,
-      "analytic_tflops_per_s": analytic / seconds / 1e12,
-      "mfu_xla": mfu(cost["xla_flops"]), "mfu_analytic": mfu(analytic),
-      "compiled_peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
-      "runtime_peak_gb": stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
-      "parameters": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.student)),
+    "images_per_s": config.batch_size / seconds,
+    "step_ms": 1e3 * seconds,
+    "compile_s": compile_s,
+    "xla_tflop": cost["xla_flops"] / 1e12,
+    "analytic_tflop": analytic / 1e12,
+    "analytic_tflops_per_s": analytic / seconds / 1e12,
+    "mfu_xla": mfu(cost["xla_flops"]),
+    "mfu_analytic": mfu(analytic),
+    "compiled_peak_gb": cost["peak_bytes"] / 1e9 if cost["peak_bytes"] is not None else None,
+    "runtime_peak_gb": stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
+    "parameters": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.student)),
   }
 
 
@@ -228,10 +264,12 @@ def benchmark_pipeline(config, *, batches: int) -> dict:
   host = data_benchmark.host_images_per_second(config.data, config.batch_size, batches)
   resident = config.data.copy_and_resolve_references()
   resident.on_device = True
-  iterator = data.create_train_iterator(resident, batch_size=config.batch_size, seed=0, process_index=0,
-                                        process_count=1)
-  device, _ = data_benchmark.device_images_per_second(config, iterator.resident_images, next(iterator)["index"],
-                                                      config.model.patch_size, batches)
+  iterator = data.create_train_iterator(
+    resident, batch_size=config.batch_size, seed=0, process_index=0, process_count=1
+  )
+  device, _ = data_benchmark.device_images_per_second(
+    config, iterator.resident_images, next(iterator)["index"], config.model.patch_size, batches
+  )
   return {"host_images_per_s": host, "augment_images_per_s": device}
 
 
@@ -241,9 +279,21 @@ def format_table(rows: list[tuple[str, object]]) -> str:
   return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
 
 
-COMPILE_COLUMNS = ("method", "model", "crops", "xla_gflop_per_image", "backbone_cls_gflop_per_image",
-                   "ibot_gflop_per_image", "ibot_slots_per_crop", "ibot_share", "xla_over_backbone_cls",
-                   "xla_over_analytic", "peak_gb", "temp_gb", "compile_s")
+COMPILE_COLUMNS = (
+  "method",
+  "model",
+  "crops",
+  "xla_gflop_per_image",
+  "backbone_cls_gflop_per_image",
+  "ibot_gflop_per_image",
+  "ibot_slots_per_crop",
+  "ibot_share",
+  "xla_over_backbone_cls",
+  "xla_over_analytic",
+  "peak_gb",
+  "temp_gb",
+  "compile_s",
+)
 
 
 def compile_table(methods, model_names, batch: int) -> list[dict]:
@@ -255,8 +305,12 @@ def compile_table(methods, model_names, batch: int) -> list[dict]:
     for method in methods:
       config = recipe_config(method, model, batch=batch)
       a = config.aug
-      row = {"method": method, "model": model,
-             "crops": f"2x{a.global_size}+{a.n_local}x{a.local_size}", **compile_figures(config)}
+      row = {
+        "method": method,
+        "model": model,
+        "crops": f"2x{a.global_size}+{a.n_local}x{a.local_size}",
+        **compile_figures(config),
+      }
       fmt = lambda v: f"{v:,.3f}" if isinstance(v, float) else str(v)
       print("| " + " | ".join(fmt(row[c]) for c in COMPILE_COLUMNS) + " |", flush=True)
       rows.append(row)
@@ -269,11 +323,11 @@ TPU_HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
 
 def tpu_devices(topology: str, num_slices: int = 1) -> list:
   """The devices of a Cloud TPU slice (`v5e:4x4`) described by libtpu, with no TPU attached."""
-  try:
-    import libtpu  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    raise SystemExit(f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
-                     f"{jax.__version__}' (docs/benchmarks.md, Pod table).") from None
+  if importlib.util.find_spec("libtpu") is None:
+    raise SystemExit(
+      f"error: compiling for a TPU slice needs libtpu beside JAX: pip install 'jax[tpu]=="
+      f"{jax.__version__}' (docs/benchmarks.md, Pod table)."
+    )
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
 
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-16")  # quiet libtpu's probes of the absent host
@@ -281,8 +335,7 @@ def tpu_devices(topology: str, num_slices: int = 1) -> list:
   # v4 chips have two TensorCores; Cloud TPU runs them as one JAX device ("megacore"), libtpu's default
   # description does not.
   megacore = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
-  return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices,
-                                      **megacore).devices
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices, **megacore).devices
 
 
 def apply_overrides(config, overrides) -> None:
@@ -317,34 +370,64 @@ def pod_figures(config, devices, *, capacity_gib: float | None) -> dict:
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
     import re  # pylint: disable=import-outside-toplevel
-    needed = (re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", message)
-              or re.search(r"Used ([0-9.]+[KMGT]?) of [0-9.]+[KMGT]? hbm", message))
+
+    needed = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", message) or re.search(
+      r"Used ([0-9.]+[KMGT]?) of [0-9.]+[KMGT]? hbm", message
+    )
     return {**row, "fits": False, "temp_gib": needed.group(1) if needed else "?", "message": message.splitlines()[0]}
   cost = step_cost.step_cost(compiled, seconds)
-  gib = 2 ** 30
+  gib = 2**30
   moved = cost.collective_bytes()
-  return {**row, "fits": capacity_gib is None or cost.total_bytes / gib <= capacity_gib,
-          "arguments_gib": cost.argument_bytes / gib, "temp_gib": cost.temp_bytes / gib,
-          "total_gib": cost.total_bytes / gib, "capacity_gib": capacity_gib, "tflop_per_chip": cost.flops / 1e12,
-          "xla_over_analytic": cost.flops * len(devices) / analytic_step_flops(
-              config, setup.state.student["head"], len(devices), setup.state.student.get("ibot_head")),
-          "all_reduce_mib": moved["all-reduce"] / 2 ** 20, "all_gather_mib": moved["all-gather"] / 2 ** 20,
-          "reduce_scatter_mib": moved["reduce-scatter"] / 2 ** 20,
-          "other_collectives_mib": (moved["all-to-all"] + moved["collective-permute"]) / 2 ** 20,
-          "collectives_in_loops": sum(c.in_loop for c in cost.collectives), "compile_s": seconds}
+  return {
+    **row,
+    "fits": capacity_gib is None or cost.total_bytes / gib <= capacity_gib,
+    "arguments_gib": cost.argument_bytes / gib,
+    "temp_gib": cost.temp_bytes / gib,
+    "total_gib": cost.total_bytes / gib,
+    "capacity_gib": capacity_gib,
+    "tflop_per_chip": cost.flops / 1e12,
+    "xla_over_analytic": cost.flops
+    * len(devices)
+    / analytic_step_flops(config, setup.state.student["head"], len(devices), setup.state.student.get("ibot_head")),
+    "all_reduce_mib": moved["all-reduce"] / 2**20,
+    "all_gather_mib": moved["all-gather"] / 2**20,
+    "reduce_scatter_mib": moved["reduce-scatter"] / 2**20,
+    "other_collectives_mib": (moved["all-to-all"] + moved["collective-permute"]) / 2**20,
+    "collectives_in_loops": sum(c.in_loop for c in cost.collectives),
+    "compile_s": seconds,
+  }
 
 
-POD_COLUMNS = ("method", "model", "batch", "chips", "per_chip_batch", "fits", "arguments_gib", "temp_gib",
-               "total_gib", "capacity_gib", "tflop_per_chip", "xla_over_analytic", "all_reduce_mib", "all_gather_mib",
-               "reduce_scatter_mib", "other_collectives_mib", "collectives_in_loops", "compile_s")
+POD_COLUMNS = (
+  "method",
+  "model",
+  "batch",
+  "chips",
+  "per_chip_batch",
+  "fits",
+  "arguments_gib",
+  "temp_gib",
+  "total_gib",
+  "capacity_gib",
+  "tflop_per_chip",
+  "xla_over_analytic",
+  "all_reduce_mib",
+  "all_gather_mib",
+  "reduce_scatter_mib",
+  "other_collectives_mib",
+  "collectives_in_loops",
+  "compile_s",
+)
 
 
 def pod_table(methods, model_names, batch: int, topology: str, num_slices: int, overrides) -> list[dict]:
   """pod_figures of every method × model recipe at global batch `batch` on the TPU slice, a Markdown table."""
   devices = tpu_devices(topology, num_slices)
   capacity = TPU_HBM_GIB.get(topology.split(":")[0].lower())
-  print(f"{num_slices} x {topology} ({len(devices)} chips, {devices[0].device_kind}, {capacity} GiB HBM each), "
-        f"global batch {batch}, compile only{', ' + ', '.join(overrides) if overrides else ''}")
+  print(
+    f"{num_slices} x {topology} ({len(devices)} chips, {devices[0].device_kind}, {capacity} GiB HBM each), "
+    f"global batch {batch}, compile only{', ' + ', '.join(overrides) if overrides else ''}"
+  )
   print("| " + " | ".join(POD_COLUMNS) + " |\n|" + "---|" * len(POD_COLUMNS), flush=True)
   rows = []
   for model in model_names:
@@ -367,8 +450,10 @@ def data_parallel_table(methods, model: str, per_device: int, overrides) -> list
   from simdino_jax import parallel, step_cost  # pylint: disable=import-outside-toplevel
 
   devices = jax.devices()
-  print(f"{len(devices)} x {devices[0].device_kind} against 1, {per_device} images per device, model {model}"
-        f"{', ' + ', '.join(overrides) if overrides else ''}")
+  print(
+    f"{len(devices)} x {devices[0].device_kind} against 1, {per_device} images per device, model {model}"
+    f"{', ' + ', '.join(overrides) if overrides else ''}"
+  )
   print("| " + " | ".join(DATA_PARALLEL_COLUMNS) + " |\n|" + "---|" * len(DATA_PARALLEL_COLUMNS), flush=True)
   rows = []
   for method in methods:
@@ -384,9 +469,14 @@ def data_parallel_table(methods, model: str, per_device: int, overrides) -> list
       kinds = {}
       for c in many.collectives:
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
-      row = {"method": method, "crops cut on": "host" if host_crops else "device", "devices": len(devices),
-             "flops_ratio": many.flops / one.flops, "temp_ratio": many.temp_bytes / one.temp_bytes,
-             "collectives": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))}
+      row = {
+        "method": method,
+        "crops cut on": "host" if host_crops else "device",
+        "devices": len(devices),
+        "flops_ratio": many.flops / one.flops,
+        "temp_ratio": many.temp_bytes / one.temp_bytes,
+        "collectives": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+      }
       fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
       print("| " + " | ".join(fmt(row[c]) for c in DATA_PARALLEL_COLUMNS) + " |", flush=True)
       rows.append(row)
@@ -414,22 +504,31 @@ def main(argv) -> None:
     config.batch_size = FLAGS.batch
   device = jax.devices()[0]
   step = benchmark_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops)
-  rows = [("device", f"{jax.device_count()} x {device.device_kind}"), ("model", config.model.name),
-          ("objective", config.objective.name), ("batch", config.batch_size),
-          ("crops", f"2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}"),
-          ("parameters (student)", step["parameters"]), ("images/s", step["images_per_s"]),
-          ("step ms (median)", step["step_ms"]), ("compile s", step["compile_s"]),
-          ("TFLOP/step (XLA)", step["xla_tflop"]), ("TFLOP/step (analytic)", step["analytic_tflop"]),
-          ("TFLOP/s (analytic)", step["analytic_tflops_per_s"]),
-          (f"MFU (XLA, peak {FLAGS.peak_tflops:g})", step["mfu_xla"]),
-          (f"MFU (analytic, peak {FLAGS.peak_tflops:g})", step["mfu_analytic"]),
-          ("peak memory GB (compiled)", step["compiled_peak_gb"]),
-          ("peak memory GB (runtime)", step["runtime_peak_gb"])]
+  rows = [
+    ("device", f"{jax.device_count()} x {device.device_kind}"),
+    ("model", config.model.name),
+    ("objective", config.objective.name),
+    ("batch", config.batch_size),
+    ("crops", f"2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}"),
+    ("parameters (student)", step["parameters"]),
+    ("images/s", step["images_per_s"]),
+    ("step ms (median)", step["step_ms"]),
+    ("compile s", step["compile_s"]),
+    ("TFLOP/step (XLA)", step["xla_tflop"]),
+    ("TFLOP/step (analytic)", step["analytic_tflop"]),
+    ("TFLOP/s (analytic)", step["analytic_tflops_per_s"]),
+    (f"MFU (XLA, peak {FLAGS.peak_tflops:g})", step["mfu_xla"]),
+    (f"MFU (analytic, peak {FLAGS.peak_tflops:g})", step["mfu_analytic"]),
+    ("peak memory GB (compiled)", step["compiled_peak_gb"]),
+    ("peak memory GB (runtime)", step["runtime_peak_gb"]),
+  ]
   if FLAGS.pipeline:
     pipe = benchmark_pipeline(config, batches=FLAGS.steps)
-    rows += [("host pipeline images/s", pipe["host_images_per_s"]),
-             ("on-device augmentation images/s", pipe["augment_images_per_s"]),
-             ("augmentation / step", pipe["augment_images_per_s"] / step["images_per_s"])]
+    rows += [
+      ("host pipeline images/s", pipe["host_images_per_s"]),
+      ("on-device augmentation images/s", pipe["augment_images_per_s"]),
+      ("augmentation / step", pipe["augment_images_per_s"] / step["images_per_s"]),
+    ]
   print(format_table(rows), flush=True)
 
 

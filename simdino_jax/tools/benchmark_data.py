@@ -19,7 +19,6 @@ count, and the cores per accelerator the path needs at known step rates.
 timed repeats after a warm-up (compile) call, with block_until_ready.
 """
 
-import math
 import os
 import time
 
@@ -41,10 +40,12 @@ def host_images_per_second(config, batch: int, n_batches: int) -> float:
   return n_batches * batch / (time.perf_counter() - start)
 
 
-def device_images_per_second(config, split: np.ndarray, rows: np.ndarray, patch_size: int,
-                             repeats: int) -> tuple[float, float]:
+def device_images_per_second(
+  config, split: np.ndarray, rows: np.ndarray, patch_size: int, repeats: int
+) -> tuple[float, float]:
   """(images/s, compile seconds) of jitted gather of `rows` from the device-held split + multicrop + masks."""
   import jax  # pylint: disable=import-outside-toplevel  # not in the workers this module's runs spawn
+
   batch = rows.shape[0]
   grid = (config.aug.global_size // patch_size,) * 2
 
@@ -83,8 +84,10 @@ def read_photos(folder: str | None) -> tuple[list[bytes], list[str]]:
   """The encoded images of `folder` (default: scikit-learn's sample photos) and their names."""
   if folder is None:
     import sklearn.datasets  # pylint: disable=import-outside-toplevel
+
     folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
   from simdino_jax.tools.prepare import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
+
   names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
   if not names:
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
@@ -95,8 +98,9 @@ def read_photos(folder: str | None) -> tuple[list[bytes], list[str]]:
   return encoded, names
 
 
-def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, workers: int
-                   ) -> tuple[float, float, list[float]]:
+def host_crop_rate(
+  encoded: list[bytes], plan, *, batch: int, n_batches: int, workers: int
+) -> tuple[float, float, list[float]]:
   """(images/s wall, images per CPU-second of the workers, resident MiB of each worker) of host crops in `workers`
   grain worker processes."""
   import grain  # pylint: disable=import-outside-toplevel
@@ -106,8 +110,11 @@ def host_crop_rate(encoded: list[bytes], plan, *, batch: int, n_batches: int, wo
   iterator = iter(host_crops.crop_batches(source, plan, batch_size=batch, seed=0, workers=workers, threads=1))
   for _ in range(workers):  # start-up: every worker has imported, opened and produced one batch
     next(iterator)
-  children = [p for p in psutil.Process().children(recursive=True)  # The workers, not multiprocessing's tracker.
-              if not any("resource_tracker" in part for part in p.cmdline())]
+  children = [
+    p
+    for p in psutil.Process().children(recursive=True)  # The workers, not multiprocessing's tracker.
+    if not any("resource_tracker" in part for part in p.cmdline())
+  ]
   cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in children)
   start, cpu_start = time.perf_counter(), cpu()
   for _ in range(n_batches):
@@ -124,8 +131,10 @@ def torchvision_crops(image: bytes, boxes, sizes) -> list[np.ndarray]:
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   pil = host_crops.open_image(image).convert("RGB")
-  return [np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
-          for (top, left, h, w), size in zip(boxes, sizes)]
+  return [
+    np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
+    for (top, left, h, w), size in zip(boxes, sizes)
+  ]
 
 
 def side_by_side(encoded: list[bytes], plan, n_images: int, repeats: int = 9) -> dict[str, float]:
@@ -141,9 +150,14 @@ def side_by_side(encoded: list[bytes], plan, n_images: int, repeats: int = 9) ->
     out = []
     for image, b in zip(images, boxes):
       pixels, scale_x, scale_y = host_crops.decode(image, b, plan.sizes())
-      out.append([host_crops.resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
-                  for box, size in zip(b, plan.sizes())])
+      out.append(
+        [
+          host_crops.resized_crop(pixels, box, size, scale_x, scale_y, plan.interpolation)
+          for box, size in zip(b, plan.sizes())
+        ]
+      )
     return out
+
   theirs = lambda: [torchvision_crops(image, b, plan.sizes()) for image, b in zip(images, boxes)]
   times, crops = {"host_crops": [], "torchvision": []}, {}
   for _ in range(repeats):
@@ -152,8 +166,7 @@ def side_by_side(encoded: list[bytes], plan, n_images: int, repeats: int = 9) ->
       crops[name] = fn()
       times[name].append(1e3 * (time.process_time() - start) / n_images)
   mine, reference = crops["host_crops"], crops["torchvision"]
-  worst = max(float(np.mean(np.abs(a.astype(np.float64) - b))) for m, r in zip(mine, reference)
-              for a, b in zip(m, r))
+  worst = max(float(np.mean(np.abs(a.astype(np.float64) - b))) for m, r in zip(mine, reference) for a, b in zip(m, r))
   ratio = float(np.median(np.divide(times["torchvision"], times["host_crops"])))
   return {**{k: float(np.median(v)) for k, v in times.items()}, "ratio": ratio, "worst_crop_mad": worst}
 
@@ -176,8 +189,17 @@ def part_costs(encoded: list[bytes], plan, n_images: int) -> dict[str, float]:
   return {k: 1e3 * v / counts[k] for k, v in totals.items()}
 
 
-def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64, n_batches: int = 50,
-                   global_size: int = 224, local_size: int = 96, n_local: int = 10, parts_images: int = 50) -> None:
+def run_host_crops(
+  *,
+  photos: str | None = None,
+  workers=(1, 2),
+  batch: int = 64,
+  n_batches: int = 50,
+  global_size: int = 224,
+  local_size: int = 96,
+  n_local: int = 10,
+  parts_images: int = 50,
+) -> None:
   """Prints the host-crop figures: ours against torchvision's way, per-part costs, then images/s and resident
   memory for each worker count."""
   config = data.default_config().aug
@@ -185,34 +207,49 @@ def run_host_crops(*, photos: str | None = None, workers=(1, 2), batch: int = 64
   plan = host_crops.CropPlan.from_config(config)
   encoded, names = read_photos(photos)
   sizes = sorted({host_crops.image_size(e)[::-1] for e in encoded})
-  print(f"host crops: {len(names)} photos ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; sizes "
-        f"{', '.join(f'{w}x{h}' for w, h in sizes[:4])}), 2x{plan.global_size} + {plan.n_local}x"
-        f"{plan.local_size} crops (scales {plan.global_scale}, {plan.local_scale}), batch {batch}, "
-        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
+  print(
+    f"host crops: {len(names)} photos ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; sizes "
+    f"{', '.join(f'{w}x{h}' for w, h in sizes[:4])}), 2x{plan.global_size} + {plan.n_local}x"
+    f"{plan.local_size} crops (scales {plan.global_scale}, {plan.local_scale}), batch {batch}, "
+    f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}"
+  )
   both = side_by_side(encoded, plan, parts_images)
-  print(f"one image, all {2 + plan.n_local} views, CPU ms in this process (medians of rounds): host_crops "
-        f"{both['host_crops']:.2f} "
-        f"({1e3 / both['host_crops']:.0f} images/s per core), torchvision's way {both['torchvision']:.2f} "
-        f"({1e3 / both['torchvision']:.0f}); ratio {both['ratio']:.2f}x; worst crop "
-        f"MAD from PIL's resize {both['worst_crop_mad']:.2f}/255")
+  print(
+    f"one image, all {2 + plan.n_local} views, CPU ms in this process (medians of rounds): host_crops "
+    f"{both['host_crops']:.2f} "
+    f"({1e3 / both['host_crops']:.0f} images/s per core), torchvision's way {both['torchvision']:.2f} "
+    f"({1e3 / both['torchvision']:.0f}); ratio {both['ratio']:.2f}x; worst crop "
+    f"MAD from PIL's resize {both['worst_crop_mad']:.2f}/255"
+  )
   costs = part_costs(encoded, plan, parts_images)
   print("per-part cost (CPU ms, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
   for n in workers:
     wall, per_cpu, resident = host_crop_rate(encoded, plan, batch=batch, n_batches=n_batches, workers=n)
-    print(f"{n} worker(s): {wall:,.0f} images/s ({wall / n:,.0f} per worker, wall clock); "
-          f"{per_cpu:,.0f} images per CPU-second of the workers; resident memory per worker "
-          f"{', '.join(f'{r:.0f}' for r in resident)} MiB")
+    print(
+      f"{n} worker(s): {wall:,.0f} images/s ({wall / n:,.0f} per worker, wall clock); "
+      f"{per_cpu:,.0f} images per CPU-second of the workers; resident memory per worker "
+      f"{', '.join(f'{r:.0f}' for r in resident)} MiB"
+    )
 
 
 # Train-step rates to feed, images/s per accelerator (docs/benchmarks.md): what the host path must keep up with.
-STEP_RATES = (("DINO ViT-S/16, this codebase, one H100 (measured)", 1010.0),
-              ("DINO ViT-S/16, the goal on one H100", 1500.0),
-              ("ViT-B/16, the goal on one H100", 700.0),
-              ("DINO ViT-S/16, the official PyTorch step, one H100", 476.0))
+STEP_RATES = (
+  ("DINO ViT-S/16, this codebase, one H100 (measured)", 1010.0),
+  ("DINO ViT-S/16, the goal on one H100", 1500.0),
+  ("ViT-B/16, the goal on one H100", 700.0),
+  ("DINO ViT-S/16, the official PyTorch step, one H100", 476.0),
+)
 
 
-def run_feed(*, photos: str | None = None, method: str = "dino", model: str = "ViT-T/16", batch: int = 8,
-             steps: int = 6, workers=(1, 2)) -> None:
+def run_feed(
+  *,
+  photos: str | None = None,
+  method: str = "dino",
+  model: str = "ViT-T/16",
+  batch: int = 8,
+  steps: int = 6,
+  workers=(1, 2),
+) -> None:
   """Feeds the real train step (`method`'s recipe at the ImageNet sizes) from the host-crop path with each worker
   count and prints the fraction of the loop's time spent waiting for data; then how many cores of that path one
   accelerator needs at each rate of `STEP_RATES`."""
@@ -227,9 +264,11 @@ def run_feed(*, photos: str | None = None, method: str = "dino", model: str = "V
   setup = train.build(config, num_examples=1_281_167)
   step = train.make_host_step(setup, None)
   per_core = 1e3 / side_by_side(encoded, plan, n_images=20)["host_crops"]
-  print(f"feed: {method} {model} train step ({jax.devices()[0].device_kind}), batch {batch}, "
-        f"2x{plan.global_size} + {plan.n_local}x{plan.local_size} crops from {len(names)} photos; host crops "
-        f"{per_core:.0f} images/s per core; load average {os.getloadavg()[0]:.2f}")
+  print(
+    f"feed: {method} {model} train step ({jax.devices()[0].device_kind}), batch {batch}, "
+    f"2x{plan.global_size} + {plan.n_local}x{plan.local_size} crops from {len(names)} photos; host crops "
+    f"{per_core:.0f} images/s per core; load average {os.getloadavg()[0]:.2f}"
+  )
   state = setup.state
   for n in workers:
     source = grain.MapDataset.source(Photos(encoded, batch * (steps + 1 + 2 * n)))
@@ -246,33 +285,52 @@ def run_feed(*, photos: str | None = None, method: str = "dino", model: str = "V
       jax.block_until_ready(state.step)
       stepping += time.perf_counter() - start
     batches.close()
-    print(f"{n} worker(s): {batch * steps / (waiting + stepping):.1f} images/s, step {1e3 * stepping / steps:.0f} "
-          f"ms, waiting for data {100 * waiting / (waiting + stepping):.1f}% of the loop")
+    print(
+      f"{n} worker(s): {batch * steps / (waiting + stepping):.1f} images/s, step {1e3 * stepping / steps:.0f} "
+      f"ms, waiting for data {100 * waiting / (waiting + stepping):.1f}% of the loop"
+    )
   for name, rate in STEP_RATES:
     print(f"  {name}: {rate:,.0f} images/s needs {rate / per_core:.1f} cores of host crops per accelerator")
 
 
-def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: int = 64, n_batches: int = 50,
-               repeats: int = 10, patch_size: int = 4, image_size: int | None = None, global_size: int | None = None,
-               local_size: int | None = None, n_local: int = 10) -> None:
+def run_square(
+  *,
+  dataset: str = "digits",
+  data_dir: str | None = None,
+  batch: int = 64,
+  n_batches: int = 50,
+  repeats: int = 10,
+  patch_size: int = 4,
+  image_size: int | None = None,
+  global_size: int | None = None,
+  local_size: int | None = None,
+  n_local: int = 10,
+) -> None:
   """Prints the figures of the square path: host, host with the split on device, device multicrop."""
   import jax  # pylint: disable=import-outside-toplevel  # not in the workers this module's runs spawn
+
   config = data.default_config()
   config.data.name, config.data.data_dir = dataset, data_dir
   config.aug.n_local = n_local
-  for section, field, value in ((config.data, "image_size", image_size), (config.aug, "global_size", global_size),
-                                (config.aug, "local_size", local_size)):
+  for section, field, value in (
+    (config.data, "image_size", image_size),
+    (config.aug, "global_size", global_size),
+    (config.aug, "local_size", local_size),
+  ):
     if value:
       section[field] = value
   host = host_images_per_second(config.data, batch, n_batches)
   config.data.on_device = True
   host_rows = host_images_per_second(config.data, batch, n_batches)
   iterator = data.create_train_iterator(config.data, batch_size=batch, seed=0, process_index=0, process_count=1)
-  device, compile_s = device_images_per_second(config, iterator.resident_images, next(iterator)["index"],
-                                               patch_size, repeats)
+  device, compile_s = device_images_per_second(
+    config, iterator.resident_images, next(iterator)["index"], patch_size, repeats
+  )
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
-  print(f"dataset {dataset}, batch {batch}, S={config.data.image_size}, "
-        f"crops 2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}")
+  print(
+    f"dataset {dataset}, batch {batch}, S={config.data.image_size}, "
+    f"crops 2x{config.aug.global_size} + {config.aug.n_local}x{config.aug.local_size}"
+  )
   print(f"host pipeline (read+decode+resize+batch): {host:,.0f} images/s")
   print(f"host with the split on device (row indices only): {host_rows:,.0f} images/s")
   print(f"device gather + multicrop + block masks (jit): {device:,.0f} images/s (compile {compile_s:.1f} s)")
@@ -280,9 +338,13 @@ def run_square(*, dataset: str = "digits", data_dir: str | None = None, batch: i
 
 def define_flags() -> None:
   """The command-line flags (defined when run as a program only: other tools define flags of the same names)."""
-  flags.DEFINE_enum("mode", "square", ["square", "host_crops", "feed"],
-                    "square: images resized to S on the host, cropped on the device; host_crops: crops cut on the "
-                    "host from the original photos; feed: the train step fed by host crops.")
+  flags.DEFINE_enum(
+    "mode",
+    "square",
+    ["square", "host_crops", "feed"],
+    "square: images resized to S on the host, cropped on the device; host_crops: crops cut on the "
+    "host from the original photos; feed: the train step fed by host crops.",
+  )
   flags.DEFINE_string("method", "dino", "feed mode: the recipe whose train step is fed.")
   flags.DEFINE_string("model", "ViT-T/16", "feed mode: the backbone.")
   flags.DEFINE_integer("steps", 6, "feed mode: timed train steps per worker count.")
@@ -305,16 +367,33 @@ def main(argv) -> None:
   cli.flags_only(argv)
   f = flags.FLAGS
   if f.mode == "feed":
-    run_feed(photos=f.photos, method=f.method, model=f.model, batch=f.batch, steps=f.steps,
-             workers=[int(w) for w in f.workers])
+    run_feed(
+      photos=f.photos, method=f.method, model=f.model, batch=f.batch, steps=f.steps, workers=[int(w) for w in f.workers]
+    )
   elif f.mode == "host_crops":
-    run_host_crops(photos=f.photos, workers=[int(w) for w in f.workers], batch=f.batch, n_batches=f.host_batches,
-                   global_size=f.global_size or 224, local_size=f.local_size or 96, n_local=f.n_local,
-                   parts_images=f.parts_images)
+    run_host_crops(
+      photos=f.photos,
+      workers=[int(w) for w in f.workers],
+      batch=f.batch,
+      n_batches=f.host_batches,
+      global_size=f.global_size or 224,
+      local_size=f.local_size or 96,
+      n_local=f.n_local,
+      parts_images=f.parts_images,
+    )
   else:
-    run_square(dataset=f.dataset, data_dir=f.data_dir, batch=f.batch, n_batches=f.host_batches, repeats=f.repeats,
-               patch_size=f.patch_size, image_size=f.image_size, global_size=f.global_size,
-               local_size=f.local_size, n_local=f.n_local)
+    run_square(
+      dataset=f.dataset,
+      data_dir=f.data_dir,
+      batch=f.batch,
+      n_batches=f.host_batches,
+      repeats=f.repeats,
+      patch_size=f.patch_size,
+      image_size=f.image_size,
+      global_size=f.global_size,
+      local_size=f.local_size,
+      n_local=f.n_local,
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def _koleo_proto_value_and_grad(prototypes, chunk_size: int) -> dict:
   compile_seconds = time.perf_counter() - start
   start = time.perf_counter()
   value, gradient = jax.block_until_ready(compiled(prototypes))
-  return {"compile_seconds": round(compile_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-          "loss": float(value), "grad_norm": float(np.linalg.norm(np.asarray(gradient)))}
+  return {
+    "compile_seconds": round(compile_seconds, 2),
+    "seconds": round(time.perf_counter() - start, 2),
+    "loss": float(value),
+    "grad_norm": float(np.linalg.norm(np.asarray(gradient))),
+  }
 
 
 def _unique_prototypes(prototypes, chunk_size: int) -> dict:
@@ -39,12 +43,14 @@ def _unique_prototypes(prototypes, chunk_size: int) -> dict:
 
   start = time.perf_counter()
   count, largest_group = unique_prototypes(prototypes, 0.025, chunk_size=chunk_size)
-  return {"seconds_incl_compile": round(time.perf_counter() - start, 2), "count": count,
-          "largest_group": largest_group}
+  return {"seconds_incl_compile": round(time.perf_counter() - start, 2), "count": count, "largest_group": largest_group}
 
 
-STAGES = {"baseline": lambda prototypes, chunk_size: {}, "koleo_proto_value_and_grad": _koleo_proto_value_and_grad,
-          "unique_prototypes": _unique_prototypes}
+STAGES = {
+  "baseline": lambda prototypes, chunk_size: {},
+  "koleo_proto_value_and_grad": _koleo_proto_value_and_grad,
+  "unique_prototypes": _unique_prototypes,
+}
 
 
 def _measure(stage: str, k: int, d: int, chunk_size: int, seed: int) -> dict:
@@ -72,8 +78,9 @@ def main(argv) -> None:
   context = multiprocessing.get_context("spawn")
   for stage in STAGES:
     with context.Pool(1) as pool:
-      print(json.dumps(pool.apply(_measure, (stage, args["k"], args["d"], args["chunk_size"], args["seed"]))),
-            flush=True)
+      print(
+        json.dumps(pool.apply(_measure, (stage, args["k"], args["d"], args["chunk_size"], args["seed"]))), flush=True
+      )
 
 
 if __name__ == "__main__":

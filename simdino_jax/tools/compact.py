@@ -27,7 +27,7 @@ def decode_compact(path: str, limit: int | None = None) -> tuple[np.ndarray, np.
     labels = z["label"][:limit].astype(np.int32)
   images = np.empty((len(labels), 32, 32, 3), np.uint8)
   for i in range(len(labels)):
-    jpeg = header + scans[offsets[i]:offsets[i + 1]] + trailer
+    jpeg = header + scans[offsets[i] : offsets[i + 1]] + trailer
     images[i] = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
   return images, labels
 
@@ -38,8 +38,9 @@ def convert(source: str, out: str) -> list[str]:
   for split in ("train", "test"):
     src = os.path.join(source, f"{split}.npz")
     if not os.path.exists(src):
-      raise FileNotFoundError(f"{src} not found: --source must be the cifar10_compact folder holding "
-                              "train.npz and test.npz.")
+      raise FileNotFoundError(
+        f"{src} not found: --source must be the cifar10_compact folder holding train.npz and test.npz."
+      )
     images, labels = decode_compact(src)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"cifar10_{split}.npz")

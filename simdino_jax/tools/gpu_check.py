@@ -37,8 +37,20 @@ FLAGS = flags.FLAGS
 STEP_METHODS = ("dino", "simdino", "dinov2")
 STEP_MODELS = ("ViT-S/16", "ViT-B/16")
 ATTENTIONS = ("cudnn", "xla")
-STEP_COLUMNS = ("method", "model", "attention", "batch", "status", "images_per_s", "step_ms",
-                "mfu_analytic", "mfu_xla", "compiled_peak_gb", "runtime_peak_gb", "compile_s")
+STEP_COLUMNS = (
+  "method",
+  "model",
+  "attention",
+  "batch",
+  "status",
+  "images_per_s",
+  "step_ms",
+  "mfu_analytic",
+  "mfu_xla",
+  "compiled_peak_gb",
+  "runtime_peak_gb",
+  "compile_s",
+)
 CURVE_METHODS = ("dino", "simdino")
 PARTS = ("steps", "pipeline", "curves")
 DEFAULT_PARTS = ("steps", "curves")  # with the default budgets, about 9 minutes on an H100 machine
@@ -48,16 +60,31 @@ RUN_OVERHEAD_SECONDS = 45.0  # a run's step from the compilation cache (12 s on 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
   flags.DEFINE_string("out", None, "Output folder (at most 8 files).", required=True)
-  flags.DEFINE_string("cifar", ".gpu_check/cifar10_compact", "Folder with the compact CIFAR-10 train.npz and "
-                      "test.npz (launch/gpu_check.sh prepare copies them there).")
+  flags.DEFINE_string(
+    "cifar",
+    ".gpu_check/cifar10_compact",
+    "Folder with the compact CIFAR-10 train.npz and test.npz (launch/gpu_check.sh prepare copies them there).",
+  )
   flags.DEFINE_string("scratch", "/tmp/gpu_check", "Decoded data and training workdirs (not returned).")
-  flags.DEFINE_float("bench_seconds", 110.0, "Time budget of the step benchmark: each row compiles (about 1.5 min on "
-                     "an H100 machine) and runs alone; the default holds one row.")
-  flags.DEFINE_float("train_seconds", 110.0, "Wall time of each CIFAR-10 run (its step loaded from the compilation "
-                     "cache, kNN evaluations and training; the compiles come before, both at once).")
+  flags.DEFINE_float(
+    "bench_seconds",
+    110.0,
+    "Time budget of the step benchmark: each row compiles (about 1.5 min on "
+    "an H100 machine) and runs alone; the default holds one row.",
+  )
+  flags.DEFINE_float(
+    "train_seconds",
+    110.0,
+    "Wall time of each CIFAR-10 run (its step loaded from the compilation "
+    "cache, kNN evaluations and training; the compiles come before, both at once).",
+  )
   flags.DEFINE_float("peak_tflops", 746.0, "Peak TFLOP/s for MFU.")
-  flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"Parts to run, in order: any of {', '.join(PARTS)} (the "
-                    "pipeline is measured in docs/gpu_check_h100/; its compile takes about 1.5 min).")
+  flags.DEFINE_list(
+    "parts",
+    list(DEFAULT_PARTS),
+    f"Parts to run, in order: any of {', '.join(PARTS)} (the "
+    "pipeline is measured in docs/gpu_check_h100/; its compile takes about 1.5 min).",
+  )
   flags.DEFINE_bool("dry_run", False, "Tiny sizes on any backend, to check the whole path in seconds.")
 
 
@@ -80,8 +107,11 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
     plan = plan[:1]
   rows, deadline, slowest_compile_s = [], time.perf_counter() + budget_s, 0.0
   for method, model, attention in plan:
-    config = (configs.load(method, "preset=dry_run") if dry_run
-              else benchmark.recipe_config(method, model, batch=64, attention_impl=attention))
+    config = (
+      configs.load(method, "preset=dry_run")
+      if dry_run
+      else benchmark.recipe_config(method, model, batch=64, attention_impl=attention)
+    )
     row = {"method": method, "model": model, "attention": attention, "batch": config.batch_size}
     rows.append(row)
     if deadline - time.perf_counter() < slowest_compile_s:
@@ -90,8 +120,15 @@ def step_rows(*, dry_run: bool, budget_s: float, peak_tflops: float) -> list[dic
     start = time.perf_counter()
     try:
       trainer, compiled, compile_s = benchmark.compile_step(config)
-      figures = benchmark.time_step(config, trainer, compiled, compile_s, steps=2 if dry_run else 10,
-                                    warmup=1 if dry_run else 2, peak_tflops=peak_tflops)
+      figures = benchmark.time_step(
+        config,
+        trainer,
+        compiled,
+        compile_s,
+        steps=2 if dry_run else 10,
+        warmup=1 if dry_run else 2,
+        peak_tflops=peak_tflops,
+      )
       row.update(status="ok", **{k: figures[k] for k in STEP_COLUMNS if k in figures})
       del trainer, compiled  # freed before the next row compiles
     except Exception as error:  # pylint: disable=broad-except  # one failing row must not lose the others
@@ -113,8 +150,10 @@ def decode_cifar(source: str, scratch: str, *, dry_run: bool) -> str:
       continue
     source_path = os.path.join(source, f"{split}.npz")
     if not os.path.exists(source_path):
-      raise FileNotFoundError(f"{source_path} not found: run `launch/gpu_check.sh prepare` first (it copies "
-                              "the compact CIFAR-10 into .gpu_check/), and carry .gpu_check.")
+      raise FileNotFoundError(
+        f"{source_path} not found: run `launch/gpu_check.sh prepare` first (it copies "
+        "the compact CIFAR-10 into .gpu_check/), and carry .gpu_check."
+      )
     images, labels = compact.decode_compact(source_path, limit if dry_run else None)
     os.makedirs(out, exist_ok=True)
     np.savez(path, image=images, label=labels)
@@ -125,29 +164,49 @@ def pipeline_row(data_path: str, *, dry_run: bool) -> dict:
   """benchmark_pipeline on CIFAR-10 with the full-mode crops (batch 256)."""
   from simdino_jax.tools import benchmark, reproduce
 
-  config = reproduce.method_config("dino", preset="quick" if dry_run else "full", dataset="npz", model="ViT-T/4",
-                                   epochs=1.0, batch=64 if dry_run else 256, eval_every=1.0, seed=0,
-                                   data_path=data_path)
-  return {"dataset": "cifar10", "batch": config.batch_size,
-          **benchmark.benchmark_pipeline(config, batches=2 if dry_run else 20)}
+  config = reproduce.method_config(
+    "dino",
+    preset="quick" if dry_run else "full",
+    dataset="npz",
+    model="ViT-T/4",
+    epochs=1.0,
+    batch=64 if dry_run else 256,
+    eval_every=1.0,
+    seed=0,
+    data_path=data_path,
+  )
+  return {
+    "dataset": "cifar10",
+    "batch": config.batch_size,
+    **benchmark.benchmark_pipeline(config, batches=2 if dry_run else 20),
+  }
 
 
 def curve_config(method: str, data_path: str, *, dry_run: bool, epochs: float, eval_every: float):
   """The full-mode reproduction recipe (quick sizes in a dry run), no checkpoints or TensorBoard."""
   from simdino_jax.tools import reproduce
 
-  config = reproduce.method_config(method, preset="quick" if dry_run else "full", dataset="npz",
-                                   model="vit_nano" if dry_run else "ViT-T/4", epochs=epochs,
-                                   batch=64 if dry_run else 256, eval_every=eval_every, seed=0, data_path=data_path)
+  config = reproduce.method_config(
+    method,
+    preset="quick" if dry_run else "full",
+    dataset="npz",
+    model="vit_nano" if dry_run else "ViT-T/4",
+    epochs=epochs,
+    batch=64 if dry_run else 256,
+    eval_every=eval_every,
+    seed=0,
+    data_path=data_path,
+  )
   config.checkpoint_every_steps, config.tensorboard, config.async_checkpointing = 0, False, False
   return config
 
 
 class IndexedStep(NamedTuple):
   """A compiled train step on a device-held split, with what it runs on."""
+
   trainer: object
-  dataset: object       # the split on the device
-  rows: object          # one batch of row indices
+  dataset: object  # the split on the device
+  rows: object  # one batch of row indices
   compiled: object
   compile_s: float
 
@@ -161,8 +220,9 @@ def compile_indexed_step(config) -> IndexedStep:
 
   from simdino_jax import data, parallel, train
 
-  iterator = data.create_train_iterator(config.data, batch_size=config.batch_size, seed=0, process_index=0,
-                                        process_count=1)
+  iterator = data.create_train_iterator(
+    config.data, batch_size=config.batch_size, seed=0, process_index=0, process_count=1
+  )
   trainer = train.build(config, num_examples=iterator.num_examples)
   with jax.set_mesh(trainer.mesh):
     dataset = parallel.replicate(iterator.resident_images, trainer.mesh)
@@ -215,8 +275,12 @@ def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_secon
     start = time.perf_counter()
     last = train.run(config, os.path.join(scratch, "runs", method))
     steps_per_epoch[method] = train.steps_per_epoch(config)
-    summary[method] = {"epochs": epochs, "knn_top1_k20": last.get("knn_top1_k20"), "compile_s": compile_s[method],
-                       "wall_s": time.perf_counter() - start}
+    summary[method] = {
+      "epochs": epochs,
+      "knn_top1_k20": last.get("knn_top1_k20"),
+      "compile_s": compile_s[method],
+      "wall_s": time.perf_counter() - start,
+    }
     print(f"{method}: {summary[method]}", flush=True)
   rows = reproduce.collect(os.path.join(scratch, "runs"), CURVE_METHODS, steps_per_epoch)
   reproduce.write_csv(rows, os.path.join(out, "curves.csv"))
@@ -231,8 +295,17 @@ def write_rows(rows: list[dict], path: str, columns) -> None:
     writer.writerows(rows)
 
 
-def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: float, train_seconds: float,
-        peak_tflops: float, parts=PARTS) -> dict:
+def run(
+  out: str,
+  *,
+  cifar: str,
+  scratch: str,
+  dry_run: bool,
+  bench_seconds: float,
+  train_seconds: float,
+  peak_tflops: float,
+  parts=PARTS,
+) -> dict:
   """The chosen parts in turn; a part that fails is recorded in the summary and the next part still runs.
 
   summary.json is rewritten after each part, so a run stopped at its time limit keeps what it measured. Compiled
@@ -247,8 +320,14 @@ def run(out: str, *, cifar: str, scratch: str, dry_run: bool, bench_seconds: flo
     jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
   os.makedirs(out, exist_ok=True)
   device = jax.devices()[0]
-  summary = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
-             "versions": _versions(), "dry_run": dry_run, "wall_s": {}, "errors": {}}
+  summary = {
+    "device": f"{jax.device_count()} x {device.device_kind}",
+    "backend": jax.default_backend(),
+    "versions": _versions(),
+    "dry_run": dry_run,
+    "wall_s": {},
+    "errors": {},
+  }
   print(f"device: {summary['device']}, versions: {summary['versions']}", flush=True)
 
   def steps():
@@ -296,9 +375,16 @@ def _versions() -> dict:
 
 def main(argv) -> None:
   del argv
-  run(FLAGS.out, cifar=FLAGS.cifar, scratch=FLAGS.scratch, dry_run=FLAGS.dry_run,
-      bench_seconds=FLAGS.bench_seconds, train_seconds=FLAGS.train_seconds, peak_tflops=FLAGS.peak_tflops,
-      parts=FLAGS.parts)
+  run(
+    FLAGS.out,
+    cifar=FLAGS.cifar,
+    scratch=FLAGS.scratch,
+    dry_run=FLAGS.dry_run,
+    bench_seconds=FLAGS.bench_seconds,
+    train_seconds=FLAGS.train_seconds,
+    peak_tflops=FLAGS.peak_tflops,
+    parts=FLAGS.parts,
+  )
 
 
 if __name__ == "__main__":

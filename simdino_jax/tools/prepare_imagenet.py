@@ -24,12 +24,14 @@ def prepare_imagenet2012(manual_dir: str, data_dir: str) -> str:
   missing = [name for name in (TRAIN_ARCHIVE, VAL_ARCHIVE) if not os.path.isfile(os.path.join(manual_dir, name))]
   if missing:
     raise prepare.SourceError(
-        f"{manual_dir} lacks {', '.join(missing)}: download the ILSVRC 2012 training and validation archives from "
-        "https://image-net.org (registration needed) into --manual_dir, unpacked no further.")
+      f"{manual_dir} lacks {', '.join(missing)}: download the ILSVRC 2012 training and validation archives from "
+      "https://image-net.org (registration needed) into --manual_dir, unpacked no further."
+    )
   tfds = prepare._tfds()  # pylint: disable=protected-access
 
   class Imagenet2012(tfds.builder_cls("imagenet2012"), skip_registration=True):
     """TFDS's builder as it is; nothing is downloaded (and TFDS's checksum lookup needs importlib_resources)."""
+
     name = "imagenet2012"
     url_infos = None
 
@@ -51,7 +53,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, f"Folder with {TRAIN_ARCHIVE} and {VAL_ARCHIVE}.",
-                                    required=True)
+  _MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, f"Folder with {TRAIN_ARCHIVE} and {VAL_ARCHIVE}.", required=True
+  )
   _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to write imagenet2012 into.", required=True)
   app.run(main)

@@ -50,11 +50,16 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (so the module imports anywhere)."""
   flags.DEFINE_string("workdir", None, "Output directory.", required=True)
   flags.DEFINE_bool("quick", False, "Pipeline check: the smallest digits run (seconds per method), not evidence.")
-  flags.DEFINE_bool("evidence", False, "The digits comparison on CPU: the small-image recipe of "
-                    "docs/small_image_recipe.md (a few minutes per run on one core).")
+  flags.DEFINE_bool(
+    "evidence",
+    False,
+    "The digits comparison on CPU: the small-image recipe of "
+    "docs/small_image_recipe.md (a few minutes per run on one core).",
+  )
   flags.DEFINE_list("methods", list(METHODS), f"Subset of {', '.join(METHODS)}.")
-  flags.DEFINE_string("dataset", None, "digits | cifar10 (TFDS, prepared) | npz (default: quick/evidence→digits, "
-    "else cifar10).")
+  flags.DEFINE_string(
+    "dataset", None, "digits | cifar10 (TFDS, prepared) | npz (default: quick/evidence→digits, else cifar10)."
+  )
   flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared cifar10.")
   flags.DEFINE_string("data_path", None, "npz path with '{split}' for --dataset=npz.")
   flags.DEFINE_string("model", None, "Backbone (default: the preset's, see DEFAULTS).")
@@ -68,14 +73,26 @@ def _define_flags() -> None:
 
 # Per preset: dataset, model, epochs, batch, kNN every this many epochs.
 DEFAULTS = {
-    "quick": dict(dataset="digits", model="vit_micro", epochs=6.0, batch=64, eval_every=1.0),
-    "evidence": dict(dataset="digits", model="vit_micro", epochs=15.0, batch=64, eval_every=3.0),
-    "full": dict(dataset="cifar10", model="ViT-T/4", epochs=100.0, batch=256, eval_every=5.0),
+  "quick": dict(dataset="digits", model="vit_micro", epochs=6.0, batch=64, eval_every=1.0),
+  "evidence": dict(dataset="digits", model="vit_micro", epochs=15.0, batch=64, eval_every=3.0),
+  "full": dict(dataset="cifar10", model="ViT-T/4", epochs=100.0, batch=256, eval_every=5.0),
 }
 
 
-def method_config(method: str, *, preset: str, dataset: str, model: str, epochs: float, batch: int,
-                  eval_every: float, seed: int, data_dir=None, data_path=None, koleo_proto_weight=0.1):
+def method_config(
+  method: str,
+  *,
+  preset: str,
+  dataset: str,
+  model: str,
+  epochs: float,
+  batch: int,
+  eval_every: float,
+  seed: int,
+  data_dir=None,
+  data_path=None,
+  koleo_proto_weight=0.1,
+):
   """The config of one run of the comparison: the method's recipe file at the comparison's shared sizes,
   `configs.load(method, "model=..,data=..,preset=..,batch=..")` (the presets: simdino_jax/configs/common.py).
 
@@ -93,8 +110,9 @@ def method_config(method: str, *, preset: str, dataset: str, model: str, epochs:
   c.data.name = dataset
   if dataset == "npz":
     if not data_path:
-      raise ValueError("--dataset=npz needs --data_path (e.g. DIR/cifar10_{split}.npz from "
-                       "`python -m simdino_jax.tools.compact`).")
+      raise ValueError(
+        "--dataset=npz needs --data_path (e.g. DIR/cifar10_{split}.npz from `python -m simdino_jax.tools.compact`)."
+      )
     c.data.path = data_path
   if data_dir:
     c.data.data_dir = data_dir
@@ -110,20 +128,39 @@ def raw_pixel_knn(config) -> dict[str, float]:
   The features are the flattened `evaluation_inputs` (the normalized images at the global-crop size): what the
   learned features must beat to be worth anything. Returns {"knn_top1_k{k}": accuracy, ...}.
   """
+
   def pixels(params, images):
     del params
     inputs = features_lib.evaluation_inputs(config, images)
     return inputs.reshape(inputs.shape[0], -1)
 
   mesh = parallel.create_mesh()
-  splits = [features_lib.split_features(pixels, None, data_lib.open_split(config.data, split, crop_size=config.aug.global_size),
-                                        batch_size=config.eval.batch_size, mesh=mesh, max_examples=max_examples)
-            for split, max_examples in ((config.data.train_split, config.eval.max_train_examples),
-                                        (config.data.eval_split, config.eval.max_test_examples))]
+  splits = [
+    features_lib.split_features(
+      pixels,
+      None,
+      data_lib.open_split(config.data, split, crop_size=config.aug.global_size),
+      batch_size=config.eval.batch_size,
+      mesh=mesh,
+      max_examples=max_examples,
+    )
+    for split, max_examples in (
+      (config.data.train_split, config.eval.max_train_examples),
+      (config.data.eval_split, config.eval.max_test_examples),
+    )
+  ]
   (train_x, train_y), (test_x, test_y) = splits
   num_classes = int(max(train_y.max(), test_y.max())) + 1
-  return knn_lib.knn_classify(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                              k=tuple(config.eval.knn_k), temperature=config.eval.knn_temperature, mesh=mesh)
+  return knn_lib.knn_classify(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes=num_classes,
+    k=tuple(config.eval.knn_k),
+    temperature=config.eval.knn_temperature,
+    mesh=mesh,
+  )
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -188,6 +225,7 @@ def plot(rows: list[dict], workdir: str, methods, raw_pixel_top1: float | None =
   """knn.png (kNN top-1 vs epoch per method, mean over seeds with a min-max band, the raw-pixel kNN dashed),
   losses.png (each loss component, mean over seeds), prototypes.png (unique prototypes, mean and band)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -209,8 +247,9 @@ def plot(rows: list[dict], workdir: str, methods, raw_pixel_top1: float | None =
   if raw_pixel_top1 is not None:
     ax.axhline(100 * raw_pixel_top1, color="k", linestyle="--", label="raw pixels")
   spread = f"mean of {seeds} seeds, band min-max; " if seeds > 1 else ""
-  ax.set(xlabel="epoch", ylabel="kNN top-1 (%), k=20",
-         title=f"kNN accuracy of the teacher ({spread}epoch 0: untrained)")
+  ax.set(
+    xlabel="epoch", ylabel="kNN top-1 (%), k=20", title=f"kNN accuracy of the teacher ({spread}epoch 0: untrained)"
+  )
   ax.title.set_fontsize(9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -228,7 +267,7 @@ def plot(rows: list[dict], workdir: str, methods, raw_pixel_top1: float | None =
         ax.plot(x, mean, color=colours[method], label=method)
     ax.set(title=comp, xlabel="epoch")
     ax.grid(alpha=0.3)
-  for ax in axes.flat[len(present):]:
+  for ax in axes.flat[len(present) :]:
     ax.axis("off")
   fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower right", fontsize=8)
   paths.append(_save_figure(fig, storage.path(workdir) / "losses.png", dpi=110))
@@ -254,8 +293,22 @@ def _save_figure(fig, path, *, dpi: int) -> str:
   return os.fspath(path)
 
 
-def run(workdir: str, *, preset: str, methods=METHODS, dataset=None, model=None, epochs=None, batch=None,
-        eval_every=None, seed=0, seeds=1, data_dir=None, data_path=None, koleo_proto_weight=0.1) -> dict:
+def run(
+  workdir: str,
+  *,
+  preset: str,
+  methods=METHODS,
+  dataset=None,
+  model=None,
+  epochs=None,
+  batch=None,
+  eval_every=None,
+  seed=0,
+  seeds=1,
+  data_dir=None,
+  data_path=None,
+  koleo_proto_weight=0.1,
+) -> dict:
   """Trains every method `seeds` times, then writes curves.csv, the plots and summary.json; returns the summary."""
   from simdino_jax import train  # pylint: disable=import-outside-toplevel
 
@@ -275,27 +328,62 @@ def run(workdir: str, *, preset: str, methods=METHODS, dataset=None, model=None,
   runs, steps_per_epoch, config = [], {}, None
   for method in methods:
     for run_seed in seed_list:
-      config = method_config(method, preset=preset, dataset=dataset, model=model, epochs=epochs, batch=batch,
-                             eval_every=eval_every, seed=run_seed, data_dir=data_dir, data_path=data_path,
-                             koleo_proto_weight=koleo_proto_weight)
+      config = method_config(
+        method,
+        preset=preset,
+        dataset=dataset,
+        model=model,
+        epochs=epochs,
+        batch=batch,
+        eval_every=eval_every,
+        seed=run_seed,
+        data_dir=data_dir,
+        data_path=data_path,
+        koleo_proto_weight=koleo_proto_weight,
+      )
       start = time.perf_counter()
       last = train.run(config, os.fspath(workdir / method / f"seed_{run_seed}"))
       steps_per_epoch[method] = train.steps_per_epoch(config)
-      runs.append({"method": method, "seed": run_seed, "knn_top1_k20": last.get("knn_top1_k20"),
-                   "wall_s": time.perf_counter() - start, "unique_prototypes": last.get("diag_unique_prototypes")})
-      print(f"{method} seed {run_seed}: kNN top-1 {100 * runs[-1]['knn_top1_k20']:.2f}%  "
-            f"({runs[-1]['wall_s']:.0f} s)", flush=True)
+      runs.append(
+        {
+          "method": method,
+          "seed": run_seed,
+          "knn_top1_k20": last.get("knn_top1_k20"),
+          "wall_s": time.perf_counter() - start,
+          "unique_prototypes": last.get("diag_unique_prototypes"),
+        }
+      )
+      print(
+        f"{method} seed {run_seed}: kNN top-1 {100 * runs[-1]['knn_top1_k20']:.2f}%  ({runs[-1]['wall_s']:.0f} s)",
+        flush=True,
+      )
   rows = collect(workdir, methods, steps_per_epoch, seed_list)
   for run_record in runs:  # The untrained network: each run's epoch-0 evaluation.
     run_record["untrained_knn_top1_k20"] = next(
-        (r["knn_top1_k20"] for r in rows if r["method"] == run_record["method"] and r["seed"] == run_record["seed"]
-         and r["step"] == 0 and "knn_top1_k20" in r), None)
+      (
+        r["knn_top1_k20"]
+        for r in rows
+        if r["method"] == run_record["method"]
+        and r["seed"] == run_record["seed"]
+        and r["step"] == 0
+        and "knn_top1_k20" in r
+      ),
+      None,
+    )
   raw_pixels = raw_pixel_knn(config)["knn_top1_k20"]
   print(f"raw pixels: kNN top-1 {100 * raw_pixels:.2f}%", flush=True)
   write_csv(rows, workdir / "curves.csv")
   plot(rows, workdir, methods, raw_pixel_top1=raw_pixels)
-  summary = {"dataset": dataset, "model": model, "batch": batch, "epochs": epochs, "seeds": seed_list,
-             "raw_pixel_knn_top1_k20": raw_pixels, "methods": aggregate(runs), "runs": runs}
+  summary = {
+    "dataset": dataset,
+    "model": model,
+    "batch": batch,
+    "epochs": epochs,
+    "seeds": seed_list,
+    "raw_pixel_knn_top1_k20": raw_pixels,
+    "methods": aggregate(runs),
+    "runs": runs,
+  }
   storage.write_shared(workdir / "summary.json", json.dumps(summary, indent=2))
   return summary
 
@@ -305,10 +393,21 @@ def main(argv) -> None:
   if FLAGS.quick and FLAGS.evidence:
     raise app.UsageError("--quick and --evidence are two presets: pass one of them (or neither: the full mode).")
   preset = "quick" if FLAGS.quick else "evidence" if FLAGS.evidence else "full"
-  run(FLAGS.workdir, preset=preset, methods=FLAGS.methods, dataset=FLAGS.dataset, model=FLAGS.model,
-      epochs=FLAGS.epochs, batch=FLAGS.batch, eval_every=FLAGS.eval_every_epochs, seed=FLAGS.seed,
-      seeds=FLAGS.seeds, data_dir=FLAGS.data_dir, data_path=FLAGS.data_path,
-      koleo_proto_weight=FLAGS.koleo_proto_weight)
+  run(
+    FLAGS.workdir,
+    preset=preset,
+    methods=FLAGS.methods,
+    dataset=FLAGS.dataset,
+    model=FLAGS.model,
+    epochs=FLAGS.epochs,
+    batch=FLAGS.batch,
+    eval_every=FLAGS.eval_every_epochs,
+    seed=FLAGS.seed,
+    seeds=FLAGS.seeds,
+    data_dir=FLAGS.data_dir,
+    data_path=FLAGS.data_path,
+    koleo_proto_weight=FLAGS.koleo_proto_weight,
+  )
 
 
 if __name__ == "__main__":

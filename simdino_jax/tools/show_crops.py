@@ -47,14 +47,14 @@ def render_photo(photo, out: str, rows: int = 3, seed: int = 0) -> None:
 
 def _draw(sources: list[np.ndarray], crops: dict, config, out: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   views = [crops["global"][0], crops["global"][1]] + [crops["local"][i] for i in range(config.n_local)]
   titles = ["source", "global 1", "global 2"] + [f"local {i + 1}" for i in range(config.n_local)]
   mean, std = np.asarray(config.mean), np.asarray(config.std)
-  fig, axes = plt.subplots(len(sources), len(titles), figsize=(1.1 * len(titles), 1.2 * len(sources)),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(sources), len(titles), figsize=(1.1 * len(titles), 1.2 * len(sources)), squeeze=False)
   for row, source in enumerate(sources):
     panels = [source] + [np.clip(np.asarray(v[row]) * std + mean, 0, 1) for v in views]
     for col, panel in enumerate(panels):
@@ -73,15 +73,21 @@ def _draw(sources: list[np.ndarray], crops: dict, config, out: str) -> None:
 def sample_photo_path() -> str:
   """scikit-learn's china.jpg (640x427 JPEG), shipped with the package."""
   import sklearn.datasets  # pylint: disable=import-outside-toplevel
+
   return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "china.jpg")
 
 
 def define_flags() -> None:
   """The command-line flags (defined when run as a program only)."""
-  flags.DEFINE_enum("mode", "cifar10", ["cifar10", "photo"],
-                    "cifar10: CIFAR-10 images cropped on the device; photo: one photo cropped on the host.")
-  flags.DEFINE_string("source", None, "cifar10 mode: the folder of the CIFAR-10 python batches "
-                      "(cifar-10-batches-py, holding test_batch).")
+  flags.DEFINE_enum(
+    "mode",
+    "cifar10",
+    ["cifar10", "photo"],
+    "cifar10: CIFAR-10 images cropped on the device; photo: one photo cropped on the host.",
+  )
+  flags.DEFINE_string(
+    "source", None, "cifar10 mode: the folder of the CIFAR-10 python batches (cifar-10-batches-py, holding test_batch)."
+  )
   flags.DEFINE_string("photo", None, "photo mode: an image file (default: scikit-learn's china.jpg).")
   flags.DEFINE_string("out", None, "Output PNG (default: docs/crops.png, or docs/crops_photo.png in photo mode).")
   flags.DEFINE_integer("n", None, "Rows: images (cifar10 mode, default 6) or draws of the photo (photo, default 3).")
@@ -97,11 +103,13 @@ def main(argv) -> None:
       render_photo(file.read(), out, rows=f.n or 3, seed=f.seed)
   else:
     if not f.source:
-      raise app.UsageError("--mode=cifar10 needs --source, the folder of the CIFAR-10 python batches "
-                           "(cifar-10-batches-py); or draw a photo's crops with --mode=photo.")
+      raise app.UsageError(
+        "--mode=cifar10 needs --source, the folder of the CIFAR-10 python batches "
+        "(cifar-10-batches-py); or draw a photo's crops with --mode=photo."
+      )
     out = f.out or "docs/crops.png"
     images, _ = prepare.read_cifar10_batch(os.path.join(f.source, prepare.CIFAR10_TEST_FILE))
-    render(images[:f.n or 6], out, seed=f.seed)
+    render(images[: f.n or 6], out, seed=f.seed)
   print(f"Wrote {out}")
 
 

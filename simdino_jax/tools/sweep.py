@@ -48,6 +48,7 @@ def _set_momentum(c, value: float) -> None:
 
 def _has_prototypes(c) -> bool:
   from simdino_jax import objectives  # pylint: disable=import-outside-toplevel
+
   return objectives.get_objective(c.objective).head_kind == "dino"
 
 
@@ -77,6 +78,7 @@ def _set_prototypes(c, value: int) -> None:
 class Sweep:
   """One setting and its values (the recipe's own among them), and how a value is applied: `apply(config, value)`
   or `run_arg`, a `reproduce.method_config` argument (batch, epochs)."""
+
   setting: str
   values: tuple
   apply: Callable | None = None
@@ -84,13 +86,13 @@ class Sweep:
 
 
 SWEEPS = {
-    "momentum": Sweep("teacher momentum (0: teacher = student)", (0.0, 0.9, 0.95, 0.996), _set_momentum),
-    "teacher_temp": Sweep("teacher temperature", (0.02, 0.04, 0.07), _set_teacher_temp),
-    "batch": Sweep("batch size (lr × batch / 256)", (16, 64, 256), run_arg="batch"),
-    "lr": Sweep("learning rate × the recipe's", (0.25, 1.0, 4.0), _set_lr_scale),
-    "model": Sweep("backbone (width, depth)", ("vit_nano", "vit_micro", "vit_mini"), _set_model),
-    "prototypes": Sweep("prototypes K", (1024, 4096, 16384), _set_prototypes),
-    "epochs": Sweep("training budget (epochs)", (15.0, 60.0), run_arg="epochs"),
+  "momentum": Sweep("teacher momentum (0: teacher = student)", (0.0, 0.9, 0.95, 0.996), _set_momentum),
+  "teacher_temp": Sweep("teacher temperature", (0.02, 0.04, 0.07), _set_teacher_temp),
+  "batch": Sweep("batch size (lr × batch / 256)", (16, 64, 256), run_arg="batch"),
+  "lr": Sweep("learning rate × the recipe's", (0.25, 1.0, 4.0), _set_lr_scale),
+  "model": Sweep("backbone (width, depth)", ("vit_nano", "vit_micro", "vit_mini"), _set_model),
+  "prototypes": Sweep("prototypes K", (1024, 4096, 16384), _set_prototypes),
+  "epochs": Sweep("training budget (epochs)", (15.0, 60.0), run_arg="epochs"),
 }
 MODEL_LABELS = {"vit_nano": "nano 32×1", "vit_micro": "micro 32×2", "vit_mini": "mini 96×4"}
 
@@ -106,8 +108,13 @@ def run_config(method: str, sweep: str, value, seed: int, *, preset: str = "evid
   """The config of one run: `method`'s evidence recipe with the sweep's setting at `value`."""
   spec = SWEEPS[sweep]
   defaults = reproduce.DEFAULTS[preset]
-  sizes = dict(dataset=defaults["dataset"], model=defaults["model"], epochs=epochs or defaults["epochs"],
-               batch=defaults["batch"], eval_every=defaults["eval_every"])
+  sizes = dict(
+    dataset=defaults["dataset"],
+    model=defaults["model"],
+    epochs=epochs or defaults["epochs"],
+    batch=defaults["batch"],
+    eval_every=defaults["eval_every"],
+  )
   if spec.run_arg:
     sizes[spec.run_arg] = value
   c = reproduce.method_config(method, preset=preset, seed=seed, **sizes)
@@ -125,7 +132,7 @@ def _recipe_config(method: str, seed: int, *, preset: str, epochs=None):
 @dataclasses.dataclass(frozen=True)
 class Job:
   method: str
-  cell: str        # "center" or "<sweep>=<value>"
+  cell: str  # "center" or "<sweep>=<value>"
   sweep: str
   value: Any
   seed: int
@@ -154,8 +161,16 @@ def plan(grids: dict[str, tuple], pair: str, seeds, *, preset: str = "evidence",
 
 
 def job_command(job: Job, workdir, *, preset: str, epochs=None) -> list[str]:
-  command = [sys.executable, "-m", "simdino_jax.tools.sweep", f"--job_dir={job.directory(workdir)}",
-             f"--method={job.method}", f"--sweep={job.sweep}", f"--values={job.value}", f"--seed={job.seed}"]
+  command = [
+    sys.executable,
+    "-m",
+    "simdino_jax.tools.sweep",
+    f"--job_dir={job.directory(workdir)}",
+    f"--method={job.method}",
+    f"--sweep={job.sweep}",
+    f"--values={job.value}",
+    f"--seed={job.seed}",
+  ]
   command += ["--quick"] if preset == "quick" else []
   return command + ([f"--epochs={epochs}"] if epochs else [])
 
@@ -178,11 +193,15 @@ def _run_job(job: Job, workdir, *, preset: str, epochs, env: dict) -> dict:
     run_dir.rmtree()
   run_dir.mkdir(parents=True)
   with open(os.fspath(run_dir / "log.txt"), "w", encoding="utf-8") as log:
-    done = subprocess.run(job_command(job, workdir, preset=preset, epochs=epochs), stdout=log,
-                          stderr=subprocess.STDOUT, env=env, check=False)
+    done = subprocess.run(
+      job_command(job, workdir, preset=preset, epochs=epochs),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      env=env,
+      check=False,
+    )
   if done.returncode:
-    raise RuntimeError(f"run {job.directory(workdir)} failed (exit {done.returncode}); its log: "
-                       f"{run_dir / 'log.txt'}")
+    raise RuntimeError(f"run {job.directory(workdir)} failed (exit {done.returncode}); its log: {run_dir / 'log.txt'}")
   return json.loads(result_path.read_text())
 
 
@@ -196,18 +215,35 @@ def train_one(job_dir: str, method: str, sweep: str, value, seed: int, *, preset
   train.run(config, job_dir)
   evals = [r for r in metrics_lib.read_metrics(storage.path(job_dir) / "metrics.jsonl") if "knn_top1_k20" in r]
   first, last = evals[0], evals[-1]
-  result = {"method": method, "sweep": sweep, "value": value, "seed": seed,
-            "untrained_knn": first["knn_top1_k20"], "final_knn": last["knn_top1_k20"],
-            "knn_gain": last["knn_top1_k20"] - first["knn_top1_k20"],
-            "effective_rank": last.get("diag_effective_rank"),
-            "unique_prototypes": last.get("diag_unique_prototypes"),
-            "final_loss": last.get("loss"), "wall_s": time.perf_counter() - started}
+  result = {
+    "method": method,
+    "sweep": sweep,
+    "value": value,
+    "seed": seed,
+    "untrained_knn": first["knn_top1_k20"],
+    "final_knn": last["knn_top1_k20"],
+    "knn_gain": last["knn_top1_k20"] - first["knn_top1_k20"],
+    "effective_rank": last.get("diag_effective_rank"),
+    "unique_prototypes": last.get("diag_unique_prototypes"),
+    "final_loss": last.get("loss"),
+    "wall_s": time.perf_counter() - started,
+  }
   storage.path(job_dir).joinpath("result.json").write_text(json.dumps(result, indent=2))
   return result
 
 
-def run(workdir, *, sweep: str = "all", pair: str = "dino", values=None, seed: int = 0, seeds: int = 3,
-        workers: int = 1, preset: str = "evidence", epochs=None) -> dict:
+def run(
+  workdir,
+  *,
+  sweep: str = "all",
+  pair: str = "dino",
+  values=None,
+  seed: int = 0,
+  seeds: int = 3,
+  workers: int = 1,
+  preset: str = "evidence",
+  epochs=None,
+) -> dict:
   """Trains every run of the sweep(s) (`workers` subprocesses at a time), then writes each sweep's CSV, summary
   and figure. `values` (strings, one sweep only): a subset or extension of its grid. Returns {sweep: summary}."""
   sweeps = list(SWEEPS) if sweep == "all" else [sweep]
@@ -217,16 +253,18 @@ def run(workdir, *, sweep: str = "all", pair: str = "dino", values=None, seed: i
     raise ValueError(f"--seeds and --workers must be at least 1, got {seeds} and {workers}.")
   if values and len(sweeps) > 1:
     raise ValueError("--sweep_values needs one --sweep (not all): the values are that sweep's.")
-  grids = {name: tuple(_parse_value(name, v) for v in values) if values else SWEEPS[name].values
-           for name in sweeps}
+  grids = {name: tuple(_parse_value(name, v) for v in values) if values else SWEEPS[name].values for name in sweeps}
   seed_list = list(range(seed, seed + seeds))
   jobs = plan(grids, pair, seed_list, preset=preset, epochs=epochs)
   # Seed-major: every cell's first seed comes before any cell's second (an early full picture, a warm cache).
   unique = sorted(set(jobs.values()), key=lambda j: (j.seed, sweeps.index(j.sweep), str(j.value), j.method))
   env = _worker_env()
   env.setdefault("JAX_COMPILATION_CACHE_DIR", os.fspath(storage.path(workdir) / "xla_cache"))
-  print(f"sweep {', '.join(sweeps)} | {' vs '.join(PAIRS[pair])} | seeds {seed_list} | {len(unique)} runs "
-        f"({len(jobs)} cells × seeds before sharing) | {workers} at a time", flush=True)
+  print(
+    f"sweep {', '.join(sweeps)} | {' vs '.join(PAIRS[pair])} | seeds {seed_list} | {len(unique)} runs "
+    f"({len(jobs)} cells × seeds before sharing) | {workers} at a time",
+    flush=True,
+  )
   results, started = {}, time.perf_counter()
   with futures.ThreadPoolExecutor(workers) as pool:
     pending = {pool.submit(_run_job, job, workdir, preset=preset, epochs=epochs, env=env): job for job in unique}
@@ -234,14 +272,21 @@ def run(workdir, *, sweep: str = "all", pair: str = "dino", values=None, seed: i
       job = pending[done]
       results[job] = done.result()
       r = results[job]
-      print(f"[{count}/{len(unique)}] {job.method} {job.cell} seed {job.seed}: kNN {100 * r['untrained_knn']:.1f}"
-            f" → {100 * r['final_knn']:.1f}% (gain {100 * r['knn_gain']:+.1f}), rank {r['effective_rank']:.2f}, "
-            f"{r['wall_s']:.0f} s  [{(time.perf_counter() - started) / 60:.1f} min]", flush=True)
+      print(
+        f"[{count}/{len(unique)}] {job.method} {job.cell} seed {job.seed}: kNN {100 * r['untrained_knn']:.1f}"
+        f" → {100 * r['final_knn']:.1f}% (gain {100 * r['knn_gain']:+.1f}), rank {r['effective_rank']:.2f}, "
+        f"{r['wall_s']:.0f} s  [{(time.perf_counter() - started) / 60:.1f} min]",
+        flush=True,
+      )
   out = {}
   for name in sweeps:
-    rows = [{**results[jobs[(name, value, method, s)]], "sweep": name, "value": value, "shared_run": cell}
-            for value in grids[name] for method in PAIRS[pair] for s in seed_list
-            for cell in [jobs[(name, value, method, s)].cell]]
+    rows = [
+      {**results[jobs[(name, value, method, s)]], "sweep": name, "value": value, "shared_run": cell}
+      for value in grids[name]
+      for method in PAIRS[pair]
+      for s in seed_list
+      for cell in [jobs[(name, value, method, s)].cell]
+    ]
     out[name] = write_outputs(storage.path(workdir) / name, name, pair, grids[name], rows)
   return out
 
@@ -261,8 +306,14 @@ def summarize(rows: list[dict], name: str, pair: str, values) -> dict:
           cell[f"{key}_std"] = float(np.std(figures, ddof=1)) if len(figures) > 1 else 0.0
       cells.append(cell)
   centers = [r["value"] for r in rows if r.get("shared_run") == "center" and r["method"] == PAIRS[pair][0]]
-  return {"sweep": name, "setting": SWEEPS[name].setting, "center": centers[0] if centers else None,
-          "values": list(values), "methods": list(PAIRS[pair]), "cells": cells}
+  return {
+    "sweep": name,
+    "setting": SWEEPS[name].setting,
+    "center": centers[0] if centers else None,
+    "values": list(values),
+    "methods": list(PAIRS[pair]),
+    "cells": cells,
+  }
 
 
 def write_outputs(directory, name: str, pair: str, values, rows: list[dict]) -> dict:
@@ -277,6 +328,7 @@ def write_outputs(directory, name: str, pair: str, values, rows: list[dict]) -> 
 def plot(summary: dict, path) -> None:
   """Two panels over the sweep's values: kNN gain (mean ± std over seeds, each seed a dot) and effective rank."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -324,11 +376,19 @@ def main(argv) -> None:
   f = flags.FLAGS
   preset = "quick" if f.quick else "evidence"
   if f.job_dir:
-    train_one(f.job_dir, f.method, f.sweep, _parse_value(f.sweep, f.values[0]), f.seed, preset=preset,
-              epochs=f.epochs)
+    train_one(f.job_dir, f.method, f.sweep, _parse_value(f.sweep, f.values[0]), f.seed, preset=preset, epochs=f.epochs)
   else:
-    run(f.workdir, sweep=f.sweep, pair=f.pair, values=f.values, seed=f.seed, seeds=f.seeds, workers=f.workers,
-        preset=preset, epochs=f.epochs)
+    run(
+      f.workdir,
+      sweep=f.sweep,
+      pair=f.pair,
+      values=f.values,
+      seed=f.seed,
+      seeds=f.seeds,
+      workers=f.workers,
+      preset=preset,
+      epochs=f.epochs,
+    )
 
 
 def _define_flags() -> None:
@@ -340,13 +400,15 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "First seed.")
   flags.DEFINE_integer("seeds", 3, "Runs per method and value, with seeds seed, seed + 1, ...")
   flags.DEFINE_integer("workers", 1, "Runs at a time, one CPU core each.")
-  flags.DEFINE_bool("quick", False, "Centre on the reproduction's --quick preset (a pipeline check) instead of "
-                    "--evidence.")
+  flags.DEFINE_bool(
+    "quick", False, "Centre on the reproduction's --quick preset (a pipeline check) instead of --evidence."
+  )
   flags.DEFINE_float("epochs", None, "Epochs per run (default: the preset's).")
   flags.DEFINE_string("job_dir", None, "Internal: train the one run of --method, --sweep, --values, --seed here.")
   flags.DEFINE_string("method", None, "Internal, with --job_dir: the objective recipe.")
-  flags.register_validator("workdir", lambda w: w or flags.FLAGS.job_dir,
-                           "--workdir is required (the sweep's output directory).")
+  flags.register_validator(
+    "workdir", lambda w: w or flags.FLAGS.job_dir, "--workdir is required (the sweep's output directory)."
+  )
 
 
 if __name__ == "__main__":
