@@ -6,8 +6,10 @@ import math
 import jax
 import numpy as np
 
+from simdino_jax import models
 from simdino_jax import objectives
 from simdino_jax import optim
+from simdino_jax.models import vit
 from simdino_jax.objectives import koleo, registry, simdino
 
 
@@ -63,6 +65,30 @@ def validate_objective(obj) -> None:
     obj.koleo_proto_weight == 0 or objective.head_kind == "dino",
     f"config.objective.koleo_proto_weight > 0 needs a prototype layer (a 'dino' head); objective "
     f"{obj.name!r} uses a {objective.head_kind!r} head. Set koleo_proto_weight = 0.",
+  )
+
+
+def validate_model(model, head_kind: str) -> None:
+  """The `model` section, for an objective whose head is `head_kind` ("dino" or "simdino")."""
+  _require(
+    model.ffn in vit.FFNS,
+    f"config.model.ffn={model.ffn!r} is not a feed-forward: use mlp (GELU) or swiglu (DINOv2's ViT-g).",
+  )
+  _require_choice("model.dtype", model.dtype, tuple(models.DTYPES))
+  _require_choice("model.drop_path_schedule", model.drop_path_schedule, tuple(vit.DROP_PATH_SCHEDULES))
+  _require_choice("model.attention_impl", model.attention_impl, vit.ATTENTION_IMPLS)
+  _require_choice("model.remat_policy", model.remat_policy, REMAT_POLICIES)
+  architecture = models.MODELS.get(model.name)  # An unknown name lists the valid ones.
+  _require(
+    architecture.patch_size is None or model.patch_size == architecture.patch_size,
+    f"config.model.name={model.name!r} has patch size {architecture.patch_size} but config.model.patch_size is "
+    f"{model.patch_size}; set them equal.",
+  )
+  for field in ("out_dim", "hidden_dim", "bottleneck_dim", "n_layers"):
+    _require(model.head[field] >= 1, f"config.model.head.{field}={model.head[field]} must be positive.")
+  _require(
+    not model.ibot_head.separate or head_kind == "dino",
+    "config.model.ibot_head.separate=True needs a DINO head (the dino and dinov2 objectives): set it False.",
   )
 
 
@@ -127,10 +153,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
     o.eps == 0 or o.eps >= tiny,
     f"config.optim.eps={o.eps} must be 0 or at least {tiny:.3g} (float32 resolution); AdamW's usual value is 1e-8.",
   )
-  _require(
-    config.model.ffn in ("mlp", "swiglu"),
-    f"config.model.ffn={config.model.ffn!r} is not a feed-forward: use mlp (GELU) or swiglu (DINOv2's ViT-g).",
-  )
+  validate_model(config.model, objectives.get_objective(obj).head_kind)
+  _require_choice("aug.interpolation", a.interpolation, ("bicubic", "bilinear"))
   _require(
     config.eval.feature_dtype in ("float32", "bfloat16"),
     f"config.eval.feature_dtype={config.eval.feature_dtype!r} is not a feature precision: use float32 (as "
@@ -142,7 +166,6 @@ def validate_config(config, num_devices: int | None = None) -> None:
     "underflow or overflow. Use --config.model.dtype=bfloat16 (float32's range, the same speed on TPUs and "
     "recent GPUs) or float32.",
   )
-  _require_choice("model.remat_policy", config.model.remat_policy, REMAT_POLICIES)
   _require_choice("optim.freeze_rule", config.optim.freeze_rule, optim.FREEZE_RULES)
   micro_batch = config.batch_size // config.grad_accum_steps
   if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:

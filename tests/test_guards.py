@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from simdino_jax.configs import digits
 from simdino_jax import checkpointing
 from simdino_jax import data as data_lib
 from simdino_jax import metrics as metrics_lib
 from simdino_jax import train
+from simdino_jax import validation
+from simdino_jax.configs import digits
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,6 +164,27 @@ def test_negative_teacher_temperature(tmp_path):
     "config.teacher.temp=-0.07",
     "must be a positive temperature",
   )
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ({"model.drop_path_schedule": "cubic"}, "config.model.drop_path_schedule='cubic' must be one of ('linear', "),
+    ({"model.attention_impl": "flash"}, "config.model.attention_impl='flash' must be one of (None, 'xla', 'cudnn')"),
+    ({"model.dtype": "float8"}, "config.model.dtype='float8' must be one of ('bfloat16', 'float16', 'float32')"),
+    ({"model.ffn": "relu"}, "config.model.ffn='relu' is not a feed-forward: use mlp (GELU) or swiglu"),
+    ({"model.head.bottleneck_dim": 0}, "config.model.head.bottleneck_dim=0 must be positive"),
+    (
+      {"model.name": "ViT-S/16", "model.patch_size": 8},
+      "config.model.name='ViT-S/16' has patch size 16 but config.model.patch_size is 8",
+    ),
+    ({"aug.interpolation": "nearest"}, "config.aug.interpolation='nearest' must be one of ('bicubic', 'bilinear')"),
+  ],
+)
+def test_the_model_and_crop_fields_are_checked_with_the_config(override, message):
+  """validation.py is the one home of these checks: the model and crop code assume valid values."""
+  with pytest.raises(ValueError, match=re.escape(f"Invalid config: {message}")):
+    validation.validate_config(train_utils.tiny_config(**override), num_devices=1)
 
 
 @pytest.mark.sharded

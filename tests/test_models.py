@@ -11,6 +11,7 @@ from flax import nnx
 
 from simdino_jax import configs
 from simdino_jax import models
+from simdino_jax import validation
 from simdino_jax.models import heads, vit
 from simdino_jax.numerics import l2_normalize
 
@@ -527,4 +528,4 @@ def test_separate_ibot_head_scores_the_patch_tokens():
   np.testing.assert_allclose(out["patch_head"].reshape(6, 16, 48), model.ibot_head(patch), rtol=1e-5, atol=1e-5)
   assert models.patch_head_out_dim(config) == 48
   with pytest.raises(ValueError, match="needs a DINO head"):
-    models.create_model(config, head_kind="simdino", rngs=nnx.Rngs(0))
+    validation.validate_model(config, "simdino")

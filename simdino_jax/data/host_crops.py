@@ -84,9 +84,7 @@ class CropPlan:
 
   @classmethod
   def from_config(cls, aug) -> "CropPlan":
-    """From the `aug` config section."""
-    if aug.interpolation not in ("bicubic", "bilinear"):
-      raise ValueError(f"config.aug.interpolation={aug.interpolation!r}; valid: bicubic, bilinear.")
+    """From the `aug` config section (checked by validation.validate_config)."""
     return cls(
       int(aug.global_size),
       int(aug.local_size),

@@ -24,7 +24,7 @@ from flax import nnx
 
 from simdino_jax.models.heads import HEAD_KINDS, DINOHead, SimDINOHead
 from simdino_jax.models.multicrop import MultiCropModel
-from simdino_jax.models.vit import ATTENTION_IMPLS, DROP_PATH_SCHEDULES, VisionTransformer
+from simdino_jax.models.vit import VisionTransformer
 from simdino_jax.registry import Registry
 
 __all__ = [
@@ -114,41 +114,20 @@ def default_config() -> ml_collections.ConfigDict:
   )
 
 
-def _patch_size(config: ml_collections.ConfigDict, architecture: ViTArchitecture) -> int:
-  if architecture.patch_size is not None and config.patch_size != architecture.patch_size:
-    raise ValueError(
-      f"Model {config.name!r} has patch size {architecture.patch_size} but "
-      f"config.model.patch_size is {config.patch_size}; set them equal."
-    )
-  return config.patch_size
-
-
-def _dtype(name: str):
-  if name not in DTYPES:
-    raise ValueError(f"Unknown dtype {name!r}; valid: {', '.join(DTYPES)}.")
-  return DTYPES[name]
-
-
 def create_backbone(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VisionTransformer:
-  """The ViT backbone described by `config.model`."""
+  """The ViT backbone described by `config.model` (checked by validation.validate_model)."""
   architecture = MODELS.get(config.name)
-  if config.drop_path_schedule not in DROP_PATH_SCHEDULES:
-    raise ValueError(
-      f"Unknown drop_path_schedule {config.drop_path_schedule!r}; valid: {', '.join(DROP_PATH_SCHEDULES)}."
-    )
-  if config.attention_impl not in ATTENTION_IMPLS:
-    raise ValueError(f"Unknown attention_impl {config.attention_impl!r}; valid: {ATTENTION_IMPLS}.")
   return VisionTransformer(
     embed_dim=architecture.embed_dim,
     depth=architecture.depth,
     num_heads=architecture.num_heads,
-    patch_size=_patch_size(config, architecture),
+    patch_size=config.patch_size,
     image_size=config.image_size,
     num_registers=config.num_registers,
     drop_path_rate=config.drop_path_rate,
     drop_path_schedule=config.drop_path_schedule,
     layerscale=config.layerscale,
-    dtype=_dtype(config.dtype),
+    dtype=DTYPES[config.dtype],
     attention_impl=config.attention_impl,
     remat=config.remat,
     remat_policy=config.remat_policy,
@@ -165,11 +144,8 @@ def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx
   if head_kind not in HEAD_KINDS:
     raise ValueError(f"Unknown head kind {head_kind!r}; valid: {', '.join(HEAD_KINDS)}.")
   head_config = config.head
-  for field in ("out_dim", "hidden_dim", "bottleneck_dim", "n_layers"):
-    if head_config[field] < 1:
-      raise ValueError(f"config.model.head.{field} must be positive, got {head_config[field]}.")
   backbone = create_backbone(config, rngs=rngs)
-  dtype = _dtype(config.dtype)
+  dtype = DTYPES[config.dtype]
   if head_kind == "dino":
     head = DINOHead(
       backbone.embed_dim,
@@ -192,8 +168,6 @@ def create_model(config: ml_collections.ConfigDict, *, head_kind: str, rngs: nnx
     )
   ibot_head = None
   if config.ibot_head.separate:
-    if head_kind != "dino":
-      raise ValueError("config.model.ibot_head.separate=True needs a DINO head (dino or dinov2 objectives).")
     ibot = config.ibot_head
     ibot_head = DINOHead(
       backbone.embed_dim,

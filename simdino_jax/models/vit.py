@@ -22,8 +22,10 @@ TRUNC_NORMAL = jax.nn.initializers.truncated_normal(stddev=0.02)
 TORCH_DEFAULT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 LAYERNORM_EPS = 1e-6
 ATTENTION_IMPLS = (None, "xla", "cudnn")
-FFNS = ("mlp", "swiglu")  # GELU MLP (DINO, DINOv2 ViT-S/B/L) or DINOv2's fused SwiGLU (ViT-g/14, vitl14.yaml)
-DROP_PATH_SCHEDULES = ("linear", "uniform")
+DROP_PATH_SCHEDULES = {
+  "linear": lambda rate, depth: [rate * i / (depth - 1) if depth > 1 else rate for i in range(depth)],
+  "uniform": lambda rate, depth: [rate] * depth,
+}
 CUDNN_TOKEN_MULTIPLE = 64
 
 
@@ -124,11 +126,7 @@ def interpolate_pos_embed(
 
 def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
   """Per-block drop-path rates: "linear" from 0 to `rate` over depth (DINO) or "uniform" (DINOv2)."""
-  if schedule == "linear":
-    return [rate * index / (depth - 1) if depth > 1 else rate for index in range(depth)]
-  if schedule == "uniform":
-    return [rate] * depth
-  raise ValueError(f"Unknown drop_path_schedule {schedule!r}; valid: {', '.join(DROP_PATH_SCHEDULES)}.")
+  return DROP_PATH_SCHEDULES[schedule](rate, depth)
 
 
 def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -209,6 +207,10 @@ class SwiGLU(nnx.Module):
     return self.w3(jax.nn.silu(x1) * x2)
 
 
+# GELU MLP (DINO, DINOv2 ViT-S/B/L) or DINOv2's fused SwiGLU (ViT-g/14, vitl14.yaml).
+FFNS = {"mlp": Mlp, "swiglu": SwiGLU}
+
+
 class Block(nnx.Module):
   """Pre-norm transformer block with optional LayerScale and per-sample drop path on both branches; the
   feed-forward `ffn` is a GELU MLP or DINOv2's SwiGLU."""
@@ -234,9 +236,7 @@ class Block(nnx.Module):
     )
     self.ls1 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
     self.norm2 = _layer_norm(dim, rngs)
-    if ffn not in FFNS:
-      raise ValueError(f"Unknown ffn {ffn!r}; valid: {', '.join(FFNS)}.")
-    self.mlp = (SwiGLU if ffn == "swiglu" else Mlp)(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.mlp = FFNS[ffn](dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.ls2 = LayerScale(dim, layerscale) if layerscale > 0.0 else None
 
   def __call__(self, x: jax.Array, key: Optional[jax.Array] = None, rate=None) -> jax.Array:
