@@ -35,6 +35,7 @@ from simdino_jax import train_state as train_state_lib
 from simdino_jax import validation
 from simdino_jax.data import augment
 from simdino_jax.evaluation import evaluators as evaluators_lib
+from simdino_jax.objectives import ibot
 
 PyTree = Any
 
@@ -45,6 +46,17 @@ def tree_norm(tree: PyTree) -> jax.Array:
 
 def model_factory(config, objective) -> Callable[[nnx.Rngs], nnx.Module]:
   return lambda rngs: models.create_model(config.model, head_kind=objective.head_kind, rngs=rngs)
+
+
+def mask_plan(config, shards: int) -> ibot.MaskPlan:
+  """The iBOT mask plan of a step of config.batch_size images on `shards` data shards."""
+  return ibot.mask_plan(
+    config.batch_size,
+    grid=config.aug.global_size // config.model.patch_size,
+    accum_steps=config.grad_accum_steps,
+    shards=shards,
+    masking_config=config.masking,
+  )
 
 
 def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
@@ -69,6 +81,7 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
   accum_steps = config.grad_accum_steps
 
   shards = mesh.shape[parallel.DATA_AXIS]
+  plan = mask_plan(config, shards) if objective.needs_masks else None
   batch_axis, view_major = P(parallel.DATA_AXIS), P(None, parallel.DATA_AXIS)
 
   def apply(params, crops, masks, key, patch_index):
@@ -139,9 +152,11 @@ def make_train_step(config, graphdef, objective, tx, mesh, param_specs):
     aug_key, inputs_key, drop_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     crops = augment_on_shards(aug_key, images)
     batch_size = crops["global"].shape[1]
+    if batch_size != config.batch_size:
+      raise ValueError(f"The step is built for config.batch_size={config.batch_size} images, got {batch_size}.")
     scheduled = schedules(state.step)
     context = objectives.StepContext(teacher_temp=scheduled.teacher_temp, global_batch_size=batch_size)
-    inputs = objective.batch_inputs(inputs_key, batch_size, config)
+    inputs = objective.batch_inputs(inputs_key, plan)
     compute = micro_step if accum_steps == 1 else accumulated
     loss, new_objective_state, aux, grads = compute(state, context, crops, inputs._replace(metrics=None), drop_key)
     updates, opt_state = tx.update(

@@ -13,7 +13,6 @@ from simdino_jax import parallel
 from simdino_jax import train
 from simdino_jax.data import masking
 from simdino_jax.objectives import ibot
-from simdino_jax.objectives import registry
 from tests import numpy_reference as ref
 from tests import train_utils
 
@@ -98,16 +97,23 @@ def test_model_scores_the_gathered_tokens():
     model(crops, masks, patch_index=index[:, None])
 
 
+def plan_of(config, shards: int = 1) -> ibot.MaskPlan:
+  """The mask plan of a step of B images of `config` on `shards` data shards."""
+  grid = config.aug.global_size // config.model.patch_size
+  return ibot.mask_plan(B, grid=grid, accum_steps=config.grad_accum_steps, shards=shards, masking_config=config.masking)
+
+
 def objective_on_buffer_equals_dense(method: str, centering: str, mesh, group_size: int = 0) -> None:
   """Loss, iBOT metric, objective state and gradients w.r.t. the dense student patch outputs: the buffer of
-  registry.masked_tokens (drawn under `mesh`) against the dense [2, B, N] form and the float64 reference."""
+  ibot.masked_tokens (drawn under `mesh`) against the dense [2, B, N] form and the float64 reference."""
   config = train_utils.tiny_config(method, **{"objective.centering": centering, "masking.group_size": group_size})
   objective = objectives.get_objective(config.objective)
   out_dim = config.model.head.out_dim if objective.head_kind == "dino" else config.model.head.bottleneck_dim
   keys = jax.random.split(jax.random.key(3), 6)
   views = 2 + config.aug.n_local
+  plan = plan_of(config, mesh.shape["data"])
   with jax.set_mesh(mesh):
-    inputs = jax.jit(lambda k: registry.masked_tokens(k, B, config))(keys[0])
+    inputs = jax.jit(lambda k: ibot.masked_tokens(k, plan))(keys[0])
   masks = np.asarray(inputs.student_masks)
   index, weights = np.asarray(inputs.patch_index), inputs.loss_masks
   groups = index.shape[0]
@@ -172,8 +178,9 @@ def test_masks_are_drawn_per_shard_within_each_shards_bound():
   config = train_utils.tiny_config("dinov2")
   mesh = parallel.create_mesh()
   assert mesh.shape["data"] == 8
+  plan = plan_of(config, 8)
   with jax.set_mesh(mesh):
-    draw = jax.jit(jax.vmap(lambda k: registry.masked_tokens(k, B, config)))
+    draw = jax.jit(jax.vmap(lambda k: ibot.masked_tokens(k, plan)))
     inputs = draw(jax.random.split(jax.random.key(1), 16))
   masks = np.asarray(inputs.student_masks).reshape(16, 2, 8, 2, N)  # [draw, view, shard, image, token]
   per_image = masks.sum(-1)
@@ -190,7 +197,9 @@ def test_masks_are_drawn_per_shard_within_each_shards_bound():
 def test_accumulation_splits_the_buffer_with_the_micro_batches():
   """grad_accum_steps=2: micro-batch k (rows k, k+2, ...) gets the buffer of its own masks (the trainer's split)."""
   config = train_utils.tiny_config("dinov2", grad_accum_steps=2)
-  inputs = jax.jit(lambda k: registry.masked_tokens(k, B, config))(jax.random.key(4))
+  plan = plan_of(config)
+  assert plan.token_slots == 2 * plan.slots
+  inputs = jax.jit(lambda k: ibot.masked_tokens(k, plan))(jax.random.key(4))
   split = lambda x: np.moveaxis(np.asarray(x).reshape(x.shape[0], -1, 2, *x.shape[2:]), 2, 0)
   size = masking.masked_patch_bound(B, N, config.masking)
   assert inputs.patch_index.shape == (1, 2 * size)

@@ -138,15 +138,16 @@ def test_training_imports_neither_tensorflow_nor_torch():
 
 
 def test_the_step_gives_the_objective_its_inputs_and_a_typed_context():
-  """Objective.batch_inputs supplies what the objective needs from the batch; its loss gets a StepContext with the
-  step's teacher temperature and global batch (traced only: jax.eval_shape compiles nothing)."""
+  """Objective.batch_inputs supplies what the objective needs from the batch (given the trainer's mask plan: None
+  for an objective without masks); its loss gets a StepContext with the step's teacher temperature and global batch
+  (traced only: jax.eval_shape compiles nothing)."""
   config = train_utils.tiny_config("simdino")
   seen = {}
   base = objectives.get_objective(config.objective)
 
-  def batch_inputs(key, batch_size, run_config):
-    seen["batch_size"] = batch_size
-    return objectives.BatchInputs(metrics={"custom_input": jnp.float32(batch_size)})
+  def batch_inputs(key, plan):
+    seen["plan"] = plan
+    return objectives.BatchInputs(metrics={"custom_input": jnp.float32(1.0)})
 
   def loss(student_out, teacher_out, state, context, masks):
     seen["context"], seen["masks"] = context, masks
@@ -164,6 +165,6 @@ def test_the_step_gives_the_objective_its_inputs_and_a_typed_context():
   )
   images = jax.ShapeDtypeStruct((16, config.data.image_size, config.data.image_size, 3), jnp.uint8)
   _, metrics = jax.eval_shape(step, trainer.state, images, trainer.schedules)
-  assert seen["batch_size"] == 16 and seen["masks"] is None and "custom_input" in metrics
+  assert seen["plan"] is None and seen["masks"] is None and "custom_input" in metrics  # SimDINO draws no masks
   assert isinstance(seen["context"], objectives.StepContext) and seen["context"].global_batch_size == 16
   assert isinstance(trainer.schedules(0), optim.ScheduledValues)

@@ -99,7 +99,7 @@ def default_config():
       min_block=4,  # minimum block area in patches
       aspect_ratio=0.3,  # block aspect ratio log-uniform in [0.3, 1/0.3]
       group_size=0,  # images per draw of stratified ratios and per masked-token buffer (DINOv2: the batch
-      # per GPU); 0 = each data-parallel shard's (micro-)batch (objectives.registry.masked_tokens)
+      # per GPU); 0 = each data-parallel shard's (micro-)batch (objectives/ibot.py, MaskPlan)
     )
   )
   return config

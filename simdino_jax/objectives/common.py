@@ -1,8 +1,22 @@
-"""Small numerical helpers shared by the objectives: float32 casts, view-pair and masked means."""
+"""What the objectives share: the batch inputs an objective adds to a step, float32 casts, view-pair and masked
+means."""
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class BatchInputs(NamedTuple):
+  """What an objective adds to a batch of crops. Gradient accumulation over A micro-batches splits every array
+  along axis 1 into A interleaved parts (k, k + A, …: micro-batch k), like the crops' batch axis."""
+
+  student_masks: jax.Array | None = None  # bool [2, B, N]: patch tokens the student sees as the mask token
+  patch_index: jax.Array | None = None  # int32 [G, A·U]: patch tokens both heads score, per shard (the model's
+  # patch_index after the split; ibot.masked_tokens)
+  loss_masks: jax.Array | None = None  # [G, A·U] float token weights: the `masks` argument of the loss
+  metrics: dict | None = None  # scalars to log with the step's metrics
 
 
 def as_float32(x) -> jax.Array:

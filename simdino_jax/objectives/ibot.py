@@ -10,13 +10,90 @@ masked_token_buffer gathers the masked tokens of each group of images (a data-pa
 static buffer of U slots, U = masking.masked_patch_bound of the group, with token weights w = 1/(M_i · n_images)
 on the used slots and 0 on the padding. Every function here takes such a buffer [G, U, K] with its weights [G, U]
 in place of the dense [2, B, N, K] and bool masks, and gives the same values: L = −Σ_slots w · Σ_k t log s.
+`masked_tokens` draws a step's masks and buffer as a `MaskPlan` (fixed when the trainer is built) says.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+from jax.sharding import PartitionSpec as P
 
-from simdino_jax.objectives.common import as_float32, image_mean_weights, masked_image_mean
+from simdino_jax import parallel
+from simdino_jax.data import masking
+from simdino_jax.objectives.common import BatchInputs, as_float32, image_mean_weights, masked_image_mean
 from simdino_jax.objectives.dino import sinkhorn_knopp
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskPlan:
+  """How one step draws its iBOT masks, as DINOv2's collate does per GPU: the step's B images are A micro-batches
+  × G data shards × groups of b images; each group's 2b global crops (grid × grid patches) get their own stratified
+  mask ratios and hold at most U = `slots` masked tokens. `masking` is the config's masking section."""
+
+  batch_size: int
+  grid: int
+  accum_steps: int
+  shards: int
+  group_size: int
+  slots: int
+  masking: ml_collections.ConfigDict
+
+  @property
+  def groups(self) -> int:
+    """Mask groups in one micro-batch (over all shards)."""
+    return self.batch_size // (self.accum_steps * self.group_size)
+
+  @property
+  def token_slots(self) -> int:
+    """The masked-token slots the heads score in one step: A · groups · U."""
+    return self.accum_steps * self.groups * self.slots
+
+
+def mask_plan(
+  batch_size: int, *, grid: int, accum_steps: int, shards: int, masking_config: ml_collections.ConfigDict
+) -> MaskPlan:
+  """The MaskPlan of a step of `batch_size` images; b = masking_config.group_size, 0: each shard's micro-batch."""
+  shard_batch, remainder = divmod(batch_size, accum_steps * shards)
+  group_size = masking_config.group_size or shard_batch
+  if remainder or shard_batch % group_size:
+    raise ValueError(
+      f"iBOT masks are drawn per group of config.masking.group_size={group_size} images of each data "
+      f"shard's micro-batch, but batch {batch_size} does not split into grad_accum_steps={accum_steps} × "
+      f"{shards} shards × groups of {group_size}. Set config.batch_size to a multiple of "
+      f"{accum_steps * shards * group_size}, or config.masking.group_size to a divisor of {shard_batch} "
+      "(0: one group per shard)."
+    )
+  slots = max(1, masking.masked_patch_bound(2 * group_size, grid * grid, masking_config))
+  return MaskPlan(batch_size, grid, accum_steps, shards, group_size, slots, masking_config)
+
+
+def masked_tokens(key: jax.Array, plan: MaskPlan) -> BatchInputs:
+  """iBOT block masks of the global crops and the buffer of masked tokens the heads score, drawn per group of b
+  images (docs/objectives.md#ibot-masked-patch-loss): group (k, g) holds rows k + A·(g·b + t) of the batch, rows
+  g·b + t of micro-batch k (train.make_train_step); its 2b global crops hold at most U masked tokens, gathered into
+  its U slots with weights 1/(M_i · 2B/A). Each shard draws and gathers its own groups."""
+  accum, groups, size, n_patches = plan.accum_steps, plan.groups, plan.slots, plan.grid * plan.grid
+  on_shards = lambda x, axis: (
+    x if plan.shards == 1 else jax.lax.with_sharding_constraint(x, P(*([None] * axis), parallel.DATA_AXIS))
+  )
+  keys = jax.random.split(key, (accum, groups)) if accum * groups > 1 else key[None, None]  # 1 group: B's masks
+  draw = lambda k: masking.block_masks(k, plan.group_size, (plan.grid, plan.grid), plan.masking)
+  drawn = on_shards(jax.vmap(jax.vmap(draw))(on_shards(keys, 1)), 1)  # [A, groups, 2, b, N]
+  masks = jnp.transpose(drawn, (2, 1, 3, 0, 4)).reshape(2, plan.batch_size, n_patches)
+  micro = jnp.moveaxis(masks.reshape(2, plan.batch_size // accum, accum, n_patches), 2, 0)
+  index, weights = jax.vmap(lambda m: masked_token_buffer(m, groups, size))(micro)  # [A, groups, U]
+  merge = lambda x: on_shards(jnp.moveaxis(x, 0, 2).reshape(groups, size * accum), 0)
+  return BatchInputs(
+    student_masks=masks,
+    patch_index=merge(index),
+    loss_masks=merge(weights),
+    metrics={
+      "masked_fraction": jnp.mean(masks.astype(jnp.float32)),
+      "masked_slot_fraction": jnp.mean((weights > 0).astype(jnp.float32)),
+    },
+  )
 
 
 def _check_patches(logits: jax.Array, masks: jax.Array, what: str) -> None:

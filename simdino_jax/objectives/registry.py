@@ -1,7 +1,7 @@
 """The objective registry: DINO, DINOv2, SimDINO and SimDINOv2, plus add-on regularizers, behind one contract.
 
-Objective.batch_inputs(key, batch_size, run config) -> BatchInputs: what the objective adds to a batch of crops
-(DINOv2's and SimDINOv2's iBOT masks and the masked tokens the heads score); the trainer forwards it unread.
+Objective.batch_inputs(key, mask plan) -> BatchInputs: what the objective adds to a batch of crops (DINOv2's and
+SimDINOv2's iBOT masks and the masked tokens the heads score, ibot.masked_tokens); the trainer forwards it unread.
 Objective.loss(student_out, teacher_out, state, context, masks) -> (loss, new_state, metrics) with
 loss = L_method + w_koleo·(KoLeo(g1) + KoLeo(g2)) + w_proto·KoLeo-proto(prototypes) − w_rate·mean_i R(head(g_i))
 (docs/objectives.md). Metrics hold every component unweighted ("dino", "ibot", "koleo", "koleo_proto", "comp",
@@ -17,13 +17,17 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import PartitionSpec as P
 
-from simdino_jax import parallel
-from simdino_jax.data import masking
 from simdino_jax.numerics import marginal_entropy, mean_entropy
 from simdino_jax.objectives.dino import cross_view_cross_entropy, sinkhorn_knopp, teacher_probs, update_center
-from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, masked_token_buffer, update_patch_center
+from simdino_jax.objectives.common import BatchInputs
+from simdino_jax.objectives.ibot import (
+  MaskPlan,
+  ibot_patch_loss,
+  ibot_sinkhorn_knopp,
+  masked_tokens,
+  update_patch_center,
+)
 from simdino_jax.objectives.koleo import koleo_on_global_crops, koleo_proto_loss
 from simdino_jax.objectives.simdino import mean_coding_rate, simdino_loss, simdinov2_loss
 from simdino_jax.registry import Registry
@@ -40,113 +44,36 @@ class StepContext(NamedTuple):
   global_batch_size: int | None = None  # B of the whole step (SimDINO's α and γ); None: the outputs' own B
 
 
-class BatchInputs(NamedTuple):
-  """What an objective adds to a batch of crops. Gradient accumulation over A micro-batches splits every array
-  along axis 1 into A interleaved parts (k, k + A, …: micro-batch k), like the crops' batch axis."""
-
-  student_masks: jax.Array | None = None  # bool [2, B, N]: patch tokens the student sees as the mask token
-  patch_index: jax.Array | None = None  # int32 [G, A·U]: patch tokens both heads score, per shard (the model's
-  # patch_index after the split; masked_tokens)
-  loss_masks: jax.Array | None = None  # [G, A·U] float token weights: the `masks` argument of the loss
-  metrics: dict | None = None  # scalars to log with the step's metrics
-
-
 LossFn = Callable[[dict, dict, dict, StepContext, jax.Array | None], tuple[jax.Array, dict, dict]]
-BatchInputsFn = Callable[[jax.Array, int, ml_collections.ConfigDict], BatchInputs]
+BatchInputsFn = Callable[[jax.Array, MaskPlan | None], BatchInputs]
 
 
-def no_batch_inputs(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
+def no_batch_inputs(key: jax.Array, plan: MaskPlan | None) -> BatchInputs:
   """Objectives that read only the crops."""
-  del key, batch_size, run_config
+  del key, plan
   return BatchInputs()
 
 
-def masked_tokens(key: jax.Array, batch_size: int, run_config) -> BatchInputs:
-  """iBOT block masks of the global crops (`run_config.masking`) and the buffer of masked tokens the heads score,
-  as DINOv2's collate per GPU (objectives/ibot.py; docs/objectives.md#ibot-masked-patch-loss).
-
-  The masks are drawn per group of b images (masking.group_size; 0: b = B/(A·G), each data-parallel shard's
-  micro-batch, with G shards in the ambient mesh and A = grad_accum_steps): each group's 2b global crops get their
-  own stratified ratios, so the group holds at most U = masking.masked_patch_bound(2b) masked tokens, gathered into
-  its U slots with weights 1/(M_i · 2B/A).
-  """
-  side = run_config.aug.global_size // run_config.model.patch_size
-  n_patches = side * side
-  accum, local, groups = _mask_groups(batch_size, run_config, _data_shards())
-  size = max(1, masking.masked_patch_bound(2 * local, n_patches, run_config.masking))
-  keys = jax.random.split(key, (accum, groups)) if accum * groups > 1 else key[None, None]  # 1 group: B's masks
-  draw = lambda k: masking.block_masks(k, local, (side, side), run_config.masking)
-  drawn = _on_shards(jax.vmap(jax.vmap(draw))(_on_shards(keys, 1)), 1)  # [A, groups, 2, b, N]
-  # Group (k, g) holds rows k + A·(g·b + t) of the batch: rows g·b + t of micro-batch k (train.make_train_step).
-  masks = jnp.transpose(drawn, (2, 1, 3, 0, 4)).reshape(2, batch_size, n_patches)
-  micro = jnp.moveaxis(masks.reshape(2, batch_size // accum, accum, n_patches), 2, 0)
-  index, weights = jax.vmap(lambda m: masked_token_buffer(m, groups, size))(micro)  # [A, groups, U]
-  merge = lambda x: _on_shards(jnp.moveaxis(x, 0, 2).reshape(groups, size * accum), 0)
-  return BatchInputs(
-    student_masks=masks,
-    patch_index=merge(index),
-    loss_masks=merge(weights),
-    metrics={
-      "masked_fraction": jnp.mean(masks.astype(jnp.float32)),
-      "masked_slot_fraction": jnp.mean((weights > 0).astype(jnp.float32)),
-    },
-  )
-
-
-def masked_token_slots(batch_size: int, run_config, shards: int) -> int:
-  """The masked-token slots the head scores in one step of masked_tokens on `shards` data shards:
-  A · groups · max(1, U)."""
-  accum, local, groups = _mask_groups(batch_size, run_config, shards)
-  n_patches = (run_config.aug.global_size // run_config.model.patch_size) ** 2
-  return accum * groups * max(1, masking.masked_patch_bound(2 * local, n_patches, run_config.masking))
-
-
-def _mask_groups(batch_size: int, run_config, shards: int) -> tuple[int, int, int]:
-  """(A micro-batches, b images per mask group, groups per micro-batch) of masked_tokens."""
-  accum = run_config.grad_accum_steps
-  shard_batch, remainder = divmod(batch_size, accum * shards)
-  local = run_config.masking.get("group_size", 0) or shard_batch
-  if remainder or shard_batch % local:
-    raise ValueError(
-      f"iBOT masks are drawn per group of config.masking.group_size={local} images of each data "
-      f"shard's micro-batch, but batch {batch_size} does not split into grad_accum_steps={accum} × "
-      f"{shards} shards × groups of {local}. Set config.batch_size to a multiple of "
-      f"{accum * shards * local}, or config.masking.group_size to a divisor of {shard_batch} "
-      "(0: one group per shard)."
-    )
-  return accum, local, batch_size // (accum * local)
-
-
-def _data_shards() -> int:
-  """The size of the ambient mesh's data axis (jax.set_mesh, as training and the benchmark run); 1 without one."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return 1 if mesh.empty or parallel.DATA_AXIS not in mesh.axis_names else mesh.shape[parallel.DATA_AXIS]
-
-
-def _on_shards(x: jax.Array, axis: int) -> jax.Array:
-  """x with its `axis` laid out over the data axis of the ambient mesh (each shard draws and gathers its own)."""
-  if _data_shards() == 1:
-    return x
-  return jax.lax.with_sharding_constraint(x, P(*([None] * axis), parallel.DATA_AXIS))
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Objective:
-  """A training objective: the head kind it needs, whether the student sees masks, its state, its loss and what it
-  adds to a batch.
+  """A training objective: the head kind it needs, its state, its loss and what it adds to a batch.
 
   head_kind: "dino" (prototype logits [.., K]) or "simdino" (l2-normalized embeddings [.., p]);
   init_state(head output size, patch head output size=None) -> state pytree; loss(student_out, teacher_out, state,
   context, masks);
-  batch_inputs(key, batch_size, run config) -> BatchInputs.
+  batch_inputs(key, mask plan) -> BatchInputs (the plan: ibot.MaskPlan, built by the trainer when needs_masks).
   """
 
   name: str
   head_kind: str
-  needs_masks: bool
   init_state: Callable[..., dict]
   loss: LossFn
   batch_inputs: BatchInputsFn = no_batch_inputs
+
+  @property
+  def needs_masks(self) -> bool:
+    """Whether the student sees iBOT-masked global crops (and returns "patch_head")."""
+    return self.batch_inputs is masked_tokens
 
 
 OBJECTIVES: Registry[Callable[[ml_collections.ConfigDict], Objective]] = Registry("objective")
@@ -236,7 +163,7 @@ def _dino(config) -> Objective:
     return dino, {**state, **new_state}, {"dino": dino, **_dino_diagnostics(dino, probabilities)}
 
   keys = ("center",) if config.centering == "center" else ()
-  return Objective("dino", "dino", False, _center_state(keys), loss)
+  return Objective(name="dino", head_kind="dino", init_state=_center_state(keys), loss=loss)
 
 
 @OBJECTIVES.register("dinov2")
@@ -268,7 +195,9 @@ def _dinov2(config) -> Objective:
     return dino + ibot, {**state, **new_state}, metrics
 
   keys = ("center", "patch_center") if config.centering == "center" else ()
-  return Objective("dinov2", "dino", True, _center_state(keys), loss, masked_tokens)
+  return Objective(
+    name="dinov2", head_kind="dino", init_state=_center_state(keys), loss=loss, batch_inputs=masked_tokens
+  )
 
 
 def _simdino_options(config, context) -> dict:
@@ -302,7 +231,7 @@ def _simdino(config) -> Objective:
     )
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
-  return Objective("simdino", "simdino", False, _center_state(()), loss)
+  return Objective(name="simdino", head_kind="simdino", init_state=_center_state(()), loss=loss)
 
 
 @OBJECTIVES.register("simdinov2")
@@ -319,7 +248,9 @@ def _simdinov2(config) -> Objective:
     )
     return total, state, _embedding_diagnostics(teacher_z, metrics)
 
-  return Objective("simdinov2", "simdino", True, _center_state(()), loss, masked_tokens)
+  return Objective(
+    name="simdinov2", head_kind="simdino", init_state=_center_state(()), loss=loss, batch_inputs=masked_tokens
+  )
 
 
 def get_objective(config: ml_collections.ConfigDict) -> Objective:

@@ -128,15 +128,14 @@ def backbone_cls_flops(config, head_params) -> float:
 
 def ibot_head_flops(config, head_params, shards: int = 1, patch_head_params=None) -> float:
   """The iBOT / SimDINOv2 patch head on its static buffer of S masked-token slots (padding included): `4·S·H`
-  (student forward + backward, teacher forward); S = objectives.registry.masked_token_slots, 0 without masks. H is
+  (student forward + backward, teacher forward); S = the mask plan's token_slots, 0 without masks. H is
   `patch_head_params`' (a separate iBOT head) when given, else the CLS head's."""
-  from simdino_jax import objectives
-  from simdino_jax.objectives import registry
+  from simdino_jax import objectives, train
 
   if not objectives.get_objective(config.objective).needs_masks:
     return 0.0
   head = head_params if patch_head_params is None else patch_head_params
-  return 4 * registry.masked_token_slots(config.batch_size, config, shards) * head_flops_per_token(head)
+  return 4 * train.mask_plan(config, shards).token_slots * head_flops_per_token(head)
 
 
 def compile_step(config):
@@ -177,8 +176,7 @@ def compiled_cost(compiled) -> dict:
 def compile_figures(config) -> dict:
   """XLA's FLOPs per image against the analytic backbone + CLS heads and iBOT patch head, the iBOT buffer's slots
   per global crop, the peak memory and the compile seconds of the compiled step (nothing runs)."""
-  from simdino_jax import parallel
-  from simdino_jax.objectives import registry
+  from simdino_jax import parallel, train
 
   trainer, compiled, compile_s = compile_step(config)
   cost = compiled_cost(compiled)
@@ -186,7 +184,7 @@ def compile_figures(config) -> dict:
   backbone_cls = backbone_cls_flops(config, head)
   ibot = ibot_head_flops(config, head, shards, trainer.state.student.get("ibot_head"))
   batch = config.batch_size
-  slots = registry.masked_token_slots(batch, config, shards) if ibot else 0
+  slots = train.mask_plan(config, shards).token_slots if ibot else 0
   return {
     "xla_gflop_per_image": cost["xla_flops"] / batch / 1e9,
     "backbone_cls_gflop_per_image": backbone_cls / batch / 1e9,
