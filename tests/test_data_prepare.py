@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simdino_jax.tools import prepare, sources
+from simdino_jax.data import sources
+from simdino_jax.tools import prepare
 from tests import train_utils
 
 CIFAR = train_utils.shared_data("cifar10")
