@@ -12,43 +12,14 @@ Published (RobinWu218/SimDINO README, "DINO" row they trained): ViT-B/16 72.9% k
 """
 
 from simdino_jax.configs import common
+from simdino_jax.configs import dino_vanilla
 
 
 def recipe():
-  """The recipe before the command-line arguments (configs/simdino.py and dino_koleo_proto.py start from it)."""
-  c = common.base()
-  c.objective.name = "dino"
-  c.objective.student_temp = 0.1
-  c.objective.center_momentum = 0.9
-  c.objective.centering = "center"
-  c.model.head.out_dim = 65536
-  c.model.head.hidden_dim = 2048
-  c.model.head.bottleneck_dim = 256
-  c.model.head.norm_last_layer = True  # the DINO README's advice for ViT-B
-  c.model.drop_path_rate = 0.1
-  c.model.drop_path_schedule = "linear"
-  c.model.interpolate_offset = 0.1
-  c.model.interpolate_antialias = False
-  c.batch_size = 512  # SimDINO README: 8 GPUs × batch_size_per_gpu 64
-  c.total_epochs = 100.0
-  c.optim.base_lr = 5e-4
-  c.optim.lr_scaling = "linear"  # peak 5e-4 · B/256 = 1e-3
-  c.optim.warmup_epochs = 10.0
-  c.optim.warmup_from_min_lr = False
-  c.optim.min_lr = 1e-6
-  c.optim.weight_decay = 0.04
-  c.optim.weight_decay_end = 0.4
-  c.optim.clip_grad = 3.0
-  c.optim.clip_mode = "per_tensor"
-  c.optim.freeze_last_layer_epochs = 1.0
-  c.teacher.momentum = 0.996
-  c.teacher.momentum_end = 1.0
-  c.teacher.warmup_temp = 0.04
-  c.teacher.temp = 0.04
-  c.teacher.warmup_temp_epochs = 0
+  """The recipe before the command-line arguments (configs/simdino.py and dino_koleo_proto.py start from it): the
+  DINO repository's defaults (configs/dino_vanilla.py) with the SimDINO command's 10 local crops."""
+  c = dino_vanilla.recipe()
   c.aug.n_local = 10  # SimDINO README: --local_crops_number 10
-  c.aug.global_scale = (0.4, 1.0)
-  c.aug.local_scale = (0.05, 0.4)
   return c
 
 

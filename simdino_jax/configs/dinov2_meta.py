@@ -13,7 +13,8 @@ from simdino_jax.configs import common
 
 
 def recipe():
-  """Meta's recipe on ImageNet before the run's arguments (the full-size recipes start from it)."""
+  """Meta's recipe on ImageNet before the run's arguments (configs/dinov2.py and the full-size recipes start
+  from it)."""
   c = common.base()
   c.objective.name = "dinov2"
   c.objective.student_temp = 0.1
