@@ -36,7 +36,7 @@ OPERATIONAL_KEYS = (
   "max_consecutive_skips",
   "data.data_dir",
   "data.path",
-  "eval",
+  "eval_settings",
   "evals",
   "collapse",
   "fsdp_min_size",
@@ -67,6 +67,8 @@ ADDED_FIELDS = {
 }
 
 
+# Sections renamed since, old name -> new name: a checkpoint's config is read with the new names.
+RENAMED_SECTIONS = {"eval": "eval_settings"}
 ITEMS = ("state", "data", "config")
 
 
@@ -85,9 +87,17 @@ def _flat_config(config: dict) -> dict:
   return traverse_util.flatten_dict(_normalize(config), sep=".")
 
 
+def _renamed(flat: dict) -> dict:
+  """A flat config with the sections of RENAMED_SECTIONS under their new names."""
+  new_name = lambda k: next(
+    (new + k[len(old) :] for old, new in RENAMED_SECTIONS.items() if k == old or k.startswith(old + ".")), k
+  )
+  return {new_name(k): v for k, v in flat.items()}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields (dotted paths) whose values differ, ignoring the operational ones and added fields at their old value."""
-  a, b = _flat_config(saved), _flat_config(current)
+  a, b = _renamed(_flat_config(saved)), _flat_config(current)
   a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   keep = lambda k: not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)
   return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
@@ -116,9 +126,9 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
 
 
 def with_added_fields(config: dict) -> dict:
-  """A saved config dict with the fields added since it was written (ADDED_FIELDS) at the values that reproduce
-  it: every later reader sees a complete config."""
-  flat = _flat_config(config)
+  """A saved config dict with today's section names (RENAMED_SECTIONS) and the fields added since it was written
+  (ADDED_FIELDS) at the values that reproduce it: every later reader sees a complete config."""
+  flat = _renamed(_flat_config(config))
   flat.update({k: v for k, v in ADDED_FIELDS.items() if k not in flat})
   return traverse_util.unflatten_dict(flat, sep=".")
 

@@ -1,6 +1,6 @@
 """Collapse warnings from the logged training metrics, whichever objective logs them.
 
-The objectives report their collapse signatures already normalized (objectives/registry.py), and the monitor
+The objectives report their collapse signatures already normalized (objectives/methods.py), and the monitor
 checks each one only when it is logged:
 - "dino_over_log_k", the DINO cross-entropy over log K (dino / dinov2): it stays near 1 when the teacher has
   collapsed to the uniform distribution over the K prototypes.

@@ -39,7 +39,7 @@ from simdino_jax.evaluation import protocols
 # --protocol: the evaluators (simdino_jax/evaluation/evaluators.py) it runs.
 PROTOCOLS = {"knn": ("knn",), "linear": ("linear_probe",), "both": ("knn", "linear_probe")}
 BACKBONES = ("teacher", "student")
-# config.eval's shared settings for an offline evaluation: every image of both splits.
+# config.eval_settings for an offline evaluation: every image of both splits.
 OFFLINE_SETTINGS = {"batch_size": 256, "max_train_examples": 0, "max_test_examples": 0, "feature_dtype": "float32"}
 FLAGS = flags.FLAGS
 
@@ -98,7 +98,7 @@ def protocol_evals(protocol: str, options: dict | None = None) -> ml_collections
 
 
 def evals_from_flags() -> tuple[ml_collections.ConfigDict, dict]:
-  """(config.evals, config.eval settings) of the command line."""
+  """(config.evals, config.eval_settings) of the command line."""
   options = {
     "knn": {"k": FLAGS.knn_k, "temperature": FLAGS.knn_temperature},
     "linear_probe": {
@@ -155,14 +155,14 @@ def evaluate_checkpoint(
   """Runs the evaluators `evals` (a `config.evals`; default the kNN with k ∈ {10, 20, 100, 200}) on one
   checkpoint's backbone; returns the metrics and writes `<workdir>/eval_<step>.json`.
 
-  `settings` overrides OFFLINE_SETTINGS, the run config's `config.eval` entries the evaluators share (feature batch,
-  split caps); `data_dir` the run's data.data_dir.
+  `settings` overrides OFFLINE_SETTINGS, the run config's `config.eval_settings` entries the evaluators share
+  (feature batch, split caps); `data_dir` the run's data.data_dir.
   """
   evals = protocol_evals("knn", {"knn": {"k": (10, 20, 100, 200)}}) if evals is None else evals
   config, step = read_run_config(workdir, step)
   if data_dir:
     config.data.data_dir = data_dir
-  config.eval.update({**OFFLINE_SETTINGS, **(settings or {})})
+  config.eval_settings.update({**OFFLINE_SETTINGS, **(settings or {})})
   mesh = parallel.create_mesh()
   params = {"backbone": restore_backbone(config, workdir, step, backbone, mesh)}
   inputs = evaluators.open_inputs(config, mesh)

@@ -338,8 +338,9 @@ class PreemptionFlag:
     return self._requested.is_set()
 
 
-def steps_per_epoch(config) -> int:
-  """Steps per epoch of `config`'s run (optim.epoch_length over its training split), without building it."""
+def count_steps_per_epoch(config) -> int:
+  """Steps per epoch of `config`'s run (optim.epoch_length over its training split, which it opens), without
+  building the run (a built one has it: TrainSetup.steps_per_epoch)."""
   from simdino_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
   num_examples = len(data_lib.open_split(config.data, config.data.train_split))

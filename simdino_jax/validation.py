@@ -1,5 +1,6 @@
 """Config validation, once, where the config is read: every out-of-range value fails before anything is built or
-written, naming the field and the fix. The functions that use the values do not check them again."""
+written, naming the field and the fix. The code that uses the values trusts them; a module's constructor checks
+only what its own arguments must satisfy together (a ViT's image size and patch size)."""
 
 import math
 
@@ -10,7 +11,7 @@ from simdino_jax import models
 from simdino_jax import objectives
 from simdino_jax import optim
 from simdino_jax.models import vit
-from simdino_jax.objectives import koleo, registry, simdino
+from simdino_jax.objectives import koleo, methods, simdino
 
 
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable")
@@ -28,7 +29,7 @@ def _require_choice(field: str, value, choices) -> None:
 def validate_objective(obj) -> None:
   """Checks `config.objective`: the name (the registry lists the valid ones), each option and weight."""
   objective = objectives.get_objective(obj)
-  _require_choice("objective.centering", obj.centering, registry.CENTERINGS)
+  _require_choice("objective.centering", obj.centering, methods.CENTERINGS)
   _require_choice("objective.koleo_scope", obj.koleo_scope, koleo.KOLEO_SCOPES)
   _require_choice("objective.expa_type", obj.expa_type, simdino.EXPA_TYPES)
   _require_choice("objective.gamma", obj.gamma, simdino.GAMMAS)
@@ -40,7 +41,7 @@ def validate_objective(obj) -> None:
   )
   _require(math.isfinite(obj.coeff), f"config.objective.coeff={obj.coeff} must be finite.")
   _require(
-    obj.koleo_weight == registry.METHOD_DEFAULT or obj.koleo_weight >= 0,
+    obj.koleo_weight == methods.METHOD_DEFAULT or obj.koleo_weight >= 0,
     f"config.objective.koleo_weight={obj.koleo_weight} must be >= 0, or -1 for the method's default.",
   )
   group_size = obj.covariance_group_size
@@ -156,9 +157,9 @@ def validate_config(config, num_devices: int | None = None) -> None:
   validate_model(config.model, objectives.get_objective(obj).head_kind)
   _require_choice("aug.interpolation", a.interpolation, ("bicubic", "bilinear"))
   _require(
-    config.eval.feature_dtype in ("float32", "bfloat16"),
-    f"config.eval.feature_dtype={config.eval.feature_dtype!r} is not a feature precision: use float32 (as "
-    "DINO evaluates) or bfloat16 (as the run trains).",
+    config.eval_settings.feature_dtype in ("float32", "bfloat16"),
+    f"config.eval_settings.feature_dtype={config.eval_settings.feature_dtype!r} is not a feature precision: use "
+    "float32 (as DINO evaluates) or bfloat16 (as the run trains).",
   )
   _require(
     config.model.dtype != "float16",
@@ -168,13 +169,13 @@ def validate_config(config, num_devices: int | None = None) -> None:
   )
   _require_choice("optim.freeze_rule", config.optim.freeze_rule, optim.FREEZE_RULES)
   micro_batch = config.batch_size // config.grad_accum_steps
-  if registry.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:
+  if methods.resolve_koleo_weight(obj) > 0 and obj.koleo_group_size:
     _require(
       micro_batch % obj.koleo_group_size == 0,
       f"config.objective.koleo_group_size={obj.koleo_group_size} does not divide the (micro-)batch of "
       f"{micro_batch} images: use a divisor of it (DINOv2's per-GPU batch is 64) or 0.",
     )
-  elif registry.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
+  elif methods.resolve_koleo_weight(obj) > 0 and obj.koleo_scope == "device":
     per_device = config.batch_size // num_devices
     _require(
       per_device >= 2,

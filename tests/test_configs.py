@@ -13,7 +13,7 @@ from simdino_jax import configs
 from simdino_jax import objectives
 from simdino_jax import optim
 from simdino_jax import validation
-from simdino_jax.objectives import registry
+from simdino_jax.objectives import methods
 from simdino_jax.tools import reproduce
 from tests import train_utils
 
@@ -118,7 +118,7 @@ def test_published_values(name):
   ) = PUBLISHED[name]
   c = configs.load(name)
   assert (c.model.name, c.batch_size) == (model, batch)
-  koleo_group = c.objective.koleo_group_size if registry.resolve_koleo_weight(c.objective) else 0
+  koleo_group = c.objective.koleo_group_size if methods.resolve_koleo_weight(c.objective) else 0
   assert (c.objective.covariance_group_size, koleo_group) == groups
   assert optim.epoch_length(c, num_examples=IMAGENET_TRAIN, batch_size=c.batch_size) == epoch_steps
   assert c.optim.lr_scaling == rule

@@ -184,14 +184,14 @@ def test_protocols_by_name_and_float32_features():
   assert len(grid["learning_rates"]) * len(grid["blocks"]) * len(grid["avgpools"]) == 52
   with pytest.raises(ValueError, match="Unknown protocol 'dino_lin'"):
     evaluate.protocol_evals("dino_lin")
-  # A run trained in bfloat16 is evaluated in float32 unless config.eval.feature_dtype says bfloat16.
+  # A run trained in bfloat16 is evaluated in float32 unless config.eval_settings.feature_dtype says bfloat16.
   config = train_utils.tiny_config("dino")
   config.model.dtype = "bfloat16"
-  assert config.eval.feature_dtype == "float32"
+  assert config.eval_settings.feature_dtype == "float32"
   params = nnx.to_pure_dict(nnx.state(models.create_backbone(config.model, rngs=nnx.Rngs(0))))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)), jnp.uint8)
   float32 = features_lib.make_feature_fn(config)(params, images)
-  config.eval.feature_dtype = "bfloat16"
+  config.eval_settings.feature_dtype = "bfloat16"
   bfloat16 = features_lib.make_feature_fn(config)(params, images)
   reference = config.copy_and_resolve_references()
   reference.model.dtype = "float32"

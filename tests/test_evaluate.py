@@ -99,7 +99,7 @@ def test_evaluate_cli_prints_the_table(trained_workdir):
 def test_periodic_eval_of_a_resident_split_equals_streaming_it_from_the_source():
   """config.data.on_device: the loop's kNN reads the split it already holds, with the same result."""
   config = train_utils.tiny_config(
-    "dino", eval_every_epochs=1.0, **{"eval.max_train_examples": 300, "eval.max_test_examples": 100}
+    "dino", eval_every_epochs=1.0, **{"eval_settings.max_train_examples": 300, "eval_settings.max_test_examples": 100}
   )
   trainer = train.build(config, num_examples=config.batch_size)
   resident = data.load_split(config.data, config.data.train_split)

@@ -18,11 +18,10 @@ from simdino_jax.evaluation import (
   probe_features,
   prototype_diagnostics,
   split_features,
-  teacher_center_kl,
-  teacher_probabilities,
   train_linear_probe,
 )
 from simdino_jax.numerics import marginal_entropy, mean_entropy
+from simdino_jax.objectives.dino import teacher_probs
 
 
 def _mesh():
@@ -292,29 +291,18 @@ def test_effective_rank():
   assert float(effective_rank(anisotropic)) == pytest.approx(_numpy_effective_rank(anisotropic), rel=1e-4)
 
 
-def test_teacher_entropies_and_center_kl():
+def test_teacher_entropies():
+  """numerics' entropies of teacher probabilities (the objectives' "teacher_entropy", "teacher_marginal_entropy")."""
   num_classes = 16
-  uniform = teacher_probabilities(np.full((2, 8, num_classes), 3.0), None, 0.04)
+  probs = lambda logits, center: teacher_probs(jnp.asarray(logits, jnp.float32), center, 0.04)
+  uniform = probs(np.full((16, num_classes), 3.0), 0.0)
   assert float(marginal_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
   assert float(mean_entropy(uniform)) == pytest.approx(np.log(num_classes), rel=1e-5)
-  collapsed = teacher_probabilities(np.tile(10.0 * np.eye(num_classes)[3], (32, 1)), np.zeros(num_classes), 0.04)
+  collapsed = probs(np.tile(10.0 * np.eye(num_classes)[3], (32, 1)), np.zeros(num_classes))
   assert float(marginal_entropy(collapsed)) == pytest.approx(0.0, abs=1e-4)
-  spread = teacher_probabilities(10.0 * np.eye(num_classes)[np.arange(64) % num_classes], None, 0.04)
+  spread = probs(10.0 * np.eye(num_classes)[np.arange(64) % num_classes], 0.0)
   assert float(marginal_entropy(spread)) == pytest.approx(np.log(num_classes), rel=1e-4)
   assert float(mean_entropy(spread)) == pytest.approx(0.0, abs=1e-4)
-
-  rng = np.random.default_rng(9)
-  logits, center, tau = rng.normal(size=(40, num_classes)), rng.normal(size=num_classes), 0.5
-  p = np.exp((logits - center) / tau)
-  p /= p.sum(1, keepdims=True)
-  q = np.exp(center / tau) / np.exp(center / tau).sum()
-  mean = p.mean(0)
-  probabilities = teacher_probabilities(logits, center, tau)
-  np.testing.assert_allclose(probabilities, p, rtol=1e-5)
-  assert float(teacher_center_kl(probabilities, center, tau)) == pytest.approx(
-    np.sum(mean * np.log(mean / q)), rel=1e-4
-  )
-  assert float(teacher_center_kl(uniform, np.zeros(num_classes), 0.04)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_feature_std():
@@ -335,23 +323,16 @@ def test_coding_rate_of_normalized_features_matches_numpy(n, dim):
 
 def test_feature_diagnostics_collects_the_scalars():
   rng = np.random.default_rng(12)
-  features, logits, center = rng.normal(size=(2, 32, 8)), rng.normal(size=(2, 32, 10)), rng.normal(size=10)
-  values = feature_diagnostics(features, teacher_logits=logits, center=center, teacher_temp=0.1)
-  probabilities = teacher_probabilities(logits, center, 0.1)
+  features = rng.normal(size=(2, 32, 8))
+  values = feature_diagnostics(features)
   expected = {
     "effective_rank": effective_rank(features),
     "coding_rate": normalized_coding_rate(features, 0.05),
     "feature_std": feature_std(features),
-    "teacher_mean_entropy": marginal_entropy(probabilities),
-    "teacher_sample_entropy": mean_entropy(probabilities),
-    "teacher_center_kl": teacher_center_kl(probabilities, center, 0.1),
   }
   assert values.keys() == expected.keys()
   for name, value in expected.items():
     assert values[name] == pytest.approx(float(value), rel=1e-5), name
-  assert feature_diagnostics(features).keys() == {"effective_rank", "coding_rate", "feature_std"}
-  with pytest.raises(ValueError, match="teacher_temp"):
-    feature_diagnostics(features, teacher_logits=logits)
 
 
 def test_prototype_diagnostics_counts_groups():

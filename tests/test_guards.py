@@ -321,6 +321,15 @@ def test_checkpoints_from_before_an_added_field_resume_while_it_keeps_its_old_va
   assert checkpointing.config_differences(saved, current) == ["data.on_device", "total_examples"]
 
 
+def test_checkpoints_from_before_a_renamed_section_read_under_the_new_name():
+  current = train_utils.tiny_config("dino").to_dict()
+  saved = json.loads(json.dumps(current))
+  saved["eval"] = saved.pop("eval_settings")  # A config written when the section was `eval`.
+  assert checkpointing.config_differences(saved, current) == []
+  assert checkpointing.with_added_fields(saved)["eval_settings"] == json.loads(json.dumps(current["eval_settings"]))
+  assert "eval" not in checkpointing.with_added_fields(saved)
+
+
 def test_typo_in_a_command_line_override_fails_clearly(tmp_path):
   workdir = tmp_path / "work"
   result = subprocess.run(

@@ -101,8 +101,8 @@ def test_train_two_steps_on_eight_devices_evaluate_and_resume(imagenet_dir, tmp_
     "total_steps": 2,
     "checkpoint_every_steps": 1,
     "eval_every_epochs": 100.0,
-    "eval.knn_k": (3,),
-    "eval.batch_size": 8,
+    "eval_settings.knn_k": (3,),
+    "eval_settings.batch_size": 8,
   }
   workdir = str(tmp_path / "run")
   first = train.run(train_utils.tiny_config("dino", **overrides), workdir)

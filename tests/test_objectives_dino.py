@@ -95,7 +95,7 @@ def test_cross_view_cross_entropy_with_sinkhorn_knopp_teacher():
 
 
 def test_dino_loss_rejects_bad_shapes():
-  # Temperatures are config values, checked once in validation.py (tests/test_objectives_registry.py).
+  # Temperatures are config values, checked once in validation.py (tests/test_objectives_methods.py).
   with pytest.raises(ValueError, match="teacher"):
     dino_loss(jnp.zeros((3, 2, 4)), jnp.zeros((3, 2, 4)), jnp.zeros(4), teacher_temp=0.04)
 

@@ -65,7 +65,7 @@ def test_raw_pixel_knn_matches_numpy(tmp_path):
     seed=0,
     data_path=os.fspath(tmp_path / "tiny_{split}.npz"),
   )
-  config.eval.batch_size = 8  # Several batches, the last one padded.
+  config.eval_settings.batch_size = 8  # Several batches, the last one padded.
 
   def features(images):
     x = (images.astype(np.float64) / 255.0 - np.asarray(config.aug.mean)) / np.asarray(config.aug.std)

@@ -80,7 +80,7 @@ def base() -> ml_collections.ConfigDict:
       warmup_temp_per_iteration=False,
     )
   )  # False: DINO's per-epoch steps; True: DINOv2's per-iteration ramp.
-  c.eval = ml_collections.ConfigDict(
+  c.eval_settings = ml_collections.ConfigDict(
     dict(
       knn_k=(20,),
       knn_temperature=0.07,
@@ -150,7 +150,7 @@ def apply_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.workers = -1  # Crops are cut on the host (images of varied sizes): one decoding process per core.
-    c.eval.max_train_examples = 0
+    c.eval_settings.max_train_examples = 0
   else:
     c.data.image_size = 32
     c.aug.global_size = 32

@@ -6,8 +6,6 @@ from simdino_jax.evaluation.diagnostics import (
   feature_std,
   normalized_coding_rate,
   prototype_diagnostics,
-  teacher_center_kl,
-  teacher_probabilities,
 )
 from simdino_jax.evaluation.features import (
   eval_batch_size,
@@ -40,7 +38,5 @@ __all__ = [
   "probe_features",
   "prototype_diagnostics",
   "split_features",
-  "teacher_center_kl",
-  "teacher_probabilities",
   "train_linear_probe",
 ]

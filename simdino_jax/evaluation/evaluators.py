@@ -1,10 +1,11 @@
 """Evaluators, big_vision's `config.evals` convention: each entry of `config.evals` is an evaluator of EVALUATORS
 (its `type`, default the entry's name) with its options, `every_epochs` included (-1: `config.eval_every_epochs`;
-0: off). The training loop runs them
-at their periods and `python -m simdino_jax.evaluate` once, through the same `run(params) -> metrics`.
+0: off). The training loop runs them at their periods and `python -m simdino_jax.evaluate` once, through the same
+`run(params) -> metrics`.
 
-A new evaluator is a factory `(options, inputs: EvalInputs) -> run` in its own file, added here in one line:
-`EVALUATORS.add("name", factory)`.
+An evaluator is a factory `(options, inputs: EvalInputs) -> run`, registered in one line,
+`EVALUATORS.add("name", factory)`: the built-in ones (knn, linear_probe, diagnostics) are the factories below, each
+over its own module (knn.py, linear_probe.py and augmented_probe.py, diagnostics.py); a new one can live anywhere.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -29,7 +30,9 @@ Run = Callable[[dict], dict]  # params {"backbone": ..., optionally "head": ...}
 class EvalInputs(NamedTuple):
   """What every evaluator reads besides its options."""
 
-  config: ml_collections.ConfigDict  # the run's config: model, data, crop size and `config.eval`'s shared settings
+  config: (
+    ml_collections.ConfigDict
+  )  # the run's config: model, data, crop size and `config.eval_settings` (what the evaluators share)
   mesh: Any
   train_source: Any  # the labelled training split (data.sources: len() and read(rows))
   test_source: Any  # the labelled test split
@@ -67,8 +70,9 @@ def labelled_features(
   inputs: EvalInputs, feature_fn: Callable, backbone: dict, *, train: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   """(train features, train labels, test features, test labels, classes) of the splits capped at
-  `config.eval.max_train_examples` / `max_test_examples`; `train=False` leaves the training split out (empty)."""
-  settings = inputs.config.eval
+  `config.eval_settings.max_train_examples` / `max_test_examples`; `train=False` leaves the training split out
+  (empty)."""
+  settings = inputs.config.eval_settings
 
   def extract(source, max_examples):
     return features_lib.split_features(
@@ -94,10 +98,10 @@ def labelled_features(
 
 
 def knn_evaluator(options, inputs: EvalInputs) -> Run:
-  """Weighted kNN top-1 (and top-5) of the backbone CLS: k = options.k (default config.eval.knn_k), T =
-  options.temperature (default config.eval.knn_temperature)."""
-  k = tuple(int(v) for v in options.get("k", inputs.config.eval.knn_k))
-  temperature = float(options.get("temperature", inputs.config.eval.knn_temperature))
+  """Weighted kNN top-1 (and top-5) of the backbone CLS: k = options.k (default config.eval_settings.knn_k), T =
+  options.temperature (default config.eval_settings.knn_temperature)."""
+  k = tuple(int(v) for v in options.get("k", inputs.config.eval_settings.knn_k))
+  temperature = float(options.get("temperature", inputs.config.eval_settings.knn_temperature))
 
   def run(params: dict) -> dict:
     *features, num_classes = labelled_features(inputs, inputs.cls_feature_fn, params["backbone"])
@@ -109,7 +113,7 @@ def knn_evaluator(options, inputs: EvalInputs) -> Run:
 def diagnostics_evaluator(options, inputs: EvalInputs) -> Run:
   """Collapse diagnostics ("diag_*"): effective rank, coding rate and spread of the test CLS features (at most
   options.max_examples, default 10,000: a full SVD), and the unique prototypes of a DINO head (threshold
-  config.eval.prototype_threshold) when the parameters hold one."""
+  config.eval_settings.prototype_threshold) when the parameters hold one."""
   max_examples = int(options.get("max_examples", 10_000))
 
   def run(params: dict) -> dict:
@@ -119,7 +123,9 @@ def diagnostics_evaluator(options, inputs: EvalInputs) -> Run:
       models.prototypes(inputs.graphdef, params) if inputs.graphdef is not None and "head" in params else None
     )
     if prototypes is not None:
-      results.update(diagnostics.prototype_diagnostics(jnp.asarray(prototypes), inputs.config.eval.prototype_threshold))
+      results.update(
+        diagnostics.prototype_diagnostics(jnp.asarray(prototypes), inputs.config.eval_settings.prototype_threshold)
+      )
     return {f"diag_{k}": v for k, v in results.items()}
 
   return run
@@ -181,9 +187,9 @@ def _augmented_probe_evaluator(options, inputs: EvalInputs) -> Run:
       batch_size=int(options.batch_size),
       per_epoch_schedule=bool(options.per_epoch_schedule),
       report=options.report,
-      eval_batch_size=int(config.eval.batch_size),
-      max_train_examples=int(config.eval.max_train_examples),
-      max_test_examples=int(config.eval.max_test_examples),
+      eval_batch_size=int(config.eval_settings.batch_size),
+      max_train_examples=int(config.eval_settings.max_train_examples),
+      max_test_examples=int(config.eval_settings.max_test_examples),
       workers=int(config.data.workers),
       log=_say_on_process_0,
     )

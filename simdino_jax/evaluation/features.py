@@ -33,10 +33,10 @@ def evaluation_inputs(config, images: jax.Array) -> jax.Array:
 
 
 def feature_backbone_graph(config):
-  """The backbone's graph computing in `config.eval.feature_dtype` (float32 by default, as DINO evaluates;
+  """The backbone's graph computing in `config.eval_settings.feature_dtype` (float32 by default, as DINO evaluates;
   "bfloat16" as the run trains)."""
   model = config.model.copy_and_resolve_references()
-  model.dtype = config.eval.feature_dtype
+  model.dtype = config.eval_settings.feature_dtype
   return nnx.graphdef(nnx.eval_shape(lambda: models.create_backbone(model, rngs=nnx.Rngs(0))))
 
 

@@ -3,7 +3,7 @@ code runs (docs/objectives.md, "Evaluation protocols", gives every value with it
 
 All evaluate the teacher's backbone on the evaluation view `Resize(256, bicubic) + CenterCrop(224)`
 (`data.sources.evaluation_image`: Resize(config.data.image_size) + CenterCrop(config.aug.global_size)), features in
-float32 (`config.eval.feature_dtype`).
+float32 (`config.eval_settings.feature_dtype`).
 """
 
 import ml_collections

@@ -1,20 +1,19 @@
 """Objectives: DINO, iBOT, KoLeo, KoLeo-proto, the coding rate, SimDINO, SimDINOv2 and DINOv2, and their registry.
 
-get_objective(config.objective) returns an Objective (see registry.py, docs/objectives.md and
+get_objective(config.objective) returns an Objective (see methods.py, docs/objectives.md and
 docs/architecture.md).
 """
 
 from simdino_jax.objectives.coding_rate import coding_rate
 from simdino_jax.objectives.dino import (
   cross_view_cross_entropy,
-  dino_loss,
   sinkhorn_knopp,
   teacher_probs,
   update_center,
 )
 from simdino_jax.objectives.ibot import ibot_patch_loss, ibot_sinkhorn_knopp, update_patch_center
 from simdino_jax.objectives.koleo import koleo_loss, koleo_on_global_crops, koleo_proto_loss, unique_prototypes
-from simdino_jax.objectives.registry import (
+from simdino_jax.objectives.methods import (
   OBJECTIVES,
   BatchInputs,
   Objective,
@@ -32,7 +31,6 @@ __all__ = [
   "coding_rate",
   "cross_view_cross_entropy",
   "default_config",
-  "dino_loss",
   "get_objective",
   "ibot_patch_loss",
   "ibot_sinkhorn_knopp",

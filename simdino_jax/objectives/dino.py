@@ -64,16 +64,6 @@ def cross_view_cross_entropy(
   return cross_view_mean(pair_cross_entropy)
 
 
-def dino_loss(
-  student_logits: jax.Array, teacher_logits: jax.Array, center: jax.Array, *, teacher_temp, student_temp=0.1
-) -> jax.Array:
-  """DINO loss: cross-view cross-entropy of the student [V, B, K] against softmax((t − c)/τ_t) of the teacher
-  [2, B, K] with center c [K]."""
-  return cross_view_cross_entropy(
-    student_logits, teacher_probs(teacher_logits, center, teacher_temp), student_temp=student_temp
-  )
-
-
 def update_center(center: jax.Array, teacher_logits: jax.Array, momentum=0.9) -> jax.Array:
   """c ← m·c + (1 − m)·mean of the raw teacher logits [..., K] over every axis but the last (all views and the
   whole global batch)."""

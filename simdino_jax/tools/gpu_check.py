@@ -274,7 +274,7 @@ def curves(data_path: str, scratch: str, out: str, *, dry_run: bool, train_secon
     config = curve_config(method, data_path, dry_run=dry_run, epochs=float(epochs), eval_every=eval_every)
     start = time.perf_counter()
     last = train.run(config, os.path.join(scratch, "runs", method))
-    steps_per_epoch[method] = train.steps_per_epoch(config)
+    steps_per_epoch[method] = train.count_steps_per_epoch(config)
     summary[method] = {
       "epochs": epochs,
       "knn_top1_k20": last.get("knn_top1_k20"),

@@ -140,13 +140,13 @@ def raw_pixel_knn(config) -> dict[str, float]:
       pixels,
       None,
       data_lib.open_split(config.data, split, crop_size=config.aug.global_size),
-      batch_size=config.eval.batch_size,
+      batch_size=config.eval_settings.batch_size,
       mesh=mesh,
       max_examples=max_examples,
     )
     for split, max_examples in (
-      (config.data.train_split, config.eval.max_train_examples),
-      (config.data.eval_split, config.eval.max_test_examples),
+      (config.data.train_split, config.eval_settings.max_train_examples),
+      (config.data.eval_split, config.eval_settings.max_test_examples),
     )
   ]
   (train_x, train_y), (test_x, test_y) = splits
@@ -157,8 +157,8 @@ def raw_pixel_knn(config) -> dict[str, float]:
     test_x,
     test_y,
     num_classes=num_classes,
-    k=tuple(config.eval.knn_k),
-    temperature=config.eval.knn_temperature,
+    k=tuple(config.eval_settings.knn_k),
+    temperature=config.eval_settings.knn_temperature,
     mesh=mesh,
   )
 
@@ -343,7 +343,7 @@ def run(
       )
       start = time.perf_counter()
       last = train.run(config, os.fspath(workdir / method / f"seed_{run_seed}"))
-      steps_per_epoch[method] = train.steps_per_epoch(config)
+      steps_per_epoch[method] = train.count_steps_per_epoch(config)
       runs.append(
         {
           "method": method,

@@ -1,4 +1,4 @@
-"""The objective registry end to end: config validation, each objective and add-on against NumPy references,
+"""The objectives of methods.py end to end: config validation, each objective and add-on against NumPy references,
 gradients, state updates and sharded execution."""
 
 import jax

@@ -1,4 +1,4 @@
-"""The objective registry: DINO, DINOv2, SimDINO and SimDINOv2, plus add-on regularizers, behind one contract.
+"""The methods behind one contract: DINO, DINOv2, SimDINO and SimDINOv2, with add-on regularizers (OBJECTIVES).
 
 Objective.batch_inputs(key, mask plan) -> BatchInputs: what the objective adds to a batch of crops (DINOv2's and
 SimDINOv2's iBOT masks and the masked tokens the heads score, ibot.masked_tokens); the trainer forwards it unread.
