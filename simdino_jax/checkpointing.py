@@ -119,10 +119,14 @@ def read_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
     step = max(steps) if step is None else step
     if step not in steps:
       raise ValueError(f"No checkpoint of step {step} in {directory}; available: {sorted(steps)}.")
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    return with_added_fields(config), step
+    return _saved_config(manager, step), step
   finally:
     manager.close()
+
+
+def _saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The config saved with checkpoint `step`, read with today's names and fields (with_added_fields)."""
+  return with_added_fields(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
 
 def with_added_fields(config: dict) -> dict:
@@ -349,12 +353,12 @@ class Checkpoints:
       multihost_utils.sync_global_devices("simdino_jax: unfinished saves removed")
 
   def saved_config(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return _saved_config(self.manager, step)
 
   def check_config(self, saved: dict) -> None:
     """Refuses to resume a checkpoint written under another config unless `allow_config_mismatch`."""
     diffs = config_differences(saved, self.config.to_dict())
-    if diffs and not self.config.get("allow_config_mismatch", False):
+    if diffs and not self.config.allow_config_mismatch:
       before, after = _flat_config(saved), _flat_config(self.config.to_dict())
       details = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in diffs[:10])
       raise ValueError(

@@ -57,7 +57,7 @@ def _define_flags() -> dict:
     "protocols\"), or knn / linear / both with the flags below.",
   )
   flags.DEFINE_enum("backbone", "teacher", BACKBONES, "Which network's backbone to evaluate.")
-  flags.DEFINE_list("knn_k", ["10", "20", "100", "200"], "Neighbour counts of the weighted kNN.")
+  flags.DEFINE_list("knn_k", [str(k) for k in protocols.KNN_K], "Neighbour counts of the weighted kNN.")
   flags.DEFINE_float("knn_temperature", 0.07, "T of the kNN vote weights exp(cos / T).")
   flags.DEFINE_integer("linear_epochs", 100, "Linear-probe epochs.")
   flags.DEFINE_list(
@@ -134,7 +134,7 @@ def restore_backbone(config, workdir: str, step: int, backbone: str, mesh) -> di
   if backbone not in BACKBONES:
     raise ValueError(f"Unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}.")
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: models.create_backbone(config.model, rngs=nnx.Rngs(0)))))
-  shardings = parallel.state_shardings(abstract, mesh, fsdp=bool(config.get("fsdp", False)))
+  shardings = parallel.state_shardings(abstract, mesh, fsdp=bool(config.fsdp))
   target = {
     backbone: {
       "backbone": jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
@@ -158,7 +158,7 @@ def evaluate_checkpoint(
   `settings` overrides OFFLINE_SETTINGS, the run config's `config.eval_settings` entries the evaluators share
   (feature batch, split caps); `data_dir` the run's data.data_dir.
   """
-  evals = protocol_evals("knn", {"knn": {"k": (10, 20, 100, 200)}}) if evals is None else evals
+  evals = protocol_evals("knn", {"knn": {"k": protocols.KNN_K}}) if evals is None else evals
   config, step = read_run_config(workdir, step)
   if data_dir:
     config.data.data_dir = data_dir

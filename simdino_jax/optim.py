@@ -119,9 +119,9 @@ class Schedules(NamedTuple):
 def resolve_total_steps(config, *, steps_per_epoch: int, batch_size: int) -> int:
   """The run's length in steps: `total_steps` if > 0, else ⌈total_examples / batch⌉ if > 0, else
   round(total_epochs · steps_per_epoch)."""
-  if config.get("total_steps", 0) > 0:
+  if config.total_steps > 0:
     return int(config.total_steps)
-  if config.get("total_examples", 0) > 0:
+  if config.total_examples > 0:
     return -(-int(config.total_examples) // batch_size)
   return round(config.total_epochs * steps_per_epoch)
 
@@ -129,7 +129,7 @@ def resolve_total_steps(config, *, steps_per_epoch: int, batch_size: int) -> int
 def epoch_length(config, *, num_examples: int, batch_size: int) -> int:
   """Steps per epoch: `config.epoch_length_steps` if > 0 (DINOv2's fixed 1,250-iteration "epoch"), else one pass
   over the `num_examples` training images."""
-  if config.get("epoch_length_steps", 0) > 0:
+  if config.epoch_length_steps > 0:
     return int(config.epoch_length_steps)
   return max(num_examples // batch_size, 1)
 

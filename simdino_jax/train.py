@@ -363,7 +363,7 @@ def restore_or_initialize(
     iterator.set_state(data_state)
     _say_on_process_0(f"Resumed from the checkpoint of step {int(state.step)} in {workdir}.")
     return state, int(state.step)
-  if config.get("init_from"):
+  if config.init_from:
     return checkpointing.initialize_from(config.init_from, setup.state, setup.state_shardings), None
   return setup.state, None
 

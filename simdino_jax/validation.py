@@ -125,7 +125,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
     _require(0.0 <= value <= 1.0, f"config.{name}={value} must lie in [0, 1].")
   _require(o.base_lr > 0, f"config.optim.base_lr={o.base_lr} must be positive.")
   _require(
-    config.total_epochs > 0 or config.get("total_steps", 0) > 0 or config.get("total_examples", 0) > 0,
+    config.total_epochs > 0 or config.total_steps > 0 or config.total_examples > 0,
     "set config.total_epochs, config.total_examples or config.total_steps to a positive value.",
   )
   _require(

@@ -41,6 +41,7 @@ LAYERS = {
     "simdino_jax.metrics",
     "simdino_jax.cli",
     "simdino_jax.worker_imports",
+    "simdino_jax.interpolation",
   ),
 }
 ORDER = list(LAYERS)

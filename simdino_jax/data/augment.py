@@ -22,6 +22,7 @@ import numpy as np
 from simdino_jax.data.host_crops import CROP_RATIO
 from simdino_jax.data.host_crops import CROP_TRIES
 from simdino_jax.data.host_crops import center_crop_box
+from simdino_jax.interpolation import keys_cubic
 
 # torchvision's rgb_to_grayscale weights.
 _GRAY = (0.2989, 0.587, 0.114)
@@ -178,19 +179,11 @@ def crop_box(u, height: int, width: int, scale) -> jax.Array:
   return jnp.where(jnp.any(fits), sampled, fallback)
 
 
-def _cubic(t):
-  """Keys cubic kernel with a = -0.5 (PIL's bicubic)."""
-  t = jnp.abs(t)
-  near = (1.5 * t - 2.5) * t * t + 1.0
-  far = ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
-  return jnp.where(t <= 1.0, near, jnp.where(t < 2.0, far, 0.0))
-
-
 def _linear(t):
   return jnp.maximum(0.0, 1.0 - jnp.abs(t))
 
 
-_KERNELS = {"bicubic": _cubic, "bilinear": _linear}
+_KERNELS = {"bicubic": lambda t: keys_cubic(t, -0.5, xp=jnp), "bilinear": _linear}
 
 
 def resize_weights(start, length, in_size: int, out_size: int, method: str) -> jax.Array:

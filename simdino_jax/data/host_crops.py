@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from simdino_jax.interpolation import keys_cubic
+
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (also the device path's).
 CROP_TRIES = 10
 _DRAFT_FACTORS = (8, 4, 2)
@@ -159,15 +161,7 @@ def decode(image, boxes, sizes) -> tuple[np.ndarray, float, float]:
   return pixels, pixels.shape[1] / width, pixels.shape[0] / height
 
 
-def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
-  """Keys' cubic kernel (a = -0.5: PIL's bicubic), support [-2, 2]."""
-  t = np.abs(t)
-  return np.where(
-    t < 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0)
-  )
-
-
-_FILTERS = {"bicubic": (_keys, 2.0), "bilinear": (lambda t: np.maximum(1 - np.abs(t), 0.0), 1.0)}
+_FILTERS = {"bicubic": (keys_cubic, 2.0), "bilinear": (lambda t: np.maximum(1 - np.abs(t), 0.0), 1.0)}
 
 
 @functools.lru_cache(maxsize=4096)

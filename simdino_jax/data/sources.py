@@ -168,6 +168,17 @@ def read_batches(source, rows: np.ndarray, *, workers: int = 0):
     yield batch
 
 
+def process_shard_size(num_examples: int, process_count: int, batch_size: int) -> int:
+  """Examples in each process's strided training shard (equal sizes: the remainder is left out); ValueError when a
+  shard holds fewer than one batch."""
+  shard_size = num_examples // process_count
+  if shard_size < batch_size:
+    raise ValueError(
+      f"Each of the {process_count} processes holds {shard_size} examples, fewer than batch_size {batch_size}."
+    )
+  return shard_size
+
+
 def check_data_dir(data_config) -> None:
   """Raises storage.StorageError, in one line, when `data_config.data_dir` has a file where a folder should be, or
   reads a TFDS array_record dataset from cloud storage: array_record's reader (under grain) opens local files only.
@@ -214,11 +225,7 @@ class ArrayIterator:
     indices_only: bool = False,
   ):
     self.num_examples = len(images)
-    shard_size = self.num_examples // process_count
-    if shard_size < batch_size:
-      raise ValueError(
-        f"Each of the {process_count} processes holds {shard_size} examples, fewer than batch_size {batch_size}."
-      )
+    shard_size = process_shard_size(self.num_examples, process_count, batch_size)
     # Row i of this process's shard is row process_index + i * process_count of the split.
     self._rows = np.arange(process_index, shard_size * process_count, process_count, dtype=np.int32)
     self.resident_images = images if indices_only else None
@@ -501,11 +508,7 @@ def _tfds_train_iterator(config, aug, *, batch_size, seed, process_index, proces
   if on_host:  # Encoded bytes: each image is decoded once, at the scale its crops need.
     source = _tfds_source(config, config.train_split, decoders={"image": tfds.decode.SkipDecoding()})
   num_examples = len(source)
-  shard_size = num_examples // process_count
-  if shard_size < batch_size:
-    raise ValueError(
-      f"Each of the {process_count} processes holds {shard_size} examples, fewer than batch_size {batch_size}."
-    )
+  shard_size = process_shard_size(num_examples, process_count, batch_size)
   dataset = (
     grain.MapDataset.source(source)[process_index : shard_size * process_count : process_count]
     .shuffle(seed=seed)  # before repeat: a new order every epoch

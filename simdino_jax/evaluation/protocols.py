@@ -10,11 +10,13 @@ import ml_collections
 
 DINOV2_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 
+KNN_K = (10, 20, 100, 200)  # the k of DINO's and DINOv2's kNN evaluations
+
 PROTOCOLS = {
   # dino eval_knn.py: CLS after the final norm, l2-normalized; weights exp(cos / T), T = 0.07; k ∈ {10, 20, 100, 200}.
-  "dino_knn": {"knn": dict(k=(10, 20, 100, 200), temperature=0.07)},
+  "dino_knn": {"knn": dict(k=KNN_K, temperature=0.07)},
   # dinov2/eval/knn.py: the same features and k; softmax(cos / T) weights, the same vote up to a constant factor.
-  "dinov2_knn": {"knn": dict(k=(10, 20, 100, 200), temperature=0.07)},
+  "dinov2_knn": {"knn": dict(k=KNN_K, temperature=0.07)},
   # dino eval_linear.py: CLS of the last 4 blocks (ViT-S; --n_last_blocks 1 --avgpool_patchtokens for ViT-B),
   # RandomResizedCrop(224) (bilinear) + flip, 100 epochs, lr 1e-3 · B/256 with B = 8 × 128, cosine per epoch,
   # SGD momentum 0.9, no weight decay; the best validation accuracy over the epochs.

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simdino_jax.interpolation import keys_cubic
+
 TRUNC_NORMAL = jax.nn.initializers.truncated_normal(stddev=0.02)
 # PyTorch's default Linear/Conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 TORCH_DEFAULT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -66,15 +68,6 @@ def drop_path(x: jax.Array, rate, key: Optional[jax.Array]) -> jax.Array:
   return x * (keep.astype(x.dtype) / jnp.asarray(keep_prob, x.dtype))
 
 
-def _cubic(x: np.ndarray, a: float) -> np.ndarray:
-  """Keys' cubic convolution kernel W_a(x): (a+2)|x|³ − (a+3)|x|² + 1 for |x| ≤ 1, a|x|³ − 5a|x|² + 8a|x| − 4a
-  for 1 < |x| < 2, 0 beyond."""
-  x = np.abs(x)
-  near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-  far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-  return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
 def bicubic_matrix(in_size: int, out_size: int, scale: float, antialias: bool) -> np.ndarray:
   """[out_size, in_size] weights of PyTorch's 1-D bicubic resampling (align_corners=False), in float64.
 
@@ -90,12 +83,12 @@ def bicubic_matrix(in_size: int, out_size: int, scale: float, antialias: bool) -
       centre, support = scale * (i + 0.5), 2.0 * stretch
       low, high = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
       taps = np.arange(low, high)
-      w = _cubic((taps - centre + 0.5) / stretch, -0.5)
+      w = keys_cubic((taps - centre + 0.5) / stretch, -0.5)
       weights[i, taps] = w / w.sum()
     else:
       source = scale * (i + 0.5) - 0.5
       floor = math.floor(source)
-      w = _cubic(source - np.arange(floor - 1, floor + 3), -0.75)
+      w = keys_cubic(source - np.arange(floor - 1, floor + 3), -0.75)
       np.add.at(weights[i], np.clip(np.arange(floor - 1, floor + 3), 0, in_size - 1), w)
   return weights
 
