@@ -15,7 +15,7 @@ from simdino_jax import optim
 
 def _config(**optim_overrides):
   c = ml_collections.ConfigDict()
-  c.total_epochs, c.total_steps = 10.0, 0
+  c.total_epochs, c.total_steps, c.total_examples, c.epoch_length_steps = 10.0, 0, 0, 0
   c.optim = ml_collections.ConfigDict(
     dict(
       base_lr=5e-4,

@@ -16,7 +16,6 @@ def get_config(arg=None):
   c.model.head.norm_last_layer = False
   c.batch_size = 1024  # 2 nodes × 8 GPUs × 64
   c.total_epochs = 300.0
-  c.teacher.warmup_temp = 0.04
   c.teacher.temp = 0.07
   c.teacher.warmup_temp_epochs = 30  # per epoch, as main_dino.py's DINOLoss indexes it
   return common.finish(c, common.arguments(arg), model="ViT-S/16")
