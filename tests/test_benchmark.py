@@ -104,3 +104,16 @@ def test_compiling_for_a_tpu_slice_without_libtpu_says_how_to_install_it():
     f"{jax.__version__}' (docs/benchmarks.md, Pod table)."
   ), result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_the_largest_batch_walk_finds_the_threshold_from_any_start():
+  """--largest_batch walks the ladder of per-chip batches with the compiler's fit as its only test: from any start,
+  the largest batch that fits, each batch compiled at most once, and None when none fits."""
+  ladder = benchmark.PER_CHIP_LADDER
+  for threshold in (0, *ladder, 10_000):
+    for start in ladder:
+      tried = []
+      fits = lambda b: tried.append(b) or b <= threshold
+      expected = max((b for b in ladder if b <= threshold), default=None)
+      assert benchmark.largest_on_ladder(fits, start) == expected
+      assert len(tried) == len(set(tried)) and len(tried) <= abs(ladder.index(start) - ladder.index(expected or 4)) + 2

@@ -10,7 +10,9 @@ step and from `analytic_step_flops`; MFU divides by `--peak_tflops` (746 = the b
 `--compile_only` lowers and compiles the step of each method × model recipe (ImageNet crops) without running it
 and prints XLA's FLOPs per image against the analytic count of the backbone + CLS heads and of the iBOT patch head
 on its static masked-token buffer (padding included), their ratio, the compiled peak memory and the compile
-seconds (docs/benchmarks.md, "Compiled cost").
+seconds (docs/benchmarks.md, "Compiled cost"). With `--topology=v5e:4x4` it compiles for a Cloud TPU slice
+(libtpu beside JAX) and prints per-chip HBM, FLOPs and collectives ("Pod table"); `--largest_batch` then searches
+the largest per-chip batch of each recipe that the chips hold, starting from `--batch` images a chip.
 """
 
 import importlib.util
@@ -56,6 +58,12 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices, data parallel across them (DCN).")
   flags.DEFINE_list("set", [], "With --compile_only: config overrides field=value, e.g. fsdp=True,model.remat=True.")
+  flags.DEFINE_bool(
+    "largest_batch",
+    False,
+    "With --topology: search the largest per-chip batch of each recipe that fits the slice's chips, starting "
+    "from --batch images a chip (one of PER_CHIP_LADDER).",
+  )
   flags.DEFINE_bool(
     "data_parallel",
     False,
@@ -433,10 +441,54 @@ def pod_table(methods, model_names, batch: int, topology: str, num_slices: int, 
       config = recipe_config(method, model, batch=batch)
       apply_overrides(config, overrides)
       row = {"method": method, "model": model, "batch": batch, **pod_figures(config, devices, capacity_gib=capacity)}
-      fmt = lambda v: f"{v:,.2f}" if isinstance(v, float) else ("" if v is None else str(v))
-      print("| " + " | ".join(fmt(row.get(c)) for c in POD_COLUMNS) + " |", flush=True)
+      print("| " + " | ".join(_format(row.get(c)) for c in POD_COLUMNS) + " |", flush=True)
       rows.append(row)
   return rows
+
+
+def _format(value) -> str:
+  return f"{value:,.2f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+PER_CHIP_LADDER = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def largest_per_chip_batch(method: str, model: str, topology: str, start: int, overrides) -> int | None:
+  """The largest per-chip batch of PER_CHIP_LADDER whose step fits the chips of `topology` (the compiler decides,
+  not an extrapolation: near the limit XLA rematerializes on its own). Walks the ladder from `start`, up while a
+  batch fits, down while it does not; prints a pod-table row for each compile and the answer. None: not even the
+  smallest batch fits."""
+  devices = tpu_devices(topology)
+  capacity = TPU_HBM_GIB.get(topology.split(":")[0].lower())
+  if start not in PER_CHIP_LADDER:
+    raise SystemExit(f"error: --batch={start} is not on the ladder of per-chip batches {PER_CHIP_LADDER}.")
+  print(f"{topology} ({len(devices)} chips, {capacity} GiB HBM each): the largest per-chip batch of {method} {model}")
+  print("| " + " | ".join(POD_COLUMNS) + " |\n|" + "---|" * len(POD_COLUMNS), flush=True)
+
+  def fits(per_chip: int) -> bool:
+    batch = per_chip * len(devices)
+    config = recipe_config(method, model, batch=batch)
+    apply_overrides(config, overrides)
+    row = {"method": method, "model": model, "batch": batch, **pod_figures(config, devices, capacity_gib=capacity)}
+    print("| " + " | ".join(_format(row.get(c)) for c in POD_COLUMNS) + " |", flush=True)
+    return bool(row["fits"])
+
+  largest = largest_on_ladder(fits, start)
+  print(f"largest per-chip batch that fits: {largest}")
+  return largest
+
+
+def largest_on_ladder(fits, start: int) -> int | None:
+  """The largest batch b of PER_CHIP_LADDER with fits(b) (monotone: a batch that fits has every smaller one fit),
+  walking from `start`: up while fits, down while not. None when the smallest does not fit."""
+  index = PER_CHIP_LADDER.index(start)
+  if fits(PER_CHIP_LADDER[index]):
+    while index + 1 < len(PER_CHIP_LADDER) and fits(PER_CHIP_LADDER[index + 1]):
+      index += 1
+    return PER_CHIP_LADDER[index]
+  while index > 0 and not fits(PER_CHIP_LADDER[index - 1]):
+    index -= 1
+  return PER_CHIP_LADDER[index - 1] if index > 0 else None
 
 
 DATA_PARALLEL_COLUMNS = ("method", "crops cut on", "devices", "flops_ratio", "temp_ratio", "collectives")
@@ -490,7 +542,11 @@ def main(argv) -> None:
   del argv
   if FLAGS.compile_only:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
-    if FLAGS.topology:
+    if FLAGS.topology and FLAGS.largest_batch:
+      for model in FLAGS.models:
+        for method in FLAGS.methods:
+          largest_per_chip_batch(method, model, FLAGS.topology, FLAGS.batch or 32, FLAGS.set)
+    elif FLAGS.topology:
       pod_table(FLAGS.methods, FLAGS.models, FLAGS.batch or 64, FLAGS.topology, FLAGS.num_slices, FLAGS.set)
     elif FLAGS.data_parallel:
       data_parallel_table(FLAGS.methods, FLAGS.models[0], FLAGS.batch or 4, FLAGS.set)
