@@ -17,7 +17,7 @@ v5e:2x4   dino               ViT-B/16 512
 v5e:4x4   dino               ViT-B/16 512
 v5p:2x2x2 dino               ViT-B/16 512
 v4:2x2x2  dino               ViT-B/16 512
-v5p:4x4x6 dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True
+v5p:4x8x8 dinov2_meta_vitg14 ViT-g/14 3072 fsdp=True
 v5e:2x4   simdino            ViT-B/16 512
 v5p:2x2x2 simdino            ViT-B/16 512
 v4:2x2x2  simdino            ViT-B/16 512
@@ -31,8 +31,8 @@ v4:2x4x4  dinov2_meta        ViT-L/16 2048 model.remat=True
 v5e:8x16  simdinov2          ViT-L/16 1024
 v5p:2x2x2 simdinov2          ViT-L/16 1024
 v4:2x2x2  simdinov2          ViT-L/16 1024 model.remat=True
-v4:4x4x6  dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True,model.remat=True
-v5e:8x16  dinov2_meta_vitg14 ViT-g/14 1152 fsdp=True,model.remat=True
+v4:4x8x8  dinov2_meta_vitg14 ViT-g/14 3072 fsdp=True,model.remat=True
+v5e:16x16 dinov2_meta_vitg14 ViT-g/14 3072 fsdp=True,model.remat=True
 v5e:2x4   dino_koleo_proto   ViT-B/16 512
 v5e:4x4   dino_koleo_proto   ViT-B/16 512
 v5p:2x2x2 dino_koleo_proto   ViT-B/16 512
