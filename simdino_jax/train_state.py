@@ -55,9 +55,12 @@ def create(
   ShapeDtypeStructs, nothing allocated (to compile for devices this process does not have, e.g. a TPU slice).
   """
 
+  graphdefs = []  # The model's structure, caught while eval_shape traces init (it holds no arrays).
+
   def init(rng):
     model_rng, state_rng = jax.random.split(rng)
     model = model_fn(nnx.Rngs(params=model_rng))
+    graphdefs.append(nnx.graphdef(model))
     params = nnx.to_pure_dict(nnx.state(model))
     return TrainState(
       step=jnp.zeros([], jnp.int32),
@@ -79,5 +82,4 @@ def create(
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
   else:
     state = jax.jit(init, out_shardings=shardings)(rng)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
-  return state, graphdef, shardings
+  return state, graphdefs[0], shardings
