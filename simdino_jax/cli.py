@@ -1,6 +1,6 @@
 """What the command-line entry points share: absl flag parsing that turns bad input into one line, a quiet console
-(third-party logging off unless `--verbosity=0` or higher asks for it: the storage libraries' notices on a
-bucket, Orbax's save timings and the reads of a damaged checkpoint it gives up; the project prints its own
+(third-party logging and warnings off unless `--verbosity=0` or higher asks for it: the storage libraries' notices
+on a bucket, Orbax's save timings and the reads of a damaged checkpoint it gives up; the project prints its own
 messages, and every failure that matters reaches it as an exception, said in one line), and the installed console
 scripts.
 
@@ -10,6 +10,7 @@ Every entry point is also a module: `simdino-train` runs exactly `python -m simd
 import os
 import runpy
 import sys
+import warnings
 
 # TensorFlow's C++ start-up notices (oneDNN, absl::InitializeLog) before any import of it; --verbosity does not
 # reach them, the environment variable does.
@@ -81,6 +82,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         )
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.FATAL)
+    # Python warnings of other packages too. An abandoned read of a damaged checkpoint on a bucket leaves an
+    # un-awaited coroutine, which Python reports from whatever frame runs when it is collected, ours included.
+    warnings.filterwarnings("ignore", module=r"(?!simdino_jax)")
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
   return remaining
 
 
