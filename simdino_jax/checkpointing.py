@@ -425,13 +425,14 @@ class Checkpoints:
     )
     return restored["state"], restored["data"]
 
-  def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-    """Saves asynchronously; refuses (and says so) if the state holds a non-finite value.
+  def save(self, step: int, state, data_state: dict, *, force: bool = False, check_finite: bool = True) -> bool:
+    """Saves asynchronously; refuses (and says so) if the state holds a non-finite value (`check_finite=False`: the
+    caller has checked, e.g. the converter on the host, without compiling a check of the whole state).
 
     Raises CheckpointError when the disk lacks the room of the last checkpoint, or runs out of space mid-save
     (the partial directory is then removed).
     """
-    if not _all_finite(state):
+    if check_finite and not _all_finite(state):
       print(f"Not saving the checkpoint of step {step}: the state holds non-finite values.", flush=True)
       return False
     self._check_free_space(step)

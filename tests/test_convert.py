@@ -461,6 +461,20 @@ def test_export_as_safetensors_loads_strictly_into_the_official_layout(converted
     np.testing.assert_array_equal(networks["network"][key], value.numpy())
 
 
+def test_a_file_with_non_finite_weights_is_refused_and_nothing_is_written(converted_digits, tmp_path):
+  """The converter checks the imported tensors on the host (its save skips the compiled check of the state)."""
+  path = str(tmp_path / "nan.pth")
+  checkpoint = torch.load(converted_digits[2], weights_only=False)
+  checkpoint["teacher"]["backbone.blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+  torch.save(checkpoint, path)
+  expected = (
+    r"holds non-finite values in .*\['teacher'\]\['backbone'\]\['blocks'\]\[0\]\['mlp'\]\['fc1'\]\['kernel'\]: nothing"
+  )
+  with pytest.raises(ValueError, match=expected):
+    torch_checkpoints.from_torch(path, digits_config(), str(tmp_path / "converted"))
+  assert not (tmp_path / "converted" / "checkpoints").exists() or not os.listdir(tmp_path / "converted" / "checkpoints")
+
+
 def test_a_file_that_needs_code_is_refused(tmp_path):
   path = str(tmp_path / "code.pth")
   torch.save({"model": {"w": torch.zeros(2)}, "obj": Unpicklable()}, path)

@@ -150,6 +150,13 @@ def from_torch(
       "config that matches the checkpoint (model name and patch size, num_registers, layerscale > 0 for "
       "ls1/ls2, the head sizes), or pass --ignore_keys=PREFIX to leave keys out on purpose."
     )
+  non_finite = [
+    jax.tree_util.keystr(path)
+    for path, x in jax.tree_util.tree_flatten_with_path(imported)[0]
+    if not np.isfinite(x).all()
+  ]
+  if non_finite:
+    raise ValueError(f"{checkpoint} holds non-finite values in {', '.join(non_finite[:10])}: nothing was written.")
   state = trainer.state.replace(
     student=jax.device_put(imported["student"], trainer.state_shardings.student),
     teacher=jax.device_put(imported["teacher"], trainer.state_shardings.teacher),
@@ -161,7 +168,7 @@ def from_torch(
   }
   checkpoints = checkpointing.Checkpoints(workdir, config)
   try:
-    checkpoints.save(0, state, summary, force=True)
+    checkpoints.save(0, state, summary, force=True, check_finite=False)  # imported: checked above; the rest: init
     checkpoints.wait()
   finally:
     checkpoints.close()
